@@ -1,0 +1,133 @@
+"""Table schemas, the sample uid, and DataComp subset files.
+
+A uid is md5(caption + url) in hex, as cc2dataset computes it. Subset files are
+DataComp's: a sorted numpy array of dtype ``u8,u8`` holding the two 64-bit
+halves of each uid, saved with ``np.save``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import re
+from typing import Iterable
+
+import numpy as np
+import pyarrow as pa
+
+from . import storage
+
+UID_DTYPE = np.dtype("u8,u8")
+_UID_RE = re.compile(r"^[0-9a-f]{32}$")
+
+
+class SchemaError(ValueError):
+    """Data does not follow the platform's formats; the message says where."""
+
+
+def compute_uid(text: str, url: str) -> str:
+    return hashlib.md5((text + url).encode("utf-8")).hexdigest()
+
+
+# One row per image link extracted from the crawl.
+URLS_SCHEMA = pa.schema(
+    [
+        pa.field("uid", pa.string(), nullable=False),
+        pa.field("url", pa.string(), nullable=False),
+        pa.field("text", pa.string(), nullable=False),
+        pa.field("page_url", pa.string()),
+        pa.field("wat_path", pa.string()),
+    ]
+)
+
+WAT_MANIFEST_SCHEMA = pa.schema(
+    [
+        pa.field("wat_path", pa.string(), nullable=False),
+        pa.field("batch", pa.int32(), nullable=False),
+        pa.field("processed", pa.bool_(), nullable=False),
+        pa.field("records", pa.int64()),
+        pa.field("pairs", pa.int64()),
+        pa.field("errors", pa.int64()),
+    ]
+)
+
+# DataComp's metadata columns, then the platform's own.
+POOL_METADATA_SCHEMA = pa.schema(
+    [
+        pa.field("uid", pa.string(), nullable=False),
+        pa.field("url", pa.string()),
+        pa.field("text", pa.string()),
+        pa.field("original_width", pa.int64()),
+        pa.field("original_height", pa.int64()),
+        pa.field("clip_b32_similarity_score", pa.float32()),
+        pa.field("clip_l14_similarity_score", pa.float32()),
+        pa.field("face_bboxes", pa.list_(pa.list_(pa.float64()))),
+        pa.field("sha256", pa.string()),
+        pa.field("nsfw_text_score", pa.float32()),
+        pa.field("status", pa.string()),
+        pa.field("crawl_id", pa.string()),
+    ]
+)
+
+
+def validate_uids(uids: Iterable[str], where: str = "input") -> list[str]:
+    out = []
+    for i, uid in enumerate(uids):
+        if not isinstance(uid, str) or not _UID_RE.match(uid):
+            raise SchemaError(f"{where}: uid #{i} {uid!r} is not 32 lowercase hex characters")
+        out.append(uid)
+    return out
+
+
+def uids_to_array(uids: Iterable[str], where: str = "input") -> np.ndarray:
+    """uids -> sorted ``u8,u8`` array; duplicates are an error."""
+    checked = validate_uids(uids, where)
+    arr = np.array([(int(u[:16], 16), int(u[16:], 16)) for u in checked], dtype=UID_DTYPE)
+    arr.sort()
+    _check_sorted_unique(arr, where)
+    return arr
+
+
+def array_to_uids(arr: np.ndarray) -> list[str]:
+    return [f"{int(a):016x}{int(b):016x}" for a, b in arr.tolist()]
+
+
+def _check_sorted_unique(arr: np.ndarray, where: str) -> None:
+    if len(arr) < 2:
+        return
+    a, b = arr["f0"], arr["f1"]
+    # lexicographic comparison of consecutive (hi, lo) pairs
+    greater = (a[1:] > a[:-1]) | ((a[1:] == a[:-1]) & (b[1:] > b[:-1]))
+    if greater.all():
+        return
+    i = int(np.argmin(greater))
+    equal = a[i + 1] == a[i] and b[i + 1] == b[i]
+    what = "duplicated uid" if equal else "unsorted uids"
+    uid = array_to_uids(arr[i + 1 : i + 2])[0]
+    raise SchemaError(f"{where}: {what} at index {i + 1} ({uid}); subset files must be sorted and unique")
+
+
+def write_subset(url: str, uids: Iterable[str] | np.ndarray) -> int:
+    """Write a DataComp subset file; returns the number of uids."""
+    arr = uids if isinstance(uids, np.ndarray) else uids_to_array(uids, where=url)
+    if arr.dtype != UID_DTYPE:
+        raise SchemaError(f"{url}: subset arrays must have dtype {UID_DTYPE}, got {arr.dtype}")
+    _check_sorted_unique(arr, url)
+    buf = io.BytesIO()
+    np.save(buf, arr)
+    storage.write_bytes(url, buf.getvalue())
+    return len(arr)
+
+
+def read_subset(url: str) -> np.ndarray:
+    """Read and validate a subset file, ours or one written by DataComp's baselines."""
+    try:
+        arr = np.load(io.BytesIO(storage.read_bytes(url)), allow_pickle=False)
+    except ValueError as exc:
+        raise SchemaError(f"{url}: not a numpy array file: {exc}") from exc
+    if arr.dtype != UID_DTYPE:
+        raise SchemaError(f"{url}: subset file has dtype {arr.dtype}, expected {UID_DTYPE}")
+    if arr.ndim != 1:
+        raise SchemaError(f"{url}: subset file must be one-dimensional, got shape {arr.shape}")
+    _check_sorted_unique(arr, url)
+    return arr

@@ -1,0 +1,55 @@
+"""Stage statistics: counters that merge by addition, plus wall time."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping
+
+
+@dataclass
+class StageStats:
+    """What a stage did. Counters carry the reasons (``skipped:bad_json``...)."""
+
+    stage: str
+    counters: Counter = field(default_factory=Counter)
+    seconds: float = 0.0
+    outputs: list[str] = field(default_factory=list)
+
+    def add(self, key: str, n: int = 1) -> None:
+        self.counters[key] += n
+
+    def __getitem__(self, key: str) -> int:
+        return self.counters.get(key, 0)
+
+    def merge(self, other: "StageStats") -> "StageStats":
+        return StageStats(
+            stage=self.stage,
+            counters=self.counters + other.counters,
+            seconds=self.seconds + other.seconds,
+            outputs=self.outputs + other.outputs,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "stage": self.stage,
+            "counters": dict(sorted(self.counters.items())),
+            "seconds": round(self.seconds, 3),
+            "outputs": list(self.outputs),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "StageStats":
+        return cls(
+            stage=data["stage"],
+            counters=Counter(data.get("counters", {})),
+            seconds=float(data.get("seconds", 0.0)),
+            outputs=list(data.get("outputs", [])),
+        )
+
+    @classmethod
+    def total(cls, stage: str, parts: Iterable["StageStats"]) -> "StageStats":
+        out = cls(stage)
+        for part in parts:
+            out = out.merge(part)
+        return out

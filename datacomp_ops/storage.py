@@ -1,0 +1,153 @@
+"""Storage through fsspec: local paths and ``s3://`` behave the same.
+
+Writers commit atomically so a retried task never sees half output:
+- a single file is written under a temporary name, then renamed;
+- a directory of outputs is committed by a ``_SUCCESS`` marker written last
+  (datatrove's completion files); readers and reruns trust only marked output.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import posixpath
+import uuid
+from typing import IO, Any, Iterator
+
+import fsspec
+from fsspec.core import url_to_fs
+
+log = logging.getLogger(__name__)
+
+SUCCESS = "_SUCCESS"
+
+
+class StorageError(OSError):
+    """A storage path cannot be read or written; the message names the path."""
+
+
+def get_fs(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The filesystem of `url` and the path inside it."""
+    try:
+        return url_to_fs(url)
+    except (ImportError, ValueError) as exc:
+        raise StorageError(f"no filesystem for {url!r}: {exc}") from exc
+
+
+def join(base: str, *parts: str) -> str:
+    """Join path parts onto a local path or a URL."""
+    return posixpath.join(base.rstrip("/"), *parts) if parts else base
+
+
+def exists(url: str) -> bool:
+    fs, path = get_fs(url)
+    return fs.exists(path)
+
+
+def makedirs(url: str) -> None:
+    fs, path = get_fs(url)
+    try:
+        fs.makedirs(path, exist_ok=True)
+    except OSError as exc:
+        raise StorageError(f"cannot create directory {url}: {exc}") from exc
+
+
+def ls(url: str, pattern: str = "*") -> list[str]:
+    """Sorted URLs under `url` matching a glob `pattern` (empty if `url` is missing)."""
+    fs, path = get_fs(url)
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    found = fs.glob(posixpath.join(path, pattern))
+    if protocol in ("file", "local"):
+        return sorted(found)
+    return sorted(f"{protocol}://{p}" for p in found)
+
+
+def open_file(url: str, mode: str = "rb", **kwargs: Any) -> IO:
+    fs, path = get_fs(url)
+    try:
+        return fs.open(path, mode, **kwargs)
+    except OSError as exc:
+        raise StorageError(f"cannot open {url} ({mode}): {exc}") from exc
+
+
+@contextlib.contextmanager
+def atomic_write(url: str, mode: str = "wb") -> Iterator[IO]:
+    """Write `url` under a temporary name and rename it into place on success."""
+    fs, path = get_fs(url)
+    parent = posixpath.dirname(path)
+    tmp = posixpath.join(parent, f".tmp-{uuid.uuid4().hex}-{posixpath.basename(path)}")
+    try:
+        fs.makedirs(parent, exist_ok=True)
+        handle = fs.open(tmp, mode)
+    except OSError as exc:
+        raise StorageError(f"cannot write {url}: {exc}") from exc
+    try:
+        with handle:
+            yield handle
+        fs.mv(tmp, path)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            fs.rm(tmp)
+        raise
+
+
+def write_bytes(url: str, data: bytes) -> None:
+    with atomic_write(url) as f:
+        f.write(data)
+
+
+def read_bytes(url: str) -> bytes:
+    with open_file(url) as f:
+        return f.read()
+
+
+def write_json(url: str, obj: Any) -> None:
+    write_bytes(url, json.dumps(obj, indent=2, sort_keys=True, default=str).encode())
+
+
+def read_json(url: str) -> Any:
+    return json.loads(read_bytes(url))
+
+
+def move(src: str, dst: str) -> None:
+    fs, src_path = get_fs(src)
+    _, dst_path = get_fs(dst)
+    fs.makedirs(posixpath.dirname(dst_path), exist_ok=True)
+    fs.mv(src_path, dst_path, recursive=True)
+
+
+def remove(url: str) -> None:
+    """Delete a file or directory tree; missing paths are fine."""
+    fs, path = get_fs(url)
+    if fs.exists(path):
+        fs.rm(path, recursive=True)
+
+
+def is_committed(directory: str) -> bool:
+    return exists(join(directory, SUCCESS))
+
+
+def commit(directory: str, stats: dict[str, Any] | None = None) -> None:
+    """Mark `directory` complete; the marker holds the stage's stats as JSON."""
+    write_json(join(directory, SUCCESS), stats or {})
+
+
+def committed_stats(directory: str) -> dict[str, Any]:
+    return read_json(join(directory, SUCCESS))
+
+
+def temp_sibling(url: str) -> str:
+    """A fresh temporary name next to `url`, for write-then-rename of directories."""
+    parent, name = posixpath.split(url.rstrip("/"))
+    return join(parent, f"_tmp-{name}-{uuid.uuid4().hex[:12]}")
+
+
+def check_writable(url: str) -> None:
+    """Fail early, naming the path, when the storage root cannot be written."""
+    probe = join(url, f".write-probe-{uuid.uuid4().hex}")
+    try:
+        write_bytes(probe, b"")
+        remove(probe)
+    except (OSError, StorageError) as exc:
+        raise StorageError(f"storage path {url} is not writable: {exc}") from exc

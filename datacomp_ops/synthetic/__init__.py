@@ -1,0 +1,1 @@
+"""Synthetic Common Crawl: WAT files, an image server and an evaluation suite."""

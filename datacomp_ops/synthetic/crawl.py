@@ -1,0 +1,246 @@
+"""A synthetic Common Crawl: real WAT files whose image links point at the local server.
+
+Deterministic from the seed. Every unique (alt text, URL) pair the extractor
+should find is written to ``truth.parquet`` with its kind and the ledger status
+the download must give it, so tests and the demo can check the whole chain.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import logging
+import uuid
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ..schema import compute_uid
+from .evalsuite import EVAL_IMAGES
+from .images import CLASSES, EVAL_VARIANTS, PHOTOS
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CRAWL_ID = "CC-SYNTH-2026-47"
+
+# kind -> (weight, ledger status the download must give it)
+KINDS: dict[str, tuple[float, str]] = {
+    "shape": (0.55, "downloaded"),
+    "shape_mismatch": (0.15, "downloaded"),
+    "non_english": (0.04, "downloaded"),
+    "unsafe_caption": (0.02, "downloaded"),
+    "photo": (0.04, "downloaded"),
+    "eval_duplicate": (0.02, "downloaded"),
+    "redirect": (0.01, "downloaded"),
+    "slow": (0.01, "downloaded"),
+    "oversized": (0.004, "downloaded"),
+    "http_404": (0.03, "http_error"),
+    "http_500": (0.01, "http_error"),
+    "timeout": (0.004, "timeout"),
+    "truncated": (0.01, "truncated"),
+    "not_image": (0.01, "not_image"),
+    "decompression_bomb": (0.0005, "image_too_large"),
+    "opted_out": (0.01, "opted_out"),
+}
+
+TRANSLATIONS = {
+    "red": {"fr": "rouge", "de": "rot", "es": "rojo"},
+    "green": {"fr": "vert", "de": "grün", "es": "verde"},
+    "blue": {"fr": "bleu", "de": "blau", "es": "azul"},
+    "yellow": {"fr": "jaune", "de": "gelb", "es": "amarillo"},
+    "circle": {"fr": "un cercle", "de": "ein Kreis", "es": "un círculo"},
+    "square": {"fr": "un carré", "de": "ein Quadrat", "es": "un cuadrado"},
+    "triangle": {"fr": "un triangle", "de": "ein Dreieck", "es": "un triángulo"},
+}
+TEMPLATES = ("a photo of a {c}.", "a {c}", "{c} icon", "a picture showing a {c} on a plain background", "the {c}")
+NOISE_CAPTIONS = ("click here", "image", "logo", "IMG_{n}.jpg", "banner ad", "thumbnail {n}", "untitled")
+UNSAFE_CAPTIONS = ("xxx porn explicit nude {c}", "nsfw sexy naked {c}", "hardcore porn {c} xxx")
+PHOTO_CAPTIONS = {
+    "astronaut": "portrait of an astronaut in a space suit",
+    "camera": "a man holding a camera",
+    "coffee": "a cup of coffee",
+    "chelsea": "a cat looking up",
+    "rocket": "a rocket on the launch pad",
+}
+
+
+@dataclass(frozen=True)
+class CrawlSpec:
+    n_urls: int = 1000
+    seed: int = 0
+    base_url: str = "http://127.0.0.1:8765"
+    urls_per_file: int = 5000
+    crawl_id: str = DEFAULT_CRAWL_ID
+    faults: bool = True  # bad JSON, a broken gzip member, a record without HTML
+
+
+def _link(kind: str, n: int, rng: np.random.Generator) -> tuple[str, str]:
+    """(path on the server, alt text) of one image link of `kind`."""
+    label = CLASSES[int(rng.integers(len(CLASSES)))]
+    color, shape = label.split(" ")
+    shape_path = f"/img/shape/{color}/{shape}/{n}.jpg"
+    caption = str(rng.choice(TEMPLATES)).format(c=label)
+    if kind == "shape":
+        return shape_path, caption
+    if kind == "shape_mismatch":
+        if rng.random() < 0.5:
+            return shape_path, str(rng.choice(NOISE_CAPTIONS)).format(n=n)
+        wrong = CLASSES[(CLASSES.index(label) + 1 + int(rng.integers(len(CLASSES) - 1))) % len(CLASSES)]
+        return shape_path, str(rng.choice(TEMPLATES)).format(c=wrong)
+    if kind == "non_english":
+        lang = str(rng.choice(["fr", "de", "es"]))
+        noun, adj = TRANSLATIONS[shape][lang], TRANSLATIONS[color][lang]
+        text = f"{noun} {adj}" if lang != "de" else f"{noun}, {adj}"
+        return shape_path, text
+    if kind == "unsafe_caption":
+        return shape_path, str(rng.choice(UNSAFE_CAPTIONS)).format(c=label)
+    if kind == "photo":
+        name = str(rng.choice(PHOTOS))
+        return f"/img/photo/{name}/{n}.jpg", PHOTO_CAPTIONS[name]
+    if kind == "eval_duplicate":
+        index = int(rng.integers(0, EVAL_IMAGES))
+        variant = str(rng.choice(EVAL_VARIANTS))
+        eval_label = CLASSES[index % len(CLASSES)]
+        return f"/img/evaldup/{index}/{variant}/{n}.jpg", str(rng.choice(TEMPLATES)).format(c=eval_label)
+    paths = {
+        "redirect": f"/redirect{shape_path}",
+        "slow": f"/slow{shape_path}",
+        "opted_out": f"/noai{shape_path}",
+        "oversized": f"/img/oversized/{n}.jpg",
+        "http_404": f"/missing/{n}.jpg",
+        "http_500": f"/error/{n}.jpg",
+        "timeout": f"/hang/{n}.jpg",
+        "truncated": f"/truncated{shape_path}",
+        "not_image": f"/html/{n}.jpg",
+        "decompression_bomb": f"/bomb/{n}.png",
+    }
+    return paths[kind], caption
+
+
+def _record(page_url: str, payload: dict, record_type: str = "metadata") -> bytes:
+    body = json.dumps(payload).encode() if isinstance(payload, dict) else payload
+    header = (
+        "WARC/1.0\r\n"
+        f"WARC-Type: {record_type}\r\n"
+        f"WARC-Target-URI: {page_url}\r\n"
+        "WARC-Date: 2026-11-22T00:00:00Z\r\n"
+        f"WARC-Record-ID: <urn:uuid:{uuid.UUID(hashlib.md5(page_url.encode()).hexdigest())}>\r\n"
+        "Content-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    return gzip.compress(header + body + b"\r\n\r\n", compresslevel=6, mtime=0)
+
+
+def _envelope(page_url: str, links: list[dict], base: str | None = None) -> dict:
+    head: dict = {"Title": "synthetic page"}
+    if base:
+        head["Base"] = base
+    return {
+        "Envelope": {
+            "Format": "WARC",
+            "WARC-Header-Metadata": {"WARC-Type": "response", "WARC-Target-URI": page_url},
+            "Payload-Metadata": {
+                "Actual-Content-Type": "application/http; msgtype=response",
+                "HTTP-Response-Metadata": {
+                    "Response-Message": {"Status": "200"},
+                    "HTML-Metadata": {"Head": head, "Links": links},
+                },
+            },
+        }
+    }
+
+
+def _kind_schedule(spec: CrawlSpec, rng: np.random.Generator) -> list[str]:
+    """Every kind at least once (small crawls still show every case), then by weight."""
+    names = list(KINDS)
+    weights = np.array([KINDS[k][0] for k in names])
+    rest = rng.choice(len(names), size=max(spec.n_urls - len(names), 0), p=weights / weights.sum())
+    return (names + [names[i] for i in rest])[: spec.n_urls]
+
+
+def generate_crawl(out_dir: str | Path, spec: CrawlSpec) -> dict:
+    """Write WAT files, ``wat.paths.gz``, ``truth.parquet`` and ``crawl.json`` under `out_dir`."""
+    out = Path(out_dir)
+    rel_dir = Path("crawl-data") / spec.crawl_id / "segments" / "0" / "wat"
+    (out / rel_dir).mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(spec.seed)
+    base = spec.base_url.rstrip("/")
+    kinds = _kind_schedule(spec, rng)
+    truth: dict[str, list] = {"uid": [], "url": [], "text": [], "kind": [], "expected_status": []}
+    seen: list[tuple[str, str]] = []
+    wat_paths: list[str] = []
+    page_no, i = 0, 0
+    n_files = max(1, -(-spec.n_urls // spec.urls_per_file))
+    for file_no in range(n_files):
+        rel = rel_dir / f"{spec.crawl_id}-{file_no:05d}.warc.wat.gz"
+        end = min(spec.n_urls, (file_no + 1) * spec.urls_per_file)
+        with open(out / rel, "wb") as f:
+            f.write(_record(f"{base}/", {"warcinfo": spec.crawl_id}, record_type="warcinfo"))
+            if spec.faults and file_no == 0:
+                f.write(_record(f"{base}/bad-json", b'{"Envelope": {"Payload-Metadata": '))
+                f.write(_record(f"{base}/robots.txt", {"Envelope": {"Payload-Metadata": {}}}))
+                broken = bytearray(_record(f"{base}/broken", _envelope(f"{base}/broken", [
+                    {"path": "IMG@/src", "url": f"/img/shape/red/circle/lost-{k}.jpg", "alt": "lost"} for k in range(3)
+                ])))
+                broken[len(broken) // 2 : len(broken) // 2 + 8] = b"\x00garbage"
+                f.write(bytes(broken))
+            while i < end:
+                page_no += 1
+                page_url = f"{base}/site/{page_no}/page.html"
+                links: list[dict] = []
+                for _ in range(min(int(rng.integers(1, 9)), end - i)):
+                    if seen and rng.random() < 0.03:  # the same pair on another page: a uid duplicate
+                        path_url, text = seen[int(rng.integers(len(seen)))]
+                        links.append({"path": "IMG@/src", "url": path_url, "alt": text})
+                        continue
+                    kind = kinds[i]
+                    path, text = _link(kind, i, rng)
+                    style = rng.random()
+                    if style < 0.4:
+                        link_url = f"{base}{path}"
+                    elif style < 0.7:
+                        link_url = path
+                    else:
+                        link_url = "../.." + path
+                    url = f"{base}{path}"
+                    uid = compute_uid(text, url)
+                    truth["uid"].append(uid)
+                    truth["url"].append(url)
+                    truth["text"].append(text)
+                    truth["kind"].append(kind)
+                    truth["expected_status"].append(KINDS[kind][1])
+                    seen.append((link_url, text))
+                    links.append({"path": "IMG@/src", "url": link_url, "alt": text})
+                    i += 1
+                # links the extractor must drop
+                links.append({"path": "IMG@/src", "url": f"/img/shape/red/circle/noalt-{page_no}.jpg"})
+                links.append({"path": "IMG@/src", "url": f"/img/spacer-{page_no}.gif", "alt": "   "})
+                if page_no % 5 == 0:
+                    links.append({"path": "IMG@/src", "url": "data:image/gif;base64,R0lGODlhAQABAAAAACw=", "alt": "pixel"})
+                    links.append({"path": "A@/href", "url": f"{base}/site/{page_no + 1}/page.html", "text": "next"})
+                links.insert(int(rng.integers(len(links) + 1)), {"path": "IMG@/src", "url": "javascript:void(0)", "alt": "js"})
+                f.write(_record(page_url, _envelope(page_url, links)))
+        wat_paths.append(str(rel))
+    with gzip.open(out / "crawl-data" / spec.crawl_id / "wat.paths.gz", "wt") as f:
+        f.write("\n".join(wat_paths) + "\n")
+    table = pa.table(truth)
+    pq.write_table(table, out / "truth.parquet")
+    summary = {
+        "crawl_id": spec.crawl_id,
+        "seed": spec.seed,
+        "base_url": base,
+        "urls": len(truth["uid"]),
+        "unique_uids": len(set(truth["uid"])),
+        "wat_files": [str(out / p) for p in wat_paths],
+        "wat_listing": str(out / "crawl-data" / spec.crawl_id / "wat.paths.gz"),
+        "kinds": dict(Counter(truth["kind"])),
+        "expected_status": dict(Counter(truth["expected_status"])),
+    }
+    (out / "crawl.json").write_text(json.dumps(summary, indent=2))
+    log.info("synthetic crawl: %d URLs in %d WAT files under %s", summary["urls"], len(wat_paths), out)
+    return summary

@@ -1,0 +1,143 @@
+"""A local image server for the synthetic crawl: loopback only, images made on request.
+
+Paths (all deterministic from the path itself):
+
+    /img/shape/{color}/{shape}/{n}.jpg      a rendered shape
+    /img/photo/{name}/{n}.jpg               a crop of a scikit-image photograph
+    /img/evaldup/{index}/{variant}/{n}.jpg  a near-duplicate of evaluation image `index`
+    /img/oversized/{n}.jpg                  a 4000x3000 JPEG (resized by the download)
+    /redirect/{path}                        302 to /{path}
+    /slow/{path}                            /{path} after `slow_seconds`
+    /noai/{path}                            /{path} with ``X-Robots-Tag: noai``
+    /truncated/{path}                       /{path} cut in half, Content-Length of the whole
+    /hang/...                               answers after `hang_seconds` (a client timeout)
+    /missing/... /error/...                 404 and 500
+    /html/...                               an HTML page where an image was promised
+    /bomb/...                               a decompression-bomb PNG
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Iterator
+
+from . import images
+
+log = logging.getLogger(__name__)
+
+
+class NotFound(Exception):
+    pass
+
+
+def render(path: str) -> tuple[bytes, str]:
+    """(body, content type) of an image path under /img/."""
+    parts = path.strip("/").split("/")
+    stem = parts[-1].rsplit(".", 1)[0]
+    if parts[:2] == ["img", "shape"] and len(parts) == 5:
+        color, shape = parts[2], parts[3]
+        if color not in images.COLORS or shape not in images.SHAPES:
+            raise NotFound(path)
+        return images.encode(images.render_shape(color, shape, images.seed_of(path))), "image/jpeg"
+    if parts[:2] == ["img", "photo"] and len(parts) == 4:
+        if parts[2] not in images.PHOTOS:
+            raise NotFound(path)
+        return images.encode(images.photo(parts[2], images.seed_of(path))), "image/jpeg"
+    if parts[:2] == ["img", "evaldup"] and len(parts) == 5:
+        index, variant = int(parts[2]), parts[3]
+        if variant not in images.EVAL_VARIANTS:
+            raise NotFound(path)
+        img = images.near_duplicate(images.eval_image(index)[0], variant)
+        return images.encode(img, quality=40 if variant == "reencoded" else 92), "image/jpeg"
+    if parts[:2] == ["img", "oversized"]:
+        return images.oversized(images.seed_of(stem) % 4), "image/jpeg"
+    raise NotFound(path)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: "SyntheticImageServer"
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, fmt: str, *args) -> None:  # quiet: the download logs failures
+        log.debug(fmt, *args)
+
+    def _send(self, status: int, body: bytes, content_type: str, headers: dict | None = None, length: int | None = None) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body) if length is None else length))
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        path = self.path.split("?", 1)[0]
+        head, _, rest = path.lstrip("/").partition("/")
+        try:
+            if head == "img":
+                self._send(200, *render(path))
+            elif head == "redirect":
+                self.send_response(HTTPStatus.FOUND)
+                self.send_header("Location", "/" + rest)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+            elif head == "slow":
+                time.sleep(self.server.slow_seconds)
+                self._send(200, *render("/" + rest))
+            elif head == "noai":
+                self._send(200, *render("/" + rest), headers={"X-Robots-Tag": "noai, noimageai"})
+            elif head == "truncated":
+                body, ctype = render("/" + rest)
+                self._send(200, body[: len(body) // 2], ctype, length=len(body))
+                self.close_connection = True
+            elif head == "hang":
+                time.sleep(self.server.hang_seconds)
+                self._send(200, images.encode(images.render_shape("red", "circle", 0)), "image/jpeg")
+            elif head == "missing":
+                self._send(404, b"not found", "text/plain")
+            elif head == "error":
+                self._send(500, b"internal server error", "text/plain")
+            elif head == "html":
+                self._send(200, b"<html><body><h1>Welcome</h1></body></html>", "text/html")
+            elif head == "bomb":
+                self._send(200, images.decompression_bomb(), "image/png")
+            else:
+                raise NotFound(path)
+        except (NotFound, ValueError):
+            self._send(404, b"not found", "text/plain")
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client gave up (timeouts): nothing to answer
+
+
+class SyntheticImageServer(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, port: int = 0, hang_seconds: float = 30.0, slow_seconds: float = 0.3):
+        super().__init__(("127.0.0.1", port), _Handler)
+        self.hang_seconds = hang_seconds
+        self.slow_seconds = slow_seconds
+
+    @property
+    def base_url(self) -> str:
+        host, port = self.server_address[:2]
+        return f"http://{host}:{port}"
+
+
+@contextlib.contextmanager
+def serving(port: int = 0, hang_seconds: float = 30.0, slow_seconds: float = 0.3) -> Iterator[SyntheticImageServer]:
+    """Run the server in a background thread for the duration of the block."""
+    server = SyntheticImageServer(port, hang_seconds, slow_seconds)
+    thread = threading.Thread(target=server.serve_forever, name="synthetic-image-server", daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)

@@ -1,0 +1,174 @@
+"""WAT parsing: image links with alt text, as cc2dataset extracts them.
+
+Plain functions, so the rules are unit-tested without Spark; the Spark job in
+``spark_jobs/extract_urls.py`` maps `parse_wat_file` over WAT paths.
+
+A Common Crawl WAT file is a sequence of gzip members, one WARC record each.
+We split the members ourselves (zlib, in C) so that one broken member is
+counted and skipped instead of ending the file, and hand batches of
+decompressed records to fastwarc.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import zlib
+from collections import Counter
+from dataclasses import dataclass
+from typing import Iterator
+from urllib.parse import urljoin, urlsplit
+
+from fastwarc.warc import ArchiveIterator, WarcRecordType
+
+from . import storage
+from .schema import compute_uid
+
+log = logging.getLogger(__name__)
+
+GZIP_MAGIC = b"\x1f\x8b\x08"
+_CHUNK = 1 << 16
+_BATCH_BYTES = 8 << 20
+
+
+@dataclass(frozen=True)
+class LinkRules:
+    max_url_length: int = 2048
+    max_text_length: int = 4096
+
+
+def resolve_url(url: str, base: str) -> str | None:
+    """Absolute http(s) URL for `url` found on a page at `base`, or None."""
+    url = url.strip()
+    if not url:
+        return None
+    try:
+        absolute = urljoin(base, url)
+        parts = urlsplit(absolute)
+    except ValueError:
+        return None
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        return None
+    return absolute
+
+
+def extract_pairs(payload: bytes, page_url: str, wat_path: str, rules: LinkRules, counters: Counter) -> list[dict]:
+    """The image-text pairs of one WAT metadata record's JSON payload."""
+    try:
+        envelope = json.loads(payload)["Envelope"]
+    except (ValueError, KeyError, TypeError):
+        counters["skipped:bad_json"] += 1
+        return []
+    try:
+        html = envelope["Payload-Metadata"]["HTTP-Response-Metadata"]["HTML-Metadata"]
+    except (KeyError, TypeError):
+        counters["records_without_html"] += 1
+        return []
+    if not isinstance(html, dict):
+        counters["records_without_html"] += 1
+        return []
+    page_url = page_url or envelope.get("WARC-Header-Metadata", {}).get("WARC-Target-URI", "")
+    head = html.get("Head") if isinstance(html.get("Head"), dict) else {}
+    base = page_url
+    if isinstance(head.get("Base"), str) and head["Base"].strip():
+        base = urljoin(page_url, head["Base"].strip())
+    links = html.get("Links")
+    if not isinstance(links, list):
+        return []
+    rows = []
+    for link in links:
+        if not isinstance(link, dict) or link.get("path") != "IMG@/src":
+            continue
+        counters["image_links"] += 1
+        alt = link.get("alt")
+        text = alt.strip() if isinstance(alt, str) else ""
+        if not text:
+            counters["skipped:no_alt"] += 1
+            continue
+        if len(text) > rules.max_text_length:
+            counters["skipped:text_too_long"] += 1
+            continue
+        raw = link.get("url")
+        url = resolve_url(raw, base) if isinstance(raw, str) else None
+        if url is None:
+            counters["skipped:not_http_url"] += 1
+            continue
+        if len(url) > rules.max_url_length:
+            counters["skipped:url_too_long"] += 1
+            continue
+        rows.append(
+            {"uid": compute_uid(text, url), "url": url, "text": text, "page_url": page_url, "wat_path": wat_path}
+        )
+    counters["pairs"] += len(rows)
+    return rows
+
+
+def _split_members(data: memoryview, counters: Counter) -> Iterator[bytes]:
+    """Decompress gzip members one by one; skip a broken one and resync at the next header."""
+    pos, end = 0, len(data)
+    while pos < end:
+        dec = zlib.decompressobj(zlib.MAX_WBITS | 16)
+        out, fed = [], pos
+        try:
+            while not dec.eof and fed < end:
+                chunk = data[fed : fed + _CHUNK]
+                fed += len(chunk)
+                out.append(dec.decompress(chunk))
+            if not dec.eof:
+                raise zlib.error("member truncated at end of file")
+        except zlib.error as exc:
+            counters["skipped:broken_gzip_member"] += 1
+            log.debug("broken gzip member at byte %d: %s", pos, exc)
+            nxt = bytes(data[pos + 1 :]).find(GZIP_MAGIC) if pos + 1 < end else -1
+            if nxt < 0:
+                return
+            pos = pos + 1 + nxt
+            continue
+        pos = fed - len(dec.unused_data)
+        yield b"".join(out)
+
+
+def _records(raw: bytes, counters: Counter) -> Iterator[tuple[str, bytes]]:
+    """(target URI, payload) of the metadata records in uncompressed WARC bytes."""
+    for record in ArchiveIterator(io.BytesIO(raw), record_types=WarcRecordType.metadata, parse_http=False):
+        counters["records"] += 1
+        yield record.headers.get("WARC-Target-URI", ""), record.reader.read()
+
+
+def iter_wat_payloads(data: bytes, counters: Counter) -> Iterator[tuple[str, bytes]]:
+    """Metadata records of a WAT file's bytes, gzipped per record or plain."""
+    if not data.startswith(GZIP_MAGIC):
+        yield from _records(data, counters)
+        return
+    batch, size = [], 0
+    for member in _split_members(memoryview(data), counters):
+        batch.append(member)
+        size += len(member)
+        if size >= _BATCH_BYTES:
+            yield from _records(b"".join(batch), counters)
+            batch, size = [], 0
+    if batch:
+        yield from _records(b"".join(batch), counters)
+
+
+def parse_wat_file(wat_path: str, rules: LinkRules = LinkRules()) -> tuple[list[dict], Counter]:
+    """All pairs of one WAT file (local path or URL) and the counters of what was skipped."""
+    counters: Counter = Counter()
+    try:
+        data = storage.read_bytes(wat_path)
+    except (OSError, storage.StorageError) as exc:
+        log.warning("cannot read WAT file %s: %s", wat_path, exc)
+        counters["skipped:unreadable_wat_file"] += 1
+        return [], counters
+    rows = []
+    for page_url, payload in iter_wat_payloads(data, counters):
+        rows.extend(extract_pairs(payload, page_url, wat_path, rules, counters))
+    return rows, counters
+
+
+def read_wat_listing(listing: str, prefix: str = "") -> list[str]:
+    """WAT paths from a crawl's ``wat.paths.gz`` listing, joined onto `prefix`."""
+    with storage.open_file(listing, "rb", compression="infer") as f:
+        lines = f.read().decode().splitlines()
+    return [storage.join(prefix, line.strip()) if prefix else line.strip() for line in lines if line.strip()]
