@@ -67,13 +67,16 @@ def write_part(url: str, table: pa.Table) -> None:
         pq.write_table(table, f)
 
 
+def read_part(url: str) -> pa.Table:
+    with storage.open_file(url) as f:
+        return pq.read_table(f, schema=LEDGER_SCHEMA)
+
+
 def read(ledger_dir: str, stage: str | None = None) -> pa.Table:
     stages = [stage] if stage else STAGE_ORDER
-    tables = []
-    for name in stages:
-        for part in storage.ls(storage.join(ledger_dir, name), "*.parquet"):
-            with storage.open_file(part) as f:
-                tables.append(pq.read_table(f, schema=LEDGER_SCHEMA))
+    tables = [
+        read_part(part) for name in stages for part in storage.ls(storage.join(ledger_dir, name), "*.parquet")
+    ]
     return pa.concat_tables(tables) if tables else LEDGER_SCHEMA.empty_table()
 
 

@@ -1,0 +1,185 @@
+"""The ``datacomp`` command: every stage without Airflow, and the synthetic crawl.
+
+    datacomp synthetic --out DIR --n-urls 2000 --base-url http://127.0.0.1:8765
+    datacomp serve --port 8765
+    datacomp extract --crawl-id ID --input DIR/crawl-data/ID/wat.paths.gz
+    datacomp download --partition URLS.parquet --pool-version v1 [--first-shard 0]
+    datacomp build [--serve] ...                 extract + download + summary, as the DAG does
+    datacomp ledger --pool-version v1             status counts of a pool's ledger
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from typing import Any
+
+from tqdm import tqdm
+
+
+def _overrides(pairs: list[str]) -> dict[str, Any]:
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"--set expects KEY=VALUE, got {pair!r}")
+        out[key] = value
+    return out
+
+
+def _config(args):
+    from .config import load_config
+
+    return load_config(args.config, _config_overrides(args))
+
+
+def cmd_synthetic(args) -> None:
+    from .synthetic.crawl import CrawlSpec, generate_crawl
+    from .synthetic.evalsuite import generate_eval_suite
+
+    spec = CrawlSpec(n_urls=args.n_urls, seed=args.seed, base_url=args.base_url,
+                     urls_per_file=args.urls_per_file, crawl_id=args.crawl_id, faults=not args.no_faults)
+    summary = generate_crawl(args.out, spec)
+    generate_eval_suite(os.path.join(args.out, "eval"))
+    print(f"{summary['urls']} URLs in {len(summary['wat_files'])} WAT files; listing: {summary['wat_listing']}")
+
+
+def cmd_serve(args) -> None:
+    from .synthetic.server import SyntheticImageServer
+
+    server = SyntheticImageServer(args.port, hang_seconds=args.hang_seconds)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    print(f"serving synthetic images on {server.base_url}", flush=True)
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()
+
+
+def cmd_extract(args) -> None:
+    from .build import make_spec
+    from .extract import run_extract_urls
+
+    spec = make_spec(f"cli-{int(time.time())}", args.crawl_id, "", args.input, _config_overrides(args))
+    report = run_extract_urls(spec.inputs, spec.crawl, spec.platform_config, spec.report)
+    print(json.dumps(report, indent=2))
+
+
+def _config_overrides(args) -> dict[str, Any]:
+    overrides = _overrides(args.set)
+    if args.storage_root:
+        overrides["storage_root"] = args.storage_root
+    return overrides
+
+
+def cmd_download(args) -> None:
+    import pyarrow.parquet as pq
+
+    from . import storage
+    from .download import Partition, run_download
+    from .layout import PoolLayout
+
+    config = _config(args)
+    with storage.open_file(args.partition) as f:
+        rows = pq.read_metadata(f).num_rows
+    stats = run_download(Partition(args.partition, rows, args.first_shard),
+                         PoolLayout(os.path.abspath(config.storage_root), args.pool_version), config)
+    print(json.dumps(stats.to_dict(), indent=2))
+
+
+def cmd_build(args) -> None:
+    import contextlib
+
+    from .build import format_summary, make_spec, plan_download, summarize
+    from .download import Partition, run_download
+    from .extract import run_extract_urls
+
+    start = time.monotonic()
+    spec = make_spec(f"cli-{int(time.time())}", args.crawl_id, args.pool_version, args.input, _config_overrides(args))
+    config = spec.platform_config
+    ctx = contextlib.nullcontext()
+    if args.serve:
+        from .synthetic.server import serving
+
+        ctx = serving(args.serve, hang_seconds=args.hang_seconds)
+    with ctx:
+        run_extract_urls(spec.inputs, spec.crawl, config, spec.report)
+        plan = plan_download(spec)
+        for part in tqdm(plan, desc="download partitions", unit="partition"):
+            run_download(Partition(**part), spec.pool, config)
+    print(format_summary(summarize(spec, time.monotonic() - start)))
+
+
+def cmd_ledger(args) -> None:
+    from . import ledger
+    from .layout import PoolLayout
+
+    config = _config(args)
+    table = ledger.final_statuses(PoolLayout(os.path.abspath(config.storage_root), args.pool_version).ledger)
+    print(json.dumps({"urls": table.num_rows, "statuses": ledger.counts(table)}, indent=2))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="datacomp", description="DataComp platform stages without Airflow")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def with_config(p):
+        p.add_argument("--config", help="YAML config file (default: $DATACOMP_CONFIG)")
+        p.add_argument("--storage-root", help="overrides the config's storage_root")
+        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="config override, e.g. --set download.timeout=5")
+        return p
+
+    p = sub.add_parser("synthetic", help="generate a synthetic crawl and evaluation suite")
+    p.add_argument("--out", required=True)
+    p.add_argument("--n-urls", type=int, default=2000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--base-url", default="http://127.0.0.1:8765")
+    p.add_argument("--urls-per-file", type=int, default=5000)
+    p.add_argument("--crawl-id", default="CC-SYNTH-2026-47")
+    p.add_argument("--no-faults", action="store_true", help="leave out the malformed records")
+    p.set_defaults(func=cmd_synthetic)
+
+    p = sub.add_parser("serve", help="serve the synthetic crawl's images on 127.0.0.1")
+    p.add_argument("--port", type=int, default=8765)
+    p.add_argument("--hang-seconds", type=float, default=30.0)
+    p.set_defaults(func=cmd_serve)
+
+    p = with_config(sub.add_parser("extract", help="URL extraction (Spark, local master)"))
+    p.add_argument("--crawl-id", default="CC-SYNTH-2026-47")
+    p.add_argument("--input", action="append", default=[], help="WAT file or wat.paths.gz listing")
+    p.set_defaults(func=cmd_extract)
+
+    p = with_config(sub.add_parser("download", help="download one URL partition"))
+    p.add_argument("--partition", required=True)
+    p.add_argument("--pool-version", required=True)
+    p.add_argument("--first-shard", type=int, default=0)
+    p.set_defaults(func=cmd_download)
+
+    p = with_config(sub.add_parser("build", help="the CommonPool build end to end, without Airflow"))
+    p.add_argument("--crawl-id", default="CC-SYNTH-2026-47")
+    p.add_argument("--pool-version", default="")
+    p.add_argument("--input", action="append", default=[])
+    p.add_argument("--serve", type=int, metavar="PORT", help="serve the synthetic images on PORT meanwhile")
+    p.add_argument("--hang-seconds", type=float, default=30.0)
+    p.set_defaults(func=cmd_build)
+
+    p = with_config(sub.add_parser("ledger", help="final status counts of a pool"))
+    p.add_argument("--pool-version", required=True)
+    p.set_defaults(func=cmd_ledger)
+
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()

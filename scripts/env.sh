@@ -1,0 +1,24 @@
+# Environment of the embedded default: source it (scripts/*.sh and the Makefile do).
+# Everything lives inside the checkout: the virtualenv, AIRFLOW_HOME and the storage root.
+DATACOMP_HOME="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+export DATACOMP_HOME
+export PATH="$DATACOMP_HOME/.venv/bin:$PATH"
+export AIRFLOW_HOME="${AIRFLOW_HOME:-$DATACOMP_HOME/var/airflow}"
+export AIRFLOW__CORE__DAGS_FOLDER="$DATACOMP_HOME/dags"
+export AIRFLOW__CORE__PLUGINS_FOLDER="$DATACOMP_HOME/plugins"
+export AIRFLOW__CORE__LOAD_EXAMPLES=False
+export AIRFLOW__CORE__EXECUTOR=LocalExecutor
+export AIRFLOW__CORE__PARALLELISM=4
+export AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION=False
+export AIRFLOW__DATABASE__SQL_ALCHEMY_CONN="sqlite:///$AIRFLOW_HOME/airflow.db"
+export AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL=10
+export AIRFLOW__SCHEDULER__MIN_FILE_PROCESS_INTERVAL=10
+export AIRFLOW__API__PORT="${AIRFLOW_PORT:-8080}"
+# Spark runs in local mode on the embedded default; a cluster is only this connection.
+if [ -z "${AIRFLOW_CONN_SPARK_DEFAULT:-}" ]; then
+    export AIRFLOW_CONN_SPARK_DEFAULT='{"conn_type": "spark", "host": "local[*]"}'
+fi
+export PYSPARK_PYTHON="$DATACOMP_HOME/.venv/bin/python"
+export DATACOMP_STORAGE_ROOT="${DATACOMP_STORAGE_ROOT:-$DATACOMP_HOME/var/data}"
+# no network but the package registries: never ask a hub or an update server
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 NO_ALBUMENTATIONS_UPDATE=1 WANDB_MODE=disabled

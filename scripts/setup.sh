@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Create .venv inside the checkout with the pinned dependency set. Idempotent:
+# when nothing it depends on changed since the last run, it returns at once.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON="${PYTHON:-python3.11}"
+stamp=.venv/.setup-stamp
+want=$(cat requirements/base.in requirements/constraints.txt pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && .venv/bin/python -c "import datacomp_ops" 2>/dev/null; then
+    echo "setup: .venv is up to date"
+    exit 0
+fi
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+.venv/bin/pip install --quiet --upgrade "pip>=24" wheel
+.venv/bin/pip install --quiet -r requirements/base.in -c requirements/constraints.txt
+# insightface asks for opencv-python, which would overwrite the cv2 package of
+# the opencv-python-headless 4.x build that img2dataset uses: install it alone.
+.venv/bin/pip install --quiet --no-deps -c requirements/constraints.txt insightface
+.venv/bin/pip install --quiet --no-deps -e .
+echo "$want" > "$stamp"
+echo "setup: done"
