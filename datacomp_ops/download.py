@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import subprocess
+import sys
 import time
 from dataclasses import dataclass
 
@@ -79,9 +81,13 @@ def next_free_shard(pool: PoolLayout) -> int:
     return max(used, default=-1) + 1
 
 
-def _run_img2dataset(partition: Partition, out_dir: str, config: PlatformConfig) -> None:
-    from img2dataset import download as i2d_download
+# img2dataset runs in a child interpreter of its own: its worker processes are
+# spawned, and spawn re-imports the parent's __main__ (in Airflow, the airflow
+# CLI, which must not start up inside a task); it also installs signal handlers.
+_I2D_RUNNER = "import json, sys; from img2dataset import download; download(**json.loads(sys.argv[1]))"
 
+
+def _run_img2dataset(partition: Partition, out_dir: str, config: PlatformConfig) -> None:
     dl = config.download
     if partition.first_shard > 0:
         # img2dataset's "extend" mode numbers new shards after the highest existing
@@ -91,7 +97,7 @@ def _run_img2dataset(partition: Partition, out_dir: str, config: PlatformConfig)
         storage.write_json(storage.join(out_dir, f"{partition.first_shard - 1:08d}_stats.json"), seed)
     else:
         storage.makedirs(out_dir)
-    i2d_download(
+    kwargs = dict(
         url_list=partition.path,
         input_format="parquet",
         url_col="url",
@@ -118,6 +124,14 @@ def _run_img2dataset(partition: Partition, out_dir: str, config: PlatformConfig)
         distributor="multiprocessing",
         enable_wandb=False,
     )
+    env = dict(os.environ)
+    # OpenCV refuses to decode beyond this many pixels: a bomb costs no memory.
+    env.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(2 * dl.max_image_area))
+    env.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    env.setdefault("WANDB_MODE", "disabled")
+    proc = subprocess.run([sys.executable, "-c", _I2D_RUNNER, json.dumps(kwargs)], env=env)
+    if proc.returncode != 0:
+        raise RuntimeError(f"img2dataset failed on {partition.path} (exit code {proc.returncode})")
 
 
 def run_download(partition: Partition, pool: PoolLayout, config: PlatformConfig) -> StageStats:
@@ -129,8 +143,6 @@ def run_download(partition: Partition, pool: PoolLayout, config: PlatformConfig)
     start = time.monotonic()
     tmp = storage.join(pool.base, "_tmp", f"{STAGE}-{partition.name}")
     storage.remove(tmp)
-    # OpenCV refuses to decode beyond this many pixels: a bomb costs no memory.
-    os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(2 * config.download.max_image_area))
     _run_img2dataset(partition, tmp, config)
 
     with storage.open_file(partition.path) as f:

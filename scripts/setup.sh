@@ -16,6 +16,6 @@ fi
 # insightface asks for opencv-python, which would overwrite the cv2 package of
 # the opencv-python-headless 4.x build that img2dataset uses: install it alone.
 .venv/bin/pip install --quiet --no-deps -c requirements/constraints.txt insightface
-.venv/bin/pip install --quiet --no-deps -e .
+.venv/bin/pip install --quiet --no-deps -e . 2> .venv/editable-install.log
 echo "$want" > "$stamp"
 echo "setup: done"

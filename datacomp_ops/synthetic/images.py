@@ -119,8 +119,8 @@ def decompression_bomb(side: int = 10_000) -> bytes:
     return buf.getvalue()
 
 
-@functools.lru_cache(maxsize=4)
-def oversized(seed: int) -> bytes:
+@functools.lru_cache(maxsize=1)
+def oversized() -> bytes:
     """A large but legitimate photo-sized image (4000x3000): resized, not rejected."""
-    img = render_shape("blue", "square", seed, size=3000).resize((4000, 3000))
+    img = render_shape("blue", "square", 0, size=400).resize((4000, 3000), Image.NEAREST)
     return encode(img, quality=70)

@@ -38,7 +38,6 @@ class NotFound(Exception):
 def render(path: str) -> tuple[bytes, str]:
     """(body, content type) of an image path under /img/."""
     parts = path.strip("/").split("/")
-    stem = parts[-1].rsplit(".", 1)[0]
     if parts[:2] == ["img", "shape"] and len(parts) == 5:
         color, shape = parts[2], parts[3]
         if color not in images.COLORS or shape not in images.SHAPES:
@@ -55,7 +54,7 @@ def render(path: str) -> tuple[bytes, str]:
         img = images.near_duplicate(images.eval_image(index)[0], variant)
         return images.encode(img, quality=40 if variant == "reencoded" else 92), "image/jpeg"
     if parts[:2] == ["img", "oversized"]:
-        return images.oversized(images.seed_of(stem) % 4), "image/jpeg"
+        return images.oversized(), "image/jpeg"
     raise NotFound(path)
 
 

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# The main job on the embedded default: Airflow standalone (SQLite, LocalExecutor),
+# Spark local, local storage, a synthetic crawl served from 127.0.0.1.
+#   DEMO_URLS=2000 DEMO_PORT=8765 KEEP_RUNNING=0 scripts/demo.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+source scripts/env.sh
+DEMO_URLS="${DEMO_URLS:-2000}"
+DEMO_PORT="${DEMO_PORT:-8765}"
+KEEP_RUNNING="${KEEP_RUNNING:-0}"
+mkdir -p "$AIRFLOW_HOME" var/log
+started=$(date +%s)
+
+pids=()
+cleanup() {
+    for pid in "${pids[@]}"; do kill -TERM -- "-$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+}
+trap cleanup EXIT INT TERM
+
+echo "== synthetic crawl: $DEMO_URLS URLs served from 127.0.0.1:$DEMO_PORT"
+rm -rf "$DATACOMP_STORAGE_ROOT/synthetic"
+datacomp synthetic --out "$DATACOMP_STORAGE_ROOT/synthetic" --n-urls "$DEMO_URLS" \
+    --base-url "http://127.0.0.1:$DEMO_PORT" --urls-per-file 1000
+setsid datacomp serve --port "$DEMO_PORT" --hang-seconds 20 > var/log/image-server.log 2>&1 &
+pids+=($!)
+
+echo "== airflow standalone (log: var/log/airflow-standalone.log)"
+airflow db migrate > var/log/airflow-migrate.log 2>&1
+setsid airflow standalone > var/log/airflow-standalone.log 2>&1 &
+pids+=($!)
+for _ in $(seq 120); do
+    curl -sf "http://127.0.0.1:$AIRFLOW__API__PORT/api/v2/monitor/health" > /dev/null && break
+    sleep 2
+done
+echo "   UI: http://127.0.0.1:$AIRFLOW__API__PORT  user 'admin', password in $AIRFLOW_HOME/simple_auth_manager_passwords.json.generated"
+
+echo "== commonpool_build through the scheduler"
+conf='{"config_overrides": {"download.timeout": 5, "download.processes_count": 1, "download.thread_count": 32,
+       "extract.urls_per_partition": 500, "download.number_sample_per_shard": 250}}'
+python scripts/run_dag.py commonpool_build --conf "$conf" --timeout 900
+python - <<'PY'
+import glob, json, os
+from datacomp_ops.build import format_summary
+reports = sorted(glob.glob(os.path.join(os.environ["DATACOMP_STORAGE_ROOT"], "pool", "*", "reports", "demo__*.json")), key=os.path.getmtime)
+print(format_summary(json.load(open(reports[-1]))))
+PY
+echo "== done in $(( $(date +%s) - started )) s (pool under $DATACOMP_STORAGE_ROOT/pool)"
+if [ "$KEEP_RUNNING" = "1" ]; then
+    echo "Airflow and the image server keep running; Ctrl-C stops them."
+    wait
+fi

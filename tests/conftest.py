@@ -1,0 +1,62 @@
+"""Shared fixtures: a synthetic crawl served from loopback, a local Spark session."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+os.environ.setdefault("WANDB_MODE", "disabled")
+os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+os.environ.pop("DATACOMP_CONFIG", None)
+os.environ.pop("DATACOMP_STORAGE_ROOT", None)
+
+# Short client timeout and server hang keep the timeout case quick.
+DOWNLOAD_TIMEOUT = 2
+HANG_SECONDS = 4
+
+
+@pytest.fixture(scope="session")
+def image_server():
+    from datacomp_ops.synthetic.server import serving
+
+    with serving(hang_seconds=HANG_SECONDS, slow_seconds=0.2) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def small_crawl(tmp_path_factory, image_server):
+    """300 URLs in 2 WAT files with every failure case, served by `image_server`."""
+    from datacomp_ops.synthetic.crawl import CrawlSpec, generate_crawl
+
+    out = tmp_path_factory.mktemp("crawl")
+    summary = generate_crawl(out, CrawlSpec(n_urls=300, seed=7, base_url=image_server.base_url, urls_per_file=200))
+    summary["dir"] = str(out)
+    return summary
+
+
+@pytest.fixture(scope="session")
+def spark():
+    from datacomp_ops.extract import local_spark
+
+    session = local_spark("local[2]", "datacomp-tests")
+    yield session
+    session.stop()
+
+
+@pytest.fixture
+def fast_download_config(tmp_path):
+    from datacomp_ops.config import load_config
+
+    return load_config(overrides={
+        "storage_root": str(tmp_path / "root"),
+        "download.timeout": DOWNLOAD_TIMEOUT,
+        "download.processes_count": 1,
+        "download.thread_count": 16,
+        "download.number_sample_per_shard": 100,
+        "extract.urls_per_partition": 150,
+        "extract.spark_master": "local[2]",
+    })

@@ -1,0 +1,80 @@
+"""A real img2dataset download from the local server, checked against the crawl's truth."""
+
+import json
+import tarfile
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from datacomp_ops import ledger
+from datacomp_ops.download import Partition, classify_failure, next_free_shard, plan_partitions, run_download
+from datacomp_ops.layout import PoolLayout
+from datacomp_ops.wat import parse_wat_file
+
+
+def test_classify_failure_messages():
+    assert classify_failure("HTTP Error 404: Not Found", "failed_to_download") == "http_error"
+    assert classify_failure("timed out", "failed_to_download") == "timeout"
+    assert classify_failure("<urlopen error timed out>", "failed_to_download") == "timeout"
+    assert classify_failure("IncompleteRead(10 bytes read, 20 more expected)", "failed_to_download") == "truncated"
+    assert classify_failure("Use of image disallowed by X-Robots-Tag directive", "failed_to_download") == "opted_out"
+    assert classify_failure("Image decoding error", "failed_to_resize") == "not_image"
+    assert classify_failure("image area too large", "failed_to_resize") == "image_too_large"
+    assert classify_failure("<urlopen error [Errno 111] Connection refused>", "failed_to_download") == "network_error"
+    assert classify_failure("aspect ratio too large", "failed_to_resize") == "resize_error"
+
+
+def test_plan_gives_dense_shard_ranges():
+    plan = plan_partitions([{"path": "p0.parquet", "rows": 250}, {"path": "p1.parquet", "rows": 100},
+                            {"path": "p2.parquet", "rows": 0}], first_shard=3, samples_per_shard=100)
+    assert [p.first_shard for p in plan] == [3, 6, 7]
+
+
+@pytest.mark.slow
+def test_download_statuses_match_the_truth(tmp_path, small_crawl, fast_download_config):
+    rows = {}
+    for path in small_crawl["wat_files"]:
+        for row in parse_wat_file(path)[0]:
+            rows[row["uid"]] = row
+    part_path = str(tmp_path / "part-0000-00000.parquet")
+    pq.write_table(pa.Table.from_pylist(sorted(rows.values(), key=lambda r: r["uid"])), part_path)
+    pool = PoolLayout(str(tmp_path / "root"), "v1")
+    partition = Partition(part_path, len(rows), first_shard=4)
+
+    stats = run_download(partition, pool, fast_download_config)
+
+    truth = pq.read_table(f"{small_crawl['dir']}/truth.parquet").to_pydict()
+    expected = dict(zip(truth["uid"], truth["expected_status"]))
+    table = ledger.read(pool.ledger)
+    ledger.check_accounts_for(table, rows, "test")
+    got = dict(zip(table["uid"].to_pylist(), table["status"].to_pylist()))
+    wrong = {u: (expected[u], got[u]) for u in got if got[u] != expected[u]}
+    assert not wrong
+    assert set(got.values()) >= {"downloaded", "http_error", "timeout", "truncated", "not_image",
+                                 "image_too_large", "opted_out"}
+    assert stats["urls"] == len(rows) and stats["downloaded"] == sum(s == "downloaded" for s in expected.values())
+    failed_messages = [m for m, s in zip(table["message"].to_pylist(), table["status"].to_pylist()) if s != "downloaded"]
+    assert all(failed_messages)
+
+    # shards numbered from the partition's first shard, DataComp's sample layout
+    assert [o.rsplit("/", 1)[-1] for o in stats.outputs] == ["00000004.tar", "00000005.tar", "00000006.tar"]
+    with tarfile.open(stats.outputs[0]) as tar:
+        names = tar.getnames()
+        key = names[0].split(".")[0]
+        assert {f"{key}.jpg", f"{key}.txt", f"{key}.json"} <= set(names)
+        meta = json.loads(tar.extractfile(f"{key}.json").read())
+        img = Image.open(tar.extractfile(f"{key}.jpg"))
+    assert meta["uid"] in rows and len(meta["sha256"]) == 64
+    assert max(img.size) <= 512
+    oversized = [u for u, r in rows.items() if "/img/oversized/" in r["url"]]
+    shard_meta = pq.read_table(pool.shard(4, "parquet")).to_pylist()
+    shard_meta += pq.read_table(pool.shard(5, "parquet")).to_pylist() + pq.read_table(pool.shard(6, "parquet")).to_pylist()
+    big = [m for m in shard_meta if m["uid"] in oversized]
+    assert big and all(m["original_width"] == 4000 and max(m["width"], m["height"]) == 512 for m in big)
+
+    # a rerun is a no-op that returns the committed stats; the next free shard is after ours
+    again = run_download(partition, pool, fast_download_config)
+    assert again.counters == stats.counters
+    assert next_free_shard(pool) == 7

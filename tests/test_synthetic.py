@@ -1,0 +1,126 @@
+import gzip
+import io
+import json
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from datacomp_ops.synthetic.crawl import KINDS, CrawlSpec, generate_crawl
+from datacomp_ops.synthetic.evalsuite import generate_eval_suite
+from datacomp_ops.synthetic.images import CLASSES, eval_image, near_duplicate
+from datacomp_ops.wat import parse_wat_file
+
+
+def test_crawl_is_deterministic_and_parses(tmp_path):
+    spec = CrawlSpec(n_urls=150, seed=3, urls_per_file=100)
+    a = generate_crawl(tmp_path / "a", spec)
+    b = generate_crawl(tmp_path / "b", spec)
+    assert [open(p, "rb").read() for p in a["wat_files"]] == [open(p, "rb").read() for p in b["wat_files"]]
+    assert a["urls"] == 150 and len(a["wat_files"]) == 2
+    assert set(a["kinds"]) == set(KINDS)  # every case present even in a small crawl
+    with gzip.open(a["wat_listing"], "rt") as f:
+        assert len(f.read().split()) == 2
+
+
+def test_wat_files_read_with_fastwarc_and_warcio(tmp_path):
+    from fastwarc.warc import ArchiveIterator as FastIterator
+    from warcio.archiveiterator import ArchiveIterator as WarcioIterator
+
+    summary = generate_crawl(tmp_path, CrawlSpec(n_urls=120, faults=False))
+    path = summary["wat_files"][0]
+    with open(path, "rb") as f:
+        fast = [r.headers.get("WARC-Target-URI") for r in FastIterator(f)]
+    with open(path, "rb") as f:
+        slow = [r.rec_headers.get_header("WARC-Target-URI") for r in WarcioIterator(f)]
+    assert fast == slow and len(fast) > 10
+    with open(path, "rb") as f:
+        record = next(r for r in WarcioIterator(f) if r.rec_type == "metadata")
+        links = json.loads(record.content_stream().read())["Envelope"]["Payload-Metadata"][
+            "HTTP-Response-Metadata"]["HTML-Metadata"]["Links"]
+    assert any(link["path"] == "IMG@/src" and link.get("alt") for link in links)
+
+
+def test_parsed_pairs_equal_the_truth(tmp_path):
+    summary = generate_crawl(tmp_path, CrawlSpec(n_urls=400, urls_per_file=250))
+    uids, counters = set(), Counter()
+    for path in summary["wat_files"]:
+        rows, c = parse_wat_file(path)
+        uids |= {r["uid"] for r in rows}
+        counters += c
+    truth = set(pq.read_table(tmp_path / "truth.parquet")["uid"].to_pylist())
+    assert uids == truth
+    assert counters["skipped:bad_json"] == 1 and counters["skipped:broken_gzip_member"] == 1
+    assert counters["pairs"] > len(uids)  # the crawl repeats some pairs on other pages
+
+
+def _get(url, timeout=5.0):
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return r.status, dict(r.headers), r.read()
+    except urllib.error.HTTPError as err:
+        return err.code, dict(err.headers), err.read()
+
+
+def test_server_cases(image_server):
+    base = image_server.base_url
+    status, headers, body = _get(f"{base}/img/shape/red/circle/1.jpg")
+    assert status == 200 and headers["Content-Type"] == "image/jpeg"
+    img = Image.open(io.BytesIO(body))
+    r, g, b = Image.open(io.BytesIO(body)).convert("RGB").resize((1, 1), Image.BOX).getpixel((0, 0))
+    assert img.format == "JPEG" and r > b  # red dominates a red circle on a light background
+    assert _get(f"{base}/img/shape/red/circle/1.jpg")[2] == body  # deterministic
+    assert _get(f"{base}/missing/1.jpg")[0] == 404
+    assert _get(f"{base}/error/1.jpg")[0] == 500
+    assert _get(f"{base}/img/shape/purple/blob/1.jpg")[0] == 404
+    status, _, redirected = _get(f"{base}/redirect/img/shape/red/circle/1.jpg")
+    assert status == 200 and redirected == body
+    status, headers, _ = _get(f"{base}/noai/img/shape/red/circle/1.jpg")
+    assert status == 200 and "noai" in headers["X-Robots-Tag"]
+    status, headers, _ = _get(f"{base}/html/1.jpg")
+    assert headers["Content-Type"] == "text/html"
+    start = time.monotonic()
+    assert _get(f"{base}/slow/img/shape/red/circle/1.jpg")[0] == 200
+    assert time.monotonic() - start >= image_server.slow_seconds
+    big = Image.open(io.BytesIO(_get(f"{base}/img/oversized/1.jpg")[2]))
+    assert big.size == (4000, 3000)
+    Image.MAX_IMAGE_PIXELS = None
+    bomb_bytes = _get(f"{base}/bomb/1.png")[2]
+    bomb = Image.open(io.BytesIO(bomb_bytes))
+    assert len(bomb_bytes) < 1_000_000 and bomb.size[0] * bomb.size[1] >= 100_000_000
+    photo = Image.open(io.BytesIO(_get(f"{base}/img/photo/astronaut/3.jpg")[2]))
+    assert min(photo.size) > 200
+
+
+def test_server_truncates_and_hangs(image_server):
+    import http.client
+
+    with pytest.raises(http.client.IncompleteRead):
+        urllib.request.urlopen(f"{image_server.base_url}/truncated/img/shape/red/circle/1.jpg", timeout=5).read()
+    with pytest.raises((TimeoutError, urllib.error.URLError)):
+        urllib.request.urlopen(f"{image_server.base_url}/hang/1.jpg", timeout=0.5).read()
+
+
+def test_eval_duplicates_are_the_eval_images(image_server):
+    img, label = eval_image(5)
+    assert CLASSES[label] == CLASSES[5 % len(CLASSES)]
+    served = Image.open(io.BytesIO(_get(f"{image_server.base_url}/img/evaldup/5/resized/1.jpg")[2]))
+    assert served.size == near_duplicate(img, "resized").size == (192, 192)
+
+
+def test_eval_suite_in_clip_benchmark_layout(tmp_path):
+    import webdataset as wds
+
+    suite = generate_eval_suite(tmp_path, n_classification=24, n_retrieval=6)
+    cls_dir = tmp_path / "wds_synthetic_shapes"
+    assert (cls_dir / "classnames.txt").read_text().split("\n")[:2] == CLASSES[:2]
+    assert "{c}" in (cls_dir / "zeroshot_classification_templates.txt").read_text()
+    samples = list(wds.WebDataset(str(cls_dir / "test" / "0.tar"), shardshuffle=False).decode("pil").to_tuple("jpg", "cls"))
+    assert len(samples) == 24 and sorted({int(c) for _, c in samples}) == list(range(12))
+    ret = list(wds.WebDataset(str(tmp_path / "wds_synthetic_retrieval" / "test" / "0.tar"), shardshuffle=False).decode("pil").to_tuple("jpg", "txt"))
+    assert len(ret) == 6 and all(len(t.split("\n")) == 2 for _, t in ret)
+    assert [t["type"] for t in suite["tasks"]] == ["zeroshot_classification", "zeroshot_retrieval"]

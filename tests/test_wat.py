@@ -1,0 +1,89 @@
+import gzip
+import json
+from collections import Counter
+
+from datacomp_ops.schema import compute_uid
+from datacomp_ops.synthetic.crawl import _envelope, _record
+from datacomp_ops.wat import LinkRules, extract_pairs, iter_wat_payloads, parse_wat_file, resolve_url
+
+PAGE = "http://site.example/a/b/page.html"
+
+
+def _pairs(links, base=None, rules=LinkRules()):
+    counters = Counter()
+    rows = extract_pairs(json.dumps(_envelope(PAGE, links, base)).encode(), PAGE, "f.wat.gz", rules, counters)
+    return rows, counters
+
+
+def test_keeps_img_links_with_alt_and_resolves_relative_urls():
+    rows, counters = _pairs([
+        {"path": "IMG@/src", "url": "/img/x.jpg", "alt": " a cat "},
+        {"path": "IMG@/src", "url": "../y.png", "alt": "a dog"},
+        {"path": "IMG@/src", "url": "https://cdn.example/z.jpg", "alt": "a bird"},
+        {"path": "A@/href", "url": "/other.html", "text": "link"},
+    ])
+    assert [(r["url"], r["text"]) for r in rows] == [
+        ("http://site.example/img/x.jpg", "a cat"),
+        ("http://site.example/a/y.png", "a dog"),
+        ("https://cdn.example/z.jpg", "a bird"),
+    ]
+    assert rows[0]["uid"] == compute_uid("a cat", "http://site.example/img/x.jpg")
+    assert rows[0]["page_url"] == PAGE and rows[0]["wat_path"] == "f.wat.gz"
+    assert counters["pairs"] == 3 and counters["image_links"] == 3
+
+
+def test_html_base_is_honoured():
+    rows, _ = _pairs([{"path": "IMG@/src", "url": "x.jpg", "alt": "cat"}], base="http://cdn.example/static/")
+    assert rows[0]["url"] == "http://cdn.example/static/x.jpg"
+
+
+def test_drops_are_counted_by_reason():
+    rows, counters = _pairs([
+        {"path": "IMG@/src", "url": "/no-alt.jpg"},
+        {"path": "IMG@/src", "url": "/blank.jpg", "alt": "   "},
+        {"path": "IMG@/src", "url": "data:image/gif;base64,AAAA", "alt": "pixel"},
+        {"path": "IMG@/src", "url": "javascript:void(0)", "alt": "js"},
+        {"path": "IMG@/src", "url": "ftp://host/x.jpg", "alt": "ftp"},
+        {"path": "IMG@/src", "url": "/" + "x" * 3000 + ".jpg", "alt": "long"},
+        {"path": "IMG@/src", "url": "http://[bad", "alt": "bad url"},
+    ])
+    assert rows == []
+    assert counters["skipped:no_alt"] == 2
+    assert counters["skipped:not_http_url"] == 4
+    assert counters["skipped:url_too_long"] == 1
+
+
+def test_malformed_records_are_counted_not_fatal():
+    counters = Counter()
+    assert extract_pairs(b"{not json", PAGE, "f", LinkRules(), counters) == []
+    assert extract_pairs(b'{"Envelope": {"Payload-Metadata": {}}}', PAGE, "f", LinkRules(), counters) == []
+    assert extract_pairs(b'["a list"]', PAGE, "f", LinkRules(), counters) == []
+    assert counters["skipped:bad_json"] == 2 and counters["records_without_html"] == 1
+
+
+def test_resolve_url():
+    assert resolve_url(" /a.jpg ", "https://h/x/") == "https://h/a.jpg"
+    assert resolve_url("", "https://h/") is None
+    assert resolve_url("mailto:a@b", "https://h/") is None
+
+
+def test_broken_gzip_member_is_skipped_and_the_rest_parsed(tmp_path):
+    good = [_record(f"http://h/{i}", _envelope(f"http://h/{i}", [{"path": "IMG@/src", "url": f"/{i}.jpg", "alt": f"img {i}"}]))
+            for i in range(4)]
+    broken = bytearray(good[1])
+    broken[len(broken) // 2: len(broken) // 2 + 6] = b"\xff" * 6
+    path = tmp_path / "x.wat.gz"
+    path.write_bytes(good[0] + bytes(broken) + good[2] + good[3][:-10])  # last member cut short too
+    rows, counters = parse_wat_file(str(path))
+    assert [r["text"] for r in rows] == ["img 0", "img 2"]
+    assert counters["skipped:broken_gzip_member"] == 2
+
+
+def test_uncompressed_wat_and_unreadable_file(tmp_path):
+    record = gzip.decompress(_record("http://h/p", _envelope("http://h/p", [{"path": "IMG@/src", "url": "/a.jpg", "alt": "a"}])))
+    path = tmp_path / "plain.wat"
+    path.write_bytes(record)
+    counters = Counter()
+    assert len(list(iter_wat_payloads(path.read_bytes(), counters))) == 1
+    rows, counters = parse_wat_file(str(tmp_path / "missing.wat.gz"))
+    assert rows == [] and counters["skipped:unreadable_wat_file"] == 1
