@@ -178,7 +178,14 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    args.func(args)
+    from .config import ConfigError
+    from .schema import SchemaError
+    from .storage import StorageError
+
+    try:
+        args.func(args)
+    except (ConfigError, SchemaError, StorageError) as exc:
+        parser.exit(2, f"datacomp: error: {exc}\n")
 
 
 if __name__ == "__main__":

@@ -13,9 +13,11 @@ attempt and are removed before a new batch starts.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import time
+import zlib
 from collections import Counter
 from typing import TYPE_CHECKING, Iterable, Iterator
 
@@ -71,26 +73,49 @@ def _known_uid_files(root: str) -> list[str]:
     return storage.ls(storage.join(root, "crawls"), "*/urls/part-*.parquet")
 
 
-def _read_uids(path: str) -> Iterator[tuple[str]]:
+# A uid that some earlier batch or crawl already holds travels through the
+# shuffle as this marker, so that one shuffle both deduplicates and anti-joins.
+_KNOWN = None
+
+
+def _parse(path: str, rules: LinkRules) -> tuple[list[tuple], dict]:
+    rows, counters = parse_wat_file(path, rules)
+    return [(r["uid"], (r["url"], r["text"], r["page_url"], r["wat_path"])) for r in rows], dict(counters)
+
+
+def _known_uids(path: str) -> Iterator[tuple[str, None]]:
     with storage.open_file(path) as f:
         for uid in pq.read_table(f, columns=["uid"])["uid"].to_pylist():
-            yield (uid,)
+            yield uid, _KNOWN
 
 
-def _parse(path: str, rules: LinkRules) -> tuple[str, list[tuple], dict]:
-    rows, counters = parse_wat_file(path, rules)
-    return path, [tuple(r[c] for c in _COLUMNS) for r in rows], dict(counters)
+def _partition_of(uid: str) -> int:
+    return zlib.crc32(uid.encode())  # stable across Python processes, unlike hash()
 
 
 def _writer(urls_dir: str, batch: int):
-    def write(index: int, rows: Iterator) -> Iterator[tuple[str, int]]:
-        rows = list(rows)
-        if not rows:
-            return iter(())
-        table = pa.Table.from_pylist([row.asDict() for row in rows], schema=URLS_SCHEMA)
+    """Write one shuffle partition (sorted by uid) as a URL part; returns its counts."""
+
+    def write(index: int, items: Iterator[tuple[str, tuple | None]]) -> Iterator[dict]:
+        columns: dict[str, list] = {c: [] for c in _COLUMNS}
+        duplicates = known = 0
+        for uid, group in itertools.groupby(items, key=lambda kv: kv[0]):
+            values = [v for _, v in group]
+            rows = [v for v in values if v is not _KNOWN]
+            if len(rows) < len(values):
+                known += len(rows)
+                continue
+            if not rows:
+                continue
+            url, text, page_url, wat_path = min(rows)  # deterministic choice among repeats
+            duplicates += len(rows) - 1
+            for column, value in zip(_COLUMNS, (uid, url, text, page_url, wat_path)):
+                columns[column].append(value)
+        n = len(columns["uid"])
         path = storage.join(urls_dir, f"part-{batch:04d}-{index:05d}.parquet")
-        _write_table(path, table)
-        return iter([(path, table.num_rows)])
+        if n:
+            _write_table(path, pa.table(columns, schema=URLS_SCHEMA))
+        yield {"path": path if n else None, "rows": n, "duplicates": duplicates, "known": known}
 
     return write
 
@@ -98,7 +123,6 @@ def _writer(urls_dir: str, batch: int):
 def extract_urls(spark: "SparkSession", wat_paths: list[str], crawl: CrawlLayout, config: PlatformConfig) -> dict:
     """Process the WAT files not yet in the manifest; returns the batch report."""
     from pyspark import StorageLevel
-    from pyspark.sql import functions as F
 
     start = time.monotonic()
     manifest = read_manifest(crawl)
@@ -118,48 +142,35 @@ def extract_urls(spark: "SparkSession", wat_paths: list[str], crawl: CrawlLayout
 
     rules = LinkRules(config.extract.max_url_length, config.extract.max_text_length)
     sc = spark.sparkContext
-    parsed = sc.parallelize(todo, len(todo)).map(lambda p: _parse(p, rules)).persist(StorageLevel.MEMORY_AND_DISK)
+    parsed = sc.parallelize(todo, len(todo)).map(lambda p: (p, *_parse(p, rules)))
+    parsed = parsed.persist(StorageLevel.MEMORY_AND_DISK)
     per_file = parsed.map(lambda x: (x[0], x[2])).collect()
-    pairs = spark.createDataFrame(parsed.flatMap(lambda x: x[1]), schema=",".join(f"{c} string" for c in _COLUMNS))
-
-    # deterministic dedup: of the rows sharing a uid keep the smallest (wat_path, page_url)
-    unique = (
-        pairs.groupBy("uid")
-        .agg(F.min(F.struct("wat_path", "page_url", "url", "text")).alias("r"))
-        .select("uid", "r.url", "r.text", "r.page_url", "r.wat_path")
-    )
-    known_files = _known_uid_files(crawl.root)
-    if known_files:
-        known = spark.createDataFrame(
-            sc.parallelize(known_files, len(known_files)).flatMap(_read_uids), schema="uid string"
-        )
-        fresh = unique.join(known, "uid", "left_anti")
-    else:
-        fresh = unique
-    fresh = fresh.persist(StorageLevel.MEMORY_AND_DISK)
-    n_unique, n_fresh = unique.count(), fresh.count()
-    n_parts = max(1, math.ceil(n_fresh / config.extract.urls_per_partition))
-    written = (
-        fresh.repartition(n_parts, "uid")
-        .sortWithinPartitions("uid")
-        .select(*_COLUMNS)
-        .rdd.mapPartitionsWithIndex(_writer(crawl.urls, batch))
-        .collect()
-    )
-    parsed.unpersist()
-    fresh.unpersist()
-
     counters: Counter = Counter()
     for _, c in per_file:
         counters.update(c)
+
+    pairs = parsed.flatMap(lambda x: x[1])
+    known_files = _known_uid_files(crawl.root)
+    if known_files:
+        pairs = pairs.union(sc.parallelize(known_files, len(known_files)).flatMap(_known_uids))
+    # Partitions sized on the pairs found, an upper bound of what gets written.
+    n_parts = max(1, math.ceil(counters["pairs"] / config.extract.urls_per_partition))
+    results = (
+        pairs.repartitionAndSortWithinPartitions(n_parts, partitionFunc=_partition_of)
+        .mapPartitionsWithIndex(_writer(crawl.urls, batch))
+        .collect()
+    )
+    parsed.unpersist()
+
+    written = sorted((r["path"], r["rows"]) for r in results if r["rows"])
     stats.counters.update(counters)
     stats.add("wat_files_processed", len(todo))
-    stats.add("unique_pairs", n_unique)
-    stats.add("duplicates_in_batch", counters["pairs"] - n_unique)
-    stats.add("already_known", n_unique - n_fresh)
-    stats.add("urls_written", n_fresh)
+    # every pair found is accounted for: written, repeated in this batch, or known before
+    stats.add("urls_written", sum(r["rows"] for r in results))
+    stats.add("duplicates_in_batch", sum(r["duplicates"] for r in results))
+    stats.add("already_known", sum(r["known"] for r in results))
     stats.seconds = time.monotonic() - start
-    stats.outputs = sorted(p for p, _ in written)
+    stats.outputs = [p for p, _ in written]
 
     errors = lambda c: sum(v for k, v in c.items() if k.startswith("skipped:") and k not in  # noqa: E731
                            ("skipped:no_alt", "skipped:not_http_url", "skipped:url_too_long", "skipped:text_too_long"))

@@ -4,9 +4,11 @@ Plain functions, so the rules are unit-tested without Spark; the Spark job in
 ``spark_jobs/extract_urls.py`` maps `parse_wat_file` over WAT paths.
 
 A Common Crawl WAT file is a sequence of gzip members, one WARC record each.
-We split the members ourselves (zlib, in C) so that one broken member is
-counted and skipped instead of ending the file, and hand batches of
-decompressed records to fastwarc.
+fastwarc reading the gzip stream itself stops with an error at the first
+broken member, so we split the members ourselves (zlib, in C: a broken one is
+counted and skipped, the rest of the file still parsed) and hand batches of
+decompressed records to fastwarc. Measured here this is also faster than
+fastwarc's own decompression of an in-memory file.
 """
 
 from __future__ import annotations
@@ -14,11 +16,12 @@ from __future__ import annotations
 import io
 import json
 import logging
+import re
 import zlib
 from collections import Counter
 from dataclasses import dataclass
 from typing import Iterator
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urljoin
 
 from fastwarc.warc import ArchiveIterator, WarcRecordType
 
@@ -28,6 +31,7 @@ from .schema import compute_uid
 log = logging.getLogger(__name__)
 
 GZIP_MAGIC = b"\x1f\x8b\x08"
+_HOST = re.compile(r"https?://([^/?#\s]+)")
 _CHUNK = 1 << 16
 _BATCH_BYTES = 8 << 20
 
@@ -39,18 +43,25 @@ class LinkRules:
 
 
 def resolve_url(url: str, base: str) -> str | None:
-    """Absolute http(s) URL for `url` found on a page at `base`, or None."""
+    """Absolute http(s) URL for `url` found on a page at `base`, or None.
+
+    As cc2dataset does, absolute http(s) URLs are kept verbatim and only
+    relative ones go through urljoin (the costly part of parsing a WAT file).
+    """
     url = url.strip()
     if not url:
         return None
-    try:
-        absolute = urljoin(base, url)
-        parts = urlsplit(absolute)
-    except ValueError:
+    if not url.startswith(("http://", "https://")):
+        try:
+            url = urljoin(base, url)
+        except ValueError:
+            return None
+        if not url.startswith(("http://", "https://")):
+            return None
+    host = _HOST.match(url)
+    if host is None or ("[" in host.group(1)) != ("]" in host.group(1)):
         return None
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        return None
-    return absolute
+    return url
 
 
 def extract_pairs(payload: bytes, page_url: str, wat_path: str, rules: LinkRules, counters: Counter) -> list[dict]:

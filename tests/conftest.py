@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -13,10 +15,14 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
 os.environ.pop("DATACOMP_CONFIG", None)
 os.environ.pop("DATACOMP_STORAGE_ROOT", None)
+# Tests never touch the checkout's Airflow home (var/airflow) or ~/airflow.
+os.environ["AIRFLOW_HOME"] = tempfile.mkdtemp(prefix="datacomp-tests-airflow-")
+os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
+os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(Path(__file__).resolve().parents[1] / "dags")
 
 # Short client timeout and server hang keep the timeout case quick.
-DOWNLOAD_TIMEOUT = 2
-HANG_SECONDS = 4
+DOWNLOAD_TIMEOUT = 5
+HANG_SECONDS = 10
 
 
 @pytest.fixture(scope="session")

@@ -51,7 +51,7 @@ def test_download_statuses_match_the_truth(tmp_path, small_crawl, fast_download_
     ledger.check_accounts_for(table, rows, "test")
     got = dict(zip(table["uid"].to_pylist(), table["status"].to_pylist()))
     wrong = {u: (expected[u], got[u]) for u in got if got[u] != expected[u]}
-    assert not wrong
+    assert not wrong, wrong
     assert set(got.values()) >= {"downloaded", "http_error", "timeout", "truncated", "not_image",
                                  "image_too_large", "opted_out"}
     assert stats["urls"] == len(rows) and stats["downloaded"] == sum(s == "downloaded" for s in expected.values())

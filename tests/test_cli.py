@@ -1,0 +1,32 @@
+import json
+
+import pytest
+
+from datacomp_ops.cli import main
+
+
+def test_synthetic_command_writes_crawl_and_eval_suite(tmp_path, capsys):
+    main(["synthetic", "--out", str(tmp_path), "--n-urls", "60", "--base-url", "http://127.0.0.1:9"])
+    assert "60 URLs in 1 WAT files" in capsys.readouterr().out
+    summary = json.loads((tmp_path / "crawl.json").read_text())
+    assert summary["base_url"] == "http://127.0.0.1:9" and summary["urls"] == 60
+    assert (tmp_path / "eval" / "eval_suite.json").exists()
+
+
+def test_bad_config_is_a_clean_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["ledger", "--pool-version", "v1", "--set", "download.imge_size=3"])
+    assert exit_info.value.code == 2
+    assert "unknown config key 'download.imge_size'" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_build_command_runs_the_stages_without_airflow(tmp_path, small_crawl, capsys):
+    main(["build", "--crawl-id", "CC-CLI", "--input", small_crawl["wat_listing"], "--storage-root", str(tmp_path),
+          "--set", "download.timeout=5", "--set", "download.processes_count=1", "--set", "extract.spark_master=local[2]"])
+    out = capsys.readouterr().out
+    assert f"URLs extracted      : {small_crawl['unique_uids']}" in out
+    main(["ledger", "--pool-version", "CC-CLI", "--storage-root", str(tmp_path)])
+    counts = json.loads(capsys.readouterr().out)
+    assert counts["urls"] == small_crawl["unique_uids"]
+    assert counts["statuses"]["downloaded"] < counts["urls"]
