@@ -1,0 +1,34 @@
+# The two commands of the README are `make demo` and `make test`.
+SHELL := /bin/bash
+PY := .venv/bin/python
+
+.PHONY: setup demo test test-fast airflow lock bench-extract bench-download clean
+
+setup:            ## .venv with the pinned dependency set (idempotent)
+	bash scripts/setup.sh
+
+demo: setup       ## the main job: Airflow standalone runs commonpool_build on a synthetic crawl
+	bash scripts/demo.sh
+
+test: setup       ## the whole test suite, slow end-to-end tests included
+	source scripts/env.sh && $(PY) -m pytest -ra
+
+test-fast: setup  ## unit tests only
+	source scripts/env.sh && $(PY) -m pytest -ra -m "not slow"
+
+airflow: setup    ## Airflow standalone with the UI on :8080, serving the synthetic crawl; Ctrl-C stops
+	KEEP_RUNNING=1 bash scripts/demo.sh
+
+lock:             ## re-resolve requirements/base.in and rewrite requirements/constraints.txt
+	rm -rf .venv-lock && python3.11 -m venv .venv-lock
+	.venv-lock/bin/pip install -q -r requirements/base.in && .venv-lock/bin/pip install -q --no-deps insightface
+	.venv-lock/bin/pip freeze --exclude-editable > requirements/constraints.txt && rm -rf .venv-lock
+
+bench-extract: setup
+	source scripts/env.sh && $(PY) benchmarks/bench_extract.py
+
+bench-download: setup
+	source scripts/env.sh && $(PY) benchmarks/bench_download.py
+
+clean:            ## remove the demo's Airflow home and data (keeps .venv)
+	rm -rf var
