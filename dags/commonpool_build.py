@@ -65,7 +65,7 @@ def commonpool_build():
 
         return plan_download(BuildSpec(**spec))
 
-    @task(max_active_tis_per_dag=2)
+    @task(max_active_tis_per_dag=2, retries=1)
     def download(partition: dict, spec: dict) -> dict:
         from datacomp_ops.build import BuildSpec
         from datacomp_ops.download import Partition, run_download
@@ -73,7 +73,7 @@ def commonpool_build():
         build = BuildSpec(**spec)
         return run_download(Partition(**partition), build.pool, build.platform_config).to_dict()
 
-    @task
+    @task(trigger_rule="none_failed")  # also when no new WAT file gave partitions to download
     def summarize(spec: dict, parts: list[dict], dag_run=None) -> dict:
         from datacomp_ops.build import BuildSpec, format_summary, summarize
 

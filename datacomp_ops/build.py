@@ -14,7 +14,7 @@ from typing import Any, Mapping
 
 from . import ledger, storage
 from .config import PlatformConfig, config_from_dict, load_config
-from .download import STAGE as DOWNLOAD, next_free_shard, plan_partitions
+from .download import STAGE as DOWNLOAD, Partition, next_free_shard, plan_partitions
 from .layout import CrawlLayout, PoolLayout
 from .synthetic.crawl import DEFAULT_CRAWL_ID
 
@@ -86,7 +86,7 @@ def plan_download(spec: BuildSpec) -> list[dict]:
         marker = pool.marker(DOWNLOAD, part.name)
         if storage.exists(marker):
             first = min(storage.read_json(marker)["shards"], default=part.first_shard)
-            part = type(part)(part.path, part.rows, first)
+            part = Partition(part.path, part.rows, first)
         out.append(asdict(part))
     return out
 
@@ -96,7 +96,7 @@ def summarize(spec: BuildSpec, seconds: float | None = None) -> dict:
     report = storage.read_json(spec.report)
     extracted = sum(p["rows"] for p in report["partitions"])
     pool = spec.pool
-    names = [p["path"].rsplit("/", 1)[-1].removesuffix(".parquet") for p in report["partitions"]]
+    names = [Partition(p["path"], p["rows"], 0).name for p in report["partitions"]]
     parts = [ledger.read_part(pool.ledger_part(DOWNLOAD, n)) for n in names]
     statuses: dict[str, int] = {}
     for part in parts:

@@ -60,7 +60,12 @@ class Partition:
 
     @property
     def name(self) -> str:
-        return os.path.basename(self.path).removesuffix(".parquet")
+        """Unique within a pool: URL parts of several crawls may feed one pool version."""
+        parts = self.path.rstrip("/").split("/")
+        stem = parts[-1].removesuffix(".parquet")
+        if len(parts) >= 3 and parts[-2] == "urls":  # {root}/crawls/{crawl_id}/urls/part-*.parquet
+            return f"{parts[-3]}-{stem}"
+        return stem
 
 
 def plan_partitions(partitions: list[dict], first_shard: int, samples_per_shard: int) -> list[Partition]:

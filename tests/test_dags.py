@@ -99,4 +99,14 @@ def test_commonpool_build_runs_end_to_end(tmp_path, small_crawl):
         expected[status] = len({u for u, s in zip(truth["uid"], truth["expected_status"]) if s == status})
     assert summary["urls_extracted"] == len(set(truth["uid"]))
     assert {"downloaded": summary["downloaded"], **summary["failed"]} == expected
-    assert len(list((root / "pool" / "CC-TEST" / "shards").glob("*.tar"))) == 2 + 2  # 2 partitions x 2 shards
+    (extraction,) = [json.loads(p.read_text()) for p in (root / "crawls" / "CC-TEST" / "reports").glob("*.json")]
+    expected_shards = sum(-(-p["rows"] // 100) for p in extraction["partitions"])  # 100 samples per shard
+    assert len(extraction["partitions"]) >= 2
+    assert len(list((root / "pool" / "CC-TEST" / "shards").glob("*.tar"))) == expected_shards
+
+    # an incremental rebuild with no new WAT file: nothing to download, the run still succeeds
+    run = subprocess.run(["airflow", "dags", "test", "commonpool_build", "-c", json.dumps(conf)],
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert "state=success" in run.stdout + run.stderr, (run.stdout + run.stderr)[-5000:]
+    summaries = [json.loads(p.read_text()) for p in (root / "pool" / "CC-TEST" / "reports").glob("*.json")]
+    assert sorted(s["urls_extracted"] for s in summaries) == [0, len(set(truth["uid"]))]

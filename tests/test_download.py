@@ -26,6 +26,12 @@ def test_classify_failure_messages():
     assert classify_failure("aspect ratio too large", "failed_to_resize") == "resize_error"
 
 
+def test_partition_names_are_unique_across_crawls():
+    assert Partition("/r/crawls/CC-A/urls/part-0000-00001.parquet", 1, 0).name == "CC-A-part-0000-00001"
+    assert Partition("s3://b/crawls/CC-B/urls/part-0000-00001.parquet", 1, 0).name == "CC-B-part-0000-00001"
+    assert Partition("/tmp/some.parquet", 1, 0).name == "some"
+
+
 def test_plan_gives_dense_shard_ranges():
     plan = plan_partitions([{"path": "p0.parquet", "rows": 250}, {"path": "p1.parquet", "rows": 100},
                             {"path": "p2.parquet", "rows": 0}], first_shard=3, samples_per_shard=100)
