@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import tempfile
@@ -19,6 +20,9 @@ os.environ.pop("DATACOMP_STORAGE_ROOT", None)
 os.environ["AIRFLOW_HOME"] = tempfile.mkdtemp(prefix="datacomp-tests-airflow-")
 os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
 os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(Path(__file__).resolve().parents[1] / "dags")
+
+# py4j logs at interpreter exit, after pytest has closed its capture streams
+logging.getLogger("py4j").setLevel(logging.WARNING)
 
 # Short client timeout and server hang keep the timeout case quick.
 DOWNLOAD_TIMEOUT = 5
