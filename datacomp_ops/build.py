@@ -7,7 +7,6 @@ both run exactly the same code.
 from __future__ import annotations
 
 import logging
-import os
 import re
 from dataclasses import asdict, dataclass
 from typing import Any, Mapping
@@ -60,8 +59,6 @@ def make_spec(run_key: str, crawl_id: str = DEFAULT_CRAWL_ID, pool_version: str 
               inputs: list[str] | None = None, overrides: Mapping[str, Any] | None = None) -> BuildSpec:
     """The run's spec: config with overrides, inputs (default: the synthetic crawl), report path."""
     config = load_config(overrides=overrides)
-    if "://" not in config.storage_root:
-        config.storage_root = os.path.abspath(config.storage_root)
     storage.check_writable(config.storage_root)
     safe_key = re.sub(r"[^A-Za-z0-9_.-]+", "_", run_key)
     crawl = CrawlLayout(config.storage_root, crawl_id)

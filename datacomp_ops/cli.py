@@ -44,7 +44,8 @@ def cmd_synthetic(args) -> None:
 
     spec = CrawlSpec(n_urls=args.n_urls, seed=args.seed, base_url=args.base_url,
                      urls_per_file=args.urls_per_file, crawl_id=args.crawl_id, faults=not args.no_faults)
-    summary = generate_crawl(args.out, spec)
+    with tqdm(total=spec.n_urls, desc="synthetic crawl", unit="URL") as bar:
+        summary = generate_crawl(args.out, spec, progress=bar.update)
     generate_eval_suite(os.path.join(args.out, "eval"))
     print(f"{summary['urls']} URLs in {len(summary['wat_files'])} WAT files; listing: {summary['wat_listing']}")
 
@@ -88,7 +89,7 @@ def cmd_download(args) -> None:
     with storage.open_file(args.partition) as f:
         rows = pq.read_metadata(f).num_rows
     stats = run_download(Partition(args.partition, rows, args.first_shard),
-                         PoolLayout(os.path.abspath(config.storage_root), args.pool_version), config)
+                         PoolLayout(config.storage_root, args.pool_version), config)
     print(json.dumps(stats.to_dict(), indent=2))
 
 
@@ -120,7 +121,7 @@ def cmd_ledger(args) -> None:
     from .layout import PoolLayout
 
     config = _config(args)
-    table = ledger.final_statuses(PoolLayout(os.path.abspath(config.storage_root), args.pool_version).ledger)
+    table = ledger.final_statuses(PoolLayout(config.storage_root, args.pool_version).ledger)
     print(json.dumps({"urls": table.num_rows, "statuses": ledger.counts(table)}, indent=2))
 
 

@@ -120,6 +120,9 @@ class PlatformConfig:
 
     def __post_init__(self) -> None:
         get_scale(self.scale)  # fail early on an unknown scale
+        if "://" not in self.storage_root:
+            # task processes run in other working directories: pin a local root down
+            self.storage_root = os.path.abspath(self.storage_root)
 
     @property
     def scale_spec(self) -> Scale:

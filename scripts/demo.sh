@@ -31,7 +31,7 @@ airflow db migrate > var/log/airflow-migrate.log 2>&1
 setsid airflow standalone > var/log/airflow-standalone.log 2>&1 &
 pids+=($!)
 for _ in $(seq 120); do
-    curl -sf "http://127.0.0.1:$AIRFLOW__API__PORT/api/v2/monitor/health" > /dev/null && break
+    python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$AIRFLOW__API__PORT/api/v2/monitor/health', timeout=2)" 2>/dev/null && break
     sleep 2
 done
 echo "   UI: http://127.0.0.1:$AIRFLOW__API__PORT  user 'admin', password in $AIRFLOW_HOME/simple_auth_manager_passwords.json.generated"

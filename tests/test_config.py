@@ -1,3 +1,5 @@
+import os
+
 import pytest
 
 from datacomp_ops.config import SCALES, ConfigError, config_from_dict, get_scale, load_config
@@ -62,4 +64,6 @@ def test_missing_model_names_key_and_file(tmp_path):
 def test_storage_root_from_environment(monkeypatch):
     monkeypatch.setenv("DATACOMP_STORAGE_ROOT", "/env/root")
     assert load_config().storage_root == "/env/root"
+    assert load_config(overrides={"storage_root": "s3://bucket/pool"}).storage_root == "s3://bucket/pool"
+    assert load_config(overrides={"storage_root": "rel/dir"}).storage_root == os.path.abspath("rel/dir")
     assert load_config(overrides={"storage_root": "/explicit"}).storage_root == "/explicit"

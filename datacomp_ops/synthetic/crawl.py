@@ -15,6 +15,7 @@ import uuid
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pyarrow as pa
@@ -163,8 +164,11 @@ def _kind_schedule(spec: CrawlSpec, rng: np.random.Generator) -> list[str]:
     return (names + [names[i] for i in rest])[: spec.n_urls]
 
 
-def generate_crawl(out_dir: str | Path, spec: CrawlSpec) -> dict:
-    """Write WAT files, ``wat.paths.gz``, ``truth.parquet`` and ``crawl.json`` under `out_dir`."""
+def generate_crawl(out_dir: str | Path, spec: CrawlSpec, progress: Callable[[int], None] | None = None) -> dict:
+    """Write WAT files, ``wat.paths.gz``, ``truth.parquet`` and ``crawl.json`` under `out_dir`.
+
+    `progress`, if given, is called with the number of URLs of each WAT file written.
+    """
     out = Path(out_dir)
     rel_dir = Path("crawl-data") / spec.crawl_id / "segments" / "0" / "wat"
     (out / rel_dir).mkdir(parents=True, exist_ok=True)
@@ -226,6 +230,8 @@ def generate_crawl(out_dir: str | Path, spec: CrawlSpec) -> dict:
                 links.insert(int(rng.integers(len(links) + 1)), {"path": "IMG@/src", "url": "javascript:void(0)", "alt": "js"})
                 f.write(_record(page_url, _envelope(page_url, links)))
         wat_paths.append(str(rel))
+        if progress:
+            progress(end - file_no * spec.urls_per_file)
     with gzip.open(out / "crawl-data" / spec.crawl_id / "wat.paths.gz", "wt") as f:
         f.write("\n".join(wat_paths) + "\n")
     table = pa.table(truth)
