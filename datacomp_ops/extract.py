@@ -69,6 +69,14 @@ def _write_table(url: str, table: pa.Table) -> None:
         pq.write_table(table, f)
 
 
+# Links dropped by the rules are not errors; everything else skipped is.
+_RULE_SKIPS = {"skipped:no_alt", "skipped:not_http_url", "skipped:url_too_long", "skipped:text_too_long"}
+
+
+def _errors(counters: dict) -> int:
+    return sum(n for k, n in counters.items() if k.startswith("skipped:") and k not in _RULE_SKIPS)
+
+
 def _known_uid_files(root: str) -> list[str]:
     return storage.ls(storage.join(root, "crawls"), "*/urls/part-*.parquet")
 
@@ -104,8 +112,6 @@ def _writer(urls_dir: str, batch: int):
             rows = [v for v in values if v is not _KNOWN]
             if len(rows) < len(values):
                 known += len(rows)
-                continue
-            if not rows:
                 continue
             url, text, page_url, wat_path = min(rows)  # deterministic choice among repeats
             duplicates += len(rows) - 1
@@ -172,8 +178,6 @@ def extract_urls(spark: "SparkSession", wat_paths: list[str], crawl: CrawlLayout
     stats.seconds = time.monotonic() - start
     stats.outputs = [p for p, _ in written]
 
-    errors = lambda c: sum(v for k, v in c.items() if k.startswith("skipped:") and k not in  # noqa: E731
-                           ("skipped:no_alt", "skipped:not_http_url", "skipped:url_too_long", "skipped:text_too_long"))
     new_rows = pa.table(
         {
             "wat_path": [p for p, _ in per_file],
@@ -181,7 +185,7 @@ def extract_urls(spark: "SparkSession", wat_paths: list[str], crawl: CrawlLayout
             "processed": [True] * len(per_file),
             "records": [c.get("records", 0) for _, c in per_file],
             "pairs": [c.get("pairs", 0) for _, c in per_file],
-            "errors": [errors(c) for _, c in per_file],
+            "errors": [_errors(c) for _, c in per_file],
         },
         schema=WAT_MANIFEST_SCHEMA,
     )
