@@ -42,9 +42,18 @@ conf='{"config_overrides": {"download.timeout": 5, "download.processes_count": 1
 python scripts/run_dag.py commonpool_build --conf "$conf" --timeout 900
 python - <<'PY'
 import glob, json, os
+from datacomp_ops import ledger
 from datacomp_ops.build import format_summary
-reports = sorted(glob.glob(os.path.join(os.environ["DATACOMP_STORAGE_ROOT"], "pool", "*", "reports", "demo__*.json")), key=os.path.getmtime)
-print(format_summary(json.load(open(reports[-1]))))
+from datacomp_ops.synthetic.crawl import compare_with_truth
+root = os.environ["DATACOMP_STORAGE_ROOT"]
+reports = sorted(glob.glob(os.path.join(root, "pool", "*", "reports", "demo__*.json")), key=os.path.getmtime)
+summary = json.load(open(reports[-1]))
+print(format_summary(summary))
+table = ledger.final_statuses(os.path.join(root, "pool", summary["pool_version"], "ledger"))
+check = compare_with_truth(os.path.join(root, "synthetic", "truth.parquet"),
+                           table["uid"].to_pylist(), table["status"].to_pylist())
+print(f"  ledger vs the crawl's expected statuses: {check['matched']} match"
+      + "".join(f"\n    {n} x {what}" for what, n in check["mismatched"].items()))
 PY
 echo "== done in $(( $(date +%s) - started )) s (pool under $DATACOMP_STORAGE_ROOT/pool)"
 if [ "$KEEP_RUNNING" = "1" ]; then

@@ -124,3 +124,15 @@ def test_eval_suite_in_clip_benchmark_layout(tmp_path):
     ret = list(wds.WebDataset(str(tmp_path / "wds_synthetic_retrieval" / "test" / "0.tar"), shardshuffle=False).decode("pil").to_tuple("jpg", "txt"))
     assert len(ret) == 6 and all(len(t.split("\n")) == 2 for _, t in ret)
     assert [t["type"] for t in suite["tasks"]] == ["zeroshot_classification", "zeroshot_retrieval"]
+
+
+def test_compare_with_truth(tmp_path):
+    from datacomp_ops.synthetic.crawl import compare_with_truth
+
+    generate_crawl(tmp_path, CrawlSpec(n_urls=40))
+    truth = pq.read_table(tmp_path / "truth.parquet").to_pydict()
+    statuses = list(truth["expected_status"])
+    statuses[0] = "timeout" if statuses[0] != "timeout" else "downloaded"
+    result = compare_with_truth(tmp_path / "truth.parquet", truth["uid"], statuses)
+    assert result["matched"] == 39
+    assert list(result["mismatched"].values()) == [1]

@@ -250,3 +250,18 @@ def generate_crawl(out_dir: str | Path, spec: CrawlSpec, progress: Callable[[int
     (out / "crawl.json").write_text(json.dumps(summary, indent=2))
     log.info("synthetic crawl: %d URLs in %d WAT files under %s", summary["urls"], len(wat_paths), out)
     return summary
+
+
+def compare_with_truth(truth_path: str | Path, uids: list[str], statuses: list[str]) -> dict:
+    """Ledger statuses against the crawl's expectations: {"matched": n, "mismatched": {...}}."""
+    truth = pq.read_table(truth_path, columns=["uid", "kind", "expected_status"]).to_pydict()
+    expected = {u: (k, e) for u, k, e in zip(truth["uid"], truth["kind"], truth["expected_status"])}
+    mismatched: Counter = Counter()
+    matched = 0
+    for uid, status in zip(uids, statuses):
+        kind, want = expected.get(uid, ("not_in_crawl", "-"))
+        if status == want:
+            matched += 1
+        else:
+            mismatched[f"{kind}: expected {want}, got {status}"] += 1
+    return {"matched": matched, "mismatched": dict(mismatched)}

@@ -116,6 +116,9 @@ class _Handler(BaseHTTPRequestHandler):
 class SyntheticImageServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    # img2dataset opens dozens of connections at once; socketserver's default
+    # backlog of 5 drops SYNs and turns healthy images into client timeouts.
+    request_queue_size = 1024
 
     def __init__(self, port: int = 0, hang_seconds: float = 30.0, slow_seconds: float = 0.3):
         super().__init__(("127.0.0.1", port), _Handler)
