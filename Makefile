@@ -19,10 +19,11 @@ test-fast: setup  ## unit tests only
 airflow: setup    ## Airflow standalone with the UI on :8080, serving the synthetic crawl; Ctrl-C stops
 	KEEP_RUNNING=1 bash scripts/demo.sh
 
-lock:             ## re-resolve requirements/base.in and rewrite requirements/constraints.txt
+lock:             ## re-resolve pyproject.toml's dependencies and rewrite requirements/constraints.txt
 	rm -rf .venv-lock && python3.11 -m venv .venv-lock
-	.venv-lock/bin/pip install -q -r requirements/base.in && .venv-lock/bin/pip install -q --no-deps insightface
-	.venv-lock/bin/pip freeze --exclude-editable > requirements/constraints.txt && rm -rf .venv-lock
+	.venv-lock/bin/pip install -q ".[test]" && .venv-lock/bin/pip install -q --no-deps insightface
+	.venv-lock/bin/pip freeze --exclude-editable | grep -v "^datacomp-platform" > requirements/constraints.txt
+	rm -rf .venv-lock
 
 bench-extract: setup
 	source scripts/env.sh && $(PY) benchmarks/bench_extract.py

@@ -5,17 +5,17 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3.11}"
 stamp=.venv/.setup-stamp
-want=$(cat requirements/base.in requirements/constraints.txt pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)
+want=$(cat requirements/constraints.txt pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && .venv/bin/python -c "import datacomp_ops" 2>/dev/null; then
     echo "setup: .venv is up to date"
     exit 0
 fi
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/pip install --quiet --upgrade "pip>=24" wheel
-.venv/bin/pip install --quiet -r requirements/base.in -c requirements/constraints.txt
+.venv/bin/pip install --quiet -c requirements/constraints.txt -e ".[test]" 2> .venv/install.log \
+    || { cat .venv/install.log; exit 1; }
 # insightface asks for opencv-python, which would overwrite the cv2 package of
 # the opencv-python-headless 4.x build that img2dataset uses: install it alone.
 .venv/bin/pip install --quiet --no-deps -c requirements/constraints.txt insightface
-.venv/bin/pip install --quiet --no-deps -e . 2> .venv/editable-install.log
 echo "$want" > "$stamp"
 echo "setup: done"
