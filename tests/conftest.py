@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import sys
 import tempfile
 from pathlib import Path
@@ -20,6 +21,22 @@ os.environ.pop("DATACOMP_STORAGE_ROOT", None)
 os.environ["AIRFLOW_HOME"] = tempfile.mkdtemp(prefix="datacomp-tests-airflow-")
 os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
 os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(Path(__file__).resolve().parents[1] / "dags")
+
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# S3 is a moto server on loopback (fixture `s3_bucket`). Its address is set
+# before anything starts, so that Spark's worker processes inherit it too.
+S3_PORT = _free_port()
+os.environ.update({
+    "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1",
+    "AWS_ENDPOINT_URL": f"http://127.0.0.1:{S3_PORT}",
+})
 
 # py4j logs at interpreter exit, after pytest has closed its capture streams
 logging.getLogger("py4j").setLevel(logging.WARNING)
@@ -70,3 +87,17 @@ def fast_download_config(tmp_path):
         "extract.urls_per_partition": 150,
         "extract.spark_master": "local[2]",
     })
+
+
+@pytest.fixture(scope="session")
+def s3_bucket():
+    """A moto S3 server on loopback; fsspec's s3fs (and Spark's workers) talk to it like to AWS."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=S3_PORT)
+    server.start()
+    import boto3
+
+    boto3.client("s3").create_bucket(Bucket="pool")
+    yield "s3://pool"
+    server.stop()

@@ -84,3 +84,22 @@ def test_download_statuses_match_the_truth(tmp_path, small_crawl, fast_download_
     again = run_download(partition, pool, fast_download_config)
     assert again.counters == stats.counters
     assert next_free_shard(pool) == 7
+
+
+@pytest.mark.slow
+def test_download_to_s3(s3_bucket, small_crawl, fast_download_config):
+    from datacomp_ops import storage
+    from datacomp_ops.config import load_config
+
+    rows = [r for r in parse_wat_file(small_crawl["wat_files"][1])[0] if "/img/shape/" in r["url"]][:40]
+    part = storage.join(s3_bucket, "crawls", "CC-S3DL", "urls", "part-0000-00000.parquet")
+    with storage.atomic_write(part) as f:
+        pq.write_table(pa.Table.from_pylist(rows), f)
+    config = load_config(overrides={"storage_root": s3_bucket, "download.timeout": 5,
+                                    "download.processes_count": 1, "download.thread_count": 8})
+    pool = PoolLayout(config.storage_root, "s3pool")
+    stats = run_download(Partition(part, len(rows), 0), pool, config)
+    assert stats["downloaded"] == len(rows)
+    assert storage.ls(pool.shards, "*.tar") == ["s3://pool/pool/s3pool/shards/00000000.tar"]
+    assert ledger.read(pool.ledger).num_rows == len(rows)
+    assert storage.ls(storage.join(pool.base, "_tmp"), "*") == []

@@ -8,6 +8,7 @@ import pytest
 from datacomp_ops import storage
 from datacomp_ops.extract import read_manifest, resolve_inputs, run_extract_urls
 from datacomp_ops.layout import CrawlLayout
+from datacomp_ops.wat import parse_wat_file
 
 pytestmark = pytest.mark.slow
 
@@ -84,3 +85,21 @@ def test_resolve_inputs_reads_listings(small_crawl):
 def test_no_inputs_is_an_error(tmp_path, fast_download_config):
     with pytest.raises(ValueError, match="no WAT files"):
         run_extract_urls([], CrawlLayout(str(tmp_path), "X"), fast_download_config)
+
+
+def test_extraction_reads_and_writes_s3(s3_bucket, small_crawl, spark, fast_download_config):
+    from datacomp_ops.config import load_config
+
+    wat = small_crawl["wat_files"][1]
+    remote_wat = storage.join(s3_bucket, "crawl-data", "CC-S3", "0.warc.wat.gz")
+    storage.write_bytes(remote_wat, storage.read_bytes(wat))
+    config = load_config(overrides={"storage_root": s3_bucket, "extract.urls_per_partition": 150})
+    crawl = CrawlLayout(config.storage_root, "CC-S3")
+    report = run_extract_urls([remote_wat], crawl, config, storage.join(crawl.base, "reports", "r.json"), spark)
+    parts = [p["path"] for p in report["partitions"]]
+    assert parts and all(p.startswith("s3://pool/crawls/CC-S3/urls/part-0000-") for p in parts)
+    local_rows, _ = parse_wat_file(wat)
+    remote_uids = [u for p in parts for u in pq.read_table(storage.open_file(p))["uid"].to_pylist()]
+    assert sorted(remote_uids) == sorted({r["uid"] for r in local_rows})
+    assert read_manifest(crawl)["wat_path"].to_pylist() == [remote_wat]
+    assert storage.exists(storage.join(crawl.base, "reports", "r.json"))

@@ -51,30 +51,6 @@ def test_ls_and_move(tmp_path):
     assert storage.exists(str(tmp_path / "dst" / "a.parquet"))
 
 
-@pytest.fixture(scope="module")
-def s3_bucket():
-    """A moto S3 server on loopback; fsspec's s3fs talks to it like to AWS."""
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
-    server.start()
-    host, port = server.get_host_and_port()
-    env = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1",
-           "AWS_ENDPOINT_URL_S3": f"http://{host}:{port}", "AWS_ENDPOINT_URL": f"http://{host}:{port}"}
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    import boto3
-
-    boto3.client("s3").create_bucket(Bucket="pool")
-    yield "s3://pool"
-    for k, v in old.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
-    server.stop()
-
-
 def test_s3_round_trip(s3_bucket):
     import fsspec
 
