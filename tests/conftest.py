@@ -90,14 +90,21 @@ def fast_download_config(tmp_path):
 
 
 @pytest.fixture(scope="session")
-def s3_bucket():
+def s3_server():
     """A moto S3 server on loopback; fsspec's s3fs (and Spark's workers) talk to it like to AWS."""
     from moto.server import ThreadedMotoServer
 
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=S3_PORT)
     server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_server, request):
+    """A fresh bucket per test, as ``s3://name``."""
     import boto3
 
-    boto3.client("s3").create_bucket(Bucket="pool")
-    yield "s3://pool"
-    server.stop()
+    name = "t-" + request.node.name.lower().replace("_", "-")[:50]
+    boto3.client("s3").create_bucket(Bucket=name)
+    return f"s3://{name}"

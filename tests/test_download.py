@@ -100,6 +100,6 @@ def test_download_to_s3(s3_bucket, small_crawl, fast_download_config):
     pool = PoolLayout(config.storage_root, "s3pool")
     stats = run_download(Partition(part, len(rows), 0), pool, config)
     assert stats["downloaded"] == len(rows)
-    assert storage.ls(pool.shards, "*.tar") == ["s3://pool/pool/s3pool/shards/00000000.tar"]
+    assert storage.ls(pool.shards, "*.tar") == [f"{s3_bucket}/pool/s3pool/shards/00000000.tar"]
     assert ledger.read(pool.ledger).num_rows == len(rows)
     assert storage.ls(storage.join(pool.base, "_tmp"), "*") == []
