@@ -67,3 +67,17 @@ def test_storage_root_from_environment(monkeypatch):
     assert load_config(overrides={"storage_root": "s3://bucket/pool"}).storage_root == "s3://bucket/pool"
     assert load_config(overrides={"storage_root": "rel/dir"}).storage_root == os.path.abspath("rel/dir")
     assert load_config(overrides={"storage_root": "/explicit"}).storage_root == "/explicit"
+
+
+def test_example_config_lists_every_key_with_its_default():
+    import yaml
+    from pathlib import Path
+
+    from datacomp_ops.config import PlatformConfig
+
+    path = Path(__file__).resolve().parents[1] / "config" / "example.yaml"
+    example = yaml.safe_load(path.read_text())
+    defaults = PlatformConfig().to_dict()
+    example["storage_root"] = defaults["storage_root"]  # made absolute on load
+    assert example == defaults
+    assert load_config(path).download == PlatformConfig().download
