@@ -11,19 +11,17 @@ the marker.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
-import sys
 import tempfile
 import time
 
+import img2dataset
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from datacomp_ops.config import load_config
-from datacomp_ops.download import Partition, run_download
+from datacomp_ops.download import Partition, img2dataset_kwargs, run_download
 from datacomp_ops.layout import PoolLayout
 from datacomp_ops.synthetic.crawl import CrawlSpec, generate_crawl
 from datacomp_ops.synthetic.server import serving
@@ -50,21 +48,11 @@ def main() -> None:
         config = load_config(overrides={"storage_root": os.path.join(tmp, "root"),
                                         "download.processes_count": args.processes,
                                         "download.thread_count": args.threads})
-        dl = config.download
-        direct = dict(url_list=urls, input_format="parquet", url_col="url", caption_col="text",
-                      save_additional_columns=["uid"],
-                      output_format="webdataset", image_size=dl.image_size, resize_mode=dl.resize_mode,
-                      resize_only_if_bigger=dl.resize_only_if_bigger, encode_format=dl.encode_format,
-                      number_sample_per_shard=dl.number_sample_per_shard, oom_shard_count=8,
-                      compute_hash="sha256", processes_count=dl.processes_count, thread_count=dl.thread_count,
-                      timeout=dl.timeout, enable_wandb=False)
-        code = "import json, sys; from img2dataset import download; download(**json.loads(sys.argv[1]))"
         ref_times, our_times = [], []
         # alternate the two, best of each: the server's caches warm up on the first run
         for round_no in range(args.rounds):
             start = time.perf_counter()
-            direct["output_folder"] = os.path.join(tmp, f"direct{round_no}")
-            subprocess.run([sys.executable, "-c", code, json.dumps(direct)], check=True, capture_output=True)
+            img2dataset.download(**img2dataset_kwargs(urls, os.path.join(tmp, f"direct{round_no}"), config))
             ref_times.append(time.perf_counter() - start)
             start = time.perf_counter()
             stats = run_download(Partition(urls, len(rows), 0), PoolLayout(config.storage_root, f"bench{round_no}"), config)

@@ -92,23 +92,16 @@ def next_free_shard(pool: PoolLayout) -> int:
 _I2D_RUNNER = "import json, sys; from img2dataset import download; download(**json.loads(sys.argv[1]))"
 
 
-def _run_img2dataset(partition: Partition, out_dir: str, config: PlatformConfig) -> None:
+def img2dataset_kwargs(url_list: str, output_folder: str, config: PlatformConfig) -> dict:
+    """The arguments of ``img2dataset.download`` for one URL parquet: DataComp's settings."""
     dl = config.download
-    if partition.first_shard > 0:
-        # img2dataset's "extend" mode numbers new shards after the highest existing
-        # stats file: seeding one makes this partition's shards start at first_shard.
-        seed = {"count": 0, "successes": 0, "failed_to_download": 0, "failed_to_resize": 0,
-                "start_time": time.time(), "end_time": time.time(), "status_dict": {}}
-        storage.write_json(storage.join(out_dir, f"{partition.first_shard - 1:08d}_stats.json"), seed)
-    else:
-        storage.makedirs(out_dir)
-    kwargs = dict(
-        url_list=partition.path,
+    return dict(
+        url_list=url_list,
         input_format="parquet",
         url_col="url",
         caption_col="text",
         save_additional_columns=["uid"],
-        output_folder=out_dir,
+        output_folder=output_folder,
         output_format="webdataset",
         image_size=dl.image_size,
         resize_mode=dl.resize_mode,
@@ -125,10 +118,22 @@ def _run_img2dataset(partition: Partition, out_dir: str, config: PlatformConfig)
         max_image_area=dl.max_image_area,
         disallowed_header_directives=list(dl.disallowed_header_directives),
         user_agent_token=dl.user_agent_token,
-        incremental_mode="extend",
         distributor="multiprocessing",
         enable_wandb=False,
     )
+
+
+def _run_img2dataset(partition: Partition, out_dir: str, config: PlatformConfig) -> None:
+    dl = config.download
+    if partition.first_shard > 0:
+        # img2dataset's "extend" mode numbers new shards after the highest existing
+        # stats file: seeding one makes this partition's shards start at first_shard.
+        seed = {"count": 0, "successes": 0, "failed_to_download": 0, "failed_to_resize": 0,
+                "start_time": time.time(), "end_time": time.time(), "status_dict": {}}
+        storage.write_json(storage.join(out_dir, f"{partition.first_shard - 1:08d}_stats.json"), seed)
+    else:
+        storage.makedirs(out_dir)
+    kwargs = img2dataset_kwargs(partition.path, out_dir, config) | {"incremental_mode": "extend"}
     env = dict(os.environ)
     # OpenCV refuses to decode beyond this many pixels: a bomb costs no memory.
     env.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(2 * dl.max_image_area))

@@ -16,6 +16,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+import posixpath
 import time
 import zlib
 from collections import Counter
@@ -49,7 +50,7 @@ def resolve_inputs(inputs: Iterable[str]) -> list[str]:
     paths: list[str] = []
     for item in inputs:
         if item.endswith((".paths", ".paths.gz")):
-            root = item.split("/crawl-data/")[0] if "/crawl-data/" in item else storage.join(item, "..")
+            root = item.split("/crawl-data/")[0] if "/crawl-data/" in item else posixpath.dirname(item)
             paths.extend(p if "://" in p or p.startswith("/") else storage.join(root, p)
                          for p in read_wat_listing(item))
         else:

@@ -103,3 +103,12 @@ def test_extraction_reads_and_writes_s3(s3_bucket, small_crawl, spark, fast_down
     assert sorted(remote_uids) == sorted({r["uid"] for r in local_rows})
     assert read_manifest(crawl)["wat_path"].to_pylist() == [remote_wat]
     assert storage.exists(storage.join(crawl.base, "reports", "r.json"))
+
+
+def test_listing_outside_crawl_data_resolves_against_its_folder(tmp_path):
+    import gzip
+
+    listing = tmp_path / "wat.paths.gz"
+    with gzip.open(listing, "wt") as f:
+        f.write("a/0.warc.wat.gz\n/abs/1.warc.wat.gz\n")
+    assert resolve_inputs([str(listing)]) == [str(tmp_path / "a" / "0.warc.wat.gz"), "/abs/1.warc.wat.gz"]
