@@ -4,7 +4,10 @@
     datacomp serve --port 8765
     datacomp extract --crawl-id ID --input DIR/crawl-data/ID/wat.paths.gz
     datacomp download --partition URLS.parquet --pool-version v1 [--first-shard 0]
-    datacomp build [--serve] ...                 extract + download + summary, as the DAG does
+    datacomp prepare-models                       train the embedded stand-ins, index the eval sets
+    datacomp metadata --pool-version v1 [--shard N ...]   NSFW, dedup, faces, CLIP features
+    datacomp publish --pool-version v1            per-scale pools and the manifest
+    datacomp build [--serve] ...                  every stage and the summary, as the DAG runs them
     datacomp ledger --pool-version v1             status counts of a pool's ledger
 """
 
@@ -93,12 +96,39 @@ def cmd_download(args) -> None:
     print(json.dumps(stats.to_dict(), indent=2))
 
 
+def cmd_prepare_models(args) -> None:
+    from .prepare_models import run_prepare_models
+
+    print(json.dumps(run_prepare_models(_config(args)).to_dict(), indent=2))
+
+
+def cmd_metadata(args) -> None:
+    from .layout import PoolLayout
+    from .metadata import plan_metadata, run_metadata
+
+    config = _config(args)
+    pool = PoolLayout(config.storage_root, args.pool_version)
+    shards = args.shard or [s for group in plan_metadata(pool, config) for s in group]
+    print(json.dumps(run_metadata(shards, pool, config).to_dict(), indent=2))
+
+
+def cmd_publish(args) -> None:
+    from .layout import PoolLayout
+    from .publish import run_publish
+
+    config = _config(args)
+    print(json.dumps(run_publish(PoolLayout(config.storage_root, args.pool_version), config).to_dict(), indent=2))
+
+
 def cmd_build(args) -> None:
     import contextlib
 
-    from .build import format_summary, make_spec, plan_download, summarize
+    from .build import format_summary, make_spec, plan_download, plan_metadata, summarize
     from .download import Partition, run_download
     from .extract import run_extract_urls
+    from .metadata import PassModels, run_metadata
+    from .prepare_models import run_prepare_models
+    from .publish import run_publish
 
     start = time.monotonic()
     spec = make_spec(f"cli-{int(time.time())}", args.crawl_id, args.pool_version, args.input, _config_overrides(args))
@@ -113,6 +143,12 @@ def cmd_build(args) -> None:
         plan = plan_download(spec)
         for part in tqdm(plan, desc="download partitions", unit="partition"):
             run_download(Partition(**part), spec.pool, config)
+    run_prepare_models(config)
+    groups = plan_metadata(spec)
+    models = PassModels.load(config) if groups else None
+    for group in tqdm(groups, desc="metadata pass", unit="task"):
+        run_metadata(group, spec.pool, config, models)
+    run_publish(spec.pool, config)
     print(format_summary(summarize(spec, time.monotonic() - start)))
 
 
@@ -163,6 +199,19 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--first-shard", type=int, default=0)
     p.set_defaults(func=cmd_download)
 
+    p = with_config(sub.add_parser("prepare-models", help="check every model, train the embedded stand-ins, "
+                                                        "index the evaluation sets"))
+    p.set_defaults(func=cmd_prepare_models)
+
+    p = with_config(sub.add_parser("metadata", help="the metadata pass over raw shards of a pool"))
+    p.add_argument("--pool-version", required=True)
+    p.add_argument("--shard", type=int, action="append", default=[], help="raw shard id (default: all pending)")
+    p.set_defaults(func=cmd_metadata)
+
+    p = with_config(sub.add_parser("publish", help="per-scale pools and the manifest of a pool"))
+    p.add_argument("--pool-version", required=True)
+    p.set_defaults(func=cmd_publish)
+
     p = with_config(sub.add_parser("build", help="the CommonPool build end to end, without Airflow"))
     p.add_argument("--crawl-id", default="CC-SYNTH-2026-47")
     p.add_argument("--pool-version", default="")
@@ -180,12 +229,13 @@ def main(argv: list[str] | None = None) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     from .config import ConfigError
+    from .ledger import LedgerError
     from .schema import SchemaError
     from .storage import StorageError
 
     try:
         args.func(args)
-    except (ConfigError, SchemaError, StorageError) as exc:
+    except (ConfigError, SchemaError, StorageError, LedgerError) as exc:
         parser.exit(2, f"datacomp: error: {exc}\n")
 
 

@@ -93,20 +93,70 @@ class DownloadConfig:
 
 @dataclass
 class Thresholds:
-    eval_dedup_similarity: float = 0.604169  # DataComp's near-duplicate cutoff
-    nsfw_text: float = 0.1
-    face_score: float = 0.5
+    """Each threshold belongs to one model: DataComp's value where DataComp used that model."""
+
+    eval_dedup_similarity: float = 0.604169  # ISC21 descriptor, DataComp's near-duplicate cutoff
+    # the embedded default's thumbnail descriptor, calibrated on the synthetic
+    # crawl's planted near-duplicates (benchmarks/calibrate_dedup.py)
+    eval_dedup_similarity_thumbnail: float = 0.97
+    nsfw_text: float = 0.1  # Detoxify: maximum over its categories (DataComp)
+    nsfw_text_profanity_check: float = 0.5  # alt-profanity-check: its own decision boundary
+    nsfw_image: float = 0.5  # DataComp's NSFW MLP over L/14 image features
+    # nudenet: highest score of an exposed-body-part class; its detector calls plain
+    # circles "buttocks" at up to 0.64 on the synthetic crawl, so well above that
+    nsfw_image_nudenet: float = 0.8
+    face_detection: float = 0.3  # SCRFD (DataComp)
 
 
 @dataclass
 class ModelPaths:
-    """Local paths of every model; nothing is fetched from a hub at run time."""
+    """Local paths of every model; nothing is fetched from a hub at run time.
 
-    detoxify: str = ""
-    scrfd: str = ""
-    clip_b32: str = ""
+    An empty path selects the embedded default of that role (see README,
+    "Models"), so a laptop runs the whole build with what pip installed.
+    """
+
+    detoxify: str = ""  # Detoxify's multilingual checkpoint (multilingual_debiased-*.ckpt)
+    detoxify_hf_dir: str = ""  # config and tokenizer of xlm-roberta-base, saved locally
+    nsfw_image_mlp: str = ""  # DataComp's NSFW classifier over L/14 image features (state dict)
+    scrfd: str = ""  # insightface's SCRFD det_10g.onnx
+    clip_b32: str = ""  # open_clip weights file, or a directory with open_clip_config.json
+    clip_b32_arch: str = "ViT-B-32-quickgelu"  # open_clip architecture of a weights file
     clip_l14: str = ""
-    dedup_descriptor: str = ""
+    clip_l14_arch: str = "ViT-L-14-quickgelu"
+    dedup_descriptor: str = ""  # ISC21 copy-detection checkpoint (isc_ft_v107.pth.tar)
+    dedup_backbone: str = "tf_efficientnetv2_m_in21ft1k"  # its timm backbone
+    # where the embedded default keeps the CLIP stand-ins it trains; "" is
+    # {storage_root}/models for a local root, ~/.cache/datacomp-platform otherwise
+    embedded_dir: str = ""
+
+
+@dataclass
+class MetadataConfig:
+    """The metadata pass: one read and one decode of each image feeds every model."""
+
+    device: str = "auto"  # auto (CUDA when there), cpu or cuda
+    batch_size: int = 128  # images (and captions) per model call
+    loader_threads: int = 2  # decode and preprocessing threads, overlapped with the models
+    shards_per_task: int = 1  # raw shards per mapped task
+    face_input_size: int = 640  # SCRFD's detection resolution
+    cascade_scale_factor: float = 1.1  # OpenCV cascade fallback (OpenCV's defaults)
+    cascade_min_neighbors: int = 5
+    blur_faces: bool = True
+    embedded_clip_steps: int = 250  # training steps of each embedded CLIP stand-in (about a minute each)
+
+
+@dataclass
+class EvaluationConfig:
+    # evaluation sets in clip_benchmark's webdataset layout ({dataset}/test/*.tar);
+    # "" is the synthetic suite that `datacomp synthetic` writes under the storage root
+    sets_dir: str = ""
+
+
+@dataclass
+class PublishConfig:
+    # DataComp's four pool sizes are fixed (SCALES); the dev scale's is ours to choose
+    tiny_pool_size: int = 10_000
 
 
 @dataclass
@@ -117,12 +167,17 @@ class PlatformConfig:
     download: DownloadConfig = field(default_factory=DownloadConfig)
     thresholds: Thresholds = field(default_factory=Thresholds)
     models: ModelPaths = field(default_factory=ModelPaths)
+    metadata: MetadataConfig = field(default_factory=MetadataConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    publish: PublishConfig = field(default_factory=PublishConfig)
 
     def __post_init__(self) -> None:
         get_scale(self.scale)  # fail early on an unknown scale
         if "://" not in self.storage_root:
             # task processes run in other working directories: pin a local root down
             self.storage_root = os.path.abspath(self.storage_root)
+        if self.models.embedded_dir:
+            self.models.embedded_dir = os.path.abspath(self.models.embedded_dir)
 
     @property
     def scale_spec(self) -> Scale:
@@ -133,9 +188,23 @@ class PlatformConfig:
         path = getattr(self.models, key)
         if not path:
             raise ConfigError(f"models.{key} is not set: give the local path of the model file")
-        if "://" not in path and not Path(path).exists():
+        if "://" in path:
+            raise ConfigError(f"models.{key}: {path} is not a local path; models are loaded from local files")
+        if not Path(path).exists():
             raise ConfigError(f"models.{key}: model file {path} does not exist")
         return path
+
+    @property
+    def embedded_models_dir(self) -> str:
+        if self.models.embedded_dir:
+            return self.models.embedded_dir
+        if "://" in self.storage_root:
+            return os.path.expanduser("~/.cache/datacomp-platform/models")
+        return os.path.join(self.storage_root, "models")
+
+    @property
+    def eval_sets_dir(self) -> str:
+        return self.evaluation.sets_dir or f"{self.storage_root.rstrip('/')}/synthetic/eval"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -241,9 +310,12 @@ __all__ = [
     "SCALES",
     "ConfigError",
     "DownloadConfig",
+    "EvaluationConfig",
     "ExtractConfig",
+    "MetadataConfig",
     "ModelPaths",
     "PlatformConfig",
+    "PublishConfig",
     "Scale",
     "Thresholds",
     "config_from_dict",

@@ -178,12 +178,12 @@ def run_download(partition: Partition, pool: PoolLayout, config: PlatformConfig)
         for suffix in SHARD_FILES:
             src = storage.join(tmp, f"{shard_id:08d}{suffix}")
             if storage.exists(src):
-                storage.move(src, storage.join(pool.shards, f"{shard_id:08d}{suffix}"))
+                storage.move(src, storage.join(pool.downloads, f"{shard_id:08d}{suffix}"))
     ledger.write_part(pool.ledger_part(STAGE, partition.name), table)
     storage.remove(tmp)
     stats.add("urls", len(input_uids))
     stats.seconds = time.monotonic() - start
-    stats.outputs = [pool.shard(s) for s in shard_ids]
+    stats.outputs = [pool.download(s) for s in shard_ids]
     record = stats.to_dict() | {"shards": shard_ids, "partition": partition.path}
     storage.write_json(marker, record)
     log.info("partition %s: %s", partition.name, json.dumps(stats.to_dict()["counters"]))

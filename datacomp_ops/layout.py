@@ -35,7 +35,16 @@ class PoolLayout:
         return join(self.root, "pool", self.version)
 
     @property
+    def downloads(self) -> str:
+        """img2dataset's raw shards: unfiltered, faces unblurred; the metadata pass reads them."""
+        return join(self.base, "downloads")
+
+    def download(self, shard_id: int, ext: str = "tar") -> str:
+        return join(self.downloads, f"{shard_id:08d}.{ext}")
+
+    @property
     def shards(self) -> str:
+        """The published shards: kept samples only, faces blurred."""
         return join(self.base, "shards")
 
     def shard(self, shard_id: int, ext: str = "tar") -> str:
@@ -44,6 +53,13 @@ class PoolLayout:
     @property
     def metadata(self) -> str:
         return join(self.base, "metadata")
+
+    def metadata_file(self, shard_id: int, ext: str = "parquet") -> str:
+        return join(self.metadata, f"{shard_id:08d}.{ext}")
+
+    @property
+    def manifest(self) -> str:
+        return join(self.base, "manifest.json")
 
     @property
     def ledger(self) -> str:
@@ -63,3 +79,6 @@ class PoolLayout:
     @property
     def scales(self) -> str:
         return join(self.base, "scales")
+
+    def scale(self, name: str) -> str:
+        return join(self.scales, f"{name}.npy")

@@ -18,8 +18,8 @@ import pyarrow.parquet as pq
 from . import storage
 
 # The pass status of each stage; anything else is a rejection reason.
-PASS_STATUS = {"download": "downloaded"}
-STAGE_ORDER = ["download"]
+PASS_STATUS = {"download": "downloaded", "metadata": "kept"}
+STAGE_ORDER = ["download", "metadata"]
 
 DOWNLOAD_FAILURES = (
     "http_error",  # 4xx / 5xx answers
@@ -30,6 +30,14 @@ DOWNLOAD_FAILURES = (
     "image_too_large",  # above max_image_area (decompression bombs)
     "opted_out",  # X-Robots-Tag noai and friends
     "resize_error",
+)
+
+METADATA_REMOVALS = (
+    "corrupt_image",  # the downloaded bytes do not decode
+    "missing_from_shard",  # img2dataset reported it, the shard does not hold it (a broken tar)
+    "nsfw_text",  # unsafe caption
+    "nsfw_image",  # unsafe image
+    "eval_duplicate",  # near-duplicate of an evaluation image
 )
 
 LEDGER_SCHEMA = pa.schema(

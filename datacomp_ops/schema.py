@@ -51,7 +51,8 @@ WAT_MANIFEST_SCHEMA = pa.schema(
     ]
 )
 
-# DataComp's metadata columns, then the platform's own.
+# DataComp's metadata columns, then the platform's own. One row per published
+# sample, in the order of its shard; row i of a shard's npz is row i here.
 POOL_METADATA_SCHEMA = pa.schema(
     [
         pa.field("uid", pa.string(), nullable=False),
@@ -63,11 +64,17 @@ POOL_METADATA_SCHEMA = pa.schema(
         pa.field("clip_l14_similarity_score", pa.float32()),
         pa.field("face_bboxes", pa.list_(pa.list_(pa.float64()))),
         pa.field("sha256", pa.string()),
-        pa.field("nsfw_text_score", pa.float32()),
-        pa.field("status", pa.string()),
+        pa.field("nsfw_text_score", pa.float32()),  # the caption classifier's score
+        pa.field("nsfw_image_score", pa.float32()),
+        pa.field("eval_dedup_score", pa.float32()),  # highest similarity to any evaluation image
         pa.field("crawl_id", pa.string()),
+        pa.field("shard", pa.int64()),  # where the sample is: shards/{shard:08d}.tar, key
+        pa.field("key", pa.string()),
     ]
 )
+
+# The npz beside each metadata parquet: DataComp's keys, float32 rows, L2-normalised.
+FEATURE_KEYS = ("b32_img", "b32_txt", "l14_img", "l14_txt", "dedup")
 
 
 def validate_uids(uids: Iterable[str], where: str = "input") -> list[str]:

@@ -15,6 +15,8 @@ class StageStats:
     counters: Counter = field(default_factory=Counter)
     seconds: float = 0.0
     outputs: list[str] = field(default_factory=list)
+    # seconds spent in each step of a stage that has several (the metadata pass)
+    timings: Counter = field(default_factory=Counter)
 
     def add(self, key: str, n: int = 1) -> None:
         self.counters[key] += n
@@ -28,15 +30,19 @@ class StageStats:
             counters=self.counters + other.counters,
             seconds=self.seconds + other.seconds,
             outputs=self.outputs + other.outputs,
+            timings=self.timings + other.timings,
         )
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "stage": self.stage,
             "counters": dict(sorted(self.counters.items())),
             "seconds": round(self.seconds, 3),
             "outputs": list(self.outputs),
         }
+        if self.timings:
+            out["timings"] = {k: round(v, 3) for k, v in sorted(self.timings.items())}
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "StageStats":
@@ -45,6 +51,7 @@ class StageStats:
             counters=Counter(data.get("counters", {})),
             seconds=float(data.get("seconds", 0.0)),
             outputs=list(data.get("outputs", [])),
+            timings=Counter(data.get("timings", {})),
         )
 
     @classmethod

@@ -21,6 +21,7 @@ os.environ.pop("DATACOMP_STORAGE_ROOT", None)
 os.environ["AIRFLOW_HOME"] = tempfile.mkdtemp(prefix="datacomp-tests-airflow-")
 os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
 os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(Path(__file__).resolve().parents[1] / "dags")
+REPO = Path(__file__).resolve().parents[1]
 
 
 
@@ -56,13 +57,36 @@ def image_server():
 
 @pytest.fixture(scope="session")
 def small_crawl(tmp_path_factory, image_server):
-    """300 URLs in 2 WAT files with every failure case, served by `image_server`."""
+    """300 URLs in 2 WAT files with every failure case, served by `image_server`, and its eval suite."""
     from datacomp_ops.synthetic.crawl import CrawlSpec, generate_crawl
+    from datacomp_ops.synthetic.evalsuite import generate_eval_suite
 
     out = tmp_path_factory.mktemp("crawl")
     summary = generate_crawl(out, CrawlSpec(n_urls=300, seed=7, base_url=image_server.base_url, urls_per_file=200))
+    generate_eval_suite(out / "eval")
     summary["dir"] = str(out)
+    summary["eval_dir"] = str(out / "eval")
     return summary
+
+
+@pytest.fixture(scope="session")
+def eval_suite(tmp_path_factory):
+    from datacomp_ops.synthetic.evalsuite import generate_eval_suite
+
+    out = tmp_path_factory.mktemp("eval")
+    generate_eval_suite(out)
+    return str(out)
+
+
+@pytest.fixture(scope="session")
+def embedded_models():
+    """The embedded CLIP stand-ins, trained once (about 2 minutes) and kept with the demo's under var/."""
+    from datacomp_ops.config import MetadataConfig
+    from datacomp_ops.synthetic.clip_models import ensure_trained
+
+    path = REPO / "var" / "data" / "models"
+    ensure_trained(str(path), MetadataConfig().embedded_clip_steps)
+    return str(path)
 
 
 @pytest.fixture(scope="session")
@@ -74,19 +98,21 @@ def spark():
     session.stop()
 
 
+FAST_DOWNLOAD = {
+    "download.timeout": DOWNLOAD_TIMEOUT,
+    "download.processes_count": 1,
+    "download.thread_count": 16,
+    "download.number_sample_per_shard": 100,
+    "extract.urls_per_partition": 150,
+    "extract.spark_master": "local[2]",
+}
+
+
 @pytest.fixture
 def fast_download_config(tmp_path):
     from datacomp_ops.config import load_config
 
-    return load_config(overrides={
-        "storage_root": str(tmp_path / "root"),
-        "download.timeout": DOWNLOAD_TIMEOUT,
-        "download.processes_count": 1,
-        "download.thread_count": 16,
-        "download.number_sample_per_shard": 100,
-        "extract.urls_per_partition": 150,
-        "extract.spark_master": "local[2]",
-    })
+    return load_config(overrides={"storage_root": str(tmp_path / "root"), **FAST_DOWNLOAD})
 
 
 @pytest.fixture(scope="session")

@@ -21,12 +21,23 @@ def test_bad_config_is_a_clean_error(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_build_command_runs_the_stages_without_airflow(tmp_path, small_crawl, capsys):
+def test_build_command_runs_the_stages_without_airflow(tmp_path, small_crawl, embedded_models, capsys):
     main(["build", "--crawl-id", "CC-CLI", "--input", small_crawl["wat_listing"], "--storage-root", str(tmp_path),
-          "--set", "download.timeout=5", "--set", "download.processes_count=1", "--set", "extract.spark_master=local[2]"])
+          "--set", "download.timeout=5", "--set", "download.processes_count=1", "--set", "extract.spark_master=local[2]",
+          "--set", f"evaluation.sets_dir={small_crawl['eval_dir']}", "--set", f"models.embedded_dir={embedded_models}"])
     out = capsys.readouterr().out
-    assert f"URLs extracted      : {small_crawl['unique_uids']}" in out
+    assert f"URLs extracted: {small_crawl['unique_uids']}" in out
+    for stage in ("extract_urls", "download", "nsfw_text", "eval_dedup", "faces", "clip_features"):
+        assert f"\n  {stage} " in out
     main(["ledger", "--pool-version", "CC-CLI", "--storage-root", str(tmp_path)])
     counts = json.loads(capsys.readouterr().out)
     assert counts["urls"] == small_crawl["unique_uids"]
-    assert counts["statuses"]["downloaded"] < counts["urls"]
+    assert counts["statuses"]["kept"] < counts["urls"] and "downloaded" not in counts["statuses"]
+    assert counts["statuses"]["nsfw_text"] == small_crawl["kinds"]["unsafe_caption"]
+
+
+def test_missing_model_is_a_clean_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["prepare-models", "--storage-root", str(tmp_path), "--set", f"models.scrfd={tmp_path}/det_10g.onnx"])
+    assert exit_info.value.code == 2
+    assert "models.scrfd: model file" in capsys.readouterr().err

@@ -75,8 +75,8 @@ def test_download_statuses_match_the_truth(tmp_path, small_crawl, fast_download_
     assert meta["uid"] in rows and len(meta["sha256"]) == 64
     assert max(img.size) <= 512
     oversized = [u for u, r in rows.items() if "/img/oversized/" in r["url"]]
-    shard_meta = pq.read_table(pool.shard(4, "parquet")).to_pylist()
-    shard_meta += pq.read_table(pool.shard(5, "parquet")).to_pylist() + pq.read_table(pool.shard(6, "parquet")).to_pylist()
+    shard_meta = pq.read_table(pool.download(4, "parquet")).to_pylist()
+    shard_meta += pq.read_table(pool.download(5, "parquet")).to_pylist() + pq.read_table(pool.download(6, "parquet")).to_pylist()
     big = [m for m in shard_meta if m["uid"] in oversized]
     assert big and all(m["original_width"] == 4000 and max(m["width"], m["height"]) == 512 for m in big)
 
@@ -100,6 +100,6 @@ def test_download_to_s3(s3_bucket, small_crawl, fast_download_config):
     pool = PoolLayout(config.storage_root, "s3pool")
     stats = run_download(Partition(part, len(rows), 0), pool, config)
     assert stats["downloaded"] == len(rows)
-    assert storage.ls(pool.shards, "*.tar") == [f"{s3_bucket}/pool/s3pool/shards/00000000.tar"]
+    assert storage.ls(pool.downloads, "*.tar") == [f"{s3_bucket}/pool/s3pool/downloads/00000000.tar"]
     assert ledger.read(pool.ledger).num_rows == len(rows)
     assert storage.ls(storage.join(pool.base, "_tmp"), "*") == []

@@ -133,6 +133,11 @@ def test_compare_with_truth(tmp_path):
     truth = pq.read_table(tmp_path / "truth.parquet").to_pydict()
     statuses = list(truth["expected_status"])
     statuses[0] = "timeout" if statuses[0] != "timeout" else "downloaded"
-    result = compare_with_truth(tmp_path / "truth.parquet", truth["uid"], statuses)
+    result = compare_with_truth(tmp_path / "truth.parquet", truth["uid"], statuses, column="expected_status")
     assert result["matched"] == 39
     assert list(result["mismatched"].values()) == [1]
+    # final statuses: the pool stages remove unsafe captions and eval duplicates, the rest is kept
+    final = dict(zip(truth["kind"], truth["expected_final"]))
+    assert final["unsafe_caption"] == "nsfw_text" and final["eval_duplicate"] == "eval_duplicate"
+    assert final["shape"] == "kept" and final["http_404"] == "http_error"
+    assert compare_with_truth(tmp_path / "truth.parquet", truth["uid"], truth["expected_final"])["matched"] == 40

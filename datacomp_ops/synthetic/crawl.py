@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 
 from ..schema import compute_uid
 from .evalsuite import EVAL_IMAGES
-from .images import CLASSES, EVAL_VARIANTS, PHOTOS
+from .images import CLASSES, EVAL_VARIANTS, FACE_PHOTOS, PHOTOS
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,9 @@ TRANSLATIONS = {
 }
 TEMPLATES = ("a photo of a {c}.", "a {c}", "{c} icon", "a picture showing a {c} on a plain background", "the {c}")
 NOISE_CAPTIONS = ("click here", "image", "logo", "IMG_{n}.jpg", "banner ad", "thumbnail {n}", "untitled")
-UNSAFE_CAPTIONS = ("xxx porn explicit nude {c}", "nsfw sexy naked {c}", "hardcore porn {c} xxx")
+# explicit and abusive wording that Detoxify and alt-profanity-check both flag
+UNSAFE_CAPTIONS = ("horny sluts porn video {c}", "hot milf fucked hard {c}", "nude pussy pics xxx {c}",
+                   "fuck this {c} shit")
 PHOTO_CAPTIONS = {
     "astronaut": "portrait of an astronaut in a space suit",
     "camera": "a man holding a camera",
@@ -78,6 +80,16 @@ class CrawlSpec:
     urls_per_file: int = 5000
     crawl_id: str = DEFAULT_CRAWL_ID
     faults: bool = True  # bad JSON, a broken gzip member, a record without HTML
+
+
+# The final status of a downloaded sample of each kind after the pool stages;
+# other kinds end with their download status.
+FINAL_STATUS = {"unsafe_caption": "nsfw_text", "eval_duplicate": "eval_duplicate"}
+
+
+def expected_final(kind: str) -> str:
+    status = KINDS[kind][1]
+    return FINAL_STATUS.get(kind, "kept") if status == "downloaded" else status
 
 
 def _link(kind: str, n: int, rng: np.random.Generator) -> tuple[str, str]:
@@ -175,7 +187,8 @@ def generate_crawl(out_dir: str | Path, spec: CrawlSpec, progress: Callable[[int
     rng = np.random.default_rng(spec.seed)
     base = spec.base_url.rstrip("/")
     kinds = _kind_schedule(spec, rng)
-    truth: dict[str, list] = {"uid": [], "url": [], "text": [], "kind": [], "expected_status": []}
+    truth: dict[str, list] = {"uid": [], "url": [], "text": [], "kind": [], "expected_status": [],
+                              "expected_final": [], "has_face": []}
     seen: list[tuple[str, str]] = []
     wat_paths: list[str] = []
     page_no, i = 0, 0
@@ -218,6 +231,8 @@ def generate_crawl(out_dir: str | Path, spec: CrawlSpec, progress: Callable[[int
                     truth["text"].append(text)
                     truth["kind"].append(kind)
                     truth["expected_status"].append(KINDS[kind][1])
+                    truth["expected_final"].append(expected_final(kind))
+                    truth["has_face"].append(any(f"/img/photo/{name}/" in path for name in FACE_PHOTOS))
                     seen.append((link_url, text))
                     links.append({"path": "IMG@/src", "url": link_url, "alt": text})
                     i += 1
@@ -246,16 +261,22 @@ def generate_crawl(out_dir: str | Path, spec: CrawlSpec, progress: Callable[[int
         "wat_listing": str(out / "crawl-data" / spec.crawl_id / "wat.paths.gz"),
         "kinds": dict(Counter(truth["kind"])),
         "expected_status": dict(Counter(truth["expected_status"])),
+        "expected_final": dict(Counter(truth["expected_final"])),
     }
     (out / "crawl.json").write_text(json.dumps(summary, indent=2))
     log.info("synthetic crawl: %d URLs in %d WAT files under %s", summary["urls"], len(wat_paths), out)
     return summary
 
 
-def compare_with_truth(truth_path: str | Path, uids: list[str], statuses: list[str]) -> dict:
-    """Ledger statuses against the crawl's expectations: {"matched": n, "mismatched": {...}}."""
-    truth = pq.read_table(truth_path, columns=["uid", "kind", "expected_status"]).to_pydict()
-    expected = {u: (k, e) for u, k, e in zip(truth["uid"], truth["kind"], truth["expected_status"])}
+def compare_with_truth(truth_path: str | Path, uids: list[str], statuses: list[str],
+                       column: str = "expected_final") -> dict:
+    """Ledger statuses against the crawl's expectations: {"matched": n, "mismatched": {...}}.
+
+    `column` is ``expected_final`` for a pool's final statuses, ``expected_status``
+    for the download stage alone.
+    """
+    truth = pq.read_table(truth_path, columns=["uid", "kind", column]).to_pydict()
+    expected = {u: (k, e) for u, k, e in zip(truth["uid"], truth["kind"], truth[column])}
     mismatched: Counter = Counter()
     matched = 0
     for uid, status in zip(uids, statuses):

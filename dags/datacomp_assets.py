@@ -1,0 +1,12 @@
+"""The platform's Airflow Assets, declared once: the DAGs that publish and consume them import these."""
+
+from __future__ import annotations
+
+from airflow.sdk import Asset
+
+SCALES = ("tiny", "small", "medium", "large", "xlarge")
+
+# One Asset per DataComp scale; each event's extra names the pool version,
+# its subset file and sample count, for the filtering DAGs to schedule on.
+POOL_ASSETS = {scale: Asset(name=f"commonpool_{scale}", uri=f"x-datacomp://commonpool/{scale}", group="commonpool")
+               for scale in SCALES}
