@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import logging
 import re
+import textwrap
 from dataclasses import asdict, dataclass
 from typing import Any, Mapping
 
 from . import ledger, storage
-from .config import PlatformConfig, config_from_dict, load_config
+from .config import DEFAULT_CRAWL_ID, PlatformConfig, config_from_dict, load_config
 from .download import STAGE as DOWNLOAD, Partition, next_free_shard, plan_partitions
 from .layout import CrawlLayout, PoolLayout
 from .stats import StageStats
-from .synthetic.crawl import DEFAULT_CRAWL_ID
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +141,7 @@ def stage_table(extraction: dict, download: StageStats, metadata: StageStats) ->
     rows.append(_row("clip_features", m.get("clip_features.processed", 0), None, {}, t.get("clip_features", 0.0),
                      m.get("clip_features.processed", 0), "images/s"))
     rows[-1]["note"] = "B/32 and L/14, image and text towers"
+    rows[2]["note"] = "one decode per image, preprocessed for every model"
     rows.append(_row("write", m.get("kept", 0), m.get("kept", 0), {}, t.get("write", 0.0), m.get("kept", 0),
                      "samples/s"))
     return rows
@@ -204,16 +205,21 @@ def format_summary(summary: dict) -> str:
         "",
         f"  {'stage':<14}{'in':>8}{'kept':>8}  {'removed':<44}{'seconds':>9}  throughput",
     ]
+    width = 44
     for row in summary["stages"]:
         removed = ", ".join(f"{k} {v}" for k, v in row["removed"].items()) or row.get("note", "")
         kept = "" if row["kept"] is None else row["kept"]
         rate = f"{row['throughput']:,.0f} {row['unit']}" if row["throughput"] else "-"
-        lines.append(f"  {row['stage']:<14}{row['in']:>8}{kept:>8}  {removed[:44]:<44}{row['seconds']:>9.2f}  {rate}")
+        chunks = textwrap.wrap(removed, width) or [""]
+        lines.append(f"  {row['stage']:<14}{row['in']:>8}{kept:>8}  {chunks[0]:<{width}}{row['seconds']:>9.2f}  {rate}")
+        lines += [f"  {'':<30}{chunk}" for chunk in chunks[1:]]
     lines.append("")
     lines.append("  final statuses (every extracted URL exactly once):")
     lines += [f"    {status:<20}{n:>8}" for status, n in summary["final_statuses"].items()]
     if summary.get("scales"):
-        lines.append("  per-scale pools: " + ", ".join(f"{k} {v}" for k, v in summary["scales"].items())
+        order = ("tiny", "small", "medium", "large", "xlarge")
+        scales = sorted(summary["scales"].items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else 9)
+        lines.append("  per-scale pools: " + ", ".join(f"{k} {v}" for k, v in scales)
                      + f" (pool: {summary.get('pool_samples')} samples)")
     if summary.get("models"):
         lines.append("  models:")

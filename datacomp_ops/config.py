@@ -18,6 +18,10 @@ from typing import Any, Mapping
 import yaml
 
 
+# The crawl id of the embedded default's synthetic crawl, what a build reads when given none.
+DEFAULT_CRAWL_ID = "CC-SYNTH-2026-47"
+
+
 class ConfigError(ValueError):
     """A configuration file or override is invalid; the message names the key."""
 
@@ -307,6 +311,7 @@ def config_from_dict(data: Mapping[str, Any]) -> PlatformConfig:
 
 
 __all__ = [
+    "DEFAULT_CRAWL_ID",
     "SCALES",
     "ConfigError",
     "DownloadConfig",

@@ -104,7 +104,8 @@ def choose_models(config: PlatformConfig) -> dict[str, ModelChoice]:
 
 def _embedded_clip(config: PlatformConfig, role: str) -> ModelChoice:
     name = EMBEDDED_CLIP[role]
-    return ModelChoice(role, "open_clip", f"{name} (fixture: trained on synthetic shapes, not {role[5:].upper()})",
+    stands_for = {"clip_b32": "ViT-B/32", "clip_l14": "ViT-L/14"}[role]
+    return ModelChoice(role, "open_clip", f"{name} (fixture trained on synthetic shapes, stands in for {stands_for})",
                        os.path.join(config.embedded_models_dir, name), arch=name, embedded=True)
 
 

@@ -14,9 +14,6 @@ import tarfile
 from dataclasses import dataclass
 from typing import Iterator
 
-import webdataset as wds
-from webdataset.tariterators import group_by_keys, tar_file_iterator
-
 from . import storage
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
@@ -32,6 +29,8 @@ class TarReadResult:
 
 def iter_tar(url: str, result: TarReadResult | None = None) -> Iterator[dict]:
     """Samples of a webdataset tar (``__key__`` plus one entry per extension)."""
+    from webdataset.tariterators import group_by_keys, tar_file_iterator  # webdataset imports torch
+
     result = result if result is not None else TarReadResult()
     try:
         with storage.open_file(url) as f:
@@ -62,8 +61,10 @@ def sample_json(sample: dict) -> dict:
 
 
 @contextlib.contextmanager
-def write_tar(url: str) -> Iterator[wds.TarWriter]:
+def write_tar(url: str) -> Iterator["webdataset.TarWriter"]:  # noqa: F821
     """A webdataset tar written under a temporary name and renamed into place on success."""
+    import webdataset as wds
+
     with storage.atomic_write(url) as f:
         with wds.TarWriter(f) as tar:  # closes its tar stream, not our file
             yield tar

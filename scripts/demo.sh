@@ -28,6 +28,8 @@ pids+=($!)
 
 echo "== airflow standalone (log: var/log/airflow-standalone.log)"
 airflow db migrate > var/log/airflow-migrate.log 2>&1
+# GPU stages run in this pool; its slots bound how many run at once (one GPU here, or the CPU)
+airflow pools set gpu 1 "GPU stages of the pool build (metadata pass)" > /dev/null
 setsid airflow standalone > var/log/airflow-standalone.log 2>&1 &
 pids+=($!)
 for _ in $(seq 120); do
@@ -52,7 +54,7 @@ print(format_summary(summary))
 table = ledger.final_statuses(os.path.join(root, "pool", summary["pool_version"], "ledger"))
 check = compare_with_truth(os.path.join(root, "synthetic", "truth.parquet"),
                            table["uid"].to_pylist(), table["status"].to_pylist())
-print(f"  ledger vs the crawl's expected statuses: {check['matched']} match"
+print(f"  final statuses vs the crawl's truth: {check['matched']} of {table.num_rows} match"
       + "".join(f"\n    {n} x {what}" for what, n in check["mismatched"].items()))
 PY
 echo "== done in $(( $(date +%s) - started )) s (pool under $DATACOMP_STORAGE_ROOT/pool)"

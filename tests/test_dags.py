@@ -191,3 +191,11 @@ def test_commonpool_build_runs_end_to_end(tmp_path, small_crawl, embedded_models
     assert sorted(s["urls_extracted"] for s in summaries) == [0, len(expected)]
     with sqlite3.connect(home / "airflow.db") as db:
         assert db.execute("SELECT count(*) FROM asset_event").fetchone()[0] == len(scales)
+
+
+def test_task_glue_imports_nothing_heavy():
+    """Tasks import the glue first; torch and friends load only inside the task bodies that use them."""
+    code = ("import sys, datacomp_ops.build, datacomp_ops.metadata, datacomp_ops.publish, datacomp_ops.prepare_models\n"
+            f"print([m for m in {HEAVY + ('webdataset', 'faiss', 'nudenet', 'profanity_check')!r} if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -182,3 +182,29 @@ def test_retry_is_a_no_op_and_publish_nests_the_scales(built):
     assert scales["tiny"] < scales["small"] == scales["xlarge"] and len(scales["small"]) == kept
     assert not manifest["scales"]["small"]["complete"]
     assert published["unchanged"] == 0 and run_publish(pool, config)["unchanged"] == 1
+
+
+def test_production_loaders_run_in_the_pass(tmp_path, eval_suite, embedded_models):
+    """Detoxify and SCRFD from local files (fixtures of their formats) through the same pass."""
+    from datacomp_ops.synthetic.fixture_models import detoxify_checkpoint, scrfd_onnx
+
+    ckpt, hf_dir = detoxify_checkpoint(tmp_path / "detoxify")
+    config = load_config(overrides={
+        "storage_root": str(tmp_path / "root"), "evaluation.sets_dir": eval_suite, "models.embedded_dir": embedded_models,
+        "models.detoxify": ckpt, "models.detoxify_hf_dir": hf_dir, "models.scrfd": scrfd_onnx(tmp_path / "det.onnx")})
+    run_prepare_models(config)
+    pool = PoolLayout(config.storage_root, "prod")
+    white = Image.new("RGB", (320, 320))
+    white.paste((255, 255, 255), (96, 96, 224, 224))  # what the SCRFD fixture "detects"
+    kinds = write_raw_shard(pool, 0, make_samples()[:8] + [("bright", "a white square on black", jpeg_bytes(white))])
+    run_metadata([0], pool, config)
+    final = ledger.final_statuses(pool.ledger)
+    got = {kinds[u]: (s, m) for u, s, m in zip(final["uid"].to_pylist(), final["status"].to_pylist(),
+                                                final["message"].to_pylist())}
+    assert got["unsafe"][0] == "nsfw_text" and "multilingual_fixture.ckpt" in got["unsafe"][1]
+    assert got["shape"][0] == "kept" and got["eval_dup"][0] == "eval_duplicate"
+    table = pq.read_table(pool.metadata_file(0))
+    names = json.loads(table.schema.metadata[b"datacomp.models"])
+    assert names["nsfw_text"].startswith("detoxify") and names["faces"].startswith("scrfd det.onnx")
+    bright = next(r for r in table.to_pylist() if kinds[r["uid"]] == "bright")
+    assert bright["face_bboxes"] and all(0.2 < (b[0] + b[2]) / 2 < 0.8 for b in bright["face_bboxes"])

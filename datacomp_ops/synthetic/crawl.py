@@ -21,13 +21,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ..config import DEFAULT_CRAWL_ID
 from ..schema import compute_uid
 from .evalsuite import EVAL_IMAGES
 from .images import CLASSES, EVAL_VARIANTS, FACE_PHOTOS, PHOTOS
 
 log = logging.getLogger(__name__)
 
-DEFAULT_CRAWL_ID = "CC-SYNTH-2026-47"
 
 # kind -> (weight, ledger status the download must give it)
 KINDS: dict[str, tuple[float, str]] = {

@@ -15,8 +15,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import webdataset as wds
-
 from .images import CLASSES, encode, eval_image
 
 N_CLASSIFICATION, N_RETRIEVAL = 240, 96
@@ -25,6 +23,8 @@ TEMPLATES = ("a photo of a {c}.", "a {c}.", "an image of a {c}.", "a drawing of 
 
 
 def _write_shard(path: Path, samples: list[dict]) -> None:
+    import webdataset as wds  # imports torch: keep it out of the crawl generator's imports
+
     path.parent.mkdir(parents=True, exist_ok=True)
     with wds.TarWriter(str(path)) as sink:
         for sample in samples:
