@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 PY := .venv/bin/python
 
-.PHONY: setup demo test test-fast airflow lock bench-extract bench-download clean
+.PHONY: setup demo test test-fast airflow lock bench-extract bench-download bench-pool calibrate-dedup clean
 
 setup:            ## .venv with the pinned dependency set (idempotent)
 	bash scripts/setup.sh
@@ -30,6 +30,12 @@ bench-extract: setup
 
 bench-download: setup
 	source scripts/env.sh && $(PY) benchmarks/bench_download.py
+
+bench-pool: setup
+	source scripts/env.sh && $(PY) benchmarks/bench_pool_stages.py
+
+calibrate-dedup: setup
+	source scripts/env.sh && $(PY) benchmarks/calibrate_dedup.py --urls 100000
 
 clean:            ## remove the demo's Airflow home and data (keeps .venv)
 	rm -rf var
