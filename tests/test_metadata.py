@@ -208,3 +208,21 @@ def test_production_loaders_run_in_the_pass(tmp_path, eval_suite, embedded_model
     assert names["nsfw_text"].startswith("detoxify") and names["faces"].startswith("scrfd det.onnx")
     bright = next(r for r in table.to_pylist() if kinds[r["uid"]] == "bright")
     assert bright["face_bboxes"] and all(0.2 < (b[0] + b[2]) / 2 < 0.8 for b in bright["face_bboxes"])
+
+
+@pytest.mark.slow
+def test_pass_and_publish_on_s3(s3_bucket, eval_suite, embedded_models):
+    config = load_config(overrides={"storage_root": s3_bucket, "evaluation.sets_dir": eval_suite,
+                                    "models.embedded_dir": embedded_models})
+    run_prepare_models(config)
+    pool = PoolLayout(config.storage_root, "s3pool")
+    kinds = write_raw_shard(pool, 0, make_samples())
+    stats = run_metadata([0], pool, config)
+    run_publish(pool, config)
+    assert stats["in"] == len(kinds) and stats["kept"] == 7  # 6 shapes and the astronaut
+    manifest = storage.read_json(pool.manifest)
+    assert manifest["shards"] == [f"{s3_bucket}/pool/s3pool/shards/00000000.tar"]
+    assert read_subset(pool.scale("tiny")).shape == (7,)
+    with storage.open_file(pool.metadata_file(0, "npz")) as f:
+        assert np.load(io.BytesIO(f.read()))["l14_img"].shape == (7, 96)
+    assert storage.ls(pool.base, "**/.tmp-*") == []
