@@ -135,7 +135,7 @@ def cpu_table(args) -> None:
 
     def bare_dedup():
         x = np.stack([np.asarray(p.resize((16, 16), Image.BOX), np.float32).reshape(-1, 3) for p in pil])
-        x = (x - x.mean(1, keepdims=True)).reshape(n, -1)
+        x = np.concatenate([(x - x.mean(1, keepdims=True)).reshape(n, -1), np.ones((n, 1), np.float32)], axis=1)
         x /= np.linalg.norm(x, axis=1, keepdims=True)
         index.index.search(x, 1)
 

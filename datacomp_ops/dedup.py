@@ -47,7 +47,10 @@ THUMBNAIL_SIDE = 16
 
 class ThumbnailDescriptor:
     name = "thumbnail-16px-rgb"
-    dim = THUMBNAIL_SIDE * THUMBNAIL_SIDE * 3
+    # the thumbnail plus one constant component, which keeps a flat image (no
+    # structure left after the mean is taken out) at unit norm; it moves the
+    # similarity of any two real images by about 1e-6
+    dim = THUMBNAIL_SIDE * THUMBNAIL_SIDE * 3 + 1
     preprocess_key = "thumbnail16"
 
     def __init__(self, choice: ModelChoice | None = None):
@@ -73,8 +76,8 @@ class ThumbnailDescriptor:
     def describe(self, batch) -> np.ndarray:
         x = np.asarray(batch, np.float32).reshape(len(batch), -1, 3)
         x = x - x.mean(axis=1, keepdims=True)
-        x = x.reshape(len(batch), -1)
-        return (x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-6)).astype(np.float32)
+        x = np.concatenate([x.reshape(len(batch), -1), np.ones((len(batch), 1), np.float32)], axis=1)
+        return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
 
 class ISCDescriptor:
@@ -169,7 +172,8 @@ def index_dir(config: PlatformConfig, choice: ModelChoice) -> str:
     sets_dir = config.eval_sets_dir
     fs, _ = storage.get_fs(sets_dir)
     listing = [(t, fs.size(storage.get_fs(t)[1])) for t in eval_tars(sets_dir)]
-    digest = hashlib.sha256(repr((choice.name, choice.path, listing)).encode()).hexdigest()[:12]
+    dim = ThumbnailDescriptor.dim if choice.kind == "thumbnail" else ISCDescriptor.dim
+    digest = hashlib.sha256(repr((choice.name, choice.path, dim, listing)).encode()).hexdigest()[:12]
     slug = choice.kind + "-" + digest
     return storage.join(config.storage_root, "eval_index", slug)
 

@@ -69,7 +69,7 @@ class PassModels:
         device = device or resolve_device(config.metadata.device)
         choices = choose_models(config)
         where = index_dir(config, choices["dedup"])
-        return cls(
+        models = cls(
             choices=choices, device=device,
             text=load_text_classifier(choices["nsfw_text"], device),
             image=load_image_classifier(choices["nsfw_image"], device),
@@ -78,6 +78,10 @@ class PassModels:
             clip={"b32": ClipEncoder(choices["clip_b32"], device), "l14": ClipEncoder(choices["clip_l14"], device)},
             index=load_eval_index(where), index_dir=where,
         )
+        if models.index.descriptors.shape[1] != models.descriptor.dim:
+            raise storage.StorageError(f"evaluation index {where} holds {models.index.descriptors.shape[1]}-d "
+                                       f"descriptors, {models.descriptor.name} makes {models.descriptor.dim}-d ones")
+        return models
 
     def names(self) -> dict[str, str]:
         return {role: choice.name for role, choice in self.choices.items()}
@@ -100,13 +104,14 @@ def _prepare(sample: dict, models: PassModels) -> Prepared:
     out = Prepared(sample["__key__"], sample)
     try:
         image = decode_image(image_bytes(sample))
+        out.rgb = np.asarray(image)
+        for model in (*models.clip.values(), models.descriptor):
+            if model.preprocess_key not in out.inputs:
+                out.inputs[model.preprocess_key] = model.preprocess(image)
     except UnreadableImage as exc:
         out.error = str(exc)
-        return out
-    out.rgb = np.asarray(image)
-    for model in (*models.clip.values(), models.descriptor):
-        if model.preprocess_key not in out.inputs:
-            out.inputs[model.preprocess_key] = model.preprocess(image)
+    except Exception as exc:  # decodes, yet a model's transform rejects it (degenerate sizes and the like)
+        out.error = f"cannot preprocess: {type(exc).__name__}: {exc}"
     out.seconds = time.perf_counter() - start
     return out
 

@@ -38,7 +38,7 @@ def test_eval_index_holds_every_evaluation_image_once(built_index):
     assert storage.is_committed(where)
     assert run_eval_index(config.eval_sets_dir, where, config, choice).counters == stats.counters  # no-op rerun
     index = load_eval_index(where)
-    assert index.descriptors.shape == (3 * EVAL_IMAGES, 768)  # whole, 90% and 80% views
+    assert index.descriptors.shape == (3 * EVAL_IMAGES, 769)  # whole, 90% and 80% views
     assert sorted(set(index.datasets)) == ["wds_synthetic_retrieval", "wds_synthetic_shapes"]
 
 

@@ -36,6 +36,7 @@ def make_samples():
                 ("eval_dup", "a photo of a green square.", jpeg_bytes(near_duplicate(eval_image(4)[0], "cropped"))),
                 ("face", "portrait of an astronaut", jpeg_bytes(Image.fromarray(data.astronaut()))),
                 ("corrupt", "a broken image", b"\xff\xd8\xff\xe0 this is not a jpeg"),
+                ("pixel", "a single pixel", jpeg_bytes(Image.new("RGB", (1, 1), (200, 10, 10)))),
                 ("missing", "in the parquet, not in the tar", jpeg_bytes(render_shape("red", "square", 9)))]
     return samples
 
@@ -90,7 +91,7 @@ def test_every_sample_gets_one_status(built):
     final = ledger.final_statuses(pool.ledger)
     got = dict(zip(final["uid"].to_pylist(), final["status"].to_pylist()))
     assert len(got) == len(kinds)
-    expected = {"shape": "kept", "unsafe": "nsfw_text", "eval_dup": "eval_duplicate", "face": "kept",
+    expected = {"shape": "kept", "unsafe": "nsfw_text", "eval_dup": "eval_duplicate", "face": "kept", "pixel": "kept",
                 "corrupt": "corrupt_image", "missing": "missing_from_shard"}
     for uid, kind in intact.items():  # shard 0 is whole: each case exactly
         assert got[uid] == expected[kind], kind
@@ -119,7 +120,7 @@ def test_outputs_follow_datacomp_s_formats(built):
             assert np.allclose(table[f"clip_{tag}_similarity_score"].to_numpy(), dots, atol=1e-6)
         assert set(table["crawl_id"].to_pylist()) <= {CRAWL}
         assert json.loads(table.schema.metadata[b"datacomp.models"])["clip_b32"].startswith("embedded-clip-b32")
-    assert feats["dedup"].shape[1] == 768 and feats["b32_img"].shape[1] == 64 and feats["l14_img"].shape[1] == 96
+    assert feats["dedup"].shape[1] == 769 and feats["b32_img"].shape[1] == 64 and feats["l14_img"].shape[1] == 96
 
 
 def test_faces_are_blurred_in_the_published_shard_and_only_there(built):
@@ -196,7 +197,7 @@ def test_production_loaders_run_in_the_pass(tmp_path, eval_suite, embedded_model
     pool = PoolLayout(config.storage_root, "prod")
     white = Image.new("RGB", (320, 320))
     white.paste((255, 255, 255), (96, 96, 224, 224))  # what the SCRFD fixture "detects"
-    kinds = write_raw_shard(pool, 0, make_samples()[:8] + [("bright", "a white square on black", jpeg_bytes(white))])
+    kinds = write_raw_shard(pool, 0, make_samples()[:9] + [("bright", "a white square on black", jpeg_bytes(white))])
     run_metadata([0], pool, config)
     final = ledger.final_statuses(pool.ledger)
     got = {kinds[u]: (s, m) for u, s, m in zip(final["uid"].to_pylist(), final["status"].to_pylist(),
@@ -219,10 +220,10 @@ def test_pass_and_publish_on_s3(s3_bucket, eval_suite, embedded_models):
     kinds = write_raw_shard(pool, 0, make_samples())
     stats = run_metadata([0], pool, config)
     run_publish(pool, config)
-    assert stats["in"] == len(kinds) and stats["kept"] == 7  # 6 shapes and the astronaut
+    assert stats["in"] == len(kinds) and stats["kept"] == 8  # 6 shapes, the astronaut, the pixel
     manifest = storage.read_json(pool.manifest)
     assert manifest["shards"] == [f"{s3_bucket}/pool/s3pool/shards/00000000.tar"]
-    assert read_subset(pool.scale("tiny")).shape == (7,)
+    assert read_subset(pool.scale("tiny")).shape == (8,)
     with storage.open_file(pool.metadata_file(0, "npz")) as f:
-        assert np.load(io.BytesIO(f.read()))["l14_img"].shape == (7, 96)
+        assert np.load(io.BytesIO(f.read()))["l14_img"].shape == (8, 96)
     assert storage.ls(pool.base, "**/.tmp-*") == []
