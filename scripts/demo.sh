@@ -20,7 +20,9 @@ cleanup() {
 trap cleanup EXIT INT TERM
 
 echo "== synthetic crawl: $DEMO_URLS URLs served from 127.0.0.1:$DEMO_PORT"
-rm -rf "$DATACOMP_STORAGE_ROOT/synthetic"
+# a fresh crawl each time: the demo's own crawl, pool and Airflow runs go (trained models stay)
+rm -rf "$DATACOMP_STORAGE_ROOT/synthetic" "$DATACOMP_STORAGE_ROOT/crawls/CC-SYNTH-2026-47" \
+       "$DATACOMP_STORAGE_ROOT/pool/CC-SYNTH-2026-47" "$DATACOMP_STORAGE_ROOT/eval_index"
 datacomp synthetic --out "$DATACOMP_STORAGE_ROOT/synthetic" --n-urls "$DEMO_URLS" \
     --base-url "http://127.0.0.1:$DEMO_PORT" --urls-per-file 1000
 setsid datacomp serve --port "$DEMO_PORT" --hang-seconds 20 > var/log/image-server.log 2>&1 &
