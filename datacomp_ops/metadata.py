@@ -269,7 +269,7 @@ class MetadataPass:
             result.statuses[key] = ("missing_from_shard", why)
         if read.error:
             log.warning("raw shard %08d: %s", shard_id, read.error)
-        self._timed("write", self._write, shard_id, pool, expected, result)
+        self._timed("write", self._write, shard_id, pool, table, expected, result)
 
         s = self.stats
         for status, _ in result.statuses.values():
@@ -282,13 +282,11 @@ class MetadataPass:
                                                   "thresholds": self.thresholds})
         return s
 
-    def _write(self, shard_id: int, pool: PoolLayout, expected: dict, result: _ShardResult) -> None:
+    def _write(self, shard_id: int, pool: PoolLayout, raw: pa.Table, expected: dict, result: _ShardResult) -> None:
         with write_tar(pool.shard(shard_id)) as tar:
             for sample in result.published:
                 tar.write(sample)
         kept_keys = [r["key"] for r in result.rows]
-        with storage.open_file(pool.download(shard_id, "parquet")) as f:
-            raw = pq.read_table(f)
         position = {k: i for i, k in enumerate(raw["key"].to_pylist())}
         published = raw.take(pa.array([position[k] for k in kept_keys], pa.int64())) if kept_keys \
             else raw.schema.empty_table()
