@@ -47,7 +47,6 @@ from .stats import StageStats
 log = logging.getLogger(__name__)
 
 STAGE = "metadata"
-STEPS = ("decode", "nsfw_text", "nsfw_image", "eval_dedup", "faces", "clip_features", "write")
 
 
 @dataclass

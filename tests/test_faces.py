@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from skimage import data
 
-from datacomp_ops.config import ConfigError, MetadataConfig, load_config
+from datacomp_ops.config import ConfigError, load_config
 from datacomp_ops.faces import blur_faces, load_face_detector
 from datacomp_ops.models import choose_models
 from datacomp_ops.synthetic.fixture_models import scrfd_onnx

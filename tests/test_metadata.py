@@ -93,6 +93,7 @@ def test_every_sample_gets_one_status(built):
     assert len(got) == len(kinds)
     expected = {"shape": "kept", "unsafe": "nsfw_text", "eval_dup": "eval_duplicate", "face": "kept", "pixel": "kept",
                 "corrupt": "corrupt_image", "missing": "missing_from_shard"}
+    assert set(got.values()) <= {"kept", *ledger.METADATA_REMOVALS}
     for uid, kind in intact.items():  # shard 0 is whole: each case exactly
         assert got[uid] == expected[kind], kind
     for uid in kinds.keys() - intact.keys():  # shard 1 breaks off half-way: the rest is missing, not lost
