@@ -104,10 +104,11 @@ def _run_shards(spec: BuildSpec, report: dict) -> list[int]:
     return sorted(shards)
 
 
-def _row(stage: str, n_in: int, kept: int | None, removed: dict, seconds: float, processed: int, unit: str) -> dict:
+def _row(stage: str, n_in: int, kept: int | None, removed: dict, seconds: float, processed: int, unit: str,
+         note: str = "") -> dict:
     return {"stage": stage, "in": n_in, "kept": kept, "removed": {k: v for k, v in sorted(removed.items()) if v},
             "seconds": round(seconds, 2), "processed": processed,
-            "throughput": round(processed / seconds, 1) if seconds > 0 else None, "unit": unit}
+            "throughput": round(processed / seconds, 1) if seconds > 0 else None, "unit": unit, "note": note}
 
 
 def stage_table(extraction: dict, download: StageStats, metadata: StageStats) -> list[dict]:
@@ -127,21 +128,20 @@ def stage_table(extraction: dict, download: StageStats, metadata: StageStats) ->
     rows.append(_row("download", d.get("urls", 0), d.get("downloaded", 0), failures, download.seconds,
                      d.get("urls", 0), "URLs/s"))
     n = m.get("in", 0)
-    for step, reasons, unit in (("decode", ("corrupt_image", "missing_from_shard"), "images/s"),
-                                ("nsfw_text", ("nsfw_text",), "captions/s"),
-                                ("nsfw_image", ("nsfw_image",), "images/s"),
-                                ("eval_dedup", ("eval_duplicate",), "images/s")):
+    for step, reasons, unit, note in (
+            ("decode", ("corrupt_image", "missing_from_shard"), "images/s",
+             "one decode per image, preprocessed for every model"),
+            ("nsfw_text", ("nsfw_text",), "captions/s", ""),
+            ("nsfw_image", ("nsfw_image",), "images/s", ""),
+            ("eval_dedup", ("eval_duplicate",), "images/s", "")):
         removed = {r: m.get(f"removed:{r}", 0) for r in reasons}
         rows.append(_row(step, n, n - sum(removed.values()), removed, t.get(step, 0.0),
-                         m.get(f"{step}.processed", 0), unit))
+                         m.get(f"{step}.processed", 0), unit, note))
         n -= sum(removed.values())
-    faces = _row("faces", n, n, {}, t.get("faces", 0.0), m.get("faces.processed", 0), "images/s")
-    faces["note"] = f"{m.get('faces.with_faces', 0)} with faces, {m.get('faces.blurred', 0)} blurred"
-    rows.append(faces)
+    rows.append(_row("faces", n, n, {}, t.get("faces", 0.0), m.get("faces.processed", 0), "images/s",
+                     f"{m.get('faces.with_faces', 0)} with faces, {m.get('faces.blurred', 0)} blurred"))
     rows.append(_row("clip_features", m.get("clip_features.processed", 0), None, {}, t.get("clip_features", 0.0),
-                     m.get("clip_features.processed", 0), "images/s"))
-    rows[-1]["note"] = "B/32 and L/14, image and text towers"
-    rows[2]["note"] = "one decode per image, preprocessed for every model"
+                     m.get("clip_features.processed", 0), "images/s", "B/32 and L/14, image and text towers"))
     rows.append(_row("write", m.get("kept", 0), m.get("kept", 0), {}, t.get("write", 0.0), m.get("kept", 0),
                      "samples/s"))
     return rows

@@ -195,7 +195,7 @@ def run_eval_index(sets_dir: str, out_dir: str, config: PlatformConfig, choice: 
             batch.clear()
 
     for tar in eval_tars(sets_dir):
-        dataset = tar[len(sets_dir.rstrip("/")) + 1:].split("/")[0]
+        dataset = tar.split("/")[-3]  # {sets_dir}/{dataset}/test/{n}.tar
         result = TarReadResult()
         for sample in iter_tar(tar, result):
             try:
