@@ -40,7 +40,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-download-") as tmp, serving() as server:
         crawl = generate_crawl(os.path.join(tmp, "crawl"), CrawlSpec(n_urls=args.urls, base_url=server.base_url))
-        truth = pq.read_table(os.path.join(tmp, "crawl", "truth.parquet"))
+        truth = pq.read_table(crawl["truth"])
         fast = set(truth.filter(pc.is_in(truth["kind"], value_set=pc.cast(FAST_KINDS, "string")))["uid"].to_pylist())
         rows = {r["uid"]: r for p in crawl["wat_files"] for r in parse_wat_file(p)[0] if r["uid"] in fast}
         urls = os.path.join(tmp, "part-0000-00000.parquet")

@@ -6,15 +6,16 @@ both run exactly the same code.
 
 from __future__ import annotations
 
+import datetime
 import logging
 import re
 import textwrap
 from dataclasses import asdict, dataclass
 from typing import Any, Mapping
 
-from . import ledger, storage
-from .config import DEFAULT_CRAWL_ID, PlatformConfig, config_from_dict, load_config
-from .download import STAGE as DOWNLOAD, Partition, next_free_shard, plan_partitions
+from . import crawls, ledger, storage, versions
+from .config import ConfigError, PlatformConfig, config_from_dict, load_config
+from .download import STAGE as DOWNLOAD
 from .layout import CrawlLayout, PoolLayout
 from .stats import StageStats
 
@@ -47,46 +48,50 @@ class BuildSpec:
         return asdict(self)
 
 
-def synthetic_root(config: PlatformConfig) -> str:
-    """Where ``datacomp synthetic`` puts the demo crawl by default."""
-    return storage.join(config.storage_root, "synthetic")
+def _crawl_of_inputs(inputs: list[str]) -> str | None:
+    ids = {p.split("/crawl-data/")[1].split("/")[0] for p in inputs if "/crawl-data/" in p}
+    return ids.pop() if len(ids) == 1 else None
 
 
-def default_inputs(config: PlatformConfig, crawl_id: str) -> list[str]:
-    return [storage.join(synthetic_root(config), "crawl-data", crawl_id, "wat.paths.gz")]
+def make_spec(run_key: str, crawl_id: str | None = None, pool_version: str | None = None,
+              inputs: list[str] | None = None, overrides: Mapping[str, Any] | None = None,
+              logical_date: datetime.datetime | None = None) -> BuildSpec:
+    """The run's spec: config with overrides, crawl, inputs, pool version, report path.
 
-
-def make_spec(run_key: str, crawl_id: str = DEFAULT_CRAWL_ID, pool_version: str = "",
-              inputs: list[str] | None = None, overrides: Mapping[str, Any] | None = None) -> BuildSpec:
-    """The run's spec: config with overrides, inputs (default: the synthetic crawl), report path."""
+    With no crawl id, the crawl is the one the inputs name (``crawl-data/{id}/``)
+    or, without inputs, the newest crawl of the config's crawl source taken in
+    or before the week of `logical_date` (today when there is none). The pool
+    version is the open one or the next (versions.py); naming one is allowed.
+    """
     config = load_config(overrides=overrides)
     storage.check_writable(config.storage_root)
+    inputs = [i for i in (inputs or []) if i]
+    if not crawl_id:
+        crawl_id = _crawl_of_inputs(inputs) if inputs else crawls.crawl_for_date(
+            config.crawl_source, logical_date or datetime.datetime.now(datetime.timezone.utc))
+        if not crawl_id:
+            raise ConfigError(f"name the crawl of these inputs (crawl_id): {inputs}")
+    if not inputs:
+        listing = crawls.listing(config.crawl_source, crawl_id)
+        if not storage.exists(listing):
+            raise crawls.CrawlNotFound(f"crawl {crawl_id}: no WAT listing at {listing}")
+        inputs = [listing]
     safe_key = re.sub(r"[^A-Za-z0-9_.-]+", "_", run_key)
-    crawl = CrawlLayout(config.storage_root, crawl_id)
+    version = versions.open_version(config.storage_root, run_key, pool_version or "")
     return BuildSpec(
         crawl_id=crawl_id,
-        pool_version=pool_version or crawl_id,
-        inputs=list(inputs) if inputs else default_inputs(config, crawl_id),
-        report=storage.join(crawl.base, "reports", f"{safe_key}.json"),
+        pool_version=version,
+        inputs=inputs,
+        report=storage.join(CrawlLayout(config.storage_root, crawl_id).base, "reports", f"{safe_key}.json"),
         config=config.to_dict(),
     )
 
 
 def plan_download(spec: BuildSpec) -> list[dict]:
-    """One entry per URL partition of this run's batch, each with its own shard range."""
-    report = storage.read_json(spec.report)
-    pool = spec.pool
-    plan = plan_partitions(report["partitions"], next_free_shard(pool),
-                           spec.platform_config.download.number_sample_per_shard)
-    # a retried plan must hand committed partitions their original shard ids
-    out = []
-    for part in plan:
-        marker = pool.marker(DOWNLOAD, part.name)
-        if storage.exists(marker):
-            first = min(storage.read_json(marker)["shards"], default=part.first_shard)
-            part = Partition(part.path, part.rows, first)
-        out.append(asdict(part))
-    return out
+    """Every partition this run downloads (download_plan.py), each with its own shard range."""
+    from .download_plan import plan_download as plan
+
+    return [asdict(p) for p in plan(spec.pool, spec.platform_config)]
 
 
 def plan_metadata(spec: BuildSpec) -> list[list[int]]:
@@ -94,14 +99,6 @@ def plan_metadata(spec: BuildSpec) -> list[list[int]]:
     from .metadata import plan_metadata as plan
 
     return plan(spec.pool, spec.platform_config)
-
-
-def _run_shards(spec: BuildSpec, report: dict) -> list[int]:
-    shards = []
-    for part in report["partitions"]:
-        marker = spec.pool.marker(DOWNLOAD, Partition(part["path"], part["rows"], 0).name)
-        shards += storage.read_json(marker).get("shards", []) if storage.exists(marker) else []
-    return sorted(shards)
 
 
 def _row(stage: str, n_in: int, kept: int | None, removed: dict, seconds: float, processed: int, unit: str,
@@ -124,7 +121,7 @@ def stage_table(extraction: dict, download: StageStats, metadata: StageStats) ->
     rows = [_row("extract_urls", pairs, c.get("urls_written", 0),
                  {"duplicates_in_batch": c.get("duplicates_in_batch", 0), "already_known": c.get("already_known", 0)},
                  extraction.get("seconds", 0.0), pairs, "pairs/s")]
-    failures = {k: v for k, v in d.items() if k not in ("downloaded", "urls")}
+    failures = {k: v for k, v in d.items() if k not in ("downloaded", "urls", "attempted")}
     rows.append(_row("download", d.get("urls", 0), d.get("downloaded", 0), failures, download.seconds,
                      d.get("urls", 0), "URLs/s"))
     n = m.get("in", 0)
@@ -147,49 +144,82 @@ def stage_table(extraction: dict, download: StageStats, metadata: StageStats) ->
     return rows
 
 
+def _transient_left(accounts: dict, max_attempts: int) -> tuple[int, int]:
+    """(URLs a later run tries again, URLs given up after max_attempts) among transient failures."""
+    current, attempts = accounts["current"], accounts["attempts"]
+    again = gave_up = 0
+    for uid, status in zip(current["uid"].to_pylist(), current["status"].to_pylist()):
+        if status in ledger.TRANSIENT_FAILURES:
+            if attempts.get(uid, 0) < max_attempts:
+                again += 1
+            else:
+                gave_up += 1
+    return again, gave_up
+
+
 def summarize(spec: BuildSpec, seconds: float | None = None) -> dict:
-    """Totals of this run, stage by stage; checks that the ledger gives every URL one final status."""
-    from .metadata import STAGE as METADATA
+    """What this run added, what the pool version holds, and the ledger's accounts over every run.
+
+    Checks that every URL ever extracted under the storage root has exactly one
+    current status, and that this version's stages account for their inputs.
+    """
+    from .download_plan import lineage_accounts
+    from .metadata import STAGE as METADATA, downloaded_shards
 
     report = storage.read_json(spec.report)
-    extracted = sum(p["rows"] for p in report["partitions"])
     pool = spec.pool
-    names = [Partition(p["path"], p["rows"], 0).name for p in report["partitions"]]
-    download = StageStats.total(DOWNLOAD, [StageStats.from_dict(storage.read_json(pool.marker(DOWNLOAD, n)))
-                                           for n in names])
-    shards = _run_shards(spec, report)
+    config = spec.platform_config
+    markers = storage.ls(storage.join(pool.markers, DOWNLOAD), "*")
+    records = [storage.read_json(m) for m in markers]
+    download = StageStats.total(DOWNLOAD, [StageStats.from_dict(r) for r in records])
+    shards = sorted(downloaded_shards(pool))
     metadata = StageStats.total(METADATA, [StageStats.from_dict(storage.read_json(pool.marker(METADATA, f"{s:08d}")))
                                            for s in shards])
-    # every URL of this run: one download status, and each download one pool status
-    statuses: dict[str, int] = {}
-    for n in names:
-        for status, k in ledger.counts(ledger.read_part(pool.ledger_part(DOWNLOAD, n))).items():
-            statuses[status] = statuses.get(status, 0) + k
-    if sum(statuses.values()) != extracted:
-        raise ledger.LedgerError(f"ledger holds {sum(statuses.values())} URLs but {extracted} were extracted")
-    if metadata["in"] != statuses.get("downloaded", 0):
-        raise ledger.LedgerError(f"{statuses.get('downloaded', 0)} URLs downloaded but the metadata pass "
+    own = ledger.final_statuses(pool.ledger)
+    own_counts = ledger.counts(own) if own.num_rows else {}
+    if download["urls"] != sum(own_counts.get(s, 0) for s in (*ledger.DOWNLOAD_FAILURES, ledger.DEFERRED,
+                                                              "downloaded", "kept", *ledger.METADATA_REMOVALS)):
+        raise ledger.LedgerError(f"pool {pool.version}: its download tasks took {download['urls']} URLs but its "
+                                 f"ledger holds {own.num_rows}")
+    if metadata["in"] != download["downloaded"]:
+        raise ledger.LedgerError(f"{download['downloaded']} URLs downloaded but the metadata pass "
                                  f"accounts for {metadata['in']}")
-    final = {k: v for k, v in statuses.items() if k != "downloaded"}
-    for key, value in metadata.counters.items():
-        if key == "kept" or key.startswith("removed:"):
-            final[key.removeprefix("removed:")] = final.get(key.removeprefix("removed:"), 0) + value
-    assert sum(final.values()) == extracted  # the two checks above imply it
-    manifest = storage.read_json(pool.manifest) if storage.exists(pool.manifest) else {}
+    accounts = lineage_accounts(pool)
+    if accounts["with_status"] + accounts["pending"] != accounts["urls"] or accounts["statuses"].get("downloaded"):
+        raise ledger.LedgerError(
+            f"storage root {pool.root}: {accounts['urls']} URLs extracted, {accounts['with_status']} with a status, "
+            f"{accounts['pending']} in parts not downloaded yet, "
+            f"{accounts['statuses'].get('downloaded', 0)} downloaded without a pool status")
+    again, gave_up = _transient_left(accounts, config.download.max_attempts)
+    published = versions.is_published(pool.root, pool.version)
+    shown = pool if published else PoolLayout(pool.root, versions.latest(pool.root) or pool.version)
+    manifest = storage.read_json(shown.manifest) if storage.exists(shown.manifest) else {}
+    extraction = report["stats"]["counters"]
+    retried = sum(r["counters"].get("urls", 0) for r in records if "/requeue/" in r.get("partition", ""))
     summary = {
         "crawl_id": spec.crawl_id,
-        "pool_version": spec.pool_version,
+        "pool_version": pool.version,
+        "published": published,
+        "parent": versions.info(pool.root, pool.version).get("parent"),
+        "scale": config.scale,
         "batch": report["batch"],
-        "wat_files": report["stats"]["counters"].get("wat_files_processed", 0),
-        "urls_extracted": extracted,
-        "downloaded": statuses.get("downloaded", 0),
-        "kept": final.get("kept", 0),
-        "final_statuses": dict(sorted(final.items())),
+        "wat_files": extraction.get("wat_files_processed", 0),
+        "wat_files_unreadable": report.get("unreadable", []),
+        "wat_files_left_for_later": extraction.get("wat_files_left_for_later", 0),
+        "urls_extracted": sum(p["rows"] for p in report["partitions"]),
+        "urls_downloaded_again": retried,
+        "downloaded": download["downloaded"],
+        "kept": own_counts.get("kept", 0),
+        "final_statuses": own_counts,
         "stages": stage_table(report["stats"], download, metadata),
         "models": (manifest.get("models") or [{}])[-1],
-        "pool_samples": manifest.get("samples"),
-        "scales": {k: v["samples"] for k, v in manifest.get("scales", {}).items()},
-        "extraction": report["stats"]["counters"],
+        "pool": {"version": manifest.get("pool_version"), "samples": manifest.get("samples"),
+                 "crawls": manifest.get("crawls", []),
+                 "scales": {k: v["samples"] for k, v in manifest.get("scales", {}).items()},
+                 "scales_not_built": sorted(k for k, v in manifest.get("scales", {}).items() if not v["built"])},
+        "ledger": {"urls": accounts["urls"], "statuses": accounts["statuses"], "retried_next_run": again,
+                   "gave_up": gave_up},
+        "extraction": extraction,
     }
     if seconds is not None:
         summary["seconds"] = round(seconds, 1)
@@ -197,14 +227,29 @@ def summarize(spec: BuildSpec, seconds: float | None = None) -> dict:
     return summary
 
 
+_SCALE_ORDER = ("tiny", "small", "medium", "large", "xlarge")
+
+
 def format_summary(summary: dict) -> str:
-    lines = [
-        f"CommonPool build of {summary['crawl_id']} into pool {summary['pool_version']}",
-        f"  WAT files processed: {summary['wat_files']}; URLs extracted: {summary['urls_extracted']}; "
-        f"kept: {summary['kept']}",
-        "",
-        f"  {'stage':<14}{'in':>8}{'kept':>8}  {'removed':<44}{'seconds':>9}  throughput",
-    ]
+    pool, accounts = summary["pool"], summary["ledger"]
+    lines = [f"CommonPool build of {summary['crawl_id']} into pool version {summary['pool_version']} "
+             f"(scale {summary['scale']})"]
+    this = (f"  this run: {summary['wat_files']} new WAT files, {summary['urls_extracted']} new URLs, "
+            f"{summary['urls_downloaded_again']} URLs downloaded again; {summary['kept']} samples added")
+    lines.append(this)
+    for item in summary["wat_files_unreadable"]:
+        lines.append(f"  unreadable, tried again next run: {item['error']}")
+    if summary["wat_files_left_for_later"]:
+        lines.append(f"  WAT files left for later runs (extract.max_wat_files): {summary['wat_files_left_for_later']}")
+    if summary["published"]:
+        lines.append(f"  published {summary['pool_version']}"
+                     + (f" over {summary['parent']}" if summary["parent"] else "")
+                     + f": {pool['samples']} samples from crawls {', '.join(pool['crawls'])}")
+    else:
+        lines.append(f"  nothing new to publish: {summary['pool_version']} stays open for the next run; "
+                     + (f"the latest pool is {pool['version']} with {pool['samples']} samples"
+                        if pool["version"] else "no pool is published yet"))
+    lines += ["", f"  {'stage':<14}{'in':>8}{'kept':>8}  {'removed':<44}{'seconds':>9}  throughput"]
     width = 44
     for row in summary["stages"]:
         removed = ", ".join(f"{k} {v}" for k, v in row["removed"].items()) or row.get("note", "")
@@ -214,13 +259,18 @@ def format_summary(summary: dict) -> str:
         lines.append(f"  {row['stage']:<14}{row['in']:>8}{kept:>8}  {chunks[0]:<{width}}{row['seconds']:>9.2f}  {rate}")
         lines += [f"  {'':<30}{chunk}" for chunk in chunks[1:]]
     lines.append("")
-    lines.append("  final statuses (every extracted URL exactly once):")
+    lines.append("  statuses of this run's URLs:")
     lines += [f"    {status:<20}{n:>8}" for status, n in summary["final_statuses"].items()]
-    if summary.get("scales"):
-        order = ("tiny", "small", "medium", "large", "xlarge")
-        scales = sorted(summary["scales"].items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else 9)
-        lines.append("  per-scale pools: " + ", ".join(f"{k} {v}" for k, v in scales)
-                     + f" (pool: {summary.get('pool_samples')} samples)")
+    lines.append(f"  every URL extracted so far ({accounts['urls']}), current status (exactly one each):")
+    lines += [f"    {status:<20}{n:>8}" for status, n in accounts["statuses"].items()]
+    if accounts["retried_next_run"] or accounts["gave_up"]:
+        lines.append(f"    transient failures: {accounts['retried_next_run']} tried again next run, "
+                     f"{accounts['gave_up']} given up after download.max_attempts")
+    if pool.get("scales"):
+        scales = sorted(pool["scales"].items(), key=lambda kv: _SCALE_ORDER.index(kv[0]) if kv[0] in _SCALE_ORDER else 9)
+        lines.append(f"  per-scale pools of {pool['version']}: " + ", ".join(f"{k} {v}" for k, v in scales))
+        if pool["scales_not_built"]:
+            lines.append(f"    not built (URLs deferred by a smaller scale's build): {', '.join(pool['scales_not_built'])}")
     if summary.get("models"):
         lines.append("  models:")
         lines += [f"    {role:<20}{name}" for role, name in summary["models"].items()]

@@ -1,6 +1,6 @@
 """The ``datacomp`` command: every stage without Airflow, and the synthetic crawl.
 
-    datacomp synthetic --out DIR --n-urls 2000 --base-url http://127.0.0.1:8765
+    datacomp synthetic --out DIR --n-urls 2000 --base-url http://127.0.0.1:8765 [--crawls 3]
     datacomp serve --port 8765
     datacomp extract --crawl-id ID --input DIR/crawl-data/ID/wat.paths.gz
     datacomp download --partition URLS.parquet --pool-version v1 [--first-shard 0]
@@ -8,7 +8,8 @@
     datacomp metadata --pool-version v1 [--shard N ...]   NSFW, dedup, faces, CLIP features
     datacomp publish --pool-version v1            per-scale pools and the manifest
     datacomp build [--serve] ...                  every stage and the summary, as the DAG runs them
-    datacomp ledger --pool-version v1             status counts of a pool's ledger
+    datacomp ledger [--pool-version v1] [--stage download] [--uid UID | --url URL]
+                                                  status counts of a pool version, or one URL's history
 """
 
 from __future__ import annotations
@@ -23,6 +24,15 @@ import time
 from typing import Any
 
 from tqdm import tqdm
+
+
+def _date(text: str):
+    import datetime
+
+    try:
+        return datetime.datetime.strptime(text, "%Y-%m-%d").replace(tzinfo=datetime.timezone.utc)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected YYYY-MM-DD, got {text!r}") from None
 
 
 def _overrides(pairs: list[str]) -> dict[str, Any]:
@@ -42,15 +52,17 @@ def _config(args):
 
 
 def cmd_synthetic(args) -> None:
-    from .synthetic.crawl import CrawlSpec, generate_crawl
+    from .synthetic.crawl import CrawlSpec, generate_world
     from .synthetic.evalsuite import generate_eval_suite
 
     spec = CrawlSpec(n_urls=args.n_urls, seed=args.seed, base_url=args.base_url,
                      urls_per_file=args.urls_per_file, crawl_id=args.crawl_id, faults=not args.no_faults)
-    with tqdm(total=spec.n_urls, desc="synthetic crawl", unit="URL") as bar:
-        summary = generate_crawl(args.out, spec, progress=bar.update)
+    with tqdm(total=spec.n_urls * args.crawls, desc="synthetic crawls", unit="URL") as bar:
+        summaries = generate_world(args.out, spec, args.crawls, args.repeat_fraction, progress=bar.update)
     generate_eval_suite(os.path.join(args.out, "eval"))
-    print(f"{summary['urls']} URLs in {len(summary['wat_files'])} WAT files; listing: {summary['wat_listing']}")
+    for summary in summaries:
+        print(f"{summary['crawl_id']}: {summary['urls']} URLs in {len(summary['wat_files'])} WAT files "
+              f"({summary['repeated_from_previous']} from the crawl before); listing: {summary['wat_listing']}")
 
 
 def cmd_serve(args) -> None:
@@ -69,8 +81,17 @@ def cmd_extract(args) -> None:
     from .build import make_spec
     from .extract import run_extract_urls
 
-    spec = make_spec(f"cli-{int(time.time())}", args.crawl_id, "", args.input, _config_overrides(args))
-    report = run_extract_urls(spec.inputs, spec.crawl, spec.platform_config, spec.report)
+    from .config import load_config
+    from .layout import CrawlLayout
+
+    config = load_config(args.config, _config_overrides(args))
+    if args.input:
+        inputs = args.input
+    else:
+        from .crawls import listing
+
+        inputs = [listing(config.crawl_source, args.crawl_id)]
+    report = run_extract_urls(inputs, CrawlLayout(config.storage_root, args.crawl_id), config)
     print(json.dumps(report, indent=2))
 
 
@@ -131,7 +152,8 @@ def cmd_build(args) -> None:
     from .publish import run_publish
 
     start = time.monotonic()
-    spec = make_spec(f"cli-{int(time.time())}", args.crawl_id, args.pool_version, args.input, _config_overrides(args))
+    spec = make_spec(f"cli-{int(time.time())}", args.crawl_id, args.pool_version, args.input, _config_overrides(args),
+                     logical_date=args.date)
     config = spec.platform_config
     ctx = contextlib.nullcontext()
     if args.serve:
@@ -153,12 +175,49 @@ def cmd_build(args) -> None:
 
 
 def cmd_ledger(args) -> None:
-    from . import ledger
-    from .layout import PoolLayout
+    import pyarrow.compute as pc
+
+    from . import ledger, versions
 
     config = _config(args)
-    table = ledger.final_statuses(PoolLayout(config.storage_root, args.pool_version).ledger)
-    print(json.dumps({"urls": table.num_rows, "statuses": ledger.counts(table)}, indent=2))
+    root = config.storage_root
+    version = args.pool_version or versions.latest(root, published=False)
+    if not version:
+        raise versions.VersionError(f"no pool version under {root} yet")
+    dirs, names = versions.ledger_dirs(root, version)
+    if args.uid or args.url:
+        from .schema import compute_uid
+
+        history = ledger.history(dirs, names).drop_columns(["_order"])
+        column, value = ("uid", args.uid) if args.uid else ("url", args.url)
+        rows = [r for r in history.to_pylist() if r[column] == value]
+        if not rows:
+            hint = f" (a uid is md5(caption + url), e.g. {compute_uid('a cat', value)} for the caption 'a cat')" \
+                if args.url else ""
+            raise versions.VersionError(f"no ledger row of {column} {value} in pool version {version} or its "
+                                        f"ancestors{hint}")
+        print(f"history of {column} {value} (pool versions {names[0]}..{names[-1]}, oldest first):")
+        for r in rows:
+            attempt = f" attempt {r['attempt']}" if r["attempt"] is not None else ""
+            print(f"  {r['version']:<12}{r['stage']:<10}{r['status']:<16}{attempt:<11}{r['message'] or ''}")
+        return
+    history = ledger.history(dirs, names)
+    current = ledger.final_statuses(dirs, names)
+    out = {"pool_version": version, "chain": names, "published": versions.is_published(root, version),
+           "urls": current.num_rows, "statuses": ledger.counts(current) if current.num_rows else {},
+           "by_version": {}}
+    for name in names:
+        rows = history.filter(pc.equal(history["version"], name))
+        stages = {}
+        for stage in ledger.STAGE_ORDER:
+            part = rows.filter(pc.equal(rows["stage"], stage))
+            if part.num_rows:
+                stages[stage] = ledger.counts(part)
+        out["by_version"][name] = stages
+    if args.stage:
+        out = {k: v for k, v in out.items() if k != "by_version"} | {
+            "stage": args.stage, "by_version": {v: s.get(args.stage, {}) for v, s in out["by_version"].items()}}
+    print(json.dumps(out, indent=2))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -179,7 +238,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--base-url", default="http://127.0.0.1:8765")
     p.add_argument("--urls-per-file", type=int, default=5000)
-    p.add_argument("--crawl-id", default="CC-SYNTH-2026-47")
+    p.add_argument("--crawl-id", default="CC-SYNTH-2026-47", help="the (last) crawl's id")
+    p.add_argument("--crawls", type=int, default=1, help="weekly crawls ending with --crawl-id")
+    p.add_argument("--repeat-fraction", type=float, default=0.1,
+                   help="pairs of the crawl before that each crawl links again")
     p.add_argument("--no-faults", action="store_true", help="leave out the malformed records")
     p.set_defaults(func=cmd_synthetic)
 
@@ -190,7 +252,8 @@ def main(argv: list[str] | None = None) -> None:
 
     p = with_config(sub.add_parser("extract", help="URL extraction (Spark, local master)"))
     p.add_argument("--crawl-id", default="CC-SYNTH-2026-47")
-    p.add_argument("--input", action="append", default=[], help="WAT file or wat.paths.gz listing")
+    p.add_argument("--input", action="append", default=[],
+                   help="WAT file or wat.paths.gz listing (default: the crawl's listing in the crawl source)")
     p.set_defaults(func=cmd_extract)
 
     p = with_config(sub.add_parser("download", help="download one URL partition"))
@@ -213,15 +276,21 @@ def main(argv: list[str] | None = None) -> None:
     p.set_defaults(func=cmd_publish)
 
     p = with_config(sub.add_parser("build", help="the CommonPool build end to end, without Airflow"))
-    p.add_argument("--crawl-id", default="CC-SYNTH-2026-47")
-    p.add_argument("--pool-version", default="")
+    p.add_argument("--crawl-id", default="", help="default: the newest crawl of the source at --date")
+    p.add_argument("--date", type=_date, help="YYYY-MM-DD: build the crawl of that week (default: today)")
+    p.add_argument("--pool-version", default="", help="default: the open version or the next one")
     p.add_argument("--input", action="append", default=[])
     p.add_argument("--serve", type=int, metavar="PORT", help="serve the synthetic images on PORT meanwhile")
     p.add_argument("--hang-seconds", type=float, default=30.0)
     p.set_defaults(func=cmd_build)
 
-    p = with_config(sub.add_parser("ledger", help="final status counts of a pool"))
-    p.add_argument("--pool-version", required=True)
+    p = with_config(sub.add_parser("ledger", help="current status counts of a pool version, per version and "
+                                                  "stage; or the history of one URL"))
+    p.add_argument("--pool-version", default="", help="default: the newest version (open ones included)")
+    p.add_argument("--stage", choices=["download", "metadata"], help="counts of one stage only")
+    who = p.add_mutually_exclusive_group()
+    who.add_argument("--uid", help="print this uid's status history across pool versions")
+    who.add_argument("--url", help="print this image URL's status history across pool versions")
     p.set_defaults(func=cmd_ledger)
 
     args = parser.parse_args(argv)
@@ -229,13 +298,15 @@ def main(argv: list[str] | None = None) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     from .config import ConfigError
+    from .crawls import CrawlNotFound
     from .ledger import LedgerError
     from .schema import SchemaError
     from .storage import StorageError
+    from .versions import VersionError
 
     try:
         args.func(args)
-    except (ConfigError, SchemaError, StorageError, LedgerError) as exc:
+    except (ConfigError, SchemaError, StorageError, LedgerError, VersionError, CrawlNotFound) as exc:
         parser.exit(2, f"datacomp: error: {exc}\n")
 
 

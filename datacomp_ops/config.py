@@ -71,6 +71,16 @@ class ExtractConfig:
     max_url_length: int = 2048
     max_text_length: int = 4096
     urls_per_partition: int = 10_000  # one download task per partition
+    max_wat_files: int = 0  # new WAT files read per run at most; 0: all of them
+
+
+@dataclass
+class CrawlConfig:
+    """Where crawls come from, and which one a run builds."""
+
+    # a folder laid out as Common Crawl's bucket: crawl-data/{crawl_id}/wat.paths.gz
+    # (s3://commoncrawl for the real crawls); "" = the synthetic crawls under {storage_root}/synthetic
+    source: str = ""
 
 
 @dataclass
@@ -86,7 +96,13 @@ class DownloadConfig:
     processes_count: int = 2
     thread_count: int = 32
     timeout: float = 10.0
-    retries: int = 0
+    retries: int = 2  # img2dataset's own retries of each URL within one attempt (DataComp: 2)
+    # attempts of a URL across builds: a scheduled rebuild downloads a URL whose
+    # last status was transient (timeout, network error, HTTP 429/5xx) again
+    max_attempts: int = 3
+    # more transient failures than this fraction of a partition's URLs fail its
+    # task (the hosts or the network are down) so that Airflow retries it
+    max_transient_fraction: float = 0.5
     # PIL's decompression-bomb warning threshold: larger images are rejected.
     max_image_area: int = 89_478_485
     disallowed_header_directives: list[str] = field(
@@ -163,12 +179,17 @@ class EvaluationConfig:
 class PublishConfig:
     # DataComp's four pool sizes are fixed (SCALES); the dev scale's is ours to choose
     tiny_pool_size: int = 10_000
+    # a build for one scale downloads the URLs with the smallest scale keys, as many
+    # as the scale needs at the kept fraction seen so far (this one before any), times the margin
+    expected_yield: float = 0.5
+    scale_margin: float = 1.25
 
 
 @dataclass
 class PlatformConfig:
     storage_root: str = "var/data"
     scale: str = "tiny"
+    crawl: CrawlConfig = field(default_factory=CrawlConfig)
     extract: ExtractConfig = field(default_factory=ExtractConfig)
     download: DownloadConfig = field(default_factory=DownloadConfig)
     thresholds: Thresholds = field(default_factory=Thresholds)
@@ -207,6 +228,10 @@ class PlatformConfig:
         if "://" in self.storage_root:
             return os.path.expanduser("~/.cache/datacomp-platform/models")
         return os.path.join(self.storage_root, "models")
+
+    @property
+    def crawl_source(self) -> str:
+        return self.crawl.source or f"{self.storage_root.rstrip('/')}/synthetic"
 
     @property
     def eval_sets_dir(self) -> str:
@@ -316,6 +341,7 @@ __all__ = [
     "DEFAULT_CRAWL_ID",
     "SCALES",
     "ConfigError",
+    "CrawlConfig",
     "DownloadConfig",
     "EvaluationConfig",
     "ExtractConfig",

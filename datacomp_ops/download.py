@@ -5,6 +5,14 @@ into a temporary folder; we read its per-shard parquet (one row per input URL,
 with status and error message), write the ledger part, move the shards into
 the pool and write the completion marker last. A rerun of a committed
 partition returns the stats in its marker.
+
+A partition whose URLs mostly failed for transient reasons (the image hosts or
+the network were down) is not committed: the call raises, so that the task's
+retry downloads it again. Only the last try commits such a partition, with
+every URL's transient status, which later rebuilds retry.
+
+A scale-limited build gives a partition a key limit: URLs whose scale key is
+above it are not downloaded but recorded as deferred.
 """
 
 from __future__ import annotations
@@ -12,16 +20,22 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from . import ledger, storage
 from .config import PlatformConfig
 from .layout import PoolLayout
+from .schema import scale_key
 from .stats import StageStats
 
 log = logging.getLogger(__name__)
@@ -30,13 +44,24 @@ STAGE = "download"
 SHARD_FILES = (".tar", ".parquet", "_stats.json")
 
 
+_HTTP_CODE = re.compile(r"^http error (\d{3})")
+
+
+class TransientDownloadError(RuntimeError):
+    """Most URLs of a partition failed for transient reasons; nothing was committed, a retry may succeed."""
+
+
 def classify_failure(message: str | None, i2d_status: str) -> str:
     """Map an img2dataset error message onto a ledger status."""
     msg = (message or "").lower()
     if "x-robots-tag" in msg:
         return "opted_out"
-    if msg.startswith("http error"):
-        return "http_error"
+    code = _HTTP_CODE.match(msg)
+    if code:
+        status = int(code.group(1))
+        if status == 429:
+            return "rate_limited"
+        return "server_error" if status >= 500 else "http_error"
     if "timed out" in msg or "timeout" in msg:
         return "timeout"
     if "incompleteread" in msg or "incomplete read" in msg:
@@ -52,20 +77,37 @@ def classify_failure(message: str | None, i2d_status: str) -> str:
 
 @dataclass(frozen=True)
 class Partition:
-    """One download task's input: a URL parquet file and the first shard id it may use."""
+    """One download task's input: a URL parquet file and the first shard id it may use.
+
+    `key_limit` (a fraction of the scale-key range) leaves the URLs above it
+    deferred; 1.0 downloads them all.
+    """
 
     path: str
     rows: int
     first_shard: int
+    key_limit: float = 1.0
 
     @property
     def name(self) -> str:
         """Unique within a pool: URL parts of several crawls may feed one pool version."""
-        parts = self.path.rstrip("/").split("/")
-        stem = parts[-1].removesuffix(".parquet")
-        if len(parts) >= 3 and parts[-2] == "urls":  # {root}/crawls/{crawl_id}/urls/part-*.parquet
-            return f"{parts[-3]}-{stem}"
-        return stem
+        return partition_name(self.path)
+
+
+def partition_name(path: str) -> str:
+    parts = path.rstrip("/").split("/")
+    stem = parts[-1].removesuffix(".parquet")
+    if len(parts) >= 3 and parts[-2] == "urls":  # {root}/crawls/{crawl_id}/urls/part-*.parquet
+        return f"{parts[-3]}-{stem}"
+    if len(parts) >= 2 and parts[-2] == "requeue":  # {root}/pool/{version}/requeue/part-*.parquet
+        return f"requeue-{stem}"
+    return stem
+
+
+def key_fraction(uids: pa.Array | list[str]) -> np.ndarray:
+    """Each uid's scale key as a fraction of the key range (see schema.scale_key)."""
+    return np.array([scale_key(u) for u in (uids.to_pylist() if hasattr(uids, "to_pylist") else uids)],
+                    dtype=np.float64) / 2.0**64
 
 
 def plan_partitions(partitions: list[dict], first_shard: int, samples_per_shard: int) -> list[Partition]:
@@ -77,12 +119,18 @@ def plan_partitions(partitions: list[dict], first_shard: int, samples_per_shard:
     return plan
 
 
+def committed_markers(root: str) -> list[str]:
+    """The download markers of every pool version under `root`."""
+    return storage.ls(storage.join(root, "pool"), f"*/_markers/{STAGE}/*")
+
+
 def next_free_shard(pool: PoolLayout) -> int:
-    """One past the highest shard id any committed download task used."""
-    used = [
-        max(stats.get("shards", [-1]), default=-1)
-        for stats in (storage.read_json(m) for m in storage.ls(storage.join(pool.markers, STAGE), "*"))
-    ]
+    """One past the highest shard id any committed download task of any pool version used.
+
+    Shard ids are unique across the versions of a storage root, so a version
+    that lists its parent's shards beside its own never holds two of one name.
+    """
+    used = [max(storage.read_json(m).get("shards", [-1]), default=-1) for m in committed_markers(pool.root)]
     return max(used, default=-1) + 1
 
 
@@ -123,7 +171,7 @@ def img2dataset_kwargs(url_list: str, output_folder: str, config: PlatformConfig
     )
 
 
-def _run_img2dataset(partition: Partition, out_dir: str, config: PlatformConfig) -> None:
+def _run_img2dataset(partition: Partition, url_list: str, out_dir: str, config: PlatformConfig) -> None:
     dl = config.download
     if partition.first_shard > 0:
         # img2dataset's "extend" mode numbers new shards after the highest existing
@@ -133,7 +181,7 @@ def _run_img2dataset(partition: Partition, out_dir: str, config: PlatformConfig)
         storage.write_json(storage.join(out_dir, f"{partition.first_shard - 1:08d}_stats.json"), seed)
     else:
         storage.makedirs(out_dir)
-    kwargs = img2dataset_kwargs(partition.path, out_dir, config) | {"incremental_mode": "extend"}
+    kwargs = img2dataset_kwargs(url_list, out_dir, config) | {"incremental_mode": "extend"}
     env = dict(os.environ)
     # OpenCV refuses to decode beyond this many pixels: a bomb costs no memory.
     env.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(2 * dl.max_image_area))
@@ -144,8 +192,32 @@ def _run_img2dataset(partition: Partition, out_dir: str, config: PlatformConfig)
         raise RuntimeError(f"img2dataset failed on {partition.path} (exit code {proc.returncode})")
 
 
-def run_download(partition: Partition, pool: PoolLayout, config: PlatformConfig) -> StageStats:
-    """Download one partition into ``pool``'s shards; every URL gets a ledger row."""
+def _split_by_key(partition: Partition, tmp: str) -> tuple[str | None, pa.Table, pa.Table]:
+    """(URL parquet for img2dataset or None, rows to download, rows deferred by the key limit)."""
+    with storage.open_file(partition.path) as f:
+        table = pq.read_table(f)
+    if "attempt" not in table.column_names:  # a crawl's URL part: first attempt
+        table = table.append_column("attempt", pa.array([1] * table.num_rows, pa.int32()))
+    if partition.key_limit >= 1.0:
+        return partition.path, table, table.slice(0, 0)
+    below = pa.array(key_fraction(table["uid"]) < partition.key_limit)
+    todo, deferred = table.filter(below), table.filter(pc.invert(below))
+    if not todo.num_rows:
+        return None, todo, deferred
+    path = storage.join(tmp, "_input", "urls.parquet")
+    with storage.atomic_write(path) as f:
+        pq.write_table(todo, f)
+    return path, todo, deferred
+
+
+def run_download(partition: Partition, pool: PoolLayout, config: PlatformConfig,
+                 last_try: bool = True) -> StageStats:
+    """Download one partition into ``pool``'s shards; every URL gets a ledger row.
+
+    With `last_try` false, a partition whose URLs failed mostly for transient
+    reasons (more than ``download.max_transient_fraction`` of them) raises
+    TransientDownloadError and commits nothing.
+    """
     marker = pool.marker(STAGE, partition.name)
     if storage.exists(marker):
         log.info("partition %s already downloaded; nothing to do", partition.name)
@@ -153,13 +225,15 @@ def run_download(partition: Partition, pool: PoolLayout, config: PlatformConfig)
     start = time.monotonic()
     tmp = storage.join(pool.base, "_tmp", f"{STAGE}-{partition.name}")
     storage.remove(tmp)
-    _run_img2dataset(partition, tmp, config)
+    url_list, todo, deferred = _split_by_key(partition, tmp)
+    i2d_dir = storage.join(tmp, "out")
+    if url_list:
+        _run_img2dataset(partition, url_list, i2d_dir, config)
 
-    with storage.open_file(partition.path) as f:
-        input_uids = pq.read_table(f, columns=["uid"])["uid"].to_pylist()
     stats = StageStats(STAGE)
-    shard_ids, uids, urls, statuses, messages = [], [], [], [], []
-    for meta_path in storage.ls(tmp, "*.parquet"):
+    attempt_of = dict(zip(todo["uid"].to_pylist(), todo["attempt"].to_pylist()))
+    shard_ids, uids, urls, statuses, messages, attempts = [], [], [], [], [], []
+    for meta_path in storage.ls(i2d_dir, "*.parquet") if url_list else []:
         shard_id = int(os.path.basename(meta_path).split(".")[0])
         with storage.open_file(meta_path) as f:
             meta = pq.read_table(f, columns=["uid", "url", "status", "error_message"]).to_pydict()
@@ -169,19 +243,43 @@ def run_download(partition: Partition, pool: PoolLayout, config: PlatformConfig)
             urls.append(url)
             statuses.append(status)
             messages.append(None if status == "downloaded" else message)
+            attempts.append(attempt_of.get(uid))
             stats.add(status)
         shard_ids.append(shard_id)
-    table = ledger.make_part(STAGE, uids, urls, statuses, messages)
+    for uid, url, attempt in zip(deferred["uid"].to_pylist(), deferred["url"].to_pylist(),
+                                 deferred["attempt"].to_pylist()):
+        uids.append(uid)
+        urls.append(url)
+        statuses.append(ledger.DEFERRED)
+        messages.append(f"scale key above {partition.key_limit:.6g}: not needed by this build's scale")
+        attempts.append(attempt - 1)  # not tried this time
+        stats.add(ledger.DEFERRED)
+    table = ledger.make_part(STAGE, uids, urls, statuses, messages, attempts, partition.path)
+    input_uids = todo["uid"].to_pylist() + deferred["uid"].to_pylist()
     ledger.check_accounts_for(table, input_uids, where=f"download of {partition.path}")
+
+    transient = Counter(s for s in statuses if s in ledger.TRANSIENT_FAILURES)
+    tried = todo.num_rows
+    if tried and sum(transient.values()) > config.download.max_transient_fraction * tried:
+        detail = ", ".join(f"{k} {v}" for k, v in transient.most_common())
+        if not last_try:
+            storage.remove(tmp)
+            raise TransientDownloadError(
+                f"partition {partition.name}: {sum(transient.values())} of {tried} URLs failed transiently "
+                f"({detail}); the image hosts or the network look down. Nothing was committed: the task's "
+                f"retry downloads the partition again.")
+        log.warning("partition %s: %d of %d URLs failed transiently (%s) on the last try; committing them as "
+                    "such, later rebuilds retry them", partition.name, sum(transient.values()), tried, detail)
 
     for shard_id in shard_ids:
         for suffix in SHARD_FILES:
-            src = storage.join(tmp, f"{shard_id:08d}{suffix}")
+            src = storage.join(i2d_dir, f"{shard_id:08d}{suffix}")
             if storage.exists(src):
                 storage.move(src, storage.join(pool.downloads, f"{shard_id:08d}{suffix}"))
     ledger.write_part(pool.ledger_part(STAGE, partition.name), table)
     storage.remove(tmp)
     stats.add("urls", len(input_uids))
+    stats.add("attempted", tried)
     stats.seconds = time.monotonic() - start
     stats.outputs = [pool.download(s) for s in shard_ids]
     record = stats.to_dict() | {"shards": shard_ids, "partition": partition.path}

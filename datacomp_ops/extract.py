@@ -1,7 +1,8 @@
 """URL extraction: Spark over WAT files into uid-deduplicated URL partitions.
 
 Incremental: the crawl's WAT manifest records which files were processed, and
-only new ones are read. New pairs are deduplicated on uid within the batch and
+only new ones are read. A file that cannot be read (missing, a failed S3 read)
+is recorded unprocessed with its error, and the next run tries it again. New pairs are deduplicated on uid within the batch and
 against every URL already extracted under the storage root, then written as
 ``urls/part-{batch:04d}-{n:05d}.parquet``, one download task each. Storage goes
 through fsspec on the executors, so the same code writes local paths and S3.
@@ -30,7 +31,7 @@ from .config import PlatformConfig
 from .layout import CrawlLayout
 from .schema import URLS_SCHEMA, WAT_MANIFEST_SCHEMA
 from .stats import StageStats
-from .wat import LinkRules, parse_wat_file, read_wat_listing
+from .wat import LinkRules, WatReadError, parse_wat_file, read_wat_listing
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -88,7 +89,10 @@ _KNOWN = None
 
 
 def _parse(path: str, rules: LinkRules) -> tuple[list[tuple], dict]:
-    rows, counters = parse_wat_file(path, rules)
+    try:
+        rows, counters = parse_wat_file(path, rules)
+    except WatReadError as exc:
+        return [], {"unreadable_wat_files": 1, "error": str(exc)}
     return [(r["uid"], (r["url"], r["text"], r["page_url"], r["wat_path"])) for r in rows], dict(counters)
 
 
@@ -143,18 +147,24 @@ def extract_urls(spark: "SparkSession", wat_paths: list[str], crawl: CrawlLayout
     todo = [p for p in wat_paths if p not in done]
     stats = StageStats(STAGE)
     stats.add("wat_files_already_processed", len(wat_paths) - len(todo))
+    if config.extract.max_wat_files and len(todo) > config.extract.max_wat_files:
+        stats.add("wat_files_left_for_later", len(todo) - config.extract.max_wat_files)
+        todo = todo[: config.extract.max_wat_files]
     if not todo:
         log.info("crawl %s: all %d WAT files already processed", crawl.crawl_id, len(wat_paths))
-        return {"batch": None, "partitions": [], "stats": stats.to_dict()}
+        return {"batch": None, "partitions": [], "stats": stats.to_dict(), "unreadable": []}
 
     rules = LinkRules(config.extract.max_url_length, config.extract.max_text_length)
     sc = spark.sparkContext
     parsed = sc.parallelize(todo, len(todo)).map(lambda p: (p, *_parse(p, rules)))
     parsed = parsed.persist(StorageLevel.MEMORY_AND_DISK)
     per_file = parsed.map(lambda x: (x[0], x[2])).collect()
+    unreadable = [{"wat_path": p, "error": c["error"]} for p, c in per_file if "error" in c]
+    for item in unreadable:
+        log.warning("%s; it stays unprocessed and the next run tries it again", item["error"])
     counters: Counter = Counter()
     for _, c in per_file:
-        counters.update(c)
+        counters.update({k: v for k, v in c.items() if k != "error"})
 
     pairs = parsed.flatMap(lambda x: x[1])
     known_files = _known_uid_files(crawl.root)
@@ -171,7 +181,7 @@ def extract_urls(spark: "SparkSession", wat_paths: list[str], crawl: CrawlLayout
 
     written = sorted((r["path"], r["rows"]) for r in results if r["rows"])
     stats.counters.update(counters)
-    stats.add("wat_files_processed", len(todo))
+    stats.add("wat_files_processed", len(todo) - len(unreadable))
     # every pair found is accounted for: written, repeated in this batch, or known before
     stats.add("urls_written", sum(r["rows"] for r in results))
     stats.add("duplicates_in_batch", sum(r["duplicates"] for r in results))
@@ -183,10 +193,11 @@ def extract_urls(spark: "SparkSession", wat_paths: list[str], crawl: CrawlLayout
         {
             "wat_path": [p for p, _ in per_file],
             "batch": pa.array([batch] * len(per_file), pa.int32()),
-            "processed": [True] * len(per_file),
+            "processed": ["error" not in c for _, c in per_file],
             "records": [c.get("records", 0) for _, c in per_file],
             "pairs": [c.get("pairs", 0) for _, c in per_file],
             "errors": [_errors(c) for _, c in per_file],
+            "error": [c.get("error") for _, c in per_file],
         },
         schema=WAT_MANIFEST_SCHEMA,
     )
@@ -195,6 +206,7 @@ def extract_urls(spark: "SparkSession", wat_paths: list[str], crawl: CrawlLayout
         "batch": batch,
         "partitions": [{"path": p, "rows": n} for p, n in sorted(written)],
         "stats": stats.to_dict(),
+        "unreadable": unreadable,
     }
     log.info("crawl %s batch %d: %s", crawl.crawl_id, batch, stats.to_dict()["counters"])
     return report

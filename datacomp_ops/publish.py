@@ -1,5 +1,7 @@
 """Publish a pool version: its per-scale pools, its manifest, and the ledger's final accounts.
 
+A version's manifest lists its parent's files and its own (versions.py).
+
 Per-scale pools are nested and deterministic: every kept uid gets a key,
 md5("datacomp-scale:" + uid), and a scale of size n holds the n uids with the
 smallest keys (all of them when the pool is smaller). So tiny is within small
@@ -11,18 +13,18 @@ as long as the pool holds them. Each scale is a DataComp subset file
 from __future__ import annotations
 
 import datetime
-import hashlib
 import logging
 import time
 
 import numpy as np
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from . import ledger, storage
+from . import ledger, storage, versions
 from .config import SCALES, PlatformConfig
 from .layout import PoolLayout
 from .metadata import STAGE as METADATA, downloaded_shards
-from .schema import uids_to_array, write_subset
+from .schema import scale_key, uids_to_array, write_subset
 from .stats import StageStats
 
 log = logging.getLogger(__name__)
@@ -37,71 +39,125 @@ def pool_sizes(config: PlatformConfig) -> dict[str, int]:
     return sizes
 
 
-def scale_key(uid: str) -> int:
-    return int(hashlib.md5(b"datacomp-scale:" + uid.encode()).hexdigest()[:16], 16)
-
-
 def select_scales(uids: list[str], sizes: dict[str, int]) -> dict[str, list[str]]:
     """The uids of each scale: the `size` smallest scale keys, so smaller scales nest in larger ones."""
     ranked = sorted(uids, key=scale_key)
     return {name: ranked[:size] for name, size in sizes.items()}
 
 
+def _metadata_uids(urls: list[str]) -> list[str]:
+    uids: list[str] = []
+    for url in urls:
+        with storage.open_file(url) as f:
+            uids.extend(pq.read_table(f, columns=["uid"])["uid"].to_pylist())
+    return uids
+
+
+def _scales(uids: list[str], current, config: PlatformConfig) -> dict[str, tuple[list[str], bool, str]]:
+    """Per scale: (its uids, whether it is built, why not).
+
+    A scale is built when every URL whose scale key lies below its last
+    sample's key has been decided: no deferred URL can still displace one of
+    its samples. Without deferred URLs every scale is built (smaller than its
+    size when the pool is).
+    """
+    deferred = current.filter(pc.equal(current["status"], ledger.DEFERRED))["uid"].to_pylist() \
+        if current.num_rows else []
+    horizon = min((scale_key(u) for u in deferred), default=None)
+    keyed = sorted((scale_key(u), u) for u in uids)
+    out = {}
+    for name, size in pool_sizes(config).items():
+        members = keyed[:size]
+        if horizon is None:
+            out[name] = ([u for _, u in members], True, "")
+        elif len(members) == size and members[-1][0] < horizon:
+            out[name] = ([u for _, u in members], True, "")
+        else:
+            below = [u for k, u in members if k < horizon]
+            out[name] = (below, False, f"{len(deferred)} URLs were deferred by a build for a smaller scale; "
+                                       f"build with scale={name} to complete it")
+    return out
+
+
 def run_publish(pool: PoolLayout, config: PlatformConfig) -> StageStats:
-    """Write the per-scale subset files and the manifest of `pool` from its committed metadata."""
+    """Publish `pool`: its parent's samples plus its own, per-scale pools, and the manifest.
+
+    The manifest lists the parent's shard and metadata files followed by this
+    version's own: nothing is copied, and the parent stays as it was. A version
+    that adds no sample to its parent is not published (counter ``unchanged``):
+    it stays open, and the next run carries on in it.
+    """
     start = time.monotonic()
-    shards = sorted(downloaded_shards(pool))
-    markers = {s: pool.marker(METADATA, f"{s:08d}") for s in shards}
+    stats = StageStats(STAGE)
+    if storage.exists(pool.manifest):
+        manifest = storage.read_json(pool.manifest)
+        log.info("pool %s was published at %s", pool.version, manifest["published_at"])
+        return StageStats.from_dict(manifest["stats"])
+    own = sorted(downloaded_shards(pool))
+    markers = {s: pool.marker(METADATA, f"{s:08d}") for s in own}
     missing = [s for s, m in markers.items() if not storage.exists(m)]
     if missing:
         raise storage.StorageError(f"pool {pool.version}: {len(missing)} downloaded shards have no metadata yet "
                                    f"(e.g. {missing[0]:08d}); run the metadata stage on them first")
     records = {s: storage.read_json(m) for s, m in markers.items()}
-    uids: list[str] = []
-    for s in shards:
-        with storage.open_file(pool.metadata_file(s)) as f:
-            uids.extend(pq.read_table(f, columns=["uid"])["uid"].to_pylist())
+    parent_name = versions.info(pool.root, pool.version).get("parent")
+    parent = storage.read_json(PoolLayout(pool.root, parent_name).manifest) if parent_name else {}
+    own_metadata = [pool.metadata_file(s) for s in own]
+    own_uids = _metadata_uids(own_metadata)
+    uids = _metadata_uids(parent.get("metadata", [])) + own_uids
 
-    final = ledger.final_statuses(pool.ledger)
-    statuses = ledger.counts(final)
+    dirs, names = versions.ledger_dirs(pool.root, pool.version)
+    current = ledger.final_statuses(dirs, names)
+    statuses = ledger.counts(current) if current.num_rows else {}
     if statuses.get("kept", 0) != len(uids) or statuses.get("downloaded", 0):
         raise ledger.LedgerError(f"pool {pool.version}: ledger says {statuses.get('kept', 0)} kept and "
                                  f"{statuses.get('downloaded', 0)} downloaded without a later status, "
                                  f"but the metadata holds {len(uids)} samples")
+    if parent and not own_uids:
+        stats.add("unchanged")
+        log.info("pool %s adds no sample to %s: not published", pool.version, parent_name)
+        return stats
 
-    stats = StageStats(STAGE)
     scales = {}
-    for name, members in select_scales(uids, pool_sizes(config)).items():
-        n = _write_subset(pool.scale(name), members)
+    for name, (members, built, why) in _scales(uids, current, config).items():
         size = pool_sizes(config)[name]
-        scales[name] = {"path": pool.scale(name), "samples": n, "pool_size": size, "complete": n >= size}
-        stats.add(f"scale:{name}", n)
+        info = {"samples": len(members), "pool_size": size, "built": built}
+        if built:
+            _write_subset(pool.scale(name), members)
+            info |= {"path": pool.scale(name), "complete": len(members) >= size}
+        else:
+            info |= {"complete": False, "why": why}
+        scales[name] = info
+        stats.add(f"scale:{name}", len(members))
     stats.add("samples", len(uids))
-    stats.add("shards", len(shards))
+    stats.add("added_samples", len(own_uids))
+    stats.add("shards", len(parent.get("shards", [])) + len(own))
     stats.seconds = time.monotonic() - start
-    stats.outputs = [pool.manifest] + [s["path"] for s in scales.values()]
+    stats.outputs = [pool.manifest] + [s["path"] for s in scales.values() if s["built"]]
 
-    models = sorted({_frozen(r.get("models", {})) for r in records.values()})
+    models = sorted({_frozen(r.get("models", {})) for r in records.values()} |
+                    {_frozen(m) for m in parent.get("models", [])})
+    crawls = sorted({c for c in downloaded_shards(pool).values() if c} | set(parent.get("crawls", [])))
     manifest = {
         "pool_version": pool.version,
+        "parent": parent_name,
+        "chain": names,
         "storage_root": pool.root,
         "published_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "samples": len(uids),
-        "shards": [pool.shard(s) for s in shards],
-        "metadata": [pool.metadata_file(s) for s in shards],
+        "added": {"samples": len(own_uids), "shards": len(own),
+                  "statuses": ledger.counts(ledger.final_statuses(pool.ledger)) if own else {}},
+        "crawls": crawls,
+        "shards": parent.get("shards", []) + [pool.shard(s) for s in own],
+        "metadata": parent.get("metadata", []) + own_metadata,
         "scales": scales,
-        "ledger": {"urls": final.num_rows, "statuses": statuses},
+        "ledger": {"urls": current.num_rows, "statuses": statuses, "chain": dirs},
         "models": [dict(m) for m in models],
-        "thresholds": records[shards[0]].get("thresholds", {}) if shards else {},
+        "thresholds": records[own[0]].get("thresholds", {}) if own else parent.get("thresholds", {}),
         "stats": stats.to_dict(),
     }
-    previous = storage.read_json(pool.manifest) if storage.exists(pool.manifest) else {}
-    if previous.get("shards") == manifest["shards"] and previous.get("samples") == manifest["samples"]:
-        stats.add("unchanged")  # a rerun, or a rebuild that found nothing new: keep the published manifest
-        log.info("pool %s unchanged since %s", pool.version, previous.get("published_at"))
-        return stats
     storage.write_json(pool.manifest, manifest)
-    log.info("published pool %s: %d samples; scales %s", pool.version, len(uids),
+    log.info("published pool %s: %d samples (%d new); scales %s", pool.version, len(uids), len(own_uids),
              {k: v["samples"] for k, v in scales.items()})
     return stats
 
@@ -115,12 +171,15 @@ def _write_subset(url: str, uids: list[str]) -> int:
 
 
 def asset_extras(manifest: dict) -> dict[str, dict]:
-    """What each scale's Asset event carries for the downstream DAGs."""
+    """What each built scale's Asset event carries for the downstream DAGs.
+
+    The metadata of a version is the list of files in its manifest (its own
+    and its ancestors'), not one folder.
+    """
     return {
         name: {"pool_version": manifest["pool_version"], "scale": name, "samples": info["samples"],
                "complete": info["complete"], "subset": info["path"], "pool_samples": manifest["samples"],
-               "metadata_dir": storage.join(manifest["storage_root"], "pool", manifest["pool_version"], "metadata"),
                "manifest": storage.join(manifest["storage_root"], "pool", manifest["pool_version"], "manifest.json")}
-        for name, info in manifest["scales"].items()
+        for name, info in manifest["scales"].items() if info["built"]
     }
 

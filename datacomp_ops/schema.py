@@ -29,6 +29,11 @@ def compute_uid(text: str, url: str) -> str:
     return hashlib.md5((text + url).encode("utf-8")).hexdigest()
 
 
+def scale_key(uid: str) -> int:
+    """The 64-bit key that orders samples for the per-scale pools (publish.py)."""
+    return int(hashlib.md5(b"datacomp-scale:" + uid.encode()).hexdigest()[:16], 16)
+
+
 # One row per image link extracted from the crawl.
 URLS_SCHEMA = pa.schema(
     [
@@ -48,6 +53,7 @@ WAT_MANIFEST_SCHEMA = pa.schema(
         pa.field("records", pa.int64()),
         pa.field("pairs", pa.int64()),
         pa.field("errors", pa.int64()),
+        pa.field("error", pa.string()),  # why an unprocessed file could not be read
     ]
 )
 

@@ -163,15 +163,21 @@ def iter_wat_payloads(data: bytes, counters: Counter) -> Iterator[tuple[str, byt
         yield from _records(b"".join(batch), counters)
 
 
+class WatReadError(storage.StorageError):
+    """A WAT file could not be read (missing, or a failed read): it stays unprocessed, a later run retries it."""
+
+
 def parse_wat_file(wat_path: str, rules: LinkRules = LinkRules()) -> tuple[list[dict], Counter]:
-    """All pairs of one WAT file (local path or URL) and the counters of what was skipped."""
+    """All pairs of one WAT file (local path or URL) and the counters of what was skipped.
+
+    Raises WatReadError when the file cannot be read at all; damage inside a
+    readable file (a broken gzip member, bad JSON) is counted and skipped.
+    """
     counters: Counter = Counter()
     try:
         data = storage.read_bytes(wat_path)
-    except (OSError, storage.StorageError) as exc:
-        log.warning("cannot read WAT file %s: %s", wat_path, exc)
-        counters["skipped:unreadable_wat_file"] += 1
-        return [], counters
+    except Exception as exc:  # noqa: BLE001 - fsspec backends raise their own kinds (botocore, aiohttp...)
+        raise WatReadError(f"cannot read WAT file {wat_path}: {type(exc).__name__}: {exc}") from exc
     rows = []
     for page_url, payload in iter_wat_payloads(data, counters):
         rows.extend(extract_pairs(payload, page_url, wat_path, rules, counters))

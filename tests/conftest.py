@@ -100,6 +100,7 @@ def spark():
 
 FAST_DOWNLOAD = {
     "download.timeout": DOWNLOAD_TIMEOUT,
+    "download.retries": 0,  # DataComp's 2 would wait out the hanging URLs three times
     "download.processes_count": 1,
     "download.thread_count": 16,
     "download.number_sample_per_shard": 100,

@@ -8,7 +8,7 @@ from datacomp_ops.cli import main
 def test_synthetic_command_writes_crawl_and_eval_suite(tmp_path, capsys):
     main(["synthetic", "--out", str(tmp_path), "--n-urls", "60", "--base-url", "http://127.0.0.1:9"])
     assert "60 URLs in 1 WAT files" in capsys.readouterr().out
-    summary = json.loads((tmp_path / "crawl.json").read_text())
+    summary = json.loads((tmp_path / "crawl-data" / "CC-SYNTH-2026-47" / "crawl.json").read_text())
     assert summary["base_url"] == "http://127.0.0.1:9" and summary["urls"] == 60
     assert (tmp_path / "eval" / "eval_suite.json").exists()
 

@@ -122,7 +122,7 @@ def test_commonpool_build_runs_end_to_end(tmp_path, small_crawl, embedded_models
 
     # the summary's per-stage table, and a final status for every URL that matches the crawl's truth
     (report,) = [json.loads(p.read_text()) for p in (pool / "reports").glob("*.json")]
-    truth = pq.read_table(f"{small_crawl['dir']}/truth.parquet").to_pylist()
+    truth = pq.read_table(small_crawl["truth"]).to_pylist()
     expected = {r["uid"]: r["expected_final"] for r in truth}
     assert report["urls_extracted"] == len(expected)
     assert sum(report["final_statuses"].values()) == len(expected)

@@ -9,7 +9,8 @@ import pytest
 from PIL import Image
 
 from datacomp_ops import ledger
-from datacomp_ops.download import Partition, classify_failure, next_free_shard, plan_partitions, run_download
+from datacomp_ops.download import (Partition, TransientDownloadError, classify_failure, key_fraction,
+                                   next_free_shard, plan_partitions, run_download)
 from datacomp_ops.layout import PoolLayout
 from datacomp_ops.wat import parse_wat_file
 
@@ -24,12 +25,19 @@ def test_classify_failure_messages():
     assert classify_failure("image area too large", "failed_to_resize") == "image_too_large"
     assert classify_failure("<urlopen error [Errno 111] Connection refused>", "failed_to_download") == "network_error"
     assert classify_failure("aspect ratio too large", "failed_to_resize") == "resize_error"
+    # transient HTTP answers get their own statuses, which later rebuilds retry
+    assert classify_failure("HTTP Error 429: Too Many Requests", "failed_to_download") == "rate_limited"
+    assert classify_failure("HTTP Error 503: Service Unavailable", "failed_to_download") == "server_error"
+    assert classify_failure("HTTP Error 410: Gone", "failed_to_download") == "http_error"
+    assert {"rate_limited", "server_error", "timeout", "network_error"} <= set(ledger.TRANSIENT_FAILURES)
+    assert {"http_error", "not_image", "opted_out"} <= set(ledger.PERMANENT_FAILURES)
 
 
 def test_partition_names_are_unique_across_crawls():
     assert Partition("/r/crawls/CC-A/urls/part-0000-00001.parquet", 1, 0).name == "CC-A-part-0000-00001"
     assert Partition("s3://b/crawls/CC-B/urls/part-0000-00001.parquet", 1, 0).name == "CC-B-part-0000-00001"
     assert Partition("/tmp/some.parquet", 1, 0).name == "some"
+    assert Partition("/r/pool/v0002/requeue/part-00003.parquet", 1, 0).name == "requeue-part-00003"
 
 
 def test_plan_gives_dense_shard_ranges():
@@ -51,7 +59,7 @@ def test_download_statuses_match_the_truth(tmp_path, small_crawl, fast_download_
 
     stats = run_download(partition, pool, fast_download_config)
 
-    truth = pq.read_table(f"{small_crawl['dir']}/truth.parquet").to_pydict()
+    truth = pq.read_table(small_crawl["truth"]).to_pydict()
     expected = dict(zip(truth["uid"], truth["expected_status"]))
     table = ledger.read(pool.ledger)
     ledger.check_accounts_for(table, rows, "test")
@@ -103,3 +111,73 @@ def test_download_to_s3(s3_bucket, small_crawl, fast_download_config):
     assert storage.ls(pool.downloads, "*.tar") == [f"{s3_bucket}/pool/s3pool/downloads/00000000.tar"]
     assert ledger.read(pool.ledger).num_rows == len(rows)
     assert storage.ls(storage.join(pool.base, "_tmp"), "*") == []
+
+
+def _shape_rows(base_url: str, n: int, tag: str) -> list[dict]:
+    from datacomp_ops.schema import compute_uid
+
+    rows = []
+    for i in range(n):
+        url, text = f"{base_url}/img/shape/red/circle/{tag}{i}.jpg", f"a red circle {tag}{i}"
+        rows.append({"uid": compute_uid(text, url), "url": url, "text": text, "page_url": None, "wat_path": None})
+    return sorted(rows, key=lambda r: r["uid"])
+
+
+@pytest.mark.slow
+def test_host_down_fails_the_task_and_its_retry_succeeds(tmp_path, fast_download_config):
+    """With the image host down nothing is committed, so the retry downloads every URL once the host is back."""
+    from conftest import _free_port
+
+    from datacomp_ops import storage
+    from datacomp_ops.synthetic.server import serving
+
+    port = _free_port()
+    rows = _shape_rows(f"http://127.0.0.1:{port}", 30, "down")
+    part = str(tmp_path / "crawls" / "CC-DOWN" / "urls" / "part-0000-00000.parquet")
+    (tmp_path / "crawls" / "CC-DOWN" / "urls").mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist(rows), part)
+    pool = PoolLayout(fast_download_config.storage_root, "v1")
+    partition = Partition(part, len(rows), 0)
+
+    with pytest.raises(TransientDownloadError, match=r"30 of 30 URLs failed transiently \(network_error 30\)"):
+        run_download(partition, pool, fast_download_config, last_try=False)
+    assert not storage.exists(pool.marker("download", partition.name))
+    assert ledger.read(pool.ledger).num_rows == 0 and storage.ls(pool.downloads, "*") == []
+
+    with serving(port):
+        stats = run_download(partition, pool, fast_download_config, last_try=False)
+    assert stats["downloaded"] == 30
+    assert ledger.counts(ledger.read(pool.ledger)) == {"downloaded": 30}
+
+
+@pytest.mark.slow
+def test_last_try_commits_transient_failures(tmp_path, fast_download_config):
+    from conftest import _free_port
+
+    port = _free_port()  # nothing listens there
+    rows = _shape_rows(f"http://127.0.0.1:{port}", 5, "gone")
+    part = str(tmp_path / "part-0000-00000.parquet")
+    pq.write_table(pa.Table.from_pylist(rows), part)
+    pool = PoolLayout(fast_download_config.storage_root, "v1")
+    stats = run_download(Partition(part, len(rows), 0), pool, fast_download_config, last_try=True)
+    assert stats["network_error"] == 5
+    table = ledger.read(pool.ledger)
+    assert table["attempt"].to_pylist() == [1] * 5 and table["source"].to_pylist() == [part] * 5
+
+
+@pytest.mark.slow
+def test_key_limit_defers_what_the_scale_does_not_need(tmp_path, image_server, fast_download_config):
+    rows = _shape_rows(image_server.base_url, 40, "key")
+    part = str(tmp_path / "part-0000-00000.parquet")
+    pq.write_table(pa.Table.from_pylist(rows), part)
+    pool = PoolLayout(fast_download_config.storage_root, "v1")
+    stats = run_download(Partition(part, len(rows), 0, key_limit=0.5), pool, fast_download_config)
+    below = {r["uid"] for r, k in zip(rows, key_fraction([r["uid"] for r in rows])) if k < 0.5}
+    assert 0 < len(below) < 40
+    table = ledger.read(pool.ledger)
+    got = dict(zip(table["uid"].to_pylist(), table["status"].to_pylist()))
+    assert {u for u, s in got.items() if s == "downloaded"} == below
+    assert {u for u, s in got.items() if s == "deferred"} == {r["uid"] for r in rows} - below
+    assert stats["deferred"] == 40 - len(below) and stats["attempted"] == len(below)
+    attempts = dict(zip(table["uid"].to_pylist(), table["attempt"].to_pylist()))
+    assert {attempts[u] for u in below} == {1} and {attempts[u] for u in got if u not in below} == {0}

@@ -21,7 +21,7 @@ def test_extraction_matches_truth_and_is_incremental(tmp_path, small_crawl, spar
     cfg = fast_download_config
     crawl = CrawlLayout(str(tmp_path / "root"), "CC-TEST")
     first_wat, second_wat = small_crawl["wat_files"]
-    truth = pq.read_table(f"{small_crawl['dir']}/truth.parquet").to_pydict()
+    truth = pq.read_table(small_crawl["truth"]).to_pydict()
     truth_uids = set(truth["uid"])
 
     report = run_extract_urls([first_wat], crawl, cfg, str(tmp_path / "r1.json"), spark)

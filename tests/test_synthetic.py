@@ -52,7 +52,7 @@ def test_parsed_pairs_equal_the_truth(tmp_path):
         rows, c = parse_wat_file(path)
         uids |= {r["uid"] for r in rows}
         counters += c
-    truth = set(pq.read_table(tmp_path / "truth.parquet")["uid"].to_pylist())
+    truth = set(pq.read_table(summary["truth"])["uid"].to_pylist())
     assert uids == truth
     assert counters["skipped:bad_json"] == 1 and counters["skipped:broken_gzip_member"] == 1
     assert counters["pairs"] > len(uids)  # the crawl repeats some pairs on other pages
@@ -129,15 +129,15 @@ def test_eval_suite_in_clip_benchmark_layout(tmp_path):
 def test_compare_with_truth(tmp_path):
     from datacomp_ops.synthetic.crawl import compare_with_truth
 
-    generate_crawl(tmp_path, CrawlSpec(n_urls=40))
-    truth = pq.read_table(tmp_path / "truth.parquet").to_pydict()
+    summary = generate_crawl(tmp_path, CrawlSpec(n_urls=40))
+    truth = pq.read_table(summary["truth"]).to_pydict()
     statuses = list(truth["expected_status"])
     statuses[0] = "timeout" if statuses[0] != "timeout" else "downloaded"
-    result = compare_with_truth(tmp_path / "truth.parquet", truth["uid"], statuses, column="expected_status")
+    result = compare_with_truth(summary["truth"], truth["uid"], statuses, column="expected_status")
     assert result["matched"] == 39
     assert list(result["mismatched"].values()) == [1]
     # final statuses: the pool stages remove unsafe captions and eval duplicates, the rest is kept
     final = dict(zip(truth["kind"], truth["expected_final"]))
     assert final["unsafe_caption"] == "nsfw_text" and final["eval_duplicate"] == "eval_duplicate"
     assert final["shape"] == "kept" and final["http_404"] == "http_error"
-    assert compare_with_truth(tmp_path / "truth.parquet", truth["uid"], truth["expected_final"])["matched"] == 40
+    assert compare_with_truth(summary["truth"], truth["uid"], truth["expected_final"])["matched"] == 40

@@ -2,9 +2,11 @@ import gzip
 import json
 from collections import Counter
 
+import pytest
+
 from datacomp_ops.schema import compute_uid
 from datacomp_ops.synthetic.crawl import _envelope, _record
-from datacomp_ops.wat import LinkRules, extract_pairs, iter_wat_payloads, parse_wat_file, resolve_url
+from datacomp_ops.wat import LinkRules, WatReadError, extract_pairs, iter_wat_payloads, parse_wat_file, resolve_url
 
 PAGE = "http://site.example/a/b/page.html"
 
@@ -85,5 +87,5 @@ def test_uncompressed_wat_and_unreadable_file(tmp_path):
     path.write_bytes(record)
     counters = Counter()
     assert len(list(iter_wat_payloads(path.read_bytes(), counters))) == 1
-    rows, counters = parse_wat_file(str(tmp_path / "missing.wat.gz"))
-    assert rows == [] and counters["skipped:unreadable_wat_file"] == 1
+    with pytest.raises(WatReadError, match="missing.wat.gz"):
+        parse_wat_file(str(tmp_path / "missing.wat.gz"))

@@ -1,12 +1,15 @@
 """A synthetic Common Crawl: real WAT files whose image links point at the local server.
 
 Deterministic from the seed. Every unique (alt text, URL) pair the extractor
-should find is written to ``truth.parquet`` with its kind and the ledger status
-the download must give it, so tests and the demo can check the whole chain.
+should find is written to ``crawl-data/{crawl_id}/truth.parquet`` with its kind
+and the ledger status the download must give it, so tests and the demo can
+check the whole chain. `generate_world` writes several weekly crawls into one
+source, each repeating some pairs of the one before, as real crawls do.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import hashlib
 import json
@@ -41,7 +44,7 @@ KINDS: dict[str, tuple[float, str]] = {
     "slow": (0.01, "downloaded"),
     "oversized": (0.004, "downloaded"),
     "http_404": (0.03, "http_error"),
-    "http_500": (0.01, "http_error"),
+    "http_500": (0.01, "server_error"),
     "timeout": (0.004, "timeout"),
     "truncated": (0.01, "truncated"),
     "not_image": (0.01, "not_image"),
@@ -80,6 +83,10 @@ class CrawlSpec:
     urls_per_file: int = 5000
     crawl_id: str = DEFAULT_CRAWL_ID
     faults: bool = True  # bad JSON, a broken gzip member, a record without HTML
+    # image numbers start here, so that crawls of one world link different images
+    first_image: int = 0
+    # pairs of the previous crawl that this one links again, as a fraction of its own
+    repeat_fraction: float = 0.0
 
 
 # The final status of a downloaded sample of each kind after the pool stages;
@@ -176,19 +183,27 @@ def _kind_schedule(spec: CrawlSpec, rng: np.random.Generator) -> list[str]:
     return (names + [names[i] for i in rest])[: spec.n_urls]
 
 
-def generate_crawl(out_dir: str | Path, spec: CrawlSpec, progress: Callable[[int], None] | None = None) -> dict:
-    """Write WAT files, ``wat.paths.gz``, ``truth.parquet`` and ``crawl.json`` under `out_dir`.
+TRUTH_COLUMNS = ("uid", "url", "text", "kind", "expected_status", "expected_final", "has_face", "first_crawl")
 
-    `progress`, if given, is called with the number of URLs of each WAT file written.
+
+def generate_crawl(out_dir: str | Path, spec: CrawlSpec, progress: Callable[[int], None] | None = None,
+                   previous: pa.Table | None = None) -> dict:
+    """Write WAT files, ``wat.paths.gz``, ``truth.parquet`` and ``crawl.json`` under ``crawl-data/{id}/``.
+
+    `progress`, if given, is called with the number of URLs of each WAT file
+    written. `previous`, a truth table, is the crawl whose pairs this one repeats
+    (``spec.repeat_fraction`` of its own number, on top of them).
     """
     out = Path(out_dir)
+    crawl_dir = out / "crawl-data" / spec.crawl_id
     rel_dir = Path("crawl-data") / spec.crawl_id / "segments" / "0" / "wat"
     (out / rel_dir).mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(spec.seed)
     base = spec.base_url.rstrip("/")
     kinds = _kind_schedule(spec, rng)
-    truth: dict[str, list] = {"uid": [], "url": [], "text": [], "kind": [], "expected_status": [],
-                              "expected_final": [], "has_face": []}
+    truth: dict[str, list] = {c: [] for c in TRUTH_COLUMNS}
+    repeats = previous.to_pylist() if previous is not None and spec.repeat_fraction > 0 else []
+    repeats = [repeats[j] for j in rng.permutation(len(repeats))][: int(spec.repeat_fraction * spec.n_urls)]
     seen: list[tuple[str, str]] = []
     wat_paths: list[str] = []
     page_no, i = 0, 0
@@ -208,15 +223,20 @@ def generate_crawl(out_dir: str | Path, spec: CrawlSpec, progress: Callable[[int
                 f.write(bytes(broken))
             while i < end:
                 page_no += 1
-                page_url = f"{base}/site/{page_no}/page.html"
+                page_url = f"{base}/site/{spec.first_image + page_no}/page.html"
                 links: list[dict] = []
                 for _ in range(min(int(rng.integers(1, 9)), end - i)):
                     if seen and rng.random() < 0.03:  # the same pair on another page: a uid duplicate
                         path_url, text = seen[int(rng.integers(len(seen)))]
                         links.append({"path": "IMG@/src", "url": path_url, "alt": text})
                         continue
+                    if repeats and rng.random() < spec.repeat_fraction:  # a pair an earlier crawl holds
+                        row = repeats.pop()
+                        for column in TRUTH_COLUMNS:
+                            truth[column].append(row[column])
+                        links.append({"path": "IMG@/src", "url": row["url"], "alt": row["text"]})
                     kind = kinds[i]
-                    path, text = _link(kind, i, rng)
+                    path, text = _link(kind, spec.first_image + i, rng)
                     style = rng.random()
                     if style < 0.4:
                         link_url = f"{base}{path}"
@@ -233,6 +253,7 @@ def generate_crawl(out_dir: str | Path, spec: CrawlSpec, progress: Callable[[int
                     truth["expected_status"].append(KINDS[kind][1])
                     truth["expected_final"].append(expected_final(kind))
                     truth["has_face"].append(any(f"/img/photo/{name}/" in path for name in FACE_PHOTOS))
+                    truth["first_crawl"].append(spec.crawl_id)
                     seen.append((link_url, text))
                     links.append({"path": "IMG@/src", "url": link_url, "alt": text})
                     i += 1
@@ -247,25 +268,60 @@ def generate_crawl(out_dir: str | Path, spec: CrawlSpec, progress: Callable[[int
         wat_paths.append(str(rel))
         if progress:
             progress(end - file_no * spec.urls_per_file)
-    with gzip.open(out / "crawl-data" / spec.crawl_id / "wat.paths.gz", "wt") as f:
+    with gzip.open(crawl_dir / "wat.paths.gz", "wt") as f:
         f.write("\n".join(wat_paths) + "\n")
     table = pa.table(truth)
-    pq.write_table(table, out / "truth.parquet")
+    pq.write_table(table, crawl_dir / "truth.parquet")
     summary = {
         "crawl_id": spec.crawl_id,
         "seed": spec.seed,
         "base_url": base,
         "urls": len(truth["uid"]),
         "unique_uids": len(set(truth["uid"])),
+        "repeated_from_previous": sum(c != spec.crawl_id for c in truth["first_crawl"]),
         "wat_files": [str(out / p) for p in wat_paths],
-        "wat_listing": str(out / "crawl-data" / spec.crawl_id / "wat.paths.gz"),
+        "wat_listing": str(crawl_dir / "wat.paths.gz"),
+        "truth": str(crawl_dir / "truth.parquet"),
         "kinds": dict(Counter(truth["kind"])),
         "expected_status": dict(Counter(truth["expected_status"])),
         "expected_final": dict(Counter(truth["expected_final"])),
     }
-    (out / "crawl.json").write_text(json.dumps(summary, indent=2))
-    log.info("synthetic crawl: %d URLs in %d WAT files under %s", summary["urls"], len(wat_paths), out)
+    (crawl_dir / "crawl.json").write_text(json.dumps(summary, indent=2))
+    log.info("synthetic crawl %s: %d URLs in %d WAT files under %s", spec.crawl_id, summary["urls"],
+             len(wat_paths), out)
     return summary
+
+
+def weekly_crawl_ids(last: str, n: int) -> list[str]:
+    """The ids of `n` weekly crawls ending with `last` (same prefix, one ISO week apart)."""
+    import datetime
+
+    from ..crawls import crawl_id_for_week, crawl_week
+
+    monday = crawl_week(last)
+    if monday is None:
+        raise ValueError(f"crawl id {last!r} names no week (expected PREFIX-YYYY-WW)")
+    prefix = last.rsplit("-", 2)[0]
+    return [crawl_id_for_week(prefix, monday - datetime.timedelta(weeks=k)) for k in range(n - 1, -1, -1)]
+
+
+def generate_world(out_dir: str | Path, spec: CrawlSpec, n_crawls: int, repeat_fraction: float = 0.1,
+                   progress: Callable[[int], None] | None = None) -> list[dict]:
+    """`n_crawls` weekly crawls in one source, the last one `spec.crawl_id`; each repeats pairs of the one before.
+
+    Each crawl has `spec.n_urls` pairs of its own (its images numbered apart
+    from the other crawls') plus about `repeat_fraction` of that from the
+    previous crawl, so cross-crawl deduplication has work to do.
+    """
+    summaries: list[dict] = []
+    previous = None
+    for k, crawl_id in enumerate(weekly_crawl_ids(spec.crawl_id, n_crawls)):
+        crawl_spec = dataclasses.replace(spec, crawl_id=crawl_id, seed=spec.seed + k,
+                                         first_image=spec.first_image + k * 1_000_000,
+                                         repeat_fraction=repeat_fraction if previous is not None else 0.0)
+        summaries.append(generate_crawl(out_dir, crawl_spec, progress, previous))
+        previous = pq.read_table(summaries[-1]["truth"])
+    return summaries
 
 
 def compare_with_truth(truth_path: str | Path, uids: list[str], statuses: list[str],
