@@ -1,17 +1,29 @@
 """CommonPool build: Common Crawl WAT files to a published pool with DataComp's metadata.
 
-1. **prepare**: resolve the run's config (Params override the YAML config) and its WAT inputs
-   (default: the synthetic crawl that `datacomp synthetic` wrote under the storage root).
+Runs weekly: each run builds the newest crawl of the crawl source taken in the week of its logical
+date, reads only the WAT files no earlier run read, and publishes a new pool version holding the
+previous version's samples plus the new ones (the manifest lists the old files, nothing is copied).
+`airflow backfill create --dag-id commonpool_build --from-date ... --to-date ...` builds past crawls;
+`--dag-run-conf '{"scale": "small"}'` builds only what that scale needs.
+
+1. **prepare**: resolve the run's config (Params override the YAML config), its crawl and WAT
+   inputs, and its pool version (the open one, or the next).
 2. **extract_urls**: Spark job (`spark_default` connection) that reads only WAT files not yet
-   in the crawl's manifest, keeps `IMG@/src` links with alt text, dedups on uid.
-3. **plan_download** / **download**: one mapped img2dataset task per URL partition.
+   in the crawl's manifest, keeps `IMG@/src` links with alt text, dedups on uid within the crawl
+   and against every crawl before. An unreadable WAT file stays unprocessed for the next run.
+3. **plan_download** / **download**: one mapped img2dataset task per URL partition: this run's,
+   any an earlier run left, and requeued URLs (transient failures below the attempt limit, URLs a
+   smaller scale's build deferred). A partition whose URLs mostly failed transiently fails its
+   try, and Airflow retries it.
 4. **prepare_models** (pool `gpu`): every model loads, the embedded CLIP stand-ins are trained,
    the evaluation sets are indexed for dedup; meanwhile extraction and download run.
 5. **plan_metadata** / **metadata** (pool `gpu`, queue `gpu`): one mapped task per group of raw
    shards: NSFW captions and images, eval-set dedup, faces (blurred), CLIP B/32 and L/14 features,
    in one decode of each image; writes the published shards, metadata parquet + npz, the ledger.
-6. **publish**: per-scale pools (nested subset files), the manifest, an Asset event per scale.
-7. **summarize**: per-stage table; checks that every extracted URL has exactly one final status.
+6. **publish** / **announce_{scale}**: per-scale pools (nested subset files), the manifest, and an
+   Asset event for each scale this version built.
+7. **summarize**: what the run added and what the pool holds, the per-stage table; checks that
+   every URL ever extracted has exactly one current status.
 """
 
 from __future__ import annotations
@@ -28,31 +40,95 @@ SPARK_JOB = str(Path(__file__).resolve().parents[1] / "spark_jobs" / "extract_ur
 # GPU stages: Airflow pool `gpu` (its slots bound the GPU tasks at once) and the
 # Celery queue that GPU workers listen on; LocalExecutor ignores queues.
 GPU = {"pool": "gpu", "queue": os.environ.get("DATACOMP_GPU_QUEUE", "gpu")}
+DOWNLOAD_RETRIES = int(os.environ.get("DATACOMP_DOWNLOAD_RETRIES", "3"))
+DOWNLOAD_RETRY_DELAY = datetime.timedelta(seconds=float(os.environ.get("DATACOMP_DOWNLOAD_RETRY_DELAY_S", "120")))
+
+
+def _optional(kind: str, title: str, description: str, section: str, **schema) -> Param:
+    """A form field that may stay empty: empty means the config's value (or the default the description names)."""
+    return Param(None, type=["null", kind], title=title, description=description, section=section, **schema)
+
+
+# Form fields -> the config keys they set (datacomp_ops.config); empty fields set nothing.
+CONFIG_PARAMS = {
+    "scale": "scale",
+    "crawl_source": "crawl.source",
+    "max_wat_files": "extract.max_wat_files",
+    "download_timeout": "download.timeout",
+    "max_attempts": "download.max_attempts",
+    "threshold_nsfw_text": "thresholds.nsfw_text",
+    "threshold_nsfw_image": "thresholds.nsfw_image",
+    "threshold_eval_dedup": "thresholds.eval_dedup_similarity",
+    "threshold_face_detection": "thresholds.face_detection",
+    "model_detoxify": "models.detoxify",
+    "model_scrfd": "models.scrfd",
+    "model_clip_b32": "models.clip_b32",
+    "model_clip_l14": "models.clip_l14",
+    "model_dedup_descriptor": "models.dedup_descriptor",
+    "model_nsfw_image_mlp": "models.nsfw_image_mlp",
+}
+_SCALES = ["tiny", "small", "medium", "large", "xlarge"]
+_MODEL = "Local path; empty: the config's path, or the embedded default when the config has none."
 
 
 @dag(
-    schedule=None,
-    start_date=datetime.datetime(2026, 1, 1),
+    # weekly: each run builds the newest crawl of the source in its week, so new
+    # crawls are picked up as they appear; `airflow backfill create` builds past ones
+    schedule="@weekly",
+    start_date=datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc),
     catchup=False,
     max_active_runs=1,
     doc_md=__doc__,
     tags=["datacomp", "commonpool"],
     params={
-        "crawl_id": Param("CC-SYNTH-2026-47", type="string", title="Crawl id"),
-        "wat_inputs": Param([], type="array", title="WAT files or wat.paths.gz listings",
-                            description="Empty: the synthetic crawl under the storage root."),
-        "pool_version": Param("", type="string", title="Pool version", description="Empty: the crawl id."),
-        "config_overrides": Param({}, type="object", title="Config overrides",
-                                  description='Dotted keys, e.g. {"download.timeout": 5}.'),
+        "crawl_id": _optional("string", "Crawl id", "Empty: the newest crawl of the crawl source taken in the week "
+                              "of the run's logical date (or today), e.g. CC-MAIN-2024-33.", "Crawl",
+                              pattern=r"^[A-Za-z][A-Za-z0-9-]*$"),
+        "wat_inputs": _optional("array", "WAT files or wat.paths.gz listings",
+                                "One per line. Empty: the crawl's wat.paths.gz in the crawl source.", "Crawl",
+                                items={"type": "string"}),
+        "crawl_source": _optional("string", "Crawl source", "A folder holding crawl-data/{crawl_id}/wat.paths.gz "
+                                  "(s3://commoncrawl for Common Crawl). Empty: the config's.", "Crawl"),
+        "scale": Param("xlarge", type="string", enum=_SCALES, title="Scale",
+                       description="Build what this DataComp scale needs: a smaller scale downloads only the URLs "
+                                   "its pool can hold; xlarge builds the whole pool.", section="Pool"),
+        "pool_version": _optional("string", "Pool version", "Empty: the open version, or the next one (v0001, "
+                                  "v0002...). A published version cannot be built again.", "Pool",
+                                  pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"),
+        "max_wat_files": _optional("integer", "WAT files per run at most", "Empty: every new WAT file.",
+                                   "Limits", minimum=1),
+        "download_timeout": _optional("number", "Download timeout (s)", "Per request. Empty: the config's (10).",
+                                      "Limits", exclusiveMinimum=0),
+        "max_attempts": _optional("integer", "Download attempts per URL", "Across scheduled rebuilds, for "
+                                  "transient failures. Empty: the config's (3).", "Limits", minimum=1),
+        "threshold_nsfw_text": _optional("number", "Detoxify threshold", "Empty: DataComp's 0.1.", "Thresholds",
+                                         minimum=0, maximum=1),
+        "threshold_nsfw_image": _optional("number", "NSFW image threshold", "DataComp's NSFW MLP. Empty: 0.5.",
+                                          "Thresholds", minimum=0, maximum=1),
+        "threshold_eval_dedup": _optional("number", "Eval dedup similarity", "ISC21 cosine similarity. Empty: "
+                                          "DataComp's 0.604169.", "Thresholds", minimum=0, maximum=1),
+        "threshold_face_detection": _optional("number", "SCRFD score threshold", "Empty: DataComp's 0.3.",
+                                              "Thresholds", minimum=0, maximum=1),
+        "model_detoxify": _optional("string", "Detoxify checkpoint", _MODEL, "Models"),
+        "model_scrfd": _optional("string", "SCRFD onnx", _MODEL, "Models"),
+        "model_clip_b32": _optional("string", "CLIP ViT-B/32", _MODEL, "Models"),
+        "model_clip_l14": _optional("string", "CLIP ViT-L/14", _MODEL, "Models"),
+        "model_dedup_descriptor": _optional("string", "ISC21 descriptor", _MODEL, "Models"),
+        "model_nsfw_image_mlp": _optional("string", "NSFW image MLP", _MODEL, "Models"),
+        "config_overrides": _optional("object", "Other config keys", 'Dotted keys, e.g. {"download.timeout": 5}; '
+                                      "see config/example.yaml.", "Advanced"),
     },
 )
 def commonpool_build():
     @task
-    def prepare(params=None, run_id=None) -> dict:
+    def prepare(params=None, run_id=None, dag_run=None) -> dict:
         from datacomp_ops.build import make_spec
 
-        return make_spec(run_id, params["crawl_id"], params["pool_version"],
-                         params["wat_inputs"], params["config_overrides"]).to_dict()
+        overrides = {key: params[name] for name, key in CONFIG_PARAMS.items() if params.get(name) is not None}
+        overrides |= params.get("config_overrides") or {}
+        when = dag_run.logical_date or dag_run.run_after
+        return make_spec(run_id, params.get("crawl_id"), params.get("pool_version"), params.get("wat_inputs"),
+                         overrides, logical_date=when).to_dict()
 
     spec = prepare()
 
@@ -76,13 +152,17 @@ def commonpool_build():
 
         return plan_download(BuildSpec(**spec))
 
-    @task(max_active_tis_per_dag=2, retries=1)
-    def download(partition: dict, spec: dict) -> dict:
+    # A partition whose URLs mostly failed transiently (hosts or network down) fails
+    # its try and is retried later; the last try commits what it got.
+    @task(max_active_tis_per_dag=2, retries=DOWNLOAD_RETRIES, retry_delay=DOWNLOAD_RETRY_DELAY,
+          retry_exponential_backoff=True)
+    def download(partition: dict, spec: dict, ti=None) -> dict:
         from datacomp_ops.build import BuildSpec
         from datacomp_ops.download import Partition, run_download
 
         build = BuildSpec(**spec)
-        return run_download(Partition(**partition), build.pool, build.platform_config).to_dict()
+        last_try = ti is None or ti.try_number > ti.max_tries
+        return run_download(Partition(**partition), build.pool, build.platform_config, last_try).to_dict()
 
     @task(**GPU)
     def prepare_models(spec: dict) -> dict:
@@ -105,21 +185,38 @@ def commonpool_build():
         build = BuildSpec(**spec)
         return run_metadata(shards, build.pool, build.platform_config).to_dict()
 
-    @task(trigger_rule="none_failed", outlets=list(POOL_ASSETS.values()))
-    def publish(spec: dict, outlet_events=None) -> dict:
+    @task(trigger_rule="none_failed")
+    def publish(spec: dict) -> dict:
         from airflow.exceptions import AirflowSkipException
 
-        from datacomp_ops import storage
         from datacomp_ops.build import BuildSpec
-        from datacomp_ops.publish import asset_extras, run_publish
+        from datacomp_ops.publish import run_publish
 
         build = BuildSpec(**spec)
         stats = run_publish(build.pool, build.platform_config)
         if stats["unchanged"]:
-            raise AirflowSkipException(f"pool {build.pool_version} holds nothing new: no Asset events")
-        for scale, extra in asset_extras(storage.read_json(build.pool.manifest)).items():
-            outlet_events[POOL_ASSETS[scale]].extra = extra
+            raise AirflowSkipException(f"pool version {build.pool_version} adds nothing to its parent: not "
+                                       f"published, no Asset events")
         return stats.to_dict()
+
+    def announce(scale: str):
+        """One task per scale, so that a scale this run did not build emits no Asset event."""
+
+        @task(task_id=f"announce_{scale}", outlets=[POOL_ASSETS[scale]])
+        def announce_scale(spec: dict, outlet_events=None) -> dict:
+            from airflow.exceptions import AirflowSkipException
+
+            from datacomp_ops import storage
+            from datacomp_ops.build import BuildSpec
+            from datacomp_ops.publish import asset_extras
+
+            extras = asset_extras(storage.read_json(BuildSpec(**spec).pool.manifest))
+            if scale not in extras:
+                raise AirflowSkipException(f"scale {scale} is not built in this pool version")
+            outlet_events[POOL_ASSETS[scale]].extra = extras[scale]
+            return extras[scale]
+
+        return announce_scale
 
     @task(trigger_rule="none_failed")
     def summarize(spec: dict, dag_run=None) -> dict:
@@ -139,7 +236,9 @@ def commonpool_build():
     parts >> groups
     described = metadata.partial(spec=spec).expand(shards=groups)
     prepare_models(spec) >> described
-    described >> publish(spec) >> summarize(spec)
+    published = publish(spec)
+    announced = [announce(scale)(spec) for scale in POOL_ASSETS]
+    described >> published >> announced >> summarize(spec)
 
 
 commonpool_build()

@@ -6,8 +6,8 @@ with status and error message), write the ledger part, move the shards into
 the pool and write the completion marker last. A rerun of a committed
 partition returns the stats in its marker.
 
-A partition whose URLs mostly failed for transient reasons (the image hosts or
-the network were down) is not committed: the call raises, so that the task's
+A partition whose URLs, on their first attempt, mostly failed for transient
+reasons (the image hosts or the network were down) is not committed: the call raises, so that the task's
 retry downloads it again. Only the last try commits such a partition, with
 every URL's transient status, which later rebuilds retry.
 
@@ -258,18 +258,21 @@ def run_download(partition: Partition, pool: PoolLayout, config: PlatformConfig,
     input_uids = todo["uid"].to_pylist() + deferred["uid"].to_pylist()
     ledger.check_accounts_for(table, input_uids, where=f"download of {partition.path}")
 
-    transient = Counter(s for s in statuses if s in ledger.TRANSIENT_FAILURES)
+    # Judged on first attempts only: URLs that already failed transiently before
+    # (a requeue part) failing again says nothing about the hosts being down now.
+    first = {u for u, a in attempt_of.items() if a == 1}
+    transient = Counter(s for u, s in zip(uids, statuses) if s in ledger.TRANSIENT_FAILURES and u in first)
     tried = todo.num_rows
-    if tried and sum(transient.values()) > config.download.max_transient_fraction * tried:
+    if first and sum(transient.values()) > config.download.max_transient_fraction * len(first):
         detail = ", ".join(f"{k} {v}" for k, v in transient.most_common())
         if not last_try:
             storage.remove(tmp)
             raise TransientDownloadError(
-                f"partition {partition.name}: {sum(transient.values())} of {tried} URLs failed transiently "
+                f"partition {partition.name}: {sum(transient.values())} of {len(first)} URLs failed transiently "
                 f"({detail}); the image hosts or the network look down. Nothing was committed: the task's "
                 f"retry downloads the partition again.")
         log.warning("partition %s: %d of %d URLs failed transiently (%s) on the last try; committing them as "
-                    "such, later rebuilds retry them", partition.name, sum(transient.values()), tried, detail)
+                    "such, later rebuilds retry them", partition.name, sum(transient.values()), len(first), detail)
 
     for shard_id in shard_ids:
         for suffix in SHARD_FILES:

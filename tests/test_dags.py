@@ -25,6 +25,7 @@ def airflow_env(home: Path, **extra: str) -> dict:
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home}/airflow.db",
         "AIRFLOW_CONN_SPARK_DEFAULT": json.dumps({"conn_type": "spark", "host": "local[2]"}),
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
+        "DATACOMP_DOWNLOAD_RETRY_DELAY_S": "2",
     })
     env.update(extra)
     return env
@@ -49,7 +50,8 @@ def test_commonpool_build_structure(dagbag):
     dag = dagbag.dags["commonpool_build"]
     downstream = {t.task_id: sorted(t.downstream_task_ids) for t in dag.tasks}
     assert downstream == {
-        "prepare": ["download", "extract_urls", "metadata", "plan_download", "plan_metadata", "prepare_models",
+        "prepare": ["announce_large", "announce_medium", "announce_small", "announce_tiny", "announce_xlarge",
+                    "download", "extract_urls", "metadata", "plan_download", "plan_metadata", "prepare_models",
                     "publish", "summarize"],
         "extract_urls": ["plan_download"],
         "plan_download": ["download"],
@@ -57,17 +59,40 @@ def test_commonpool_build_structure(dagbag):
         "prepare_models": ["metadata"],
         "plan_metadata": ["metadata"],
         "metadata": ["publish"],
-        "publish": ["summarize"],
+        "publish": [f"announce_{s}" for s in ("large", "medium", "small", "tiny", "xlarge")],
+        **{f"announce_{s}": ["summarize"] for s in ("tiny", "small", "medium", "large", "xlarge")},
         "summarize": [],
     }
     assert dag.max_active_runs == 1
-    # GPU stages in the gpu pool and on the gpu queue; publish announces one Asset per scale
+    # GPU stages in the gpu pool and on the gpu queue; one announcing task (and Asset) per scale
     assert {t.task_id for t in dag.tasks if t.pool == "gpu"} == {"prepare_models", "metadata"}
     assert dag.get_task("metadata").queue == "gpu"
-    assert sorted(a.name for a in dag.get_task("publish").outlets) == sorted(
-        f"commonpool_{s}" for s in ("tiny", "small", "medium", "large", "xlarge"))
-    assert set(dag.params.keys()) == {"crawl_id", "wat_inputs", "pool_version", "config_overrides"}
+    for scale in ("tiny", "small", "medium", "large", "xlarge"):
+        assert [a.name for a in dag.get_task(f"announce_{scale}").outlets] == [f"commonpool_{scale}"]
+    assert dag.get_task("download").retries >= 1
+    # weekly, one run at a time; every form field may stay empty except the scale
+    assert "0 0 * * 0" in repr(dag.timetable) and not dag.catchup
+    required = [k for k, p in dag.params.items() if "null" not in p.schema.get("type", [])]
+    assert required == ["scale"] and dag.params["scale"] == "xlarge"
+    assert dag.params.validate()["crawl_id"] is None  # the defaults validate
     assert dag.doc_md and "extract_urls" in dag.doc_md
+
+
+def test_form_fields_set_config_keys():
+    """Every form field that sets a config key names a key the config has."""
+    import runpy
+
+    from datacomp_ops.config import load_config
+
+    if str(DAGS) not in sys.path:
+        sys.path.append(str(DAGS))
+    mapping = runpy.run_path(str(DAGS / "commonpool_build.py"))["CONFIG_PARAMS"]
+    config = load_config().to_dict()
+    for name, key in mapping.items():
+        node = config
+        for part in key.split("."):
+            assert part in node, (name, key)
+            node = node[part]
 
 
 @pytest.mark.parametrize("dag_file", sorted(p.name for p in DAGS.glob("*.py")))
@@ -112,13 +137,13 @@ def test_commonpool_build_runs_end_to_end(tmp_path, small_crawl, embedded_models
     conf = {
         "crawl_id": "CC-TEST",
         "wat_inputs": [small_crawl["wat_listing"]],
-        "config_overrides": {"download.timeout": 5, "download.processes_count": 1,
+        "config_overrides": {"download.timeout": 5, "download.processes_count": 1, "download.retries": 0,
                              "download.number_sample_per_shard": 100, "extract.urls_per_partition": 150,
                              "evaluation.sets_dir": small_crawl["eval_dir"], "models.embedded_dir": embedded_models,
                              "metadata.batch_size": 32, "publish.tiny_pool_size": 50},
     }
     out = run_dags_test(env, conf)
-    pool = root / "pool" / "CC-TEST"
+    pool = root / "pool" / "v0001"
 
     # the summary's per-stage table, and a final status for every URL that matches the crawl's truth
     (report,) = [json.loads(p.read_text()) for p in (pool / "reports").glob("*.json")]
@@ -129,7 +154,9 @@ def test_commonpool_build_runs_end_to_end(tmp_path, small_crawl, embedded_models
     assert [row["stage"] for row in report["stages"]] == [
         "extract_urls", "download", "decode", "nsfw_text", "nsfw_image", "eval_dedup", "faces", "clip_features", "write"]
     assert "nsfw_text" in out and "throughput" in out  # the table is printed in the task log
-    final = ledger.final_statuses(str(pool / "ledger"))
+    from datacomp_ops import versions
+
+    final = ledger.final_statuses(*versions.ledger_dirs(str(root), "v0001"))
     got = dict(zip(final["uid"].to_pylist(), final["status"].to_pylist()))
     assert got == expected
     kinds = {r["uid"]: r["kind"] for r in truth}
@@ -183,12 +210,18 @@ def test_commonpool_build_runs_end_to_end(tmp_path, small_crawl, embedded_models
                             "ON asset.id = asset_event.asset_id").fetchall()
     extras = {name: json.loads(extra) for name, extra in events}
     assert set(extras) == {f"commonpool_{s}" for s in scales}
-    assert extras["commonpool_tiny"]["pool_version"] == "CC-TEST" and extras["commonpool_tiny"]["samples"] == 50
+    assert extras["commonpool_tiny"]["pool_version"] == "v0001" and extras["commonpool_tiny"]["samples"] == 50
 
-    # an incremental rebuild with no new WAT file: nothing to do, no new Asset event, the run succeeds
-    run_dags_test(env, conf)
-    summaries = [json.loads(p.read_text()) for p in (pool / "reports").glob("*.json")]
-    assert sorted(s["urls_extracted"] for s in summaries) == [0, len(expected)]
+    # a rebuild with no new WAT file retries the transient failures (they fail again here), adds no
+    # sample, publishes nothing and emits no Asset event; the run succeeds and says so
+    out = run_dags_test(env, conf)
+    assert "nothing new to publish: v0002 stays open" in out and "the latest pool is v0001" in out
+    (summary,) = [json.loads(p.read_text()) for p in (root / "pool" / "v0002" / "reports").glob("*.json")]
+    transient = sum(s in ledger.TRANSIENT_FAILURES for s in expected.values())
+    assert summary["urls_extracted"] == 0 and summary["urls_downloaded_again"] == transient > 0
+    assert summary["pool"]["samples"] == len(rows) and not summary["published"]
+    assert summary["ledger"]["urls"] == len(expected) and sum(summary["ledger"]["statuses"].values()) == len(expected)
+    assert not (root / "pool" / "v0002" / "manifest.json").exists()
     with sqlite3.connect(home / "airflow.db") as db:
         assert db.execute("SELECT count(*) FROM asset_event").fetchone()[0] == len(scales)
 

@@ -112,3 +112,33 @@ def test_listing_outside_crawl_data_resolves_against_its_folder(tmp_path):
     with gzip.open(listing, "wt") as f:
         f.write("a/0.warc.wat.gz\n/abs/1.warc.wat.gz\n")
     assert resolve_inputs([str(listing)]) == [str(tmp_path / "a" / "0.warc.wat.gz"), "/abs/1.warc.wat.gz"]
+
+
+def test_unreadable_wat_file_stays_unprocessed_and_is_read_once_readable(tmp_path, s3_bucket, small_crawl, spark,
+                                                                         fast_download_config):
+    """A missing local file and a failed S3 read: recorded with their errors, retried, their pairs arrive."""
+    first_wat, second_wat = small_crawl["wat_files"]
+    late_local = str(tmp_path / "late" / "0.warc.wat.gz")
+    late_s3 = storage.join(s3_bucket, "crawl-data", "CC-LATE", "1.warc.wat.gz")
+    crawl = CrawlLayout(str(tmp_path / "root"), "CC-LATE")
+    inputs = [late_local, late_s3]
+
+    report = run_extract_urls(inputs, crawl, fast_download_config, str(tmp_path / "r1.json"), spark)
+    assert report["partitions"] == [] and report["stats"]["counters"]["unreadable_wat_files"] == 2
+    assert report["stats"]["counters"]["wat_files_processed"] == 0
+    errors = {u["wat_path"]: u["error"] for u in report["unreadable"]}
+    assert set(errors) == set(inputs) and all("cannot read WAT file" in e for e in errors.values())
+    manifest = read_manifest(crawl).to_pydict()
+    assert manifest["processed"] == [False, False] and all(manifest["error"])
+
+    # both become readable: the next run reads exactly them, and their pairs arrive
+    (tmp_path / "late").mkdir()
+    shutil.copy(first_wat, late_local)
+    storage.write_bytes(late_s3, storage.read_bytes(second_wat))
+    report2 = run_extract_urls(inputs, crawl, fast_download_config, str(tmp_path / "r2.json"), spark)
+    assert report2["stats"]["counters"]["wat_files_processed"] == 2 and report2["unreadable"] == []
+    got = set(_uids(p["path"] for p in report2["partitions"]))
+    assert got == set(pq.read_table(small_crawl["truth"])["uid"].to_pylist())
+    # and a third run reads nothing
+    report3 = run_extract_urls(inputs, crawl, fast_download_config, str(tmp_path / "r3.json"), spark)
+    assert report3["batch"] is None

@@ -1,0 +1,155 @@
+"""Scheduled incremental rebuilds over three weekly synthetic crawls, run with `airflow dags test`.
+
+Each run takes the crawl of its logical date's week, reads only new WAT files,
+downloads only URLs no earlier run holds (plus transient failures to retry),
+and publishes a new pool version over the previous one.
+"""
+
+import datetime
+import gzip
+import json
+import shutil
+import subprocess
+
+import pyarrow.parquet as pq
+import pytest
+from test_dags import airflow_env
+
+from datacomp_ops import ledger, versions
+from datacomp_ops.synthetic.crawl import CrawlSpec, generate_crawl, generate_world
+from datacomp_ops.synthetic.evalsuite import generate_eval_suite
+
+pytestmark = pytest.mark.slow
+
+# Sundays 00:00 UTC, when the weekly schedule fires: ISO weeks 45, 46, 47 of 2026
+DATES = ["2026-11-08", "2026-11-15", "2026-11-22"]
+CRAWLS = ["CC-SYNTH-2026-45", "CC-SYNTH-2026-46", "CC-SYNTH-2026-47"]
+
+
+def dags_test(env: dict, date: str, conf: dict) -> str:
+    run = subprocess.run(["airflow", "dags", "test", "commonpool_build", date, "-c", json.dumps(conf)],
+                         env=env, capture_output=True, text=True, timeout=900)
+    out = run.stdout + run.stderr
+    assert "state=success" in out or "DagRunState.SUCCESS" in out, out[-6000:]
+    return out
+
+
+def report(root, version: str) -> dict:
+    (path,) = (root / "pool" / version / "reports").glob("*.json")
+    return json.loads(path.read_text())
+
+
+def manifest(root, version: str) -> dict:
+    return json.loads((root / "pool" / version / "manifest.json").read_text())
+
+
+def test_weekly_crawls_build_incremental_pool_versions(tmp_path, image_server, embedded_models):
+    world = tmp_path / "source"
+    crawls = generate_world(world, CrawlSpec(n_urls=120, base_url=image_server.base_url, urls_per_file=80,
+                                             crawl_id=CRAWLS[-1], seed=11), 3, repeat_fraction=0.25)
+    generate_eval_suite(world / "eval")
+    assert [c["crawl_id"] for c in crawls] == CRAWLS and all(c["repeated_from_previous"] for c in crawls[1:])
+    truths = [pq.read_table(c["truth"]).to_pylist() for c in crawls]
+
+    home, root = tmp_path / "airflow", tmp_path / "root"
+    env = airflow_env(home, DATACOMP_STORAGE_ROOT=str(root))
+    subprocess.run(["airflow", "db", "migrate"], env=env, check=True, capture_output=True)
+    subprocess.run(["airflow", "pools", "set", "gpu", "1", "GPU stages"], env=env, check=True, capture_output=True)
+    base = {"crawl.source": str(world), "download.processes_count": 1, "download.retries": 0,
+            "download.number_sample_per_shard": 100, "extract.urls_per_partition": 100,
+            "evaluation.sets_dir": str(world / "eval"), "models.embedded_dir": embedded_models,
+            "metadata.batch_size": 32, "publish.tiny_pool_size": 50}
+
+    # week 45, with a client timeout below the /slow/ URLs' delay: those time out (a transient failure)
+    dags_test(env, DATES[0], {"config_overrides": base | {"download.timeout": 0.12}})
+    # weeks 46 and 47, with a normal timeout: the timed-out URLs are retried and arrive
+    for date in DATES[1:]:
+        dags_test(env, date, {"config_overrides": base | {"download.timeout": 5}})
+
+    seen: set[str] = set()
+    samples = 0
+    for k, (name, truth) in enumerate(zip(CRAWLS, truths)):
+        version = f"v{k + 1:04d}"
+        summary, man = report(root, version), manifest(root, version)
+        uids = {r["uid"] for r in truth}
+        new = uids - seen
+        # only this crawl's new URLs were extracted; the repeats of last week's crawl were known already
+        assert summary["crawl_id"] == name and summary["urls_extracted"] == len(new)
+        if k:
+            assert summary["extraction"]["already_known"] >= len(uids & seen) > 0
+        # a new version over the previous one: its files listed, not copied
+        assert man["parent"] == (f"v{k:04d}" if k else None)
+        if k:
+            old = manifest(root, f"v{k:04d}")
+            assert man["shards"][: len(old["shards"])] == old["shards"]
+            assert man["metadata"][: len(old["metadata"])] == old["metadata"]
+            # nothing copied: this version's own folder holds only shards its own run made
+            own = {p.name for p in (root / "pool" / version / "shards").glob("*.tar")}
+            assert not own & {p.rsplit("/", 1)[1] for p in old["shards"]}
+            assert all(int(p.split("/pool/v")[1][:4]) <= k + 1 for p in man["shards"])
+            assert man["samples"] == old["samples"] + summary["kept"]
+        assert man["samples"] == samples + summary["kept"]
+        samples = man["samples"]
+        seen |= uids
+
+    # the old versions stay readable as they were
+    first = manifest(root, "v0001")
+    assert all((root / p.split(str(root) + "/", 1)[1]).exists() for p in first["shards"] + first["metadata"])
+    assert sum(pq.read_metadata(p).num_rows for p in first["metadata"]) == first["samples"]
+
+    # the ledger: every URL ever extracted has exactly one current status, the one the truth expects
+    # (transient failures that stayed failed keep their transient status)
+    expected = {r["uid"]: r for t in truths for r in t}
+    current = ledger.final_statuses(*versions.ledger_dirs(str(root), "v0003"))
+    got = dict(zip(current["uid"].to_pylist(), current["status"].to_pylist()))
+    assert set(got) == set(expected) and current.num_rows == len(expected)
+    wrong = {u: (expected[u]["kind"], s) for u, s in got.items()
+             if s != expected[u]["expected_final"] and expected[u]["expected_final"] not in ledger.TRANSIENT_FAILURES}
+    assert not wrong, wrong
+    # cross-crawl repeats were downloaded once
+    history = ledger.history(*versions.ledger_dirs(str(root), "v0003"))
+    rows = history.to_pylist()
+    downloads = {}
+    for r in rows:
+        if r["stage"] == "download":
+            downloads.setdefault(r["uid"], []).append(r)
+    repeats = {r["uid"] for t in truths[1:] for r in t if r["first_crawl"] != t[0]["first_crawl"]}
+    assert repeats and all(len(downloads[u]) == 1 or downloads[u][0]["status"] in ledger.TRANSIENT_FAILURES
+                           for u in repeats)
+    # the slow URLs timed out in week 45 and were downloaded by week 46's run: two attempts in the history
+    slow = [u for u, r in expected.items() if r["kind"] == "slow" and r["first_crawl"] == CRAWLS[0]]
+    assert slow
+    for u in slow:
+        tries = downloads[u]
+        assert [(t["version"], t["status"], t["attempt"]) for t in tries] == [
+            ("v0001", "timeout", 1), ("v0002", "downloaded", 2)], tries
+        assert got[u] == "kept"
+    # a 404 is never tried again
+    for u, r in expected.items():
+        if r["kind"] == "http_404":
+            assert [(t["status"], t["attempt"]) for t in downloads[u]] == [("http_error", 1)]
+
+    # a new WAT file appears in week 47's crawl: the next run reads only it and adds only its samples
+    extra = generate_crawl(tmp_path / "extra", CrawlSpec(n_urls=30, base_url=image_server.base_url, seed=99,
+                                                         crawl_id=CRAWLS[-1], first_image=9_000_000, faults=False))
+    (wat,) = extra["wat_files"]
+    rel = f"crawl-data/{CRAWLS[-1]}/segments/1/wat/extra-00000.warc.wat.gz"
+    (world / rel).parent.mkdir(parents=True)
+    shutil.copy(wat, world / rel)
+    listing = world / "crawl-data" / CRAWLS[-1] / "wat.paths.gz"
+    lines = gzip.open(listing, "rt").read().split()
+    with gzip.open(listing, "wt") as f:
+        f.write("\n".join(lines + [rel]) + "\n")
+    before = manifest(root, "v0003")
+    dags_test(env, "2026-11-23", {"config_overrides": base | {"download.timeout": 5}})
+    summary, man = report(root, "v0004"), manifest(root, "v0004")
+    extra_truth = pq.read_table(extra["truth"]).to_pylist()
+    assert summary["crawl_id"] == CRAWLS[-1] and summary["wat_files"] == 1
+    assert summary["urls_extracted"] == len(extra_truth)
+    added = {r["uid"] for r in pq.read_table(man["metadata"][-1]).to_pylist()}
+    extra_kept = {r["uid"] for r in extra_truth if r["expected_final"] == "kept"}
+    own = [p for p in man["metadata"] if "/pool/v0004/" in p]
+    own_uids = {u for p in own for u in pq.read_table(p)["uid"].to_pylist()}
+    assert own_uids == extra_kept and added <= extra_kept
+    assert man["samples"] == before["samples"] + len(extra_kept)
+    assert man["shards"][: len(before["shards"])] == before["shards"]

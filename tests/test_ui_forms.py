@@ -1,0 +1,160 @@
+"""Every DAG's trigger form, submitted in a real headless Chromium, with its defaults and with edited values.
+
+Airflow standalone (api-server, scheduler, dag-processor, LocalExecutor) runs
+on loopback with the embedded default: the storage root's synthetic crawl, the
+config file that the tests' fast settings come from. The runs the forms create
+must succeed. Screenshots of each form land in $DATACOMP_TEST_ARTIFACTS
+(default var/test-artifacts/ui).
+"""
+
+import json
+import os
+import signal
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from browser import Browser, _free_port, api_token, chromium
+from test_dags import REPO, airflow_env
+
+from datacomp_ops.synthetic.crawl import CrawlSpec, generate_world
+from datacomp_ops.synthetic.evalsuite import generate_eval_suite
+
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(chromium() is None, reason="needs Debian's chromium (.ci/run installs it)")]
+
+ARTIFACTS = Path(os.environ.get("DATACOMP_TEST_ARTIFACTS", REPO / "var" / "test-artifacts")) / "ui"
+# Field edits per DAG: element id suffix -> text typed into it
+EDITS = {
+    "commonpool_build": {"max_wat_files": "1", "download_timeout": "7", "threshold_nsfw_text": "0.2",
+                         "crawl_id": "CC-SYNTH-2026-47"},
+}
+
+
+class Api:
+    def __init__(self, base: str, token: str):
+        self.base, self.token = base, token
+
+    def __call__(self, path: str, method: str = "GET", body: dict | None = None):
+        req = urllib.request.Request(f"{self.base}/api/v2{path}", method=method,
+                                     data=json.dumps(body).encode() if body is not None else None,
+                                     headers={"Authorization": f"Bearer {self.token}",
+                                              "Content-Type": "application/json"})
+        return json.loads(urllib.request.urlopen(req, timeout=30).read())
+
+
+@pytest.fixture(scope="module")
+def airflow_ui(tmp_path_factory, image_server, embedded_models):
+    base = tmp_path_factory.mktemp("ui")
+    root = base / "root"
+    generate_world(root / "synthetic", CrawlSpec(n_urls=60, base_url=image_server.base_url, urls_per_file=30), 1)
+    generate_eval_suite(root / "synthetic" / "eval")
+    config = base / "config.yaml"
+    config.write_text(json.dumps({
+        "storage_root": str(root), "models": {"embedded_dir": embedded_models},
+        "download": {"timeout": 5, "retries": 0, "processes_count": 1, "number_sample_per_shard": 100},
+        "extract": {"urls_per_partition": 100}, "metadata": {"batch_size": 32}, "publish": {"tiny_pool_size": 20},
+    }))
+    port = _free_port()
+    home = base / "airflow"
+    env = airflow_env(home, DATACOMP_CONFIG=str(config), AIRFLOW__API__PORT=str(port))
+    subprocess.run(["airflow", "db", "migrate"], env=env, check=True, capture_output=True)
+    subprocess.run(["airflow", "pools", "set", "gpu", "1", "GPU stages"], env=env, check=True, capture_output=True)
+    log = open(base / "standalone.log", "w")
+    proc = subprocess.Popen(["airflow", "standalone"], env=env, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/api/v2/monitor/health", timeout=2)
+                passwords = home / "simple_auth_manager_passwords.json.generated"
+                if passwords.exists():
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError(f"airflow standalone did not come up:\n{(base / 'standalone.log').read_text()[-3000:]}")
+            time.sleep(2)
+        password = json.loads(passwords.read_text())["admin"]
+        yield {"url": url, "token": api_token(url, "admin", password), "root": root, "log": base / "standalone.log"}
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=60)
+        log.close()
+
+
+def _button(label: str, scope: str = "document") -> str:
+    return (f"[...{scope}.querySelectorAll('button')].find(b => b.textContent.trim() === {json.dumps(label)})")
+
+
+def _open_form(browser: Browser, url: str, dag_id: str) -> None:
+    browser.goto(f"{url}/dags/{dag_id}")
+    browser.wait_for(f"!!{_button('Trigger')}", 60, "the DAG page's Trigger button")
+    browser.js(f"{_button('Trigger')}.click()")
+    browser.wait_for("!!document.querySelector('[role=dialog]')", 30, "the trigger dialog")
+    # the Run Parameters section holds the Params' fields; open it when it is folded
+    browser.js("(() => { const t = [...document.querySelectorAll('[role=dialog] button')]"
+               ".find(b => b.textContent.includes('Run Parameters')); "
+               "if (t && t.getAttribute('aria-expanded') === 'false') t.click(); })()")
+    time.sleep(1.5)
+
+
+def _submit(browser: Browser, api: Api, dag_id: str, shot: Path) -> str:
+    before = {r["dag_run_id"] for r in api(f"/dags/{dag_id}/dagRuns?limit=100")["dag_runs"]}
+    submit = _button("Trigger", "document.querySelector('[role=dialog]')")
+    browser.wait_for(f"!!{submit}", 10, "the dialog's Trigger button")
+    browser.screenshot(str(shot))
+    assert browser.js(f"{submit}.disabled") is False, f"{dag_id}: the form's Trigger button is disabled ({shot})"
+    browser.js(f"{submit}.click()")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        runs = [r for r in api(f"/dags/{dag_id}/dagRuns?limit=100")["dag_runs"] if r["dag_run_id"] not in before]
+        if runs:
+            return runs[0]["dag_run_id"]
+        time.sleep(0.5)
+    raise AssertionError(f"{dag_id}: submitting the form created no run ({shot})")
+
+
+def test_every_dag_trigger_form_submits_and_its_runs_succeed(airflow_ui):
+    url, api = airflow_ui["url"], Api(airflow_ui["url"], airflow_ui["token"])
+    expected = sorted(p.stem for p in (REPO / "dags").glob("*.py") if "@dag" in p.read_text())
+    deadline = time.monotonic() + 120
+    while sorted(d["dag_id"] for d in api("/dags")["dags"]) != expected:
+        assert time.monotonic() < deadline, f"the DAG processor did not list {expected}"
+        time.sleep(2)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    browser = Browser()
+    runs: dict[str, dict] = {}
+    try:
+        browser.login(url, airflow_ui["token"])
+        for dag_id in expected:
+            # with its defaults
+            _open_form(browser, url, dag_id)
+            default_run = _submit(browser, api, dag_id, ARTIFACTS / f"{dag_id}-defaults.png")
+            # with edited values typed into the fields
+            _open_form(browser, url, dag_id)
+            for field, text in EDITS.get(dag_id, {}).items():
+                browser.wait_for(f"!!document.getElementById('element_{field}')", 10, f"field {field}")
+                browser.type_into(f"#element_{field}", text)
+            time.sleep(1)
+            edited_run = _submit(browser, api, dag_id, ARTIFACTS / f"{dag_id}-edited.png")
+            conf = api(f"/dags/{dag_id}/dagRuns/{edited_run}")["conf"]
+            for field, text in EDITS.get(dag_id, {}).items():
+                assert str(conf[field]) == text or conf[field] == json.loads(text), (field, conf)
+            runs[dag_id] = {"defaults": default_run, "edited": edited_run}
+            api(f"/dags/{dag_id}", "PATCH", {"is_paused": False})
+    finally:
+        browser.close()
+
+    # the runs the forms created succeed
+    for dag_id, ids in runs.items():
+        for kind, run_id in ids.items():
+            deadline = time.monotonic() + 900
+            while (state := api(f"/dags/{dag_id}/dagRuns/{run_id}")["state"]) not in ("success", "failed"):
+                assert time.monotonic() < deadline, f"{dag_id} {kind} run {run_id} still {state}"
+                time.sleep(5)
+            assert state == "success", f"{dag_id} run from the form with its {kind} failed: see {airflow_ui['log']}"
