@@ -10,7 +10,8 @@ setup:            ## .venv with the pinned dependency set (idempotent)
 demo: setup       ## the main job: Airflow standalone runs commonpool_build on a synthetic crawl
 	bash scripts/demo.sh
 
-test: setup       ## the whole test suite, slow end-to-end tests included
+test: setup       ## the whole test suite, slow end-to-end tests included (and chromium for the browser test)
+	bash scripts/system_deps.sh
 	source scripts/env.sh && $(PY) -m pytest -ra
 
 test-fast: setup  ## unit tests only

@@ -20,9 +20,9 @@ cleanup() {
 trap cleanup EXIT INT TERM
 
 echo "== synthetic crawl: $DEMO_URLS URLs served from 127.0.0.1:$DEMO_PORT"
-# a fresh crawl each time: the demo's own crawl, pool and Airflow runs go (trained models stay)
-rm -rf "$DATACOMP_STORAGE_ROOT/synthetic" "$DATACOMP_STORAGE_ROOT/crawls/CC-SYNTH-2026-47" \
-       "$DATACOMP_STORAGE_ROOT/pool/CC-SYNTH-2026-47" "$DATACOMP_STORAGE_ROOT/eval_index"
+# a fresh crawl each time: the demo's crawls, pool versions and Airflow runs go (trained models stay)
+rm -rf "$DATACOMP_STORAGE_ROOT/synthetic" "$DATACOMP_STORAGE_ROOT/crawls" \
+       "$DATACOMP_STORAGE_ROOT/pool" "$DATACOMP_STORAGE_ROOT/eval_index"
 datacomp synthetic --out "$DATACOMP_STORAGE_ROOT/synthetic" --n-urls "$DEMO_URLS" \
     --base-url "http://127.0.0.1:$DEMO_PORT" --urls-per-file 1000
 setsid datacomp serve --port "$DEMO_PORT" --hang-seconds 20 > var/log/image-server.log 2>&1 &
@@ -50,11 +50,12 @@ from datacomp_ops import ledger
 from datacomp_ops.build import format_summary
 from datacomp_ops.synthetic.crawl import compare_with_truth
 root = os.environ["DATACOMP_STORAGE_ROOT"]
+from datacomp_ops import versions
 reports = sorted(glob.glob(os.path.join(root, "pool", "*", "reports", "demo__*.json")), key=os.path.getmtime)
 summary = json.load(open(reports[-1]))
 print(format_summary(summary))
-table = ledger.final_statuses(os.path.join(root, "pool", summary["pool_version"], "ledger"))
-check = compare_with_truth(os.path.join(root, "synthetic", "truth.parquet"),
+table = ledger.final_statuses(*versions.ledger_dirs(root, summary["pool_version"]))
+check = compare_with_truth(os.path.join(root, "synthetic", "crawl-data", summary["crawl_id"], "truth.parquet"),
                            table["uid"].to_pylist(), table["status"].to_pylist())
 print(f"  final statuses vs the crawl's truth: {check['matched']} of {table.num_rows} match"
       + "".join(f"\n    {n} x {what}" for what, n in check["mismatched"].items()))

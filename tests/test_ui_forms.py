@@ -158,3 +158,46 @@ def test_every_dag_trigger_form_submits_and_its_runs_succeed(airflow_ui):
                 assert time.monotonic() < deadline, f"{dag_id} {kind} run {run_id} still {state}"
                 time.sleep(5)
             assert state == "success", f"{dag_id} run from the form with its {kind} failed: see {airflow_ui['log']}"
+
+
+def test_backfill_of_two_weeks_for_one_scale(airflow_ui, tmp_path, image_server):
+    """`airflow backfill create` over two logical dates builds those weeks' crawls, only as far as the scale needs."""
+    import pyarrow.parquet as pq
+
+    from datacomp_ops.schema import read_subset, scale_key, uids_to_array
+
+    api = Api(airflow_ui["url"], airflow_ui["token"])
+    source, root = tmp_path / "source", tmp_path / "root"
+    crawls = generate_world(source, CrawlSpec(n_urls=150, base_url=image_server.base_url, urls_per_file=150,
+                                              crawl_id="CC-SYNTH-2026-47", seed=5), 2, repeat_fraction=0.2)
+    generate_eval_suite(source / "eval")
+    conf = {"scale": "tiny", "config_overrides": {
+        "storage_root": str(root), "crawl.source": str(source), "evaluation.sets_dir": str(source / "eval"),
+        "publish.tiny_pool_size": 20}}
+    api("/dags/commonpool_build", "PATCH", {"is_paused": False})
+    env = airflow_env(Path(airflow_ui["log"]).parent / "airflow", AIRFLOW__API__PORT=airflow_ui["url"].rsplit(":", 1)[1])
+    # Sundays 2026-11-15 and 2026-11-22: ISO weeks 46 and 47
+    subprocess.run(["airflow", "backfill", "create", "--dag-id", "commonpool_build", "--from-date", "2026-11-09",
+                    "--to-date", "2026-11-22", "--max-active-runs", "1", "--dag-run-conf", json.dumps(conf)],
+                   env=env, check=True, capture_output=True, text=True)
+    deadline = time.monotonic() + 1200
+    while True:
+        runs = [r for r in api("/dags/commonpool_build/dagRuns?limit=100")["dag_runs"] if r["run_type"] == "backfill"]
+        if len(runs) == 2 and all(r["state"] in ("success", "failed") for r in runs):
+            break
+        assert time.monotonic() < deadline, f"backfill runs: {[(r['dag_run_id'], r['state']) for r in runs]}"
+        time.sleep(5)
+    assert sorted(r["state"] for r in runs) == ["success", "success"], airflow_ui["log"]
+
+    manifests = [json.loads((root / "pool" / v / "manifest.json").read_text()) for v in ("v0001", "v0002")]
+    assert [m["crawls"] for m in manifests] == [["CC-SYNTH-2026-46"], ["CC-SYNTH-2026-46", "CC-SYNTH-2026-47"]]
+    # only what tiny needs was downloaded; the rest is deferred, and the larger scales are not built
+    for m in manifests:
+        assert m["ledger"]["statuses"].get("deferred", 0) > 0
+        assert m["scales"]["tiny"]["built"] and not m["scales"]["small"]["built"]
+    # tiny is exactly what a full build would pick: the 20 smallest scale keys among all keepable samples
+    keepable = {r["uid"] for c in crawls for r in pq.read_table(c["truth"]).to_pylist()
+                if r["expected_final"] == "kept"}
+    want = sorted(keepable, key=scale_key)[:20]
+    got = read_subset(manifests[1]["scales"]["tiny"]["path"])
+    assert got.tolist() == sorted(uids_to_array(want).tolist())
