@@ -84,7 +84,12 @@ class Browser:
         self.call("Network.setCookie", name="_token", value=token, url=base_url)
 
     def goto(self, url: str) -> None:
+        """Load `url` and wait until the new document is there (navigate returns before it is)."""
+        self.call("Page.navigate", url="about:blank")
+        self.wait_for("document.location.href === 'about:blank'", 10, "a blank page")
         self.call("Page.navigate", url=url)
+        self.wait_for(f"document.location.href.startsWith({json.dumps(url)}) && document.readyState === 'complete'",
+                      30, url)
 
     def js(self, expression: str):
         result = self.call("Runtime.evaluate", expression=expression, returnByValue=True, awaitPromise=True)
@@ -101,10 +106,23 @@ class Browser:
             time.sleep(0.3)
         raise TimeoutError(f"waited {timeout} s for {what or expression}")
 
-    def type_into(self, selector: str, text: str) -> None:
-        """Replace the value of an input as a person would: focus, select all, type."""
-        self.js(f"(() => {{ const e = document.querySelector({json.dumps(selector)}); e.focus(); e.select(); }})()")
+    def click(self, element_js: str) -> None:
+        """Click the element `element_js` evaluates to with the mouse, as a person would."""
+        box = self.js(f"(() => {{ const e = {element_js}; e.scrollIntoView({{block: 'center'}}); "
+                      f"const r = e.getBoundingClientRect(); return [r.x + r.width / 2, r.y + r.height / 2]; }})()")
+        x, y = box
+        for kind in ("mouseMoved", "mousePressed", "mouseReleased"):
+            self.call("Input.dispatchMouseEvent", type=kind, x=x, y=y, button="left", clickCount=1)
+        # then away, so that no hover card stays open over the next page
+        self.call("Input.dispatchMouseEvent", type="mouseMoved", x=0, y=0)
+
+    def type_into(self, element_js: str, text: str) -> None:
+        """Replace the value of the input `element_js` evaluates to as a person would: click, select all, type, Tab."""
+        self.click(element_js)
+        self.js(f"(() => {{ const e = {element_js}; e.focus(); e.select(); }})()")
         self.call("Input.insertText", text=text)
+        for kind in ("keyDown", "keyUp"):  # leaving the field commits it (number inputs parse on blur)
+            self.call("Input.dispatchKeyEvent", type=kind, key="Tab", code="Tab", windowsVirtualKeyCode=9)
 
     def screenshot(self, path: str) -> None:
         shot = self.call("Page.captureScreenshot", format="png", captureBeyondViewport=False)

@@ -183,7 +183,10 @@ def test_retry_is_a_no_op_and_publish_nests_the_scales(built):
     scales = {s: set(map(tuple, read_subset(pool.scale(s)).tolist())) for s in manifest["scales"]}
     assert scales["tiny"] < scales["small"] == scales["xlarge"] and len(scales["small"]) == kept
     assert not manifest["scales"]["small"]["complete"]
-    assert published["unchanged"] == 0 and run_publish(pool, config)["unchanged"] == 1
+    # a published version stays as it is: publishing it again changes nothing
+    assert published["unchanged"] == 0
+    assert run_publish(pool, config).counters == published.counters
+    assert storage.read_json(pool.manifest) == manifest
 
 
 def test_production_loaders_run_in_the_pass(tmp_path, eval_suite, embedded_models):
