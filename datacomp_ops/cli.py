@@ -202,7 +202,7 @@ def cmd_ledger(args) -> None:
             print(f"  {r['version']:<12}{r['stage']:<10}{r['status']:<16}{attempt:<11}{r['message'] or ''}")
         return
     history = ledger.history(dirs, names)
-    current = ledger.final_statuses(dirs, names)
+    current = ledger.latest(history)
     out = {"pool_version": version, "chain": names, "published": versions.is_published(root, version),
            "urls": current.num_rows, "statuses": ledger.counts(current) if current.num_rows else {},
            "by_version": {}}

@@ -59,17 +59,10 @@ def committed_names(root: str) -> set[str]:
     return {m.rstrip("/").rsplit("/", 1)[-1] for m in committed_markers(root)}
 
 
-def pending_parts(root: str) -> list[str]:
-    """URL parts that no pool version under `root` has downloaded."""
-    done = committed_names(root)
-    return [p for p in url_parts(root) if partition_name(p) not in done]
-
-
 def current_statuses(pool: PoolLayout) -> tuple[pa.Table, dict[str, int]]:
     """(one row per URL with its current status, download attempts per uid) over `pool`'s chain."""
-    dirs, names = versions.ledger_dirs(pool.root, pool.version)
-    history = ledger.history(dirs, names)
-    return ledger.final_statuses(dirs, names), ledger.attempts(history)
+    history = ledger.history(*versions.ledger_dirs(pool.root, pool.version))
+    return ledger.latest(history), ledger.attempts(history)
 
 
 def scale_key_limit(config: PlatformConfig, total_urls: int, current: pa.Table) -> float:
@@ -101,15 +94,17 @@ def _retriable(current: pa.Table, attempts: dict[str, int], config: PlatformConf
     return candidates
 
 
-def write_requeue(pool: PoolLayout, config: PlatformConfig, limit: float) -> list[str]:
-    """Requeue parts of `pool` for the URLs to try again; the uncommitted ones of an earlier try are replaced."""
+def write_requeue(pool: PoolLayout, config: PlatformConfig, limit: float, current: pa.Table,
+                  attempts: dict[str, int], done: set[str]) -> list[str]:
+    """Requeue parts of `pool` for the URLs to try again; the uncommitted ones of an earlier try are replaced.
+
+    `current` and `attempts` are `current_statuses(pool)`, `done` the committed partition names.
+    """
     requeue_dir = storage.join(pool.base, "requeue")
-    done = committed_names(pool.root)
     existing = storage.ls(requeue_dir, "part-*.parquet")
     for path in existing:
         if partition_name(path) not in done:
             storage.remove(path)
-    current, attempts = current_statuses(pool)
     todo = _retriable(current, attempts, config, limit)
     if not todo.num_rows:
         return []
@@ -142,25 +137,24 @@ def write_requeue(pool: PoolLayout, config: PlatformConfig, limit: float) -> lis
 
 def plan_download(pool: PoolLayout, config: PlatformConfig) -> list[Partition]:
     """The partitions this run downloads, each with its own range of shard ids and the scale's key limit."""
-    current, _ = current_statuses(pool)
-    parts = url_parts(pool.root)
-    total = sum(_rows(p) for p in parts)
-    limit = scale_key_limit(config, total, current)
+    current, attempts = current_statuses(pool)
+    rows = {p: _rows(p) for p in url_parts(pool.root)}
+    limit = scale_key_limit(config, sum(rows.values()), current)
     if limit < 1.0:
         log.info("scale %s needs the URLs below %.4g of the scale-key range", config.scale, limit)
     done = committed_names(pool.root)
-    todo = [p for p in parts if partition_name(p) not in done] + write_requeue(pool, config, limit)
-    plan = plan_partitions([{"path": p, "rows": _rows(p)} for p in todo], next_free_shard(pool),
-                           config.download.number_sample_per_shard)
+    todo = [{"path": p, "rows": n} for p, n in rows.items() if partition_name(p) not in done]
+    todo += [{"path": p, "rows": _rows(p)} for p in write_requeue(pool, config, limit, current, attempts, done)]
+    plan = plan_partitions(todo, next_free_shard(pool), config.download.number_sample_per_shard)
     return [Partition(p.path, p.rows, p.first_shard, limit) for p in plan]
 
 
 def lineage_accounts(pool: PoolLayout) -> dict:
     """Every URL ever extracted under the root against its current status in `pool`'s chain."""
-    parts = url_parts(pool.root)
-    extracted = sum(_rows(p) for p in parts)
-    pending = [p for p in parts if partition_name(p) not in committed_names(pool.root)]
+    rows = {p: _rows(p) for p in url_parts(pool.root)}
+    done = committed_names(pool.root)
     current, attempts = current_statuses(pool)
-    return {"urls": extracted, "with_status": current.num_rows, "pending": sum(_rows(p) for p in pending),
+    return {"urls": sum(rows.values()), "with_status": current.num_rows,
+            "pending": sum(n for p, n in rows.items() if partition_name(p) not in done),
             "statuses": ledger.counts(current) if current.num_rows else {}, "current": current,
             "attempts": attempts}

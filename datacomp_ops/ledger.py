@@ -135,10 +135,14 @@ def history(ledger_dirs: str | Sequence[str], versions: Sequence[str] | None = N
 
 def final_statuses(ledger_dirs: str | Sequence[str], versions: Sequence[str] | None = None) -> pa.Table:
     """One row per uid: the status that the newest version, at the last stage the sample reached, gave it."""
-    table = history(ledger_dirs, versions)
-    if table.num_rows == 0:
-        return table.drop_columns(["_order"])
-    table = table.sort_by([("uid", "ascending"), ("_order", "descending")])
+    return latest(history(ledger_dirs, versions))
+
+
+def latest(history_table: pa.Table) -> pa.Table:
+    """The current row of each uid of a `history` table (without its ordering column)."""
+    if history_table.num_rows == 0:
+        return history_table.drop_columns(["_order"])
+    table = history_table.sort_by([("uid", "ascending"), ("_order", "descending")])
     uids = table["uid"]
     first = pc.not_equal(uids.slice(1), uids.slice(0, len(uids) - 1))
     keep = pa.concat_arrays([pa.array([True]), *first.chunks]) if len(uids) > 1 else pa.array([True])

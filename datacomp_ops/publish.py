@@ -39,12 +39,6 @@ def pool_sizes(config: PlatformConfig) -> dict[str, int]:
     return sizes
 
 
-def select_scales(uids: list[str], sizes: dict[str, int]) -> dict[str, list[str]]:
-    """The uids of each scale: the `size` smallest scale keys, so smaller scales nest in larger ones."""
-    ranked = sorted(uids, key=scale_key)
-    return {name: ranked[:size] for name, size in sizes.items()}
-
-
 def _metadata_uids(urls: list[str]) -> list[str]:
     uids: list[str] = []
     for url in urls:
@@ -107,7 +101,8 @@ def run_publish(pool: PoolLayout, config: PlatformConfig) -> StageStats:
     uids = _metadata_uids(parent.get("metadata", [])) + own_uids
 
     dirs, names = versions.ledger_dirs(pool.root, pool.version)
-    current = ledger.final_statuses(dirs, names)
+    history = ledger.history(dirs, names)
+    current = ledger.latest(history)
     statuses = ledger.counts(current) if current.num_rows else {}
     if statuses.get("kept", 0) != len(uids) or statuses.get("downloaded", 0):
         raise ledger.LedgerError(f"pool {pool.version}: ledger says {statuses.get('kept', 0)} kept and "
@@ -146,7 +141,8 @@ def run_publish(pool: PoolLayout, config: PlatformConfig) -> StageStats:
         "published_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "samples": len(uids),
         "added": {"samples": len(own_uids), "shards": len(own),
-                  "statuses": ledger.counts(ledger.final_statuses(pool.ledger)) if own else {}},
+                  "statuses": ledger.counts(ledger.latest(history.filter(pc.equal(history["version"], pool.version))))
+                  if own else {}},
         "crawls": crawls,
         "shards": parent.get("shards", []) + [pool.shard(s) for s in own],
         "metadata": parent.get("metadata", []) + own_metadata,
