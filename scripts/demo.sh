@@ -51,8 +51,10 @@ from datacomp_ops.build import format_summary
 from datacomp_ops.synthetic.crawl import compare_with_truth
 root = os.environ["DATACOMP_STORAGE_ROOT"]
 from datacomp_ops import versions
-reports = sorted(glob.glob(os.path.join(root, "pool", "*", "reports", "demo__*.json")), key=os.path.getmtime)
-summary = json.load(open(reports[-1]))
+# the run that published the newest pool version (the demo's own, or the scheduled one beside it)
+latest = versions.latest(root)
+(report,) = glob.glob(os.path.join(root, "pool", latest, "reports", "*.json"))
+summary = json.load(open(report))
 print(format_summary(summary))
 table = ledger.final_statuses(*versions.ledger_dirs(root, summary["pool_version"]))
 check = compare_with_truth(os.path.join(root, "synthetic", "crawl-data", summary["crawl_id"], "truth.parquet"),
