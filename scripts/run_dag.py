@@ -4,8 +4,7 @@
 
 Also waits for any run that unpausing started (a scheduled DAG starts the run of
 its latest schedule). Exits 0 when every such run succeeds, 1 when one fails or
-times out, printing the
-state of every task instance that did not succeed.
+times out, printing the state of every task instance that did not succeed.
 """
 
 from __future__ import annotations
