@@ -152,8 +152,8 @@ def cmd_build(args) -> None:
     from .publish import run_publish
 
     start = time.monotonic()
-    spec = make_spec(f"cli-{int(time.time())}", args.crawl_id, args.pool_version, args.input, _config_overrides(args),
-                     logical_date=args.date)
+    spec = make_spec(f"cli-{int(time.time())}", args.crawl_id, args.pool_version, args.input,
+                     {"scale": args.scale} | _config_overrides(args), logical_date=args.date)
     config = spec.platform_config
     ctx = contextlib.nullcontext()
     if args.serve:
@@ -279,6 +279,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--crawl-id", default="", help="default: the newest crawl of the source at --date")
     p.add_argument("--date", type=_date, help="YYYY-MM-DD: build the crawl of that week (default: today)")
     p.add_argument("--pool-version", default="", help="default: the open version or the next one")
+    p.add_argument("--scale", default="xlarge", choices=["tiny", "small", "medium", "large", "xlarge"],
+                   help="build what this scale needs (as the DAG's form; xlarge: the whole pool)")
     p.add_argument("--input", action="append", default=[])
     p.add_argument("--serve", type=int, metavar="PORT", help="serve the synthetic images on PORT meanwhile")
     p.add_argument("--hang-seconds", type=float, default=30.0)

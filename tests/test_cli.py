@@ -26,10 +26,11 @@ def test_build_command_runs_the_stages_without_airflow(tmp_path, small_crawl, em
           "--set", "download.timeout=5", "--set", "download.processes_count=1", "--set", "extract.spark_master=local[2]",
           "--set", f"evaluation.sets_dir={small_crawl['eval_dir']}", "--set", f"models.embedded_dir={embedded_models}"])
     out = capsys.readouterr().out
-    assert f"URLs extracted: {small_crawl['unique_uids']}" in out
+    assert f"this run: 2 new WAT files, {small_crawl['unique_uids']} new URLs" in out
+    assert "into pool version v0001 (scale xlarge)" in out
     for stage in ("extract_urls", "download", "nsfw_text", "eval_dedup", "faces", "clip_features"):
         assert f"\n  {stage} " in out
-    main(["ledger", "--pool-version", "CC-CLI", "--storage-root", str(tmp_path)])
+    main(["ledger", "--pool-version", "v0001", "--storage-root", str(tmp_path)])
     counts = json.loads(capsys.readouterr().out)
     assert counts["urls"] == small_crawl["unique_uids"]
     assert counts["statuses"]["kept"] < counts["urls"] and "downloaded" not in counts["statuses"]
