@@ -177,10 +177,11 @@ def summarize(spec: BuildSpec, seconds: float | None = None) -> dict:
                                            for s in shards])
     own = ledger.final_statuses(pool.ledger)
     own_counts = ledger.counts(own) if own.num_rows else {}
-    if download["urls"] != sum(own_counts.get(s, 0) for s in (*ledger.DOWNLOAD_FAILURES, ledger.DEFERRED,
-                                                              "downloaded", "kept", *ledger.METADATA_REMOVALS)):
+    # one download row per URL a download task took (a version open over several runs can take one URL twice)
+    taken = ledger.read(pool.ledger, DOWNLOAD).num_rows
+    if download["urls"] != taken:
         raise ledger.LedgerError(f"pool {pool.version}: its download tasks took {download['urls']} URLs but its "
-                                 f"ledger holds {own.num_rows}")
+                                 f"ledger holds {taken} download rows")
     if metadata["in"] != download["downloaded"]:
         raise ledger.LedgerError(f"{download['downloaded']} URLs downloaded but the metadata pass "
                                  f"accounts for {metadata['in']}")
@@ -201,6 +202,7 @@ def summarize(spec: BuildSpec, seconds: float | None = None) -> dict:
         "pool_version": pool.version,
         "published": published,
         "parent": versions.info(pool.root, pool.version).get("parent"),
+        "runs_of_version": versions.runs(pool.root, pool.version),
         "scale": config.scale,
         "batch": report["batch"],
         "wat_files": extraction.get("wat_files_processed", 0),
@@ -237,6 +239,9 @@ def format_summary(summary: dict) -> str:
     this = (f"  this run: {summary['wat_files']} new WAT files, {summary['urls_extracted']} new URLs, "
             f"{summary['urls_downloaded_again']} URLs downloaded again; {summary['kept']} samples added")
     lines.append(this)
+    if len(summary.get("runs_of_version", [])) > 1:
+        lines.append(f"  ({summary['pool_version']} stayed open over {len(summary['runs_of_version'])} runs: "
+                     f"the download figures onwards count all of them)")
     for item in summary["wat_files_unreadable"]:
         lines.append(f"  unreadable, tried again next run: {item['error']}")
     if summary["wat_files_left_for_later"]:

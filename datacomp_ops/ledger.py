@@ -142,7 +142,8 @@ def latest(history_table: pa.Table) -> pa.Table:
     """The current row of each uid of a `history` table (without its ordering column)."""
     if history_table.num_rows == 0:
         return history_table.drop_columns(["_order"])
-    table = history_table.sort_by([("uid", "ascending"), ("_order", "descending")])
+    # an open version can take one URL twice (two runs before it is published): the later attempt is newer
+    table = history_table.sort_by([("uid", "ascending"), ("_order", "descending"), ("attempt", "descending")])
     uids = table["uid"]
     first = pc.not_equal(uids.slice(1), uids.slice(0, len(uids) - 1))
     keep = pa.concat_arrays([pa.array([True]), *first.chunks]) if len(uids) > 1 else pa.array([True])

@@ -56,6 +56,12 @@ def info(root: str, version: str) -> dict:
     raise VersionError(f"no pool version {version!r} under {root} (versions: {known})")
 
 
+def runs(root: str, version: str) -> list[str]:
+    """The runs that have worked in `version` (more than one while it stayed open), by their claims."""
+    claims = [storage.read_json(p) for p in storage.ls(storage.join(root, "pool", "_runs"), "*.json")]
+    return sorted(c["run"] for c in claims if c["version"] == version)
+
+
 def latest(root: str, published: bool = True) -> str | None:
     """The newest published version (or the newest of all, open ones included)."""
     versions = [i["version"] for i in list_versions(root) if i["published"] or not published]

@@ -1,4 +1,5 @@
 import pytest
+import pyarrow.compute as pc
 
 from datacomp_ops import ledger
 
@@ -26,3 +27,27 @@ def test_ledger_invariant_failures_are_explained():
 
 def test_empty_ledger(tmp_path):
     assert ledger.final_statuses(str(tmp_path)).num_rows == 0
+
+
+def test_current_status_is_the_newest_version_then_stage_then_attempt(tmp_path):
+    """Two runs of one open version can download a URL twice: its later attempt is the current status."""
+    v1, v2 = tmp_path / "v0001" / "ledger", tmp_path / "v0002" / "ledger"
+    ledger.write_part(f"{v1}/download/a.parquet", ledger.make_part(
+        "download", ["a", "b"], ["u", "u"], ["timeout", "downloaded"], [None, None], [1, 1]))
+    ledger.write_part(f"{v1}/metadata/a.parquet", ledger.make_part("metadata", ["b"], ["u"], ["kept"], [None]))
+    # v0002 stays open over two runs: a times out again (attempt 2), then downloads (attempt 3)
+    ledger.write_part(f"{v2}/download/run2.parquet", ledger.make_part(
+        "download", ["a"], ["u"], ["downloaded"], [None], [3]))
+    ledger.write_part(f"{v2}/download/run1.parquet", ledger.make_part(
+        "download", ["a"], ["u"], ["timeout"], [None], [2]))
+    ledger.write_part(f"{v2}/metadata/a.parquet", ledger.make_part("metadata", ["a"], ["u"], ["nsfw_text"], [None]))
+
+    dirs = [str(v1), str(v2)]
+    history = ledger.history(dirs)
+    assert ledger.attempts(history) == {"a": 3, "b": 1}
+    current = {r["uid"]: (r["status"], r["version"]) for r in ledger.latest(history).to_pylist()}
+    assert current == {"a": ("nsfw_text", "v0002"), "b": ("kept", "v0001")}
+    # before the metadata pass, the newest download attempt decides
+    only_download = history.filter(pc.equal(history["stage"], "download"))
+    assert {r["uid"]: r["status"] for r in ledger.latest(only_download).to_pylist()} == {
+        "a": "downloaded", "b": "downloaded"}

@@ -5,6 +5,7 @@ downloads only URLs no earlier run holds (plus transient failures to retry),
 and publishes a new pool version over the previous one.
 """
 
+import contextlib
 import datetime
 import gzip
 import json
@@ -153,3 +154,61 @@ def test_weekly_crawls_build_incremental_pool_versions(tmp_path, image_server, e
     assert own_uids == extra_kept and added <= extra_kept
     assert man["samples"] == before["samples"] + len(extra_kept)
     assert man["shards"][: len(before["shards"])] == before["shards"]
+
+
+def test_image_host_down_fails_the_download_task_and_airflow_retries_it(tmp_path, embedded_models):
+    """The host refuses every connection on the download task's first try: the task fails, commits nothing, and
+    Airflow's retry (after its delay, with the host back up) downloads every URL once, as the truth says."""
+    import queue
+    import threading
+
+    from conftest import _free_port
+
+    from datacomp_ops.synthetic.server import serving
+
+    port = _free_port()  # nothing listens here yet
+    crawl = generate_crawl(tmp_path / "crawl", CrawlSpec(n_urls=80, base_url=f"http://127.0.0.1:{port}",
+                                                          urls_per_file=80, crawl_id="CC-DOWN", seed=3))
+    generate_eval_suite(tmp_path / "crawl" / "eval")
+    home, root = tmp_path / "airflow", tmp_path / "root"
+    env = airflow_env(home, DATACOMP_STORAGE_ROOT=str(root), DATACOMP_DOWNLOAD_RETRY_DELAY_S="20")
+    subprocess.run(["airflow", "db", "migrate"], env=env, check=True, capture_output=True)
+    subprocess.run(["airflow", "pools", "set", "gpu", "1", "GPU stages"], env=env, check=True, capture_output=True)
+    conf = {"crawl_id": "CC-DOWN", "wat_inputs": [crawl["wat_listing"]], "config_overrides": {
+        "download.timeout": 5, "download.processes_count": 1, "download.retries": 0,
+        "download.number_sample_per_shard": 100, "evaluation.sets_dir": str(tmp_path / "crawl" / "eval"),
+        "models.embedded_dir": embedded_models, "metadata.batch_size": 32, "publish.tiny_pool_size": 20}}
+    proc = subprocess.Popen(["airflow", "dags", "test", "commonpool_build", "-c", json.dumps(conf)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()
+    out: list[str] = []
+    host_up = False
+    with contextlib.ExitStack() as stack:
+        try:
+            deadline = datetime.datetime.now() + datetime.timedelta(minutes=15)
+            while proc.poll() is None or not lines.empty():
+                try:
+                    line = lines.get(timeout=1)
+                except queue.Empty:
+                    assert datetime.datetime.now() < deadline, "".join(out)[-6000:]
+                    continue
+                out.append(line)
+                if "TransientDownloadError" in line and not host_up:  # the host comes back during the retry delay
+                    stack.enter_context(serving(port=port, hang_seconds=10, slow_seconds=0.2))
+                    host_up = True
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    text = "".join(out)
+    assert "state=success" in text or "DagRunState.SUCCESS" in text, text[-6000:]
+    assert "TransientDownloadError" in text and "network_error" in text
+
+    # the failed try committed nothing: each URL has one download row, from the retry, as the truth says
+    history = ledger.history(*versions.ledger_dirs(str(root), "v0001"))
+    downloads = [r for r in history.to_pylist() if r["stage"] == "download"]
+    truth = {r["uid"]: r["expected_final"] for r in pq.read_table(crawl["truth"]).to_pylist()}
+    assert sorted(r["uid"] for r in downloads) == sorted(truth)
+    assert {r["attempt"] for r in downloads} == {1} and not any(r["status"] == "network_error" for r in downloads)
+    current = ledger.latest(history)
+    assert dict(zip(current["uid"].to_pylist(), current["status"].to_pylist())) == truth

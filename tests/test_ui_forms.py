@@ -1,12 +1,10 @@
-"""Every DAG's trigger form, submitted in a real headless Chromium with its defaults; the runs succeed.
-
-(Edited values: the helpers `_fill` type into the fields; submitting a second
-form in one Airflow session does not work yet here, see the issue's note.)
+"""Every DAG's trigger form, submitted in a real headless Chromium with its defaults and with edited values.
 
 Airflow standalone (api-server, scheduler, dag-processor, LocalExecutor) runs
 on loopback with the embedded default: the storage root's synthetic crawl, the
 config file that the tests' fast settings come from. The runs the forms create
-must succeed. Screenshots of each form land in $DATACOMP_TEST_ARTIFACTS
+must succeed, and the edited values must reach the run: typed as their Params
+say in its conf, and (commonpool_build) in the config of the run's spec. Screenshots of each form land in $DATACOMP_TEST_ARTIFACTS
 (default var/test-artifacts/ui).
 """
 
@@ -115,17 +113,15 @@ def _dag_params(dag_id: str) -> dict:
 def _open_form(browser: Browser, url: str, dag_id: str) -> None:
     browser.goto(f"{url}/dags/{dag_id}")
     browser.wait_for(f"!!{_button('Trigger')}", 60, "the DAG page's Trigger button")
-    # the page settles: the header re-renders as the DAG's runs load, which would close a dialog opened earlier
-    browser.wait_for("(() => { const n = performance.getEntriesByType('resource').length; "
-                     "return new Promise(r => setTimeout(() => r(n === performance.getEntriesByType('resource')"
-                     ".length), 2000)); })()", 60, "the page to stop loading")
+    # the page settles: the header re-renders as the DAG's details and runs load, which would close a dialog
+    # opened earlier (an unpaused DAG's page polls every few seconds from then on, so quiet never comes)
+    browser.wait_for(f"performance.getEntriesByType('resource').some(e => e.name.includes("
+                     f"{json.dumps(f'/dags/{dag_id}/details')}))", 60, "the DAG's details")
+    time.sleep(2)
     opened = ("[...document.querySelectorAll('[role=dialog]')].some(d => d.textContent.includes('Trigger Dag') "
               "&& d.getBoundingClientRect().height > 0)")
-    for attempt in range(3):
-        if attempt == 0:
-            browser.click(_button("Trigger"))
-        else:  # the button's own handler, as a keyboard user would press it
-            browser.js(f"{_button('Trigger')}.click()")
+    for _ in range(3):  # a click during a re-render can be lost: a person clicks again
+        browser.click(_button("Trigger"))
         try:
             browser.wait_for(opened, 10, "the trigger dialog")
             break
@@ -148,7 +144,8 @@ def _field(dag_id: str, field: str) -> str:
 
 def _fill(browser: Browser, dag_id: str, field: str, text: str) -> None:
     """Unfold the field's section (one is open at a time) and type into it."""
-    present = f"!!{_field(dag_id, field)}"
+    # a folded section keeps its fields in the page, hidden: a click on one lands outside the dialog and closes it
+    present = f"(e => !!e && e.getBoundingClientRect().height > 0)({_field(dag_id, field)})"
     time.sleep(0.8)  # sections fold and unfold with an animation: let the last one finish
     if not browser.js(present):
         section = _dag_params(dag_id)[field].schema["section"]
@@ -190,13 +187,14 @@ def _submit(browser: Browser, api: Api, dag_id: str, shot: Path) -> str:
     raise AssertionError(f"{dag_id}: submitting the form created no run ({shot})")
 
 
-def test_every_dag_trigger_form_submits_with_its_defaults_and_the_run_succeeds(airflow_ui):
+def test_every_dag_trigger_form_submits_with_defaults_and_with_edits_and_the_runs_succeed(airflow_ui):
     url, api = airflow_ui["url"], Api(airflow_ui["url"], airflow_ui["token"])
     expected = sorted(p.stem for p in (REPO / "dags").glob("*.py") if "@dag" in p.read_text())
     deadline = time.monotonic() + 120
     while sorted(d["dag_id"] for d in api("/dags")["dags"]) != expected:
         assert time.monotonic() < deadline, f"the DAG processor did not list {expected}"
         time.sleep(2)
+    assert set(expected) <= set(EDITS), f"give every DAG's form some edits to test: {set(expected) - set(EDITS)}"
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     for dag_id in expected:
         # with its defaults
@@ -208,6 +206,45 @@ def test_every_dag_trigger_form_submits_with_its_defaults_and_the_run_succeeds(a
                 time.sleep(1)
             run_id = _submit(browser, api, dag_id, ARTIFACTS / f"{dag_id}-defaults.png")
         _wait_for_runs(api, dag_id, airflow_ui["log"], f"run {run_id} from the form with its defaults")
+
+        # with edited values (the DAG is unpaused now: its page polls, the dialog must stay open regardless)
+        with _browser(url, airflow_ui["token"]) as browser:
+            _open_form(browser, url, dag_id)
+            for field, text in EDITS[dag_id].items():
+                _fill(browser, dag_id, field, text)
+            run_id = _submit(browser, api, dag_id, ARTIFACTS / f"{dag_id}-edited.png")
+        conf = api(f"/dags/{dag_id}/dagRuns/{run_id}")["conf"]
+        want = {field: _typed(_dag_params(dag_id)[field], text) for field, text in EDITS[dag_id].items()}
+        assert {field: conf.get(field) for field in want} == want, f"{dag_id}: the run's conf {conf}"
+        _wait_for_runs(api, dag_id, airflow_ui["log"], f"run {run_id} from the form with edited values")
+        if dag_id == "commonpool_build":
+            _check_build_spec(api, run_id, want)
+
+
+def _typed(param, text: str):
+    """What the form sends for `text` typed into `param`'s field."""
+    kinds = param.schema.get("type")
+    kinds = set(kinds if isinstance(kinds, list) else [kinds])
+    if "integer" in kinds:
+        return int(text)
+    if "number" in kinds:
+        return int(text) if text.lstrip("-").isdigit() else float(text)
+    return text
+
+
+def _check_build_spec(api: "Api", run_id: str, want: dict) -> None:
+    """The edited values are what the run built with: its crawl and the config of its spec."""
+    _dag_params("commonpool_build")  # puts dags/ on sys.path, as Airflow does
+    from commonpool_build import CONFIG_PARAMS
+
+    spec = api(f"/dags/commonpool_build/dagRuns/{run_id}/taskInstances/prepare/xcomEntries/return_value")["value"]
+    for field, value in want.items():
+        if field == "crawl_id":
+            assert spec["crawl_id"] == value
+            continue
+        section, _, key = CONFIG_PARAMS[field].rpartition(".")
+        got = spec["config"][section][key] if section else spec["config"][key]
+        assert got == value, f"{field} -> {CONFIG_PARAMS[field]}: {got!r} in the run's config, typed {value!r}"
 
 
 @contextlib.contextmanager
