@@ -1,11 +1,13 @@
-"""Every DAG's trigger form, submitted in a real headless Chromium with its defaults and with edited values.
+"""Every DAG's trigger form in a real headless Chromium: its defaults, edited values, a refused value.
 
 Airflow standalone (api-server, scheduler, dag-processor, LocalExecutor) runs
 on loopback with the embedded default: the storage root's synthetic crawl, the
 config file that the tests' fast settings come from. The runs the forms create
-must succeed, and the edited values must reach the run: typed as their Params
-say in its conf, and (commonpool_build) in the config of the run's spec. Screenshots of each form land in $DATACOMP_TEST_ARTIFACTS
-(default var/test-artifacts/ui).
+must succeed; edited values must reach the run (typed as their Params say in
+its conf, and for commonpool_build in the config of the run's spec); a value a
+Param refuses must be shown refused, with the field named, and make no run.
+Screenshots of each form land in $DATACOMP_TEST_ARTIFACTS (default
+var/test-artifacts/ui).
 """
 
 import contextlib
@@ -34,6 +36,8 @@ EDITS = {
     "commonpool_build": {"max_wat_files": "1", "download_timeout": "7", "threshold_nsfw_text": "0.2",
                          "crawl_id": "CC-SYNTH-2026-47"},
 }
+# A value each DAG's form must refuse, with the field named in the message
+INVALID = {"commonpool_build": ("crawl_id", "CC MAIN 2024/33")}
 
 
 class Api:
@@ -194,7 +198,8 @@ def test_every_dag_trigger_form_submits_with_defaults_and_with_edits_and_the_run
     while sorted(d["dag_id"] for d in api("/dags")["dags"]) != expected:
         assert time.monotonic() < deadline, f"the DAG processor did not list {expected}"
         time.sleep(2)
-    assert set(expected) <= set(EDITS), f"give every DAG's form some edits to test: {set(expected) - set(EDITS)}"
+    untested = set(expected) - (set(EDITS) & set(INVALID))
+    assert not untested, f"give every DAG's form edits and a refused value to test: {untested}"
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     for dag_id in expected:
         # with its defaults
@@ -219,6 +224,21 @@ def test_every_dag_trigger_form_submits_with_defaults_and_with_edits_and_the_run
         _wait_for_runs(api, dag_id, airflow_ui["log"], f"run {run_id} from the form with edited values")
         if dag_id == "commonpool_build":
             _check_build_spec(api, run_id, want)
+
+        # a value its Param refuses: the dialog says which field and why, and no run is made
+        field, text = INVALID[dag_id]
+        runs = len(api(f"/dags/{dag_id}/dagRuns?limit=100")["dag_runs"])
+        with _browser(url, airflow_ui["token"]) as browser:
+            _open_form(browser, url, dag_id)
+            _fill(browser, dag_id, field, text)
+            browser.click(_button("Trigger", "[role=dialog]"))
+            shown = (f"[...document.querySelectorAll('[role=dialog]')].some(d => d.innerText.includes("
+                     f"{json.dumps(f'Invalid input for param {field}')}))")
+            try:
+                browser.wait_for(shown, 20, "the form's message about the refused value")
+            finally:
+                browser.screenshot(str(ARTIFACTS / f"{dag_id}-refused.png"))
+        assert len(api(f"/dags/{dag_id}/dagRuns?limit=100")["dag_runs"]) == runs
 
 
 def _typed(param, text: str):
