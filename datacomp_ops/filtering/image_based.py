@@ -1,0 +1,94 @@
+"""DataComp's image-based baseline: k-means over the pool's L/14 image features, targets from ImageNet-1k.
+
+As DataComp's ``image_based_clustering.py`` and ``apply_filter.py`` do it:
+faiss k-means (L2, 20 iterations, the seed, no subsampling of the training
+points) over the L/14 image features of the caption-filtered pool; a target
+centroid is the nearest one (largest dot product) of some ImageNet-1k
+training image; a sample is kept when its own nearest centroid (largest dot
+product) is a target. DataComp used 100,000 centroids for its pools; here
+the count scales with the pool unless given.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+
+import numpy as np
+
+from .. import storage
+from ..config import ConfigError
+from .pool import PoolError
+
+log = logging.getLogger(__name__)
+
+DATACOMP_CLUSTERS = 100_000
+DATACOMP_POOL = 12_800_000  # the small pool, the smallest DataComp clustered with 100,000 centroids
+MIN_CLUSTERS = 8
+
+
+def scaled_clusters(n: int) -> int:
+    """DataComp's 100,000 centroids per 12.8M samples, scaled to a pool of `n` (at least 8, at most n)."""
+    return max(1, min(n, max(MIN_CLUSTERS, round(DATACOMP_CLUSTERS * n / DATACOMP_POOL))))
+
+
+def pool_centroids(features: np.ndarray, k: int, iterations: int = 20, seed: int = 0) -> np.ndarray:
+    import faiss
+
+    x = np.ascontiguousarray(features, dtype=np.float32)
+    if len(x) == 0:
+        raise PoolError("image_based: no sample passes the caption filter, nothing to cluster")
+    k = min(k, len(x))
+    clustering = faiss.Clustering(x.shape[1], k)
+    clustering.niter = iterations
+    clustering.seed = seed
+    clustering.max_points_per_centroid = 10_000_000  # DataComp: train on every point
+    clustering.min_points_per_centroid = 1
+    index = faiss.IndexFlatL2(x.shape[1])
+    clustering.train(x, index)
+    return faiss.vector_float_to_array(clustering.centroids).reshape(k, x.shape[1])
+
+
+def nearest_centroid(features: np.ndarray, centroids: np.ndarray, batch: int = 65_536) -> np.ndarray:
+    """The centroid with the largest dot product for each row (DataComp's assignment, not L2)."""
+    import faiss
+
+    index = faiss.IndexFlatIP(centroids.shape[1])
+    index.add(np.ascontiguousarray(centroids, dtype=np.float32))
+    out = np.empty(len(features), np.int64)
+    for start in range(0, len(features), batch):
+        chunk = np.ascontiguousarray(features[start:start + batch], dtype=np.float32)
+        out[start:start + len(chunk)] = index.search(chunk, 1)[1][:, 0]
+    return out
+
+
+def target_centroids(targets: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    if targets.shape[1] != centroids.shape[1]:
+        raise PoolError(f"image_based: ImageNet-1k embeddings have dimension {targets.shape[1]}, the pool's "
+                        f"l14_img features {centroids.shape[1]}: they must come from the same L/14 model")
+    return np.unique(nearest_centroid(targets, centroids))
+
+
+def load_embeddings(url: str, what: str = "filtering.imagenet1k_embeddings") -> np.ndarray:
+    """Rows of vectors: an ``.npy`` array (n, d), an ``.npz`` with ``image_features``, or a torch file
+    (DataComp's ``in1k_clip_vit_l14_*.pt``: a dict with ``image_features``); several joined by commas."""
+    parts = []
+    for path in [p for p in url.split(",") if p]:
+        if not storage.exists(path):
+            raise ConfigError(f"{what}: {path} does not exist")
+        data = storage.read_bytes(path)
+        if path.endswith(".pt"):
+            import torch
+
+            obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+            arr = obj["image_features"] if isinstance(obj, dict) else obj
+            arr = arr.float().numpy() if hasattr(arr, "numpy") else np.asarray(arr)
+        else:
+            loaded = np.load(io.BytesIO(data), allow_pickle=False)
+            arr = loaded["image_features"] if hasattr(loaded, "files") else loaded
+        if arr.ndim != 2:
+            raise PoolError(f"{path}: {what} must be a 2-d array, got shape {arr.shape}")
+        parts.append(np.asarray(arr, np.float32))
+    if not parts:
+        raise ConfigError(f"{what} is empty")
+    return np.concatenate(parts)

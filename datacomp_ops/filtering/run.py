@@ -1,0 +1,140 @@
+"""One baseline over one pool: a DataComp subset file and its stats record.
+
+``{out}/{label}.npy`` holds the kept uids (``u8,u8``, sorted); ``{out}/{label}.json``
+is written after it and commits the pair: kept count and fraction, what the
+baseline decided with (thresholds, models, cluster counts), the spec, the
+pool and the seconds. A rerun with a committed record for the same spec and
+pool does nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from .. import storage
+from ..config import ConfigError, PlatformConfig
+from ..schema import sort_uids, write_subset
+from ..stats import StageStats
+from .baselines import BaselineSpec, FilterContext, parse_all
+from .pool import MetadataPool
+
+log = logging.getLogger(__name__)
+
+STAGE = "filter"
+
+
+@dataclass(frozen=True)
+class PoolSource:
+    """Where a pool's metadata comes from: a published version's manifest (and a scale), or a folder."""
+
+    manifest: str = ""
+    scale: str = ""
+    metadata_dir: str = ""
+
+    def open(self) -> MetadataPool:
+        if self.metadata_dir:
+            return MetadataPool.from_dir(self.metadata_dir)
+        if self.manifest:
+            return MetadataPool.from_manifest(self.manifest, self.scale or None)
+        raise ConfigError("give a pool version's manifest or a metadata folder to filter")
+
+    def describe(self) -> dict:
+        return {k: v for k, v in (("manifest", self.manifest), ("scale", self.scale),
+                                  ("metadata_dir", self.metadata_dir)) if v}
+
+
+def output_dir(config: PlatformConfig, source: PoolSource) -> str:
+    """config's filtering.output_dir, or {root}/subsets/{version}/{scale} for a published pool."""
+    if config.filtering.output_dir:
+        return config.filtering.output_dir
+    if source.manifest:
+        manifest = storage.read_json(source.manifest)
+        return storage.join(config.storage_root, "subsets", manifest["pool_version"], source.scale or "all")
+    raise ConfigError("filtering.output_dir: name where the subsets of this metadata folder go")
+
+
+def make_context(pool: MetadataPool, config: PlatformConfig) -> FilterContext:
+    from . import image_based
+
+    f = config.filtering
+    synthetic = f"{config.storage_root.rstrip('/')}/synthetic"
+
+    def entities():
+        from .text_entities import EntityMatcher
+
+        return EntityMatcher(f.wordnet_dir or f"{synthetic}/wordnet/wordnet",
+                             f.imagenet21k_ids or f"{synthetic}/wordnet/imagenet21k_wordnet_ids.txt")
+
+    def targets(dim: int) -> np.ndarray:
+        if f.imagenet1k_embeddings:
+            return image_based.load_embeddings(f.imagenet1k_embeddings)
+        from .synthetic_targets import embedded_targets
+
+        return embedded_targets(config)
+
+    return FilterContext(pool, f.fasttext_model, entities, targets, f.seed)
+
+
+def run_baseline(label: str, source: PoolSource, config: PlatformConfig, out: str | None = None,
+                 context: FilterContext | None = None) -> dict:
+    """Run the baseline `label` of filtering.baselines; returns its stats record."""
+    specs = parse_all(config.filtering.baselines)
+    if label not in specs:
+        raise ConfigError(f"no baseline labelled {label!r} in filtering.baselines ({', '.join(specs)})")
+    spec = specs[label]
+    out = out or output_dir(config, source)
+    record_path, subset_path = storage.join(out, f"{label}.json"), storage.join(out, f"{label}.npy")
+    if storage.exists(record_path):
+        record = storage.read_json(record_path)
+        if record.get("spec") == _spec_text(config, label) and record.get("pool") == source.describe() \
+                and storage.exists(subset_path):
+            log.info("%s: committed already (%d kept)", label, record["kept"])
+            return record
+    start = time.perf_counter()
+    ctx = context or make_context(source.open(), config)
+    selection = spec.run(ctx, specs)
+    uids = sort_uids(ctx.uids()[selection.mask], where=f"{label} over {source.describe()}")
+    kept = write_subset(subset_path, uids)
+    total = len(ctx)
+    record = {
+        "label": label, "spec": _spec_text(config, label), "pool": source.describe(), "pool_samples": total,
+        "kept": kept, "fraction": kept / total if total else 0.0, "subset": subset_path,
+        "decided_with": selection.info, "seconds": round(time.perf_counter() - start, 3),
+    }
+    storage.write_json(record_path, record)
+    log.info("%s: kept %d of %d (%.1f%%) in %.1f s", label, kept, total, 100 * record["fraction"], record["seconds"])
+    return record
+
+
+def run_baselines(source: PoolSource, config: PlatformConfig, labels: list[str] | None = None,
+                  out: str | None = None) -> StageStats:
+    """Every baseline of filtering.baselines (or `labels`) over one pool, the columns read once."""
+    specs = parse_all(config.filtering.baselines)
+    stats = StageStats(STAGE)
+    start = time.perf_counter()
+    ctx = make_context(source.open(), config)
+    for label in labels or list(specs):
+        record = run_baseline(label, source, config, out, ctx)
+        stats.add(f"kept:{label}", record["kept"])
+        stats.outputs.append(record["subset"])
+    stats.add("pool_samples", len(ctx))
+    stats.seconds = time.perf_counter() - start
+    return stats
+
+
+def _spec_text(config: PlatformConfig, label: str) -> str:
+    for text in config.filtering.baselines:
+        if BaselineSpec.parse(text).label == label:
+            return text.strip()
+    return label
+
+
+def format_table(records: list[dict]) -> str:
+    lines = [f"  {'baseline':<44}{'kept':>9}{'fraction':>10}{'seconds':>9}"]
+    for r in records:
+        lines.append(f"  {r['label']:<44}{r['kept']:>9}{r['fraction']:>10.3f}{r['seconds']:>9.2f}")
+    return "\n".join(lines)

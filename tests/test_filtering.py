@@ -1,0 +1,285 @@
+"""DataComp's baselines on metadata whose answer is known by hand: ties, empty captions, missing sizes, NaN scores."""
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from datacomp_ops.config import ConfigError, load_config
+from datacomp_ops.filtering import language
+from datacomp_ops.filtering.baselines import BaselineSpec, FilterContext, parse_all
+from datacomp_ops.filtering.pool import MetadataPool, PoolError
+from datacomp_ops.filtering.run import PoolSource, run_baseline
+from datacomp_ops.schema import SchemaError, read_subset, uids_to_array, write_subset
+
+EN = "a photo of a red circle on the table"  # fastText and CLD3 both say English
+FR = "une photo d'un chat noir sur la table"
+
+
+def uid(i: int) -> str:
+    return hashlib.md5(f"sample-{i}".encode()).hexdigest()
+
+
+def write_pool(folder: Path, rows: list[dict], features: dict[str, np.ndarray] | None = None,
+               files: int = 1) -> list[str]:
+    """DataComp-format metadata: `rows` (uid added) split over `files` parquet files, each with its npz."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = [{"uid": uid(i), **r} for i, r in enumerate(rows)]
+    defaults = {"text": EN, "original_width": 400, "original_height": 300,
+                "clip_b32_similarity_score": 0.3, "clip_l14_similarity_score": 0.3}
+    rows = [defaults | r for r in rows]
+    n = len(rows)
+    features = features or {}
+    features = {"b32_img": np.zeros((n, 4), np.float32), "l14_img": np.zeros((n, 4), np.float32)} | features
+    bounds = np.linspace(0, n, files + 1).astype(int)
+    for f in range(files):
+        part = rows[bounds[f]:bounds[f + 1]]
+        table = pa.table({
+            "uid": [r["uid"] for r in part], "url": [f"http://x/{r['uid']}.jpg" for r in part],
+            "text": pa.array([r["text"] for r in part], pa.string()),
+            "original_width": pa.array([r["original_width"] for r in part], pa.int64()),
+            "original_height": pa.array([r["original_height"] for r in part], pa.int64()),
+            "clip_b32_similarity_score": pa.array([r["clip_b32_similarity_score"] for r in part], pa.float32()),
+            "clip_l14_similarity_score": pa.array([r["clip_l14_similarity_score"] for r in part], pa.float32()),
+        })
+        pq.write_table(table, folder / f"{f:08d}.parquet")
+        np.savez(folder / f"{f:08d}.npz", **{k: v[bounds[f]:bounds[f + 1]] for k, v in features.items()})
+    return [r["uid"] for r in rows]
+
+
+def select(folder: Path, spec: str, **ctx_kwargs) -> set[int]:
+    """Row numbers the baseline keeps."""
+    pool = MetadataPool.from_dir(str(folder))
+    specs = parse_all([spec])
+    (only,) = specs.values()
+    mask = only.run(FilterContext(pool, **ctx_kwargs), specs).mask
+    return set(np.flatnonzero(mask).tolist())
+
+
+def test_basic_filter_by_hand(tmp_path):
+    rows = [
+        {},                                                   # 0 kept
+        {"text": FR},                                         # 1 not English
+        {"text": "red circle"},                               # 2 two words: needs more than 2
+        {"text": "the dog runs in the park"},                 # 3 kept
+        {"text": "a b c"},                                    # 4 three words but 5 characters: needs more than 5
+        {"text": ""},                                         # 5 empty
+        {"text": None},                                       # 6 null caption
+        {"original_width": 200, "original_height": 600},      # 7 shorter side 200, aspect exactly 3: kept
+        {"original_width": 199, "original_height": 400},      # 8 shorter side 199
+        {"original_width": 200, "original_height": 601},      # 9 aspect above 3
+        {"original_width": None, "original_height": 400},     # 10 size missing
+        {"original_width": 0, "original_height": 0},          # 11 zero size
+        {"text": "the  dog\truns\u3000in the park"},          # 12 any Unicode whitespace separates words: kept
+    ]
+    write_pool(tmp_path, rows)
+    assert select(tmp_path, "basic_filter") == {0, 3, 7, 12}
+
+
+def test_clip_score_threshold_and_fraction_with_ties_and_nan(tmp_path):
+    scores = [0.3, 0.28, 0.28, float("nan"), 0.1]
+    write_pool(tmp_path, [{"clip_l14_similarity_score": s, "clip_b32_similarity_score": 0.5 - s} for s in scores])
+    assert select(tmp_path, "clip_score:arch=l14,threshold=0.28") == {0, 1, 2}  # NaN never passes
+    # fraction: sort descending (NaN last), the value at int(N * f) is the threshold; its ties are kept
+    assert select(tmp_path, "clip_score:arch=l14,fraction=0.4") == {0, 1, 2}  # index 2: 0.28
+    assert select(tmp_path, "clip_score:arch=l14,fraction=0.2") == {0, 1, 2}  # index 1: 0.28
+    assert select(tmp_path, "clip_score:arch=l14,fraction=0.0") == {0}        # index 0: 0.3
+    assert select(tmp_path, "clip_score:arch=l14,fraction=0.6") == {0, 1, 2, 4}  # index 3: 0.1
+    assert select(tmp_path, "clip_score:arch=l14,fraction=1.0") == {0, 1, 2, 4}
+    assert select(tmp_path, "clip_score:arch=b32,threshold=0.21") == {1, 2, 4}  # 0.5 - s: 0.2, 0.22, 0.22, nan, 0.4
+    with pytest.raises(ConfigError, match="a threshold or a fraction, not both"):
+        select(tmp_path, "clip_score:arch=l14,threshold=0.2,fraction=0.3")
+    with pytest.raises(ConfigError, match="use b32 or l14"):
+        select(tmp_path, "clip_score:arch=h14,threshold=0.2")
+
+
+def test_clip_score_compares_in_the_columns_precision(tmp_path):
+    """float32 scores against a threshold as pandas compares them: in float32 (0.28 rounds up to 0.28000000119)."""
+    write_pool(tmp_path, [{"clip_b32_similarity_score": float(np.float32(0.28))},
+                          {"clip_b32_similarity_score": float(np.nextafter(np.float32(0.28), np.float32(0)))}])
+    assert select(tmp_path, "clip_score:arch=b32,threshold=0.28") == {0}
+
+
+def test_laion2b_is_cld3_english_and_b32_at_least_028(tmp_path):
+    rows = [{"clip_b32_similarity_score": 0.28}, {"clip_b32_similarity_score": 0.27},
+            {"text": FR, "clip_b32_similarity_score": 0.5}, {"text": "", "clip_b32_similarity_score": 0.5},
+            {"text": "Stock photo of a beautiful sunset over the ocean", "clip_b32_similarity_score": 0.9},
+            {"clip_b32_similarity_score": float("nan")}]
+    write_pool(tmp_path, rows)
+    assert select(tmp_path, "laion2b") == {0, 4}
+
+
+def test_text_based_first_synset_is_an_imagenet21k_class(tmp_path):
+    from datacomp_ops.filtering.text_entities import EntityMatcher
+    from datacomp_ops.synthetic.wordnet import write_wordnet
+
+    wn = write_wordnet(tmp_path / "wn")
+    matcher = EntityMatcher(wn["wordnet_dir"], wn["imagenet21k_ids"])
+    rows = [
+        {"text": "a photo of a red circle on the table"},        # 0 circle: a class (noun sense first)
+        {"text": "a photo of a red apple on the table"},         # 1 no word is a class (photo, red: not classes)
+        {"text": "une photo d'un cercle rouge sur la table"},    # 2 not English
+        {"text": "a picture showing circles on the table"},      # 3 circles -> circle (morphy), a class
+        {"text": "a picture of the great plain at sunset"},      # 4 plain: its first synset is the noun, a class
+        {"text": "the show must go on tonight"},                  # 5 show's first synset is a verb whose offset
+                                                                  #   equals circle's: DataComp compares offsets only
+        {"text": "a photo of a red circle."},                    # 6 "circle." is not a WordNet word (split keeps the dot)
+        {"text": ""},                                            # 7
+    ]
+    write_pool(tmp_path / "pool", rows)
+    assert select(tmp_path / "pool", "text_based", text_entities=lambda: matcher) == {0, 3, 4, 5}
+    assert matcher.wordnet.synsets("show")[0].offset() == matcher.wordnet.synsets("circle")[0].offset()
+
+
+def test_text_based_names_a_missing_wordnet(tmp_path):
+    from datacomp_ops.filtering.text_entities import EntityMatcher
+
+    with pytest.raises(ConfigError, match="filtering.wordnet_dir: .* is not a folder"):
+        EntityMatcher(str(tmp_path / "nowhere"), "ids.txt")
+    (tmp_path / "wn").mkdir()
+    with pytest.raises(ConfigError, match="holds no index.noun"):
+        EntityMatcher(str(tmp_path / "wn"), "ids.txt")
+
+
+def _clusters(rng, centers, per, noise=0.05):
+    pts = [c + noise * rng.standard_normal((per, len(c))) for c in centers]
+    x = np.concatenate(pts).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def test_image_based_keeps_the_clusters_nearest_to_imagenet(tmp_path):
+    rng = np.random.default_rng(0)
+    centers = np.eye(8)[:4] * 3
+    feats = _clusters(rng, centers, 10)  # rows 0-9 near e0, 10-19 e1, 20-29 e2, 30-39 e3
+    rows = [{} for _ in range(40)]
+    rows[5] = {"text": FR}        # fails the caption filter: never kept
+    rows[25] = {"text": "ab\nc"}  # 3 fastText tokens (ab, </s>, c) but 4 characters: needs more than 5
+    rows[35] = {"clip_l14_similarity_score": 0.9}
+    write_pool(tmp_path, rows, {"l14_img": feats}, files=3)
+    np.save(tmp_path / "centroids.npy", centers.astype(np.float32))  # the pool's centroids, as DataComp ships them
+    targets = _clusters(rng, centers[[0, 2]], 5)  # "ImageNet" lies near e0 and e2
+    given = f"centroids={tmp_path / 'centroids.npy'}"
+    kept = select(tmp_path, f"image_based:{given}", image_targets=lambda dim: targets)
+    assert kept == set(range(0, 10)) - {5} | set(range(20, 30)) - {25}
+    # intersected with the CLIP score first: a threshold that keeps row 35 alone, which is not near a target
+    assert select(tmp_path, f"image_based_intersect_clip_score:arch=l14,threshold=0.5,{given}",
+                  image_targets=lambda dim: targets) == set()
+    assert select(tmp_path, f"image_based_intersect_clip_score:arch=l14,threshold=0.2,{given}",
+                  image_targets=lambda dim: targets) == kept
+    with pytest.raises(PoolError, match="dimension 6, the pool's l14_img features 8"):
+        select(tmp_path, f"image_based:{given}", image_targets=lambda dim: targets[:, :6])
+
+
+def test_image_based_clusters_the_caption_filtered_pool_with_faiss(tmp_path):
+    """Without given centroids, k-means finds two well-separated groups; the one near ImageNet is kept."""
+    rng = np.random.default_rng(3)
+    centers = np.eye(8)[:2] * 3
+    rows = [{} for _ in range(60)]
+    rows[7] = {"text": ""}
+    write_pool(tmp_path, rows, {"l14_img": _clusters(rng, centers, 30)}, files=2)
+    targets = _clusters(rng, centers[[1]], 4)
+    assert select(tmp_path, "image_based:clusters=2", image_targets=lambda dim: targets) == set(range(30, 60))
+    assert select(tmp_path, "image_based:clusters=2", image_targets=lambda dim: _clusters(rng, centers[[0]], 4)) \
+        == set(range(30)) - {7}
+
+
+def test_random_is_an_exact_seeded_fraction(tmp_path):
+    write_pool(tmp_path, [{} for _ in range(200)])
+    a = select(tmp_path, "random:fraction=0.25")
+    assert len(a) == 50 and a == select(tmp_path, "random:fraction=0.25")
+    assert a != select(tmp_path, "random:fraction=0.25,seed=1")
+    assert select(tmp_path, "random:fraction=0.1") < a  # nested: the same draw, a smaller cut
+
+
+def test_compositions_and_spec_errors(tmp_path):
+    write_pool(tmp_path, [{"clip_l14_similarity_score": s, "text": t}
+                          for s, t in [(0.5, EN), (0.1, EN), (0.5, FR), (0.1, FR)]])
+    entries = ["hi = clip_score:arch=l14,threshold=0.3", "both = hi & basic_filter", "either = hi | basic_filter"]
+    specs = parse_all(entries)
+    pool = MetadataPool.from_dir(str(tmp_path))
+    got = {label: set(np.flatnonzero(s.run(FilterContext(pool), specs).mask)) for label, s in specs.items()}
+    assert got == {"hi": {0, 2}, "both": {0}, "either": {0, 1, 2}}
+    assert BaselineSpec.parse("clip_score:arch=l14,fraction=0.3").label == "clip_score-arch-l14-fraction-0.3"
+    for bad, message in [
+        (["nofilter"], "unknown baseline 'nofilter'"),
+        (["clip_score:arch=l14,frac=0.3"], "no parameter 'frac'"),
+        (["clip_score:l14"], "is not key=value"),
+        (["x = a & b"], "'a' is neither a baseline nor a label"),
+        (["a = b & no_filter", "b = a | no_filter"], "cycle"),
+        (["x = no_filter & basic_filter | random"], "not both"),
+        (["no_filter", "no_filter"], "used twice"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            parse_all(bad)
+
+
+def test_bad_pools_are_named(tmp_path):
+    write_pool(tmp_path / "p", [{} for _ in range(4)], files=2)
+    (tmp_path / "p" / "00000001.npz").unlink()
+    with pytest.raises(PoolError, match=r"00000001.npz: missing"):
+        MetadataPool.from_dir(str(tmp_path / "p")).features("l14_img")
+    write_pool(tmp_path / "q", [{} for _ in range(4)], {"l14_img": np.zeros((4, 5), np.float32)})
+    with pytest.raises(PoolError, match="l14_img features have dimension 5, expected 768"):
+        MetadataPool(MetadataPool.from_dir(str(tmp_path / "q")).parquets, dims={"l14_img": 768}).features("l14_img")
+    with pytest.raises(PoolError, match="no metadata parquet files"):
+        MetadataPool.from_dir(str(tmp_path / "empty"))
+    pq.write_table(pa.table({"uid": ["nothex" * 4 + "abcdefgh"]}), tmp_path / "q" / "00000009.parquet")
+    with pytest.raises(SchemaError, match="is not 32 hex characters"):
+        MetadataPool.from_dir(str(tmp_path / "q")).uids()
+
+
+@pytest.mark.parametrize("problem", ["unsorted", "duplicated", "dtype"])
+def test_a_bad_scale_subset_is_named(tmp_path, problem):
+    uids = write_pool(tmp_path / "p", [{} for _ in range(4)])
+    arr = uids_to_array(uids)
+    path = tmp_path / "scale.npy"
+    if problem == "unsorted":
+        np.save(path, arr[::-1])
+    elif problem == "duplicated":
+        np.save(path, np.concatenate([arr[:2], arr[1:]]))
+    else:
+        np.save(path, np.arange(4, dtype=np.int64))
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text(json.dumps({"pool_version": "v0001", "metadata": [str(tmp_path / "p" / "00000000.parquet")],
+                                    "scales": {"tiny": {"path": str(path)}}}))
+    expected = {"unsorted": "unsorted uids", "duplicated": "duplicated uid", "dtype": "dtype int64"}[problem]
+    with pytest.raises(SchemaError, match=f"scale.npy: .*{expected}"):
+        len(MetadataPool.from_manifest(str(manifest), "tiny"))
+
+
+def test_run_baseline_writes_a_datacomp_subset_and_its_record(tmp_path):
+    uids = write_pool(tmp_path / "p", [{"clip_l14_similarity_score": s} for s in (0.1, 0.5, 0.4, 0.2)], files=2)
+    subset = tmp_path / "scale.npy"
+    write_subset(str(subset), uids_to_array(uids[:3]))  # the scale holds rows 0-2
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text(json.dumps({"pool_version": "v0001", "metadata": sorted(str(p) for p in (tmp_path / "p").glob("*.parquet")),
+                                    "scales": {"tiny": {"path": str(subset)}}}))
+    config = load_config(overrides={"storage_root": str(tmp_path / "root"),
+                                    "filtering.baselines": ["top = clip_score:arch=l14,fraction=0.5"]})
+    source = PoolSource(manifest=str(manifest), scale="tiny")
+    record = run_baseline("top", source, config)
+    # over the scale's 3 rows: int(3 * 0.5) = 1 -> the second highest score (0.4) is the threshold
+    assert record["kept"] == 2 and record["pool_samples"] == 3 and record["decided_with"]["threshold"] == pytest.approx(0.4)
+    path = tmp_path / "root" / "subsets" / "v0001" / "tiny" / "top.npy"
+    arr = np.load(path)  # as DataComp's resharder reads it
+    assert arr.dtype == np.dtype("u8,u8") and arr.tolist() == sorted(uids_to_array([uids[1], uids[2]]).tolist())
+    assert json.loads(path.with_suffix(".json").read_text())["fraction"] == pytest.approx(2 / 3)
+    mtime = path.stat().st_mtime_ns
+    assert run_baseline("top", source, config)["kept"] == 2 and path.stat().st_mtime_ns == mtime  # committed: no-op
+    assert read_subset(str(path)).tolist() == arr.tolist()
+
+
+def test_tokenisation_matches_fasttext_and_python():
+    """fastText's token counts against the real fastText (recorded), Python's str.split against Python."""
+    data = json.loads((Path(__file__).parent / "data" / "fasttext_tokenize.json").read_text())
+    assert language.fasttext_token_counts(pa.array(data["texts"])).tolist() == data["counts"]
+    rng = np.random.default_rng(1)
+    chars = [" ", "\t", "\n", "\x0b", "\x1c", "\x85", "\xa0", "\u2028", "\u3000", "a", "é", "字", "\u200b"]
+    texts = ["".join(rng.choice(chars, rng.integers(0, 12))) for _ in range(2000)]
+    assert language.word_counts(pa.array(texts)).tolist() == [len(t.split()) for t in texts]
+    assert language.split_words(pa.array(texts)).to_pylist() == [t.split() for t in texts]
+    assert language.char_counts(pa.array(texts)).tolist() == [len(t) for t in texts]
