@@ -10,3 +10,7 @@ SCALES = ("tiny", "small", "medium", "large", "xlarge")
 # its subset file and sample count, for the filtering DAGs to schedule on.
 POOL_ASSETS = {scale: Asset(name=f"commonpool_{scale}", uri=f"x-datacomp://commonpool/{scale}", group="commonpool")
                for scale in SCALES}
+
+# One event per subset a filtering baseline writes; its extra names the subset file, the pool
+# version and scale it was drawn from, and the baseline's stats record (for the training DAG).
+SUBSETS = Asset(name="filtering_subsets", uri="x-datacomp://subsets", group="filtering")

@@ -10,6 +10,8 @@
     datacomp build [--serve] ...                  every stage and the summary, as the DAG runs them
     datacomp ledger [--pool-version v1] [--stage download] [--uid UID | --url URL]
                                                   status counts of a pool version, or one URL's history
+    datacomp filter [--pool-version v1] [--scale tiny | --metadata-dir DIR] [--baseline LABEL ...]
+                                                  the filtering baselines: subset files and a table
 """
 
 from __future__ import annotations
@@ -220,6 +222,28 @@ def cmd_ledger(args) -> None:
     print(json.dumps(out, indent=2))
 
 
+def cmd_filter(args) -> None:
+    from . import versions
+    from .filtering.baselines import parse_all
+    from .filtering.run import PoolSource, format_table, make_context, output_dir, run_baseline
+    from .layout import PoolLayout
+
+    config = _config(args)
+    if args.metadata_dir:
+        source = PoolSource(metadata_dir=args.metadata_dir)
+    else:
+        version = args.pool_version or versions.latest(config.storage_root)
+        if not version:
+            raise SystemExit(f"datacomp filter: no published pool version under {config.storage_root}")
+        source = PoolSource(manifest=PoolLayout(config.storage_root, version).manifest, scale=args.scale)
+    labels = args.baseline or list(parse_all(config.filtering.baselines))
+    out = output_dir(config, source)
+    ctx = make_context(source.open(), config)  # columns and features are read once for every baseline
+    records = [run_baseline(label, source, config, out, ctx) for label in tqdm(labels, desc="baselines", unit="baseline")]
+    print(f"subsets of {json.dumps(source.describe())} in {out}:")
+    print(format_table(records))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="datacomp", description="DataComp platform stages without Airflow")
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -294,6 +318,13 @@ def main(argv: list[str] | None = None) -> None:
     who.add_argument("--uid", help="print this uid's status history across pool versions")
     who.add_argument("--url", help="print this image URL's status history across pool versions")
     p.set_defaults(func=cmd_ledger)
+
+    p = with_config(sub.add_parser("filter", help="filtering baselines over a pool: DataComp subset files"))
+    p.add_argument("--pool-version", default="", help="default: the newest published version")
+    p.add_argument("--scale", default="tiny", help="the scale's pool (default: tiny)")
+    p.add_argument("--metadata-dir", help="any folder of DataComp-format metadata instead of a pool version")
+    p.add_argument("--baseline", action="append", default=[], help="label of filtering.baselines (default: all)")
+    p.set_defaults(func=cmd_filter)
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,

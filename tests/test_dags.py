@@ -78,6 +78,20 @@ def test_commonpool_build_structure(dagbag):
     assert dag.doc_md and "extract_urls" in dag.doc_md
 
 
+def test_filtering_baselines_structure(dagbag):
+    dag = dagbag.dags["filtering_baselines"]
+    downstream = {t.task_id: sorted(t.downstream_task_ids) for t in dag.tasks}
+    assert downstream == {"prepare": ["filter_baseline", "summarize"], "filter_baseline": ["summarize"],
+                          "summarize": []}
+    # runs on every scale's pool Asset, and announces each subset it writes
+    assert sorted(a.name for a in dag.timetable.asset_condition.objects) == [
+        f"commonpool_{s}" for s in sorted(("tiny", "small", "medium", "large", "xlarge"))]
+    assert [a.name for a in dag.get_task("filter_baseline").outlets] == ["filtering_subsets"]
+    required = [k for k, p in dag.params.items() if "null" not in p.schema.get("type", [])]
+    assert required == ["scale"] and dag.params.validate()["metadata_dir"] is None
+    assert all(p.schema.get("section") for p in (dag.params.get_param(k) for k in dag.params.keys()))
+
+
 def test_form_fields_set_config_keys():
     """Every form field that sets a config key names a key the config has."""
     import runpy

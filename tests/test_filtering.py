@@ -283,3 +283,52 @@ def test_tokenisation_matches_fasttext_and_python():
     assert language.word_counts(pa.array(texts)).tolist() == [len(t.split()) for t in texts]
     assert language.split_words(pa.array(texts)).to_pylist() == [t.split() for t in texts]
     assert language.char_counts(pa.array(texts)).tolist() == [len(t) for t in texts]
+
+
+@pytest.mark.slow
+def test_filtering_dag_on_a_datacomp_metadata_folder(tmp_path):
+    """`airflow dags test filtering_baselines` with a metadata folder from the form: one mapped task per
+    baseline, subset files DataComp can read, and the stats records."""
+    import subprocess
+
+    from test_dags import airflow_env
+
+    from datacomp_ops.synthetic.wordnet import write_wordnet
+
+    rng = np.random.default_rng(5)
+    n = 60
+    texts = [EN, FR, "the dog runs in the park", "a picture showing circles on the table"] * (n // 4)
+    scores = rng.uniform(0.1, 0.4, n).round(4)
+    feats = _clusters(rng, np.eye(8)[:2] * 3, n // 2)
+    uids = write_pool(tmp_path / "metadata", [{"text": t, "clip_b32_similarity_score": s, "clip_l14_similarity_score": s}
+                                              for t, s in zip(texts, scores)], {"l14_img": feats}, files=3)
+    wn = write_wordnet(tmp_path / "wn")
+    np.save(tmp_path / "in1k.npy", _clusters(rng, np.eye(8)[:1] * 3, 5))
+    home = tmp_path / "airflow"
+    env = airflow_env(home, DATACOMP_STORAGE_ROOT=str(tmp_path / "root"))
+    subprocess.run(["airflow", "db", "migrate"], env=env, check=True, capture_output=True)
+    conf = {"metadata_dir": str(tmp_path / "metadata"), "config_overrides": {
+        "filtering.wordnet_dir": wn["wordnet_dir"], "filtering.imagenet21k_ids": wn["imagenet21k_ids"],
+        "filtering.imagenet1k_embeddings": str(tmp_path / "in1k.npy")},
+        "baselines": ["no_filter", "basic_filter", "text_based", "laion2b", "image_based:clusters=2",
+                      "top = clip_score:arch=l14,fraction=0.25", "en_top = basic_filter & top"]}
+    run = subprocess.run(["airflow", "dags", "test", "filtering_baselines", "-c", json.dumps(conf)],
+                         env=env, capture_output=True, text=True, timeout=600)
+    out = run.stdout + run.stderr
+    assert "state=success" in out, out[-5000:]
+    folder = tmp_path / "root" / "subsets" / "external" / "metadata"
+    records = {p.stem: json.loads(p.read_text()) for p in folder.glob("*.json")}
+    assert set(records) == {"no_filter", "basic_filter", "text_based", "laion2b", "image_based-clusters-2", "top",
+                            "en_top"}
+    kept = {label: set(np.load(folder / f"{label}.npy").tolist()) for label in records}
+    as_pairs = {u: tuple(uids_to_array([u]).tolist()[0]) for u in uids}
+    english = {as_pairs[u] for i, u in enumerate(uids) if i % 4 != 1}
+    assert kept["no_filter"] == set(as_pairs.values())
+    assert kept["basic_filter"] == english  # sizes 400 x 300 pass
+    assert kept["text_based"] == {as_pairs[u] for i, u in enumerate(uids) if i % 4 in (0, 3)}  # circle(s)
+    top = sorted(scores, reverse=True)[int(n * 0.25)]
+    assert kept["top"] == {as_pairs[u] for u, s in zip(uids, scores) if np.float32(s) >= np.float32(top)}
+    assert kept["en_top"] == kept["top"] & kept["basic_filter"]
+    assert kept["image_based-clusters-2"] == {as_pairs[u] for i, u in enumerate(uids) if i < n // 2 and i % 4 != 1}
+    assert records["top"]["kept"] == len(kept["top"]) and records["top"]["pool_samples"] == n
+    assert "pool metadata" in out and "en_top" in out  # the summary table in the task log

@@ -35,9 +35,11 @@ ARTIFACTS = Path(os.environ.get("DATACOMP_TEST_ARTIFACTS", REPO / "var" / "test-
 EDITS = {
     "commonpool_build": {"max_wat_files": "1", "download_timeout": "7", "threshold_nsfw_text": "0.2",
                          "crawl_id": "CC-SYNTH-2026-47"},
+    "filtering_baselines": {"baselines": "no_filter\nb32_half = clip_score:arch=b32,fraction=0.5",
+                            "pool_version": "v0001"},
 }
 # A value each DAG's form must refuse, with the field named in the message
-INVALID = {"commonpool_build": ("crawl_id", "CC MAIN 2024/33")}
+INVALID = {"commonpool_build": ("crawl_id", "CC MAIN 2024/33"), "filtering_baselines": ("pool_version", "v 1!")}
 
 
 class Api:
@@ -249,6 +251,8 @@ def _typed(param, text: str):
         return int(text)
     if "number" in kinds:
         return int(text) if text.lstrip("-").isdigit() else float(text)
+    if "array" in kinds:  # a textarea, one item per line
+        return text.split("\n")
     return text
 
 

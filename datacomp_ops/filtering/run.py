@@ -48,13 +48,15 @@ class PoolSource:
 
 
 def output_dir(config: PlatformConfig, source: PoolSource) -> str:
-    """config's filtering.output_dir, or {root}/subsets/{version}/{scale} for a published pool."""
+    """config's filtering.output_dir, or {root}/subsets/{version}/{scale} for a published pool
+    ({root}/subsets/external/{folder name} for a metadata folder)."""
     if config.filtering.output_dir:
         return config.filtering.output_dir
     if source.manifest:
         manifest = storage.read_json(source.manifest)
         return storage.join(config.storage_root, "subsets", manifest["pool_version"], source.scale or "all")
-    raise ConfigError("filtering.output_dir: name where the subsets of this metadata folder go")
+    name = source.metadata_dir.rstrip("/").rsplit("/", 1)[-1]
+    return storage.join(config.storage_root, "subsets", "external", name)
 
 
 def make_context(pool: MetadataPool, config: PlatformConfig) -> FilterContext:
@@ -134,7 +136,12 @@ def _spec_text(config: PlatformConfig, label: str) -> str:
 
 
 def format_table(records: list[dict]) -> str:
-    lines = [f"  {'baseline':<44}{'kept':>9}{'fraction':>10}{'seconds':>9}"]
-    for r in records:
-        lines.append(f"  {r['label']:<44}{r['kept']:>9}{r['fraction']:>10.3f}{r['seconds']:>9.2f}")
+    pools = sorted({r.get("pool_name", "") for r in records})
+    lines = []
+    for pool in pools:
+        rows = [r for r in records if r.get("pool_name", "") == pool]
+        if pool:
+            lines.append(f"  pool {pool} ({rows[0]['pool_samples']} samples):")
+        lines.append(f"  {'baseline':<44}{'kept':>9}{'fraction':>10}{'seconds':>9}")
+        lines += [f"  {r['label']:<44}{r['kept']:>9}{r['fraction']:>10.3f}{r['seconds']:>9.2f}" for r in rows]
     return "\n".join(lines)

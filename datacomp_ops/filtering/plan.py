@@ -1,0 +1,75 @@
+"""The filtering DAG's glue: which pools and baselines a run filters, and one job of it.
+
+A run filters the pools named by the Asset events that triggered it (one per
+published scale), or the pool its form names (a published version and scale,
+or a metadata folder). Its baselines are the config's `filtering.baselines`,
+or those the form lists: a config label, or a new spec added for the run.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from .. import versions
+from ..config import config_from_dict, load_config
+from ..layout import PoolLayout
+from .baselines import BaselineSpec, parse_all
+from .run import PoolSource, output_dir, run_baseline
+
+
+def plan_filtering(params: dict[str, Any], events: list[dict]) -> list[dict]:
+    overrides = dict(params.get("config_overrides") or {})
+    if params.get("output_dir"):
+        overrides["filtering.output_dir"] = params["output_dir"]
+    config = load_config(overrides=overrides)
+    entries = list(config.filtering.baselines)
+    labels = list(parse_all(entries))
+    chosen = params.get("baselines") or []
+    if chosen:
+        known = set(labels)
+        for text in chosen:
+            if text.strip() not in known:  # a spec of its own for this run
+                entries.append(text)
+        config = load_config(overrides=overrides | {"filtering.baselines": entries})
+        labels = [t.strip() if t.strip() in known else BaselineSpec.parse(t).label for t in chosen]
+    parse_all(config.filtering.baselines)  # every spec and reference checked before any task starts
+
+    sources: list[tuple[str, PoolSource]] = []
+    if params.get("metadata_dir"):
+        folder = params["metadata_dir"]
+        sources.append((os.path.basename(folder.rstrip("/")), PoolSource(metadata_dir=folder)))
+    elif events:
+        for extra in events:
+            sources.append((f"{extra['pool_version']}/{extra['scale']}",
+                            PoolSource(manifest=extra["manifest"], scale=extra["scale"])))
+    else:
+        version = params.get("pool_version") or versions.latest(config.storage_root)
+        if not version:
+            raise versions.VersionError(f"no published pool version under {config.storage_root}: build one "
+                                        f"with commonpool_build, or name a metadata folder")
+        if not versions.is_published(config.storage_root, version):
+            raise versions.VersionError(f"pool version {version!r} is not published")
+        scale = params.get("scale") or "tiny"
+        sources.append((f"{version}/{scale}", PoolSource(manifest=PoolLayout(config.storage_root, version).manifest,
+                                                         scale=scale)))
+    jobs = []
+    for name, source in sources:
+        out = output_dir(config, source)
+        for label in labels:
+            jobs.append({"label": label, "pool_name": name, "source": source.describe(), "out": out,
+                         "config": config.to_dict()})
+    return jobs
+
+
+def run_job(job: dict) -> dict:
+    record = run_baseline(job["label"], PoolSource(**job["source"]), config_from_dict(job["config"]), job["out"])
+    return record | {"pool_name": job["pool_name"]}
+
+
+def job_records(jobs: list[dict]) -> list[dict]:
+    """The committed stats record of each job, read back from storage."""
+    from .. import storage
+
+    return [storage.read_json(storage.join(j["out"], f"{j['label']}.json")) | {"pool_name": j["pool_name"]}
+            for j in jobs]
