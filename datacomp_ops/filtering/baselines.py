@@ -67,6 +67,7 @@ class FilterContext:
     fasttext_model: str = ""
     text_entities: Callable[[], Any] | None = None  # -> text_entities.EntityMatcher
     image_targets: Callable[[int], np.ndarray] | None = None  # dim -> ImageNet-1k L/14 embeddings
+    metaclip_entries: Callable[[], str] | None = None  # -> the path of MetaCLIP's entry list
     seed: int = 0
     _columns: dict[str, np.ndarray | pa.Array] = field(default_factory=dict, repr=False)
     _features: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
@@ -190,6 +191,64 @@ def image_based_intersect_clip_score(ctx: FilterContext, arch: str = "l14", thre
     return image_based(ctx, clusters, arch, threshold, fraction, iterations, seed, centroids)
 
 
+def metaclip(ctx: FilterContext, t: int = 20_000, entries: str = "", seed: int | None = None) -> Selection:
+    """MetaCLIP's balancing (metaclip.py): substring matches, entry counts over the pool, p_e = min(1, t / count)."""
+    from . import metaclip as mc
+
+    path = entries or (ctx.metaclip_entries() if ctx.metaclip_entries else "")
+    key = f"metaclip_matches:{path}"
+    if key not in ctx._features:  # the matches do not depend on t or the seed: kept for other draws
+        offsets, ids = mc.match(ctx.column("text"), path)
+        ctx._features[key] = (offsets, ids)
+    offsets, ids = ctx._features[key]
+    n_entries = len(mc.load_entries(path))
+    counts = mc.entry_counts(ids, n_entries)
+    seed = ctx.seed if seed is None else int(seed)
+    mask = mc.balanced_draw(offsets, ids, ctx.uids(), counts, int(t), seed)
+    return Selection(mask, {"t": int(t), "entries": path, "entry_count": n_entries, "seed": seed,
+                            "matched_samples": int((np.diff(offsets) > 0).sum()),
+                            "entries_matched": int((counts > 0).sum()),
+                            "entries_over_t": int((counts > t).sum())})
+
+
+def _clustered(ctx: FilterContext, key: str, clusters: int, iterations: int, seed: int | None):
+    from . import semdedup as sd
+
+    features = ctx.features(key)
+    k = clusters or sd.default_clusters(len(features))
+    seed = ctx.seed if seed is None else int(seed)
+    cache = f"spherical:{key}:{k}:{iterations}:{seed}"
+    if cache not in ctx._features:
+        ctx._features[cache] = sd.spherical_kmeans(features, k, iterations, seed)
+    return ctx._features[cache]
+
+
+def semdedup(ctx: FilterContext, epsilon: float = 0.05, clusters: int = 0, key: str = "l14_img",
+             iterations: int = 20, seed: int | None = None) -> Selection:
+    """SemDeDup (semdedup.py): one item of each group of semantic duplicates, cosine above 1 - epsilon."""
+    from . import semdedup as sd
+
+    c = _clustered(ctx, key, clusters, iterations, seed)
+    mask = sd.semdedup_keep(c, float(epsilon))
+    return Selection(mask, {"epsilon": float(epsilon), "clusters": len(c.centroids), "features": key,
+                            "duplicates_removed": int(len(mask) - mask.sum())})
+
+
+def dbp(ctx: FilterContext, fraction: float = 0.5, tau: float = 0.1, epsilon: float = 0.05, clusters: int = 0,
+        neighbours: int = 20, key: str = "l14_img", iterations: int = 20, seed: int | None = None) -> Selection:
+    """Concept-complexity pruning (semdedup.py): SemDeDup, then per-cluster quotas from softmax(complexity / tau)
+    for a dataset of `fraction` of the pool."""
+    from . import semdedup as sd
+
+    _fraction(fraction, "dbp")
+    c = _clustered(ctx, key, clusters, iterations, seed)
+    survivors = np.flatnonzero(sd.semdedup_keep(c, float(epsilon)))
+    target = int(round(len(ctx) * fraction))
+    mask, info = sd.dbp_keep(c, survivors, target, float(tau), int(neighbours))
+    return Selection(mask, info | {"fraction": fraction, "epsilon": float(epsilon), "features": key,
+                                   "after_semdedup": int(len(survivors))})
+
+
 def caption_filter(ctx: FilterContext) -> np.ndarray:
     """DataComp's caption filter of the image-based baseline (fastText tokens, not str.split words)."""
     text = ctx.column("text")
@@ -206,6 +265,9 @@ BASELINES: dict[str, Callable[..., Selection]] = {
     "text_based": text_based,
     "image_based": image_based,
     "image_based_intersect_clip_score": image_based_intersect_clip_score,
+    "metaclip": metaclip,
+    "semdedup": semdedup,
+    "dbp": dbp,
 }
 
 

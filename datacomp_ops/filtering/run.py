@@ -78,7 +78,10 @@ def make_context(pool: MetadataPool, config: PlatformConfig) -> FilterContext:
 
         return embedded_targets(config)
 
-    return FilterContext(pool, f.fasttext_model, entities, targets, f.seed)
+    def metaclip_entries() -> str:
+        return f.metaclip_entries or f"{synthetic}/wordnet/metaclip_entries.txt"
+
+    return FilterContext(pool, f.fasttext_model, entities, targets, metaclip_entries, f.seed)
 
 
 def run_baseline(label: str, source: PoolSource, config: PlatformConfig, out: str | None = None,

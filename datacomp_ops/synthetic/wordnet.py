@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .images import COLORS, SHAPES
+from .images import CLASSES, COLORS, SHAPES
 
 _POS_FILE = {"n": "noun", "v": "verb", "a": "adj", "r": "adv"}
 _LEXNAMES = ["adj.all", "adj.pert", "adv.all", "noun.Tops", "noun.act", "noun.animal", "noun.artifact",
@@ -70,7 +70,13 @@ def write_wordnet(out_dir: str | Path, synsets: list[tuple[str, list[str], bool]
     class_ids = [f"n{offset:08d}" for offset, _, is_class in offsets["n"] if is_class]
     ids_path = out / "imagenet21k_wordnet_ids.txt"
     ids_path.write_text("\n".join(class_ids) + "\n")
-    return {"wordnet_dir": str(db), "imagenet21k_ids": str(ids_path), "class_ids": class_ids}
+    # MetaCLIP's entries are WordNet lemmas plus frequent Wikipedia n-grams and titles: here, the lemmas
+    # and the class names of the synthetic world
+    entries = sorted({lemma for _, lemmas, _ in synsets for lemma in lemmas} | set(CLASSES))
+    entries_path = out / "metaclip_entries.txt"
+    entries_path.write_text("\n".join(entries) + "\n")
+    return {"wordnet_dir": str(db), "imagenet21k_ids": str(ids_path), "class_ids": class_ids,
+            "metaclip_entries": str(entries_path)}
 
 
 def _pos_number(lexname: str) -> int:
