@@ -12,6 +12,8 @@
                                                   status counts of a pool version, or one URL's history
     datacomp filter [--pool-version v1] [--scale tiny | --metadata-dir DIR] [--baseline LABEL ...]
                                                   the filtering baselines: subset files and a table
+    datacomp reshard --baseline LABEL [--pool-version v1] [--scale tiny]
+    datacomp reshard --subset FILE --shards-dir DIR --out DIR      a subset's samples in new shards
 """
 
 from __future__ import annotations
@@ -244,6 +246,31 @@ def cmd_filter(args) -> None:
     print(format_table(records))
 
 
+def cmd_reshard(args) -> None:
+    from . import storage, versions
+    from .layout import PoolLayout
+    from .reshard import reshard
+
+    config = _config(args)
+    if args.subset:
+        if not (args.shards_dir and args.out):
+            raise SystemExit("datacomp reshard: --subset needs --shards-dir and --out")
+        subset, shards, out = args.subset, storage.ls(args.shards_dir, "*.tar"), args.out
+    else:
+        if not args.baseline:
+            raise SystemExit("datacomp reshard: name --baseline (or --subset, --shards-dir and --out)")
+        version = args.pool_version or versions.latest(config.storage_root)
+        if not version:
+            raise SystemExit(f"datacomp reshard: no published pool version under {config.storage_root}")
+        manifest = storage.read_json(PoolLayout(config.storage_root, version).manifest)
+        subset = storage.join(config.storage_root, "subsets", version, args.scale, f"{args.baseline}.npy")
+        shards = manifest["shards"]
+        out = args.out or storage.join(config.storage_root, "runs", version, args.scale, args.baseline, "shards")
+    stats = reshard(subset, shards, out, args.shard_size, args.workers)
+    print(json.dumps(stats.to_dict(), indent=2))
+    print(f"shards in {out} (meta.json: {storage.join(out, 'meta.json')})")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="datacomp", description="DataComp platform stages without Airflow")
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -325,6 +352,17 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--metadata-dir", help="any folder of DataComp-format metadata instead of a pool version")
     p.add_argument("--baseline", action="append", default=[], help="label of filtering.baselines (default: all)")
     p.set_defaults(func=cmd_filter)
+
+    p = with_config(sub.add_parser("reshard", help="a subset's samples of a pool in new shards (DataComp's layout)"))
+    p.add_argument("--baseline", help="a subset written by datacomp filter / the filtering DAG")
+    p.add_argument("--pool-version", default="", help="default: the newest published version")
+    p.add_argument("--scale", default="tiny")
+    p.add_argument("--subset", help="any DataComp subset file (u8,u8), with --shards-dir and --out")
+    p.add_argument("--shards-dir", help="folder of input shards (.tar with .parquet beside)")
+    p.add_argument("--out", help="default: {root}/runs/{version}/{scale}/{baseline}/shards")
+    p.add_argument("--shard-size", type=int, default=10_000, help="samples per output shard (DataComp: 10,000)")
+    p.add_argument("--workers", type=int, default=0, help="parallel tasks (default: the cores)")
+    p.set_defaults(func=cmd_reshard)
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,

@@ -62,7 +62,25 @@ check = compare_with_truth(os.path.join(root, "synthetic", "crawl-data", summary
 print(f"  final statuses vs the crawl's truth: {check['matched']} of {table.num_rows} match"
       + "".join(f"\n    {n} x {what}" for what, n in check["mismatched"].items()))
 PY
-echo "== done in $(( $(date +%s) - started )) s (pool under $DATACOMP_STORAGE_ROOT/pool)"
+echo "== filtering_baselines on the tiny pool, through the scheduler"
+rm -rf "$DATACOMP_STORAGE_ROOT/subsets"
+python scripts/run_dag.py filtering_baselines --conf '{"scale": "tiny"}' --timeout 900
+python - <<'PY'
+import glob, json, os
+from datacomp_ops import versions
+from datacomp_ops.filtering.run import format_table
+root = os.environ["DATACOMP_STORAGE_ROOT"]
+version = versions.latest(root)
+records = [json.load(open(p)) | {"pool_name": f"{version}/tiny"}
+           for p in glob.glob(os.path.join(root, "subsets", version, "tiny", "*.json"))]
+order = {r["label"]: i for i, r in enumerate(records)}
+from datacomp_ops.config import load_config
+from datacomp_ops.filtering.baselines import parse_all
+labels = list(parse_all(load_config().filtering.baselines))
+records.sort(key=lambda r: labels.index(r["label"]) if r["label"] in labels else len(labels) + order[r["label"]])
+print(format_table(records))
+PY
+echo "== done in $(( $(date +%s) - started )) s (pool under $DATACOMP_STORAGE_ROOT/pool, subsets under $DATACOMP_STORAGE_ROOT/subsets)"
 if [ "$KEEP_RUNNING" = "1" ]; then
     echo "Airflow and the image server keep running; Ctrl-C stops them."
     wait

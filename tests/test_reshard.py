@@ -1,0 +1,92 @@
+"""The resharder: only the subset's samples, byte for byte, in densely numbered shards DataComp's train.py reads."""
+
+import hashlib
+import io
+import json
+import tarfile
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from datacomp_ops.filtering.pool import PoolError
+from datacomp_ops.reshard import plan_reshard, reshard, run_reshard_task
+from datacomp_ops.schema import uids_to_array, write_subset
+
+
+def make_shards(folder, n_shards=3, per_shard=7, failed_every=5):
+    """img2dataset-style shards: {key}.jpg/.txt/.json in the tar, key/uid/status in the parquet beside it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    tars, samples = [], {}
+    for s in range(n_shards):
+        rows, path = [], folder / f"{s:08d}.tar"
+        with tarfile.open(path, "w") as tar:
+            for i in range(per_shard):
+                key = f"{s:05d}{i:04d}"
+                uid = hashlib.md5(key.encode()).hexdigest()
+                ok = i % failed_every != 4
+                rows.append({"key": key, "uid": uid, "status": "success" if ok else "failed_to_download"})
+                if not ok:
+                    continue
+                files = {"jpg": f"image {key}".encode() * 50, "txt": f"caption {key}".encode(),
+                         "json": json.dumps({"uid": uid, "key": key}).encode()}
+                for ext, data in files.items():
+                    info = tarfile.TarInfo(f"{key}.{ext}")
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+                samples[uid] = files
+        pq.write_table(pa.Table.from_pylist(rows), folder / f"{s:08d}.parquet")
+        tars.append(str(path))
+    return tars, samples
+
+
+def test_reshard_keeps_exactly_the_subset_in_dense_shards(tmp_path):
+    import webdataset as wds
+
+    tars, samples = make_shards(tmp_path / "pool")
+    chosen = sorted(samples)[::2]  # every other downloaded sample
+    subset = tmp_path / "subset.npy"
+    write_subset(str(subset), uids_to_array(chosen + ["f" * 32]))  # one uid is in no shard
+    out = tmp_path / "out"
+    stats = reshard(str(subset), tars, str(out), shard_size=4, workers=2)
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["output_count"] == len(chosen) and meta["missing_from_shards"] == 1
+    n = meta["output_shard_count"]
+    assert sorted(p.name for p in out.glob("*.tar")) == [f"{i:08d}.tar" for i in range(n)]
+    counts = [json.loads((out / f"{i:08d}_stats.json").read_text())["successes"] for i in range(n)]
+    assert sum(counts) == len(chosen) and max(counts) <= 4
+    assert np.load(out / "sample_ids.npy").tolist() == np.load(subset).tolist()
+    # as DataComp's train.py names the folder's shards from meta.json, and reads them with webdataset
+    pattern = f"{out}/{{{meta['output_shard_format'].format(0)[:-4]}..{meta['output_shard_format'].format(n - 1)[:-4]}}}.tar"
+    got = {s["__key__"]: s for s in wds.WebDataset(pattern, shardshuffle=False)}
+    assert sorted(got) == chosen
+    for uid, sample in got.items():  # byte for byte
+        assert {k: sample[k] for k in ("jpg", "txt", "json")} == samples[uid]
+    assert stats["samples"] == len(chosen)
+    # committed: a rerun does nothing
+    mtime = (out / "00000000.tar").stat().st_mtime_ns
+    reshard(str(subset), tars, str(out), shard_size=4, workers=2)
+    assert (out / "00000000.tar").stat().st_mtime_ns == mtime
+
+
+def test_reshard_plans_output_numbers_up_front_and_a_task_reruns_alone(tmp_path):
+    tars, samples = make_shards(tmp_path / "pool", n_shards=4)
+    subset = tmp_path / "subset.npy"
+    write_subset(str(subset), uids_to_array(sorted(samples)))
+    plan = plan_reshard(str(subset), tars, shard_size=3, tasks=2)
+    assert [t.inputs for t in plan] == [tars[:2], tars[2:]]
+    assert plan[1].first_output == plan[0].outputs
+    out = tmp_path / "out"
+    second = run_reshard_task(plan[1], str(subset), str(out), 3)  # tasks run in any order, on any worker
+    assert second["samples"] == plan[1].selected
+    assert sorted(p.name for p in out.glob("*.tar"))[0] == f"{plan[0].outputs:08d}.tar"
+
+
+def test_reshard_names_a_shard_without_its_parquet(tmp_path):
+    tars, samples = make_shards(tmp_path / "pool", n_shards=2)
+    (tmp_path / "pool" / "00000001.parquet").unlink()
+    subset = tmp_path / "subset.npy"
+    write_subset(str(subset), uids_to_array(sorted(samples)[:2]))
+    with pytest.raises(PoolError, match="00000001.parquet: missing"):
+        reshard(str(subset), tars, str(tmp_path / "out"))
