@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 PY := .venv/bin/python
 
-.PHONY: setup demo test test-fast airflow lock bench-extract bench-download bench-pool calibrate-dedup clean
+.PHONY: setup demo test test-fast airflow lock bench-extract bench-download bench-pool bench-filtering calibrate-dedup clean
 
 setup:            ## .venv with the pinned dependency set (idempotent)
 	bash scripts/setup.sh
@@ -31,6 +31,9 @@ bench-extract: setup
 
 bench-download: setup
 	source scripts/env.sh && $(PY) benchmarks/bench_download.py
+
+bench-filtering: setup  ## every baseline on 1.28M and 12.8M generated rows, against reading its columns and DataComp's code
+	source scripts/env.sh && cd benchmarks && $(PY) bench_filtering.py
 
 bench-pool: setup
 	source scripts/env.sh && $(PY) benchmarks/bench_pool_stages.py

@@ -240,7 +240,8 @@ def cmd_filter(args) -> None:
         source = PoolSource(manifest=PoolLayout(config.storage_root, version).manifest, scale=args.scale)
     labels = args.baseline or list(parse_all(config.filtering.baselines))
     out = output_dir(config, source)
-    ctx = make_context(source.open(), config)  # columns and features are read once for every baseline
+    # columns, features and the pool's uid index are read once for every baseline
+    ctx = make_context(source.open(), config, f"{out.rstrip('/')}/_index")
     records = [run_baseline(label, source, config, out, ctx) for label in tqdm(labels, desc="baselines", unit="baseline")]
     print(f"subsets of {json.dumps(source.describe())} in {out}:")
     print(format_table(records))

@@ -4,23 +4,25 @@ Output as DataComp's ``resharder.py`` writes it, so DataComp's ``train.py``
 and ours read it: ``{n:08d}.tar`` numbered densely from 0, each with
 ``{n:08d}_stats.json`` (``{"successes": count}``), ``sample_ids.npy`` (the
 subset file), and ``meta.json`` last (``output_shard_count``,
-``output_shard_format``, the counts), which commits the folder. Samples are
-keyed by their uid.
+``output_shard_format``, the counts), which commits the folder. Samples keep
+their pool keys (unique across a pool; DataComp renames them to the uid,
+which each sample's json holds anyway): their tar blocks are copied as they
+are, headers included, so the resharder runs near the speed of a copy.
 
 The work is planned before it starts: each input shard's parquet names the
 uids it holds, so the number of selected samples per input shard, and hence
 the output shard numbers of every task, are known up front. Tasks cover
 consecutive input shards and run in parallel (mapped Airflow tasks, or
-processes on one machine); members are copied byte for byte, never decoded.
+processes on one machine).
 """
 
 from __future__ import annotations
 
-import io
+import contextlib
 import logging
 import math
+import mmap
 import os
-import tarfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
@@ -109,24 +111,13 @@ def run_reshard_task(task: ReshardTask | dict, subset_url: str, out: str, shard_
     seen = 0
     for tar in task.inputs:
         keys, uids = _shard_uids(tar)
-        chosen = _isin_sorted(uids, subset)
-        wanted = {k: f"{int(u[0]):016x}{int(u[1]):016x}" for k, u, c in zip(keys, uids.tolist(), chosen) if c}
-        with storage.open_file(tar) as f, tarfile.open(fileobj=f, mode="r|") as archive:
-            current_key, members = None, []
-            for member in archive:
-                if not member.isfile():
-                    continue
-                key, _, ext = member.name.rpartition("/")[2].partition(".")
-                if key != current_key:
-                    if current_key in wanted:
-                        writer.write(wanted[current_key], members)
-                        seen += 1
-                    current_key, members = key, []
-                if key in wanted:
-                    members.append((ext, archive.extractfile(member).read()))
-            if current_key in wanted:
-                writer.write(wanted[current_key], members)
+        wanted = {k.encode() for k, c in zip(keys, _isin_sorted(uids, subset)) if c}
+        with _mapped(tar) as data:
+            for blocks in _samples(data, wanted, tar):
+                writer.write(blocks)
                 seen += 1
+            blocks = None  # noqa: F841  (views of the mapped input must all be gone before it is unmapped)
+            writer.flush_pending()
     written = writer.close()
     if seen != task.selected or written != task.outputs:
         raise PoolError(f"reshard task {task.index}: planned {task.selected} samples in {task.outputs} shards, "
@@ -137,40 +128,122 @@ def run_reshard_task(task: ReshardTask | dict, subset_url: str, out: str, shard_
     return record
 
 
+@contextlib.contextmanager
+def _mapped(url: str):
+    """A shard's bytes: memory-mapped when local (the pages of samples left out are never read), else read."""
+    fs, path = storage.get_fs(url)
+    if getattr(fs, "protocol", None) in ("file", "local") or fs.protocol == ("file", "local"):
+        with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+            view = memoryview(m)
+            try:
+                yield view
+            finally:
+                view.release()
+    else:
+        yield memoryview(storage.read_bytes(url))
+
+
+def _samples(data: memoryview, wanted: set[bytes], where: str):
+    """The raw tar blocks (headers and data) of each wanted sample, in order, without decoding anything.
+
+    A sample is the consecutive members sharing a key (the name up to its first dot), as webdataset
+    groups them. Plain ustar members only: long names and pax headers (which img2dataset never
+    writes) are refused with the shard named.
+    """
+    pos, end = 0, len(data)
+    current, parts = None, []
+    while pos + 512 <= end:
+        header = bytes(data[pos:pos + 512])
+        kind = header[156:157]
+        if kind not in (b"0", b"\0", b"5"):
+            raise PoolError(f"{where}: tar member type {kind!r} at byte {pos} (long names or pax headers) is not "
+                            f"supported by the resharder")
+        if not header[0] and header.count(0) == 512:  # the end-of-archive blocks
+            break
+        try:
+            size = int(header[124:135], 8)
+        except ValueError:  # base-256 sizes, or fields padded with spaces
+            field = header[124:136]
+            size = int.from_bytes(field[1:], "big") if field[0] & 0x80 else int(field.strip(b"\0 ") or b"0", 8)
+        total = 512 + ((size + 511) & ~511)
+        if kind != b"5":
+            name = header[:100].split(b"\0", 1)[0]
+            if header[345]:  # ustar's name prefix
+                name = header[345:500].split(b"\0", 1)[0] + b"/" + name
+            key = name.rpartition(b"/")[2].partition(b".")[0]
+            if key != current:
+                if current in wanted:
+                    yield parts
+                current, parts = key, []
+            if key in wanted:
+                parts.append(data[pos:pos + total])
+        pos += total
+    if current in wanted:
+        yield parts
+
+
 class _Writer:
-    """Output shards of `size` samples, numbered from `first`; each written atomically with its stats file."""
+    """Output shards of `size` samples, numbered from `first`, each with its stats file.
+
+    Samples go to the open output shard as they come: a local file gets the input's mapped blocks
+    with writev (one copy, in the kernel); elsewhere the shard is buffered and written atomically.
+    A shard appears under its name only when complete.
+    """
 
     def __init__(self, out: str, first: int, size: int):
         self.out, self.next, self.size = out, first, size
-        self.buffer: io.BytesIO | None = None
-        self.tar: tarfile.TarFile | None = None
+        fs, _ = storage.get_fs(out)
+        self.local = fs.protocol == ("file", "local") or fs.protocol in ("file", "local")
+        self.file = None  # a raw local file, or a list of bytes for remote storage
+        self.tmp = ""
         self.count = 0
         self.shards = 0
 
-    def write(self, uid: str, members: list[tuple[str, bytes]]) -> None:
-        if self.tar is None:
-            self.buffer = io.BytesIO()
-            self.tar = tarfile.open(fileobj=self.buffer, mode="w")
-        for ext, data in members:
-            info = tarfile.TarInfo(f"{uid}.{ext}")
-            info.size, info.mtime, info.mode = len(data), 0, 0o444
-            self.tar.addfile(info, io.BytesIO(data))
+    def _open(self) -> None:
+        final = storage.join(self.out, OUTPUT_FORMAT.format(self.next))
+        if self.local:
+            _, path = storage.get_fs(final)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            self.tmp = f"{os.path.dirname(path)}/.tmp-{os.getpid()}-{os.path.basename(path)}"
+            self.file = open(self.tmp, "wb", buffering=0)
+        else:
+            self.file = []
+
+    def write(self, blocks: list[memoryview]) -> None:
+        if self.file is None:
+            self._open()
+        if self.local:
+            for i in range(0, len(blocks), 512):
+                chunk = blocks[i:i + 512]
+                written, want = os.writev(self.file.fileno(), chunk), sum(len(b) for b in chunk)
+                if written != want:  # a short write: finish it the slow way
+                    self.file.write(b"".join(bytes(b) for b in chunk)[written:])
+        else:
+            self.file.append(b"".join(blocks))
         self.count += 1
         if self.count == self.size:
-            self._flush()
+            self._finish()
 
-    def _flush(self) -> None:
-        self.tar.close()
+    def flush_pending(self) -> None:
+        """Nothing of the current input is kept after this (remote buffers hold copies already)."""
+
+    def _finish(self) -> None:
         number = self.next
-        storage.write_bytes(storage.join(self.out, OUTPUT_FORMAT.format(number)), self.buffer.getvalue())
+        final = storage.join(self.out, OUTPUT_FORMAT.format(number))
+        if self.local:
+            self.file.write(b"\0" * 1024)  # the end-of-archive blocks
+            self.file.close()
+            os.replace(self.tmp, storage.get_fs(final)[1])
+        else:
+            storage.write_bytes(final, b"".join(self.file) + b"\0" * 1024)
         storage.write_json(storage.join(self.out, STATS_FORMAT.format(number)), {"successes": self.count})
         self.next += 1
         self.shards += 1
-        self.tar, self.buffer, self.count = None, None, 0
+        self.file, self.count = None, 0
 
     def close(self) -> int:
-        if self.tar is not None and self.count:
-            self._flush()
+        if self.count:
+            self._finish()
         return self.shards
 
 

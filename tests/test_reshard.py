@@ -59,7 +59,7 @@ def test_reshard_keeps_exactly_the_subset_in_dense_shards(tmp_path):
     assert np.load(out / "sample_ids.npy").tolist() == np.load(subset).tolist()
     # as DataComp's train.py names the folder's shards from meta.json, and reads them with webdataset
     pattern = f"{out}/{{{meta['output_shard_format'].format(0)[:-4]}..{meta['output_shard_format'].format(n - 1)[:-4]}}}.tar"
-    got = {s["__key__"]: s for s in wds.WebDataset(pattern, shardshuffle=False)}
+    got = {json.loads(s["json"])["uid"]: s for s in wds.WebDataset(pattern, shardshuffle=False)}
     assert sorted(got) == chosen
     for uid, sample in got.items():  # byte for byte
         assert {k: sample[k] for k in ("jpg", "txt", "json")} == samples[uid]
@@ -89,4 +89,21 @@ def test_reshard_names_a_shard_without_its_parquet(tmp_path):
     subset = tmp_path / "subset.npy"
     write_subset(str(subset), uids_to_array(sorted(samples)[:2]))
     with pytest.raises(PoolError, match="00000001.parquet: missing"):
+        reshard(str(subset), tars, str(tmp_path / "out"))
+
+
+def test_reshard_refuses_tar_members_it_cannot_copy_verbatim(tmp_path):
+    """A long member name needs a GNU or pax header, which img2dataset never writes: named, not mangled."""
+    tars, samples = make_shards(tmp_path / "pool", n_shards=1)
+    key = "k" * 120
+    with tarfile.open(tars[0], "w", format=tarfile.PAX_FORMAT) as tar:
+        info = tarfile.TarInfo(f"{key}.jpg")
+        info.size = 3
+        tar.addfile(info, io.BytesIO(b"abc"))
+    uid = hashlib.md5(key.encode()).hexdigest()
+    pq.write_table(pa.Table.from_pylist([{"key": key, "uid": uid, "status": "success"}]),
+                   tmp_path / "pool" / "00000000.parquet")
+    subset = tmp_path / "subset.npy"
+    write_subset(str(subset), uids_to_array([uid]))
+    with pytest.raises(PoolError, match=r"00000000.tar: tar member type b'x'"):
         reshard(str(subset), tars, str(tmp_path / "out"))

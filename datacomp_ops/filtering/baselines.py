@@ -43,7 +43,7 @@ import pyarrow as pa
 
 from ..config import ConfigError
 from . import language
-from .pool import MetadataPool
+from .pool import MetadataPool, UidIndex
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +69,8 @@ class FilterContext:
     image_targets: Callable[[int], np.ndarray] | None = None  # dim -> ImageNet-1k L/14 embeddings
     metaclip_entries: Callable[[], str] | None = None  # -> the path of MetaCLIP's entry list
     seed: int = 0
+    index_dir: str | None = None  # where the pool's uid index is kept (built here when missing)
+    _index: UidIndex | None = field(default=None, repr=False)
     _columns: dict[str, np.ndarray | pa.Array] = field(default_factory=dict, repr=False)
     _features: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
@@ -84,10 +86,13 @@ class FilterContext:
             self._features[key] = self.pool.features(key)
         return self._features[key]
 
+    def uid_index(self) -> UidIndex:
+        if self._index is None:
+            self._index = UidIndex.load_or_build(self.pool, self.index_dir)
+        return self._index
+
     def uids(self) -> np.ndarray:
-        if "_uids" not in self._columns:
-            self._columns["_uids"] = self.pool.uids()
-        return self._columns["_uids"]
+        return self.uid_index().uids
 
     def __len__(self) -> int:
         return len(self.uids())
@@ -108,7 +113,8 @@ def random(ctx: FilterContext, fraction: float = 0.1, seed: int | None = None) -
     keys = _mix(uids["f0"] ^ np.uint64(seed * 0x9E3779B97F4A7C15 % 2**64)) ^ _mix(uids["f1"])
     n = int(len(uids) * fraction)
     mask = np.zeros(len(uids), bool)
-    mask[np.argsort(keys, kind="stable")[:n]] = True
+    if n:  # the n smallest keys (64-bit hashes of distinct uids: no ties); a selection, not a sort
+        mask[np.argpartition(keys, n - 1)[:n] if n < len(uids) else slice(None)] = True
     return Selection(mask, {"fraction": fraction, "seed": seed})
 
 
@@ -298,7 +304,8 @@ def _threshold(scores: np.ndarray, threshold: float | None, fraction: float | No
     n = int(len(scores) * fraction)
     if n >= len(scores):  # DataComp's indexing fails here; the whole pool is the only sensible answer
         return scores.dtype.type(-np.inf)
-    return -np.sort(-scores)[n]
+    # the value at n of the scores sorted descending (NaN last, as np.sort puts them): a selection, not a sort
+    return -np.partition(-scores, n)[n]
 
 
 def _size_ok(ctx: FilterContext) -> np.ndarray:

@@ -51,16 +51,53 @@ def texts(column: pa.ChunkedArray | pa.Array) -> pa.Array:
     return pc.fill_null(arr.cast(pa.string()), "")
 
 
-def fasttext_languages(captions: pa.Array, model_path: str = "") -> np.ndarray:
-    """fastText's top label of each caption, newlines replaced by spaces as DataComp does."""
-    if len(captions) == 0:
-        return np.array([], dtype=object)
-    model = _fasttext(model_path or bundled_fasttext_model())
-    lines = pc.binary_join_element_wise(pc.replace_substring(texts(captions), "\n", " "), "\n", "").to_pylist()
-    result = model.f.multilinePredict(lines, 1, 0.0, "strict")
+# below this many distinct captions one process predicts them all; above, each core takes a share
+PARALLEL_MIN = 100_000
+
+
+def _fasttext_chunk(model_path: str, lines: list[str]) -> list[str]:
+    result = _fasttext(model_path).f.multilinePredict(lines, 1, 0.0, "strict")
     # fastText returns (labels, probabilities); the fasttext-predict build returns the labels alone
     labels = result[0] if isinstance(result, tuple) else result
-    return np.array([(row[0] if row else "").removeprefix("__label__") for row in labels], dtype=object)
+    return [(row[0] if row else "").removeprefix("__label__") for row in labels]
+
+
+def _cld3_chunk(lines: list[str]) -> list[bool]:
+    detector = _cld3()
+    return [detector.FindLanguage(text=t).language == "en" for t in lines]
+
+
+def _per_distinct(captions: pa.Array, run, *args, line_end: str = "") -> np.ndarray:
+    """run(*args, lines) over the distinct captions (newlines as spaces, then `line_end`), in parallel
+    processes when there are many (fastText and CLD3 hold the GIL), mapped back to every row."""
+    encoded = pc.dictionary_encode(pc.replace_substring(texts(captions), "\n", " "))
+    distinct = encoded.dictionary
+    if line_end:
+        distinct = pc.binary_join_element_wise(distinct, line_end, "")
+    distinct = distinct.to_pylist()
+    workers = min(os.cpu_count() or 1, 8)
+    if len(distinct) < PARALLEL_MIN or workers == 1:
+        results = run(*args, distinct)
+    else:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        # fork: the workers start at once with the model already loaded; they only run the model
+        step = -(-len(distinct) // workers)
+        chunks = [distinct[i:i + step] for i in range(0, len(distinct), step)]
+        with ProcessPoolExecutor(len(chunks), mp_context=multiprocessing.get_context("fork")) as ex:
+            results = [r for part in ex.map(run, *[[a] * len(chunks) for a in args], chunks) for r in part]
+    return np.asarray(results, dtype=object)[encoded.indices.to_numpy(zero_copy_only=False)]
+
+
+def fasttext_languages(captions: pa.Array, model_path: str = "") -> np.ndarray:
+    """fastText's top label of each caption, newlines replaced by spaces as DataComp does (each distinct
+    caption predicted once)."""
+    if len(captions) == 0:
+        return np.array([], dtype=object)
+    path = model_path or bundled_fasttext_model()
+    _fasttext(path)  # loaded here: a missing model is an error in this process, and forked workers share it
+    return _per_distinct(captions, _fasttext_chunk, path, line_end="\n")
 
 
 def fasttext_english(captions: pa.Array, model_path: str = "") -> np.ndarray:
@@ -77,14 +114,36 @@ def _cld3():
 
 def cld3_english(captions: pa.Array) -> np.ndarray:
     """CLD3's language of each caption is English (newlines replaced by spaces, as DataComp does)."""
-    detector = _cld3()
-    lines = pc.replace_substring(texts(captions), "\n", " ").to_pylist()
-    return np.fromiter((detector.FindLanguage(text=t).language == "en" for t in lines), bool, len(lines))
+    if len(captions) == 0:
+        return np.zeros(0, bool)
+    return _per_distinct(captions, _cld3_chunk).astype(bool)
+
+
+_ASCII_SPACE = np.zeros(256, bool)
+_ASCII_SPACE[[c for c in range(128) if chr(c).isspace()]] = True
 
 
 def word_counts(captions: pa.Array) -> np.ndarray:
-    """len(caption.split()) for each caption, as Python splits (Unicode whitespace)."""
-    return pc.count_substring_regex(texts(captions), PY_WORD).to_numpy(zero_copy_only=False)
+    """len(caption.split()) for each caption, as Python splits (Unicode whitespace).
+
+    ASCII captions are counted on the column's bytes (a word starts where a non-space follows a space or
+    the caption's start); the others, with a regex of every character Python calls whitespace.
+    """
+    t = texts(captions)
+    n = len(t)
+    offsets = np.frombuffer(t.buffers()[1], np.int32)[t.offset:t.offset + n + 1]
+    data = np.frombuffer(t.buffers()[2], np.uint8)[offsets[0]:offsets[-1]] if n else np.zeros(0, np.uint8)
+    rel = offsets - offsets[0]
+    space = _ASCII_SPACE[data]
+    starts = ~space
+    starts[1:] &= space[:-1]
+    starts[rel[:-1][rel[:-1] < len(data)]] = ~space[rel[:-1][rel[:-1] < len(data)]]  # each caption's first byte
+    positions = np.flatnonzero(starts)
+    counts = np.searchsorted(positions, rel[1:]) - np.searchsorted(positions, rel[:-1])
+    other = np.flatnonzero(~pc.string_is_ascii(t).to_numpy(zero_copy_only=False))
+    if len(other):
+        counts[other] = pc.count_substring_regex(t.take(pa.array(other)), PY_WORD).to_numpy(zero_copy_only=False)
+    return counts
 
 
 def fasttext_token_counts(captions: pa.Array) -> np.ndarray:

@@ -11,10 +11,11 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from .. import versions
+from .. import storage, versions
 from ..config import config_from_dict, load_config
 from ..layout import PoolLayout
 from .baselines import BaselineSpec, parse_all
+from .pool import UidIndex
 from .run import PoolSource, output_dir, run_baseline
 
 
@@ -56,6 +57,8 @@ def plan_filtering(params: dict[str, Any], events: list[dict]) -> list[dict]:
     jobs = []
     for name, source in sources:
         out = output_dir(config, source)
+        # the pool's uid index, once, before the baselines' tasks start (each reads it)
+        UidIndex.load_or_build(source.open(), storage.join(out, "_index"))
         for label in labels:
             jobs.append({"label": label, "pool_name": name, "source": source.describe(), "out": out,
                          "config": config.to_dict()})
@@ -69,7 +72,5 @@ def run_job(job: dict) -> dict:
 
 def job_records(jobs: list[dict]) -> list[dict]:
     """The committed stats record of each job, read back from storage."""
-    from .. import storage
-
     return [storage.read_json(storage.join(j["out"], f"{j['label']}.json")) | {"pool_name": j["pool_name"]}
             for j in jobs]

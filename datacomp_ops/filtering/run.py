@@ -17,7 +17,7 @@ import numpy as np
 
 from .. import storage
 from ..config import ConfigError, PlatformConfig
-from ..schema import sort_uids, write_subset
+from ..schema import write_subset
 from ..stats import StageStats
 from .baselines import BaselineSpec, FilterContext, parse_all
 from .pool import MetadataPool
@@ -59,7 +59,7 @@ def output_dir(config: PlatformConfig, source: PoolSource) -> str:
     return storage.join(config.storage_root, "subsets", "external", name)
 
 
-def make_context(pool: MetadataPool, config: PlatformConfig) -> FilterContext:
+def make_context(pool: MetadataPool, config: PlatformConfig, index_dir: str | None = None) -> FilterContext:
     from . import image_based
 
     f = config.filtering
@@ -81,7 +81,7 @@ def make_context(pool: MetadataPool, config: PlatformConfig) -> FilterContext:
     def metaclip_entries() -> str:
         return f.metaclip_entries or f"{synthetic}/wordnet/metaclip_entries.txt"
 
-    return FilterContext(pool, f.fasttext_model, entities, targets, metaclip_entries, f.seed)
+    return FilterContext(pool, f.fasttext_model, entities, targets, metaclip_entries, f.seed, index_dir)
 
 
 def run_baseline(label: str, source: PoolSource, config: PlatformConfig, out: str | None = None,
@@ -100,10 +100,9 @@ def run_baseline(label: str, source: PoolSource, config: PlatformConfig, out: st
             log.info("%s: committed already (%d kept)", label, record["kept"])
             return record
     start = time.perf_counter()
-    ctx = context or make_context(source.open(), config)
+    ctx = context or make_context(source.open(), config, storage.join(out, "_index"))
     selection = spec.run(ctx, specs)
-    uids = sort_uids(ctx.uids()[selection.mask], where=f"{label} over {source.describe()}")
-    kept = write_subset(subset_path, uids)
+    kept = write_subset(subset_path, ctx.uid_index().sorted_subset(selection.mask))
     total = len(ctx)
     record = {
         "label": label, "spec": _spec_text(config, label), "pool": source.describe(), "pool_samples": total,
@@ -121,7 +120,7 @@ def run_baselines(source: PoolSource, config: PlatformConfig, labels: list[str] 
     specs = parse_all(config.filtering.baselines)
     stats = StageStats(STAGE)
     start = time.perf_counter()
-    ctx = make_context(source.open(), config)
+    ctx = make_context(source.open(), config, storage.join(out or output_dir(config, source), "_index"))
     for label in labels or list(specs):
         record = run_baseline(label, source, config, out, ctx)
         stats.add(f"kept:{label}", record["kept"])
