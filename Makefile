@@ -33,7 +33,7 @@ bench-download: setup
 	source scripts/env.sh && $(PY) benchmarks/bench_download.py
 
 bench-filtering: setup  ## every baseline on 1.28M and 12.8M generated rows, against reading its columns and DataComp's code
-	source scripts/env.sh && cd benchmarks && $(PY) bench_filtering.py
+	source scripts/env.sh && $(PY) benchmarks/bench_filtering.py
 
 bench-pool: setup
 	source scripts/env.sh && $(PY) benchmarks/bench_pool_stages.py
