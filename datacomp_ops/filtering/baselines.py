@@ -95,7 +95,7 @@ class FilterContext:
         return self.uid_index().uids
 
     def __len__(self) -> int:
-        return len(self.uids())
+        return len(self.uid_index().sorted)
 
 
 # -- the baselines --------------------------------------------------------------
@@ -109,12 +109,16 @@ def random(ctx: FilterContext, fraction: float = 0.1, seed: int | None = None) -
     """int(N * fraction) samples, the same ones on every run: the smallest keys of a seeded hash of the uid."""
     _fraction(fraction, "random")
     seed = ctx.seed if seed is None else int(seed)
-    uids = ctx.uids()
-    keys = _mix(uids["f0"] ^ np.uint64(seed * 0x9E3779B97F4A7C15 % 2**64)) ^ _mix(uids["f1"])
-    n = int(len(uids) * fraction)
-    mask = np.zeros(len(uids), bool)
+    index = ctx.uid_index()
+    # md5 halves are uniform already; one seeded mix of the high half orders them afresh for each seed.
+    # Drawn over the sorted uids (the index's own order), then placed back in pool order.
+    keys = _mix(np.ascontiguousarray(index.sorted["f0"]) ^ np.uint64(seed * 0x9E3779B97F4A7C15 % 2**64))
+    n = int(len(keys) * fraction)
+    chosen = np.zeros(len(keys), bool)
     if n:  # the n smallest keys (64-bit hashes of distinct uids: no ties); a selection, not a sort
-        mask[np.argpartition(keys, n - 1)[:n] if n < len(uids) else slice(None)] = True
+        chosen[np.argpartition(keys, n - 1)[:n] if n < len(keys) else slice(None)] = True
+    mask = np.empty(len(keys), bool)
+    mask[index.order] = chosen
     return Selection(mask, {"fraction": fraction, "seed": seed})
 
 

@@ -190,12 +190,20 @@ def bool_mask(values: pa.ChunkedArray | pa.Array) -> np.ndarray:
 
 
 class UidIndex:
-    """A pool's uids in pool order and the order that sorts them, built once per pool and kept beside its
-    subsets (``_index/``), so each baseline writes its sorted subset with one gather instead of a sort."""
+    """A pool's uids sorted, and the order that sorts the pool's rows, built once per pool and kept beside
+    its subsets (``_index/``): each baseline then writes its sorted subset with one gather, no sort."""
 
-    def __init__(self, uids: np.ndarray, order: np.ndarray):
-        self.uids, self.order = uids, order
-        self._sorted = uids[order]
+    def __init__(self, sorted_uids: np.ndarray, order: np.ndarray):
+        self.sorted, self.order = sorted_uids, order
+        self._uids: np.ndarray | None = None
+
+    @property
+    def uids(self) -> np.ndarray:
+        """The uids in pool order."""
+        if self._uids is None:
+            self._uids = np.empty_like(self.sorted)
+            self._uids[self.order] = self.sorted
+        return self._uids
 
     @classmethod
     def load_or_build(cls, pool: MetadataPool, folder: str | None) -> "UidIndex":
@@ -206,16 +214,17 @@ class UidIndex:
         if folder:
             meta = storage.join(folder, "meta.json")
             if storage.exists(meta) and storage.read_json(meta).get("key") == key:
-                load = lambda name: np.load(io.BytesIO(storage.read_bytes(storage.join(folder, name))))  # noqa: E731
-                return cls(load("uids.npy"), load("order.npy"))
+                return cls(_load_array(storage.join(folder, "sorted.npy")),
+                           _load_array(storage.join(folder, "order.npy")))
         uids = pool.uids()
         order = np.lexsort((uids["f1"], uids["f0"])) if len(uids) > 1 else np.arange(len(uids))
-        index = cls(uids, order)
+        index = cls(uids[order], order)
+        index._uids = uids
         from ..schema import _check_sorted_unique
 
-        _check_sorted_unique(index._sorted, f"the pool's uids ({pool.parquets[0]}...)")
+        _check_sorted_unique(index.sorted, f"the pool's uids ({pool.parquets[0]}...)")
         if folder:
-            for name, arr in (("uids.npy", uids), ("order.npy", order)):
+            for name, arr in (("sorted.npy", index.sorted), ("order.npy", order)):
                 buf = io.BytesIO()
                 np.save(buf, arr)
                 storage.write_bytes(storage.join(folder, name), buf.getvalue())
@@ -224,4 +233,12 @@ class UidIndex:
 
     def sorted_subset(self, mask: np.ndarray) -> np.ndarray:
         """The uids of the rows in `mask`, sorted (a DataComp subset array)."""
-        return self._sorted[mask[self.order]]
+        return self.sorted[mask[self.order]]
+
+
+def _load_array(url: str) -> np.ndarray:
+    """An npy file: memory-mapped when local (pages are read as they are used), else read whole."""
+    fs, path = storage.get_fs(url)
+    if fs.protocol == ("file", "local") or fs.protocol in ("file", "local"):
+        return np.load(path, mmap_mode="r")
+    return np.load(io.BytesIO(storage.read_bytes(url)))
