@@ -31,6 +31,8 @@ class BuildSpec:
     inputs: list[str]
     report: str
     config: dict[str, Any]
+    # an import of a dataset (byod.py): its kind and column names; None for a crawl
+    source: dict[str, Any] | None = None
 
     @property
     def platform_config(self) -> PlatformConfig:
@@ -118,9 +120,13 @@ def stage_table(extraction: dict, download: StageStats, metadata: StageStats) ->
     """
     c, d, m, t = extraction["counters"], download.counters, metadata.counters, metadata.timings
     pairs = c.get("pairs", 0)
-    rows = [_row("extract_urls", pairs, c.get("urls_written", 0),
+    stage = extraction.get("stage", "extract_urls")
+    skipped = ", ".join(f"{k.split(':', 1)[1]} {v}" for k, v in sorted(c.items()) if k.startswith("skipped:"))
+    note = "" if stage == "extract_urls" else f"{c.get('records', 0)} read" + (f"; skipped {skipped}" if skipped else "") \
+        + (f"; {c['files_already_imported']} files imported before" if c.get("files_already_imported") else "")
+    rows = [_row(stage, pairs, c.get("urls_written", 0),
                  {"duplicates_in_batch": c.get("duplicates_in_batch", 0), "already_known": c.get("already_known", 0)},
-                 extraction.get("seconds", 0.0), pairs, "pairs/s")]
+                 extraction.get("seconds", 0.0), pairs, "pairs/s", note)]
     failures = {k: v for k, v in d.items() if k not in ("downloaded", "urls", "attempted")}
     rows.append(_row("download", d.get("urls", 0), d.get("downloaded", 0), failures, download.seconds,
                      d.get("urls", 0), "URLs/s"))
@@ -199,13 +205,14 @@ def summarize(spec: BuildSpec, seconds: float | None = None) -> dict:
     retried = sum(r["counters"].get("urls", 0) for r in records if "/requeue/" in r.get("partition", ""))
     summary = {
         "crawl_id": spec.crawl_id,
+        "source_kind": report.get("kind", "crawl"),
         "pool_version": pool.version,
         "published": published,
         "parent": versions.info(pool.root, pool.version).get("parent"),
         "runs_of_version": versions.runs(pool.root, pool.version),
         "scale": config.scale,
         "batch": report["batch"],
-        "wat_files": extraction.get("wat_files_processed", 0),
+        "wat_files": extraction.get("wat_files_processed", extraction.get("files_processed", 0)),
         "wat_files_unreadable": report.get("unreadable", []),
         "wat_files_left_for_later": extraction.get("wat_files_left_for_later", 0),
         "urls_extracted": sum(p["rows"] for p in report["partitions"]),
@@ -234,9 +241,16 @@ _SCALE_ORDER = ("tiny", "small", "medium", "large", "xlarge")
 
 def format_summary(summary: dict) -> str:
     pool, accounts = summary["pool"], summary["ledger"]
-    lines = [f"CommonPool build of {summary['crawl_id']} into pool version {summary['pool_version']} "
-             f"(scale {summary['scale']})"]
-    this = (f"  this run: {summary['wat_files']} new WAT files, {summary['urls_extracted']} new URLs, "
+    kind = summary.get("source_kind", "crawl")
+    if kind == "crawl":
+        lines = [f"CommonPool build of {summary['crawl_id']} into pool version {summary['pool_version']} "
+                 f"(scale {summary['scale']})"]
+        files, found = "WAT files", "URLs"
+    else:
+        lines = [f"Import of dataset {summary['crawl_id']} ({kind}) into its pool version {summary['pool_version']} "
+                 f"(scale {summary['scale']})"]
+        files, found = "source files", "URLs" if kind == "urls" else "samples"
+    this = (f"  this run: {summary['wat_files']} new {files}, {summary['urls_extracted']} new {found}, "
             f"{summary['urls_downloaded_again']} URLs downloaded again; {summary['kept']} samples added")
     lines.append(this)
     if len(summary.get("runs_of_version", [])) > 1:
@@ -249,7 +263,8 @@ def format_summary(summary: dict) -> str:
     if summary["published"]:
         lines.append(f"  published {summary['pool_version']}"
                      + (f" over {summary['parent']}" if summary["parent"] else "")
-                     + f": {pool['samples']} samples from crawls {', '.join(pool['crawls'])}")
+                     + f": {pool['samples']} samples from {'crawls' if kind == 'crawl' else 'dataset'} "
+                       f"{', '.join(pool['crawls'])}")
     else:
         lines.append(f"  nothing new to publish: {summary['pool_version']} stays open for the next run; "
                      + (f"the latest pool is {pool['version']} with {pool['samples']} samples"
@@ -257,7 +272,8 @@ def format_summary(summary: dict) -> str:
     lines += ["", f"  {'stage':<14}{'in':>8}{'kept':>8}  {'removed':<44}{'seconds':>9}  throughput"]
     width = 44
     for row in summary["stages"]:
-        removed = ", ".join(f"{k} {v}" for k, v in row["removed"].items()) or row.get("note", "")
+        removed = "; ".join(x for x in (", ".join(f"{k} {v}" for k, v in row["removed"].items()),
+                                         row.get("note", "")) if x)
         kept = "" if row["kept"] is None else row["kept"]
         rate = f"{row['throughput']:,.0f} {row['unit']}" if row["throughput"] else "-"
         chunks = textwrap.wrap(removed, width) or [""]

@@ -14,6 +14,9 @@
                                                   the filtering baselines: subset files and a table
     datacomp reshard --baseline LABEL [--pool-version v1] [--scale tiny]
     datacomp reshard --subset FILE --shards-dir DIR --out DIR      a subset's samples in new shards
+    datacomp import --name NAME --source DIR [--kind webdataset|urls] [--serve PORT]
+                                                  an external dataset as a pool of its own
+                                                  (filter, reshard and ledger take --dataset NAME)
 """
 
 from __future__ import annotations
@@ -178,13 +181,20 @@ def cmd_build(args) -> None:
     print(format_summary(summarize(spec, time.monotonic() - start)))
 
 
+def _root(config, args) -> str:
+    """The CommonPool's storage root, or an imported dataset's (--dataset)."""
+    from .layout import dataset_root
+
+    return dataset_root(config.storage_root, args.dataset) if getattr(args, "dataset", "") else config.storage_root
+
+
 def cmd_ledger(args) -> None:
     import pyarrow.compute as pc
 
     from . import ledger, versions
 
     config = _config(args)
-    root = config.storage_root
+    root = _root(config, args)
     version = args.pool_version or versions.latest(root, published=False)
     if not version:
         raise versions.VersionError(f"no pool version under {root} yet")
@@ -231,13 +241,14 @@ def cmd_filter(args) -> None:
     from .layout import PoolLayout
 
     config = _config(args)
+    root = _root(config, args)
     if args.metadata_dir:
         source = PoolSource(metadata_dir=args.metadata_dir)
     else:
-        version = args.pool_version or versions.latest(config.storage_root)
+        version = args.pool_version or versions.latest(root)
         if not version:
-            raise SystemExit(f"datacomp filter: no published pool version under {config.storage_root}")
-        source = PoolSource(manifest=PoolLayout(config.storage_root, version).manifest, scale=args.scale)
+            raise SystemExit(f"datacomp filter: no published pool version under {root}")
+        source = PoolSource(manifest=PoolLayout(root, version).manifest, scale=args.scale)
     labels = args.baseline or list(parse_all(config.filtering.baselines))
     out = output_dir(config, source)
     # columns, features and the pool's uid index are read once for every baseline
@@ -260,16 +271,49 @@ def cmd_reshard(args) -> None:
     else:
         if not args.baseline:
             raise SystemExit("datacomp reshard: name --baseline (or --subset, --shards-dir and --out)")
-        version = args.pool_version or versions.latest(config.storage_root)
+        root = _root(config, args)
+        version = args.pool_version or versions.latest(root)
         if not version:
-            raise SystemExit(f"datacomp reshard: no published pool version under {config.storage_root}")
-        manifest = storage.read_json(PoolLayout(config.storage_root, version).manifest)
-        subset = storage.join(config.storage_root, "subsets", version, args.scale, f"{args.baseline}.npy")
+            raise SystemExit(f"datacomp reshard: no published pool version under {root}")
+        manifest = storage.read_json(PoolLayout(root, version).manifest)
+        subset = storage.join(root, "subsets", version, args.scale, f"{args.baseline}.npy")
         shards = manifest["shards"]
-        out = args.out or storage.join(config.storage_root, "runs", version, args.scale, args.baseline, "shards")
+        out = args.out or storage.join(root, "runs", version, args.scale, args.baseline, "shards")
     stats = reshard(subset, shards, out, args.shard_size, args.workers)
     print(json.dumps(stats.to_dict(), indent=2))
     print(f"shards in {out} (meta.json: {storage.join(out, 'meta.json')})")
+
+
+def cmd_import(args) -> None:
+    import contextlib
+
+    from .build import format_summary, plan_metadata, summarize
+    from .byod import make_import_spec, plan_ingest, run_ingest, run_scan
+    from .download import Partition
+    from .metadata import PassModels, run_metadata
+    from .prepare_models import run_prepare_models
+    from .publish import run_publish
+
+    start = time.monotonic()
+    spec = make_import_spec(f"cli-{int(time.time())}", args.name, args.source, args.kind, args.url_column,
+                            args.caption_column, args.pool_version, {"scale": args.scale} | _config_overrides(args))
+    config = spec.platform_config
+    ctx = contextlib.nullcontext()
+    if args.serve:
+        from .synthetic.server import serving
+
+        ctx = serving(args.serve)
+    with ctx:
+        run_scan(spec)
+        for part in tqdm(plan_ingest(spec), desc="import and download", unit="part"):
+            run_ingest(Partition(**part), spec)
+    run_prepare_models(config)
+    groups = plan_metadata(spec)
+    models = PassModels.load(config) if groups else None
+    for group in tqdm(groups, desc="metadata pass", unit="task"):
+        run_metadata(group, spec.pool, config, models)
+    run_publish(spec.pool, config)
+    print(format_summary(summarize(spec, time.monotonic() - start)))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -342,6 +386,7 @@ def main(argv: list[str] | None = None) -> None:
                                                   "stage; or the history of one URL"))
     p.add_argument("--pool-version", default="", help="default: the newest version (open ones included)")
     p.add_argument("--stage", choices=["download", "metadata"], help="counts of one stage only")
+    p.add_argument("--dataset", default="", help="an imported dataset's pool instead of the CommonPool")
     who = p.add_mutually_exclusive_group()
     who.add_argument("--uid", help="print this uid's status history across pool versions")
     who.add_argument("--url", help="print this image URL's status history across pool versions")
@@ -351,6 +396,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--pool-version", default="", help="default: the newest published version")
     p.add_argument("--scale", default="tiny", help="the scale's pool (default: tiny)")
     p.add_argument("--metadata-dir", help="any folder of DataComp-format metadata instead of a pool version")
+    p.add_argument("--dataset", default="", help="an imported dataset's pool instead of the CommonPool")
     p.add_argument("--baseline", action="append", default=[], help="label of filtering.baselines (default: all)")
     p.set_defaults(func=cmd_filter)
 
@@ -358,12 +404,27 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--baseline", help="a subset written by datacomp filter / the filtering DAG")
     p.add_argument("--pool-version", default="", help="default: the newest published version")
     p.add_argument("--scale", default="tiny")
+    p.add_argument("--dataset", default="", help="an imported dataset's pool instead of the CommonPool")
     p.add_argument("--subset", help="any DataComp subset file (u8,u8), with --shards-dir and --out")
     p.add_argument("--shards-dir", help="folder of input shards (.tar with .parquet beside)")
     p.add_argument("--out", help="default: {root}/runs/{version}/{scale}/{baseline}/shards")
     p.add_argument("--shard-size", type=int, default=10_000, help="samples per output shard (DataComp: 10,000)")
     p.add_argument("--workers", type=int, default=0, help="parallel tasks (default: the cores)")
     p.set_defaults(func=cmd_reshard)
+
+    p = with_config(sub.add_parser("import", help="an external image-text dataset as a pool of its own "
+                                                  "({root}/datasets/NAME), with the CommonPool's metadata"))
+    p.add_argument("--name", required=True, help="the dataset's name (letters, digits, . _ -)")
+    p.add_argument("--source", action="append", required=True,
+                   help="webdataset .tar files, .parquet files of URLs and captions, or folders of either")
+    p.add_argument("--kind", default="auto", choices=["auto", "webdataset", "urls"])
+    p.add_argument("--url-column", default="", help="URL tables: default url or URL")
+    p.add_argument("--caption-column", default="", help="URL tables: default caption, text, TEXT or alt")
+    p.add_argument("--pool-version", default="", help="default: the open version or the next one")
+    p.add_argument("--scale", default="xlarge", choices=["tiny", "small", "medium", "large", "xlarge"],
+                   help="URL tables: download what this scale needs (xlarge: everything)")
+    p.add_argument("--serve", type=int, metavar="PORT", help="serve the synthetic images on PORT meanwhile")
+    p.set_defaults(func=cmd_import)
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,

@@ -97,7 +97,8 @@ class Partition:
 def partition_name(path: str) -> str:
     parts = path.rstrip("/").split("/")
     stem = parts[-1].removesuffix(".parquet")
-    if len(parts) >= 3 and parts[-2] == "urls":  # {root}/crawls/{crawl_id}/urls/part-*.parquet
+    # {root}/crawls/{crawl_id}/urls/part-*.parquet, and an imported shard's staged part (byod.py) of that name
+    if len(parts) >= 3 and parts[-2] in ("urls", "staging"):
         return f"{parts[-3]}-{stem}"
     if len(parts) >= 2 and parts[-2] == "requeue":  # {root}/pool/{version}/requeue/part-*.parquet
         return f"requeue-{stem}"

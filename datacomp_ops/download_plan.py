@@ -55,6 +55,11 @@ def url_parts(root: str) -> list[str]:
     return out
 
 
+def staged_names(root: str) -> set[str]:
+    """Parts of imported webdataset shards (byod.py): their URL part is written by the import, never downloaded."""
+    return {partition_name(p) for p in storage.ls(storage.join(root, "crawls"), "*/staging/part-*.parquet")}
+
+
 def committed_names(root: str) -> set[str]:
     return {m.rstrip("/").rsplit("/", 1)[-1] for m in committed_markers(root)}
 
@@ -142,7 +147,7 @@ def plan_download(pool: PoolLayout, config: PlatformConfig) -> list[Partition]:
     limit = scale_key_limit(config, sum(rows.values()), current)
     if limit < 1.0:
         log.info("scale %s needs the URLs below %.4g of the scale-key range", config.scale, limit)
-    done = committed_names(pool.root)
+    done = committed_names(pool.root) | staged_names(pool.root)
     todo = [{"path": p, "rows": n} for p, n in rows.items() if partition_name(p) not in done]
     todo += [{"path": p, "rows": _rows(p)} for p in write_requeue(pool, config, limit, current, attempts, done)]
     plan = plan_partitions(todo, next_free_shard(pool), config.download.number_sample_per_shard)

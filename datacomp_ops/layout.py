@@ -7,6 +7,11 @@ from dataclasses import dataclass
 from .storage import join
 
 
+def dataset_root(storage_root: str, name: str) -> str:
+    """The storage root of an imported dataset (byod.py): a pool of its own, laid out as the CommonPool."""
+    return join(storage_root, "datasets", name)
+
+
 @dataclass(frozen=True)
 class CrawlLayout:
     root: str

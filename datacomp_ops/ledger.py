@@ -44,6 +44,7 @@ PERMANENT_FAILURES = (
     "image_too_large",  # above max_image_area (decompression bombs)
     "opted_out",  # X-Robots-Tag noai and friends
     "resize_error",
+    "missing_from_source",  # an imported webdataset shard no longer holds a sample its scan listed
 )
 DOWNLOAD_FAILURES = TRANSIENT_FAILURES + PERMANENT_FAILURES
 # Not downloaded because the run's scale did not need it (a scale-limited

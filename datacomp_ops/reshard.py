@@ -143,40 +143,72 @@ def _mapped(url: str):
         yield memoryview(storage.read_bytes(url))
 
 
+def _pax_path(record: bytes) -> bytes | None:
+    """The ``path`` of a pax extended header's records (``"%d path=...\\n"``), if it sets one."""
+    pos = 0
+    while pos < len(record):
+        length, _, rest = record[pos:].partition(b" ")
+        if not length.isdigit() or int(length) <= 0:
+            break
+        key, _, value = rest[: int(length) - len(length) - 1].partition(b"=")
+        if key == b"path":
+            return value.rstrip(b"\n")
+        pos += int(length)
+    return None
+
+
+def _size(header: bytes) -> int:
+    try:
+        return int(header[124:135], 8)
+    except ValueError:  # base-256 sizes, or fields padded with spaces
+        field = header[124:136]
+        return int.from_bytes(field[1:], "big") if field[0] & 0x80 else int(field.strip(b"\0 ") or b"0", 8)
+
+
 def _samples(data: memoryview, wanted: set[bytes], where: str):
     """The raw tar blocks (headers and data) of each wanted sample, in order, without decoding anything.
 
     A sample is the consecutive members sharing a key (the name up to its first dot), as webdataset
-    groups them. Plain ustar members only: long names and pax headers (which img2dataset never
-    writes) are refused with the shard named.
+    groups them. A member's pax extended header (webdataset's TarWriter writes one for every member:
+    its mtime is a float) or GNU long name travels with it; a global pax header, which would
+    apply to every member after it, is refused with the shard named.
     """
     pos, end = 0, len(data)
     current, parts = None, []
+    pending: list[memoryview] = []  # extended headers of the next member
+    long_name = None
     while pos + 512 <= end:
         header = bytes(data[pos:pos + 512])
         kind = header[156:157]
-        if kind not in (b"0", b"\0", b"5"):
-            raise PoolError(f"{where}: tar member type {kind!r} at byte {pos} (long names or pax headers) is not "
-                            f"supported by the resharder")
         if not header[0] and header.count(0) == 512:  # the end-of-archive blocks
             break
-        try:
-            size = int(header[124:135], 8)
-        except ValueError:  # base-256 sizes, or fields padded with spaces
-            field = header[124:136]
-            size = int.from_bytes(field[1:], "big") if field[0] & 0x80 else int(field.strip(b"\0 ") or b"0", 8)
+        size = _size(header)
         total = 512 + ((size + 511) & ~511)
+        if kind in (b"x", b"L"):
+            body = bytes(data[pos + 512:pos + 512 + size])
+            found = _pax_path(body) if kind == b"x" else body.rstrip(b"\0")
+            long_name = found if found is not None else long_name
+            pending.append(data[pos:pos + total])
+            pos += total
+            continue
+        if kind not in (b"0", b"\0", b"5"):
+            raise PoolError(f"{where}: tar member type {kind!r} at byte {pos} is not supported by the resharder "
+                            f"(regular files, folders, pax and GNU long-name headers are)")
         if kind != b"5":
-            name = header[:100].split(b"\0", 1)[0]
-            if header[345]:  # ustar's name prefix
-                name = header[345:500].split(b"\0", 1)[0] + b"/" + name
+            name = long_name
+            if name is None:
+                name = header[:100].split(b"\0", 1)[0]
+                if header[345]:  # ustar's name prefix
+                    name = header[345:500].split(b"\0", 1)[0] + b"/" + name
             key = name.rpartition(b"/")[2].partition(b".")[0]
             if key != current:
                 if current in wanted:
                     yield parts
                 current, parts = key, []
             if key in wanted:
+                parts.extend(pending)
                 parts.append(data[pos:pos + total])
+        pending, long_name = [], None
         pos += total
     if current in wanted:
         yield parts

@@ -92,18 +92,76 @@ def test_reshard_names_a_shard_without_its_parquet(tmp_path):
         reshard(str(subset), tars, str(tmp_path / "out"))
 
 
-def test_reshard_refuses_tar_members_it_cannot_copy_verbatim(tmp_path):
-    """A long member name needs a GNU or pax header, which img2dataset never writes: named, not mangled."""
-    tars, samples = make_shards(tmp_path / "pool", n_shards=1)
-    key = "k" * 120
-    with tarfile.open(tars[0], "w", format=tarfile.PAX_FORMAT) as tar:
-        info = tarfile.TarInfo(f"{key}.jpg")
-        info.size = 3
-        tar.addfile(info, io.BytesIO(b"abc"))
-    uid = hashlib.md5(key.encode()).hexdigest()
-    pq.write_table(pa.Table.from_pylist([{"key": key, "uid": uid, "status": "success"}]),
-                   tmp_path / "pool" / "00000000.parquet")
+def _pool_of(tmp_path, write_member):
+    """One shard written member by member with `write_member(tar, key, ext, data)`, its parquet beside."""
+    folder = tmp_path / "pool"
+    folder.mkdir()
+    keys = ["000000000001", "k" * 120, "000000000003"]  # a long name needs a pax or GNU header
+    rows, samples = [], {}
+    with open(folder / "00000000.tar", "wb") as f:
+        write_member(f, keys, samples, rows)
+    pq.write_table(pa.Table.from_pylist(rows), folder / "00000000.parquet")
+    return [str(folder / "00000000.tar")], samples
+
+
+def _files(key, uid):
+    return {"jpg": f"image {key}".encode() * 30, "txt": f"caption {key}".encode(), "json": json.dumps({"uid": uid}).encode()}
+
+
+@pytest.mark.parametrize("writer", ["webdataset", "gnu", "pax"])
+def test_reshard_copies_members_with_extended_headers(tmp_path, writer):
+    """webdataset's TarWriter (img2dataset's and our shards) gives every member a pax header (its mtime is a
+    float); long names come with pax or GNU headers: each travels with its member, byte for byte."""
+    import webdataset as wds
+
+    def write(f, keys, samples, rows):
+        if writer == "webdataset":
+            with wds.TarWriter(f) as tar:
+                for key in keys:
+                    uid = hashlib.md5(key.encode()).hexdigest()
+                    samples[uid] = _files(key, uid)
+                    rows.append({"key": key, "uid": uid, "status": "success"})
+                    tar.write({"__key__": key, **samples[uid]})
+            return
+        fmt = tarfile.GNU_FORMAT if writer == "gnu" else tarfile.PAX_FORMAT
+        with tarfile.open(fileobj=f, mode="w", format=fmt) as tar:
+            for key in keys:
+                uid = hashlib.md5(key.encode()).hexdigest()
+                samples[uid] = _files(key, uid)
+                rows.append({"key": key, "uid": uid, "status": "success"})
+                for ext, data in samples[uid].items():
+                    info = tarfile.TarInfo(f"{key}.{ext}")
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+
+    tars, samples = _pool_of(tmp_path, write)
+    chosen = sorted(samples)[1:]
     subset = tmp_path / "subset.npy"
-    write_subset(str(subset), uids_to_array([uid]))
-    with pytest.raises(PoolError, match=r"00000000.tar: tar member type b'x'"):
+    write_subset(str(subset), uids_to_array(chosen))
+    reshard(str(subset), tars, str(tmp_path / "out"), shard_size=10, workers=1)
+    with tarfile.open(tmp_path / "out" / "00000000.tar") as tar:
+        names = tar.getnames()
+    got = {json.loads(s["json"])["uid"]: s for s in wds.WebDataset(str(tmp_path / "out" / "00000000.tar"),
+                                                                  shardshuffle=False)}
+    assert sorted(got) == chosen and len(names) == 3 * len(chosen)
+    for uid in chosen:
+        assert {k: got[uid][k] for k in ("jpg", "txt", "json")} == samples[uid]
+
+
+def test_reshard_refuses_a_global_pax_header(tmp_path):
+    """A global header applies to every member after it; copying members without it would change them."""
+    def write(f, keys, samples, rows):
+        with tarfile.open(fileobj=f, mode="w", format=tarfile.PAX_FORMAT, pax_headers={"comment": "x"}) as tar:
+            for key in keys[:1]:
+                uid = hashlib.md5(key.encode()).hexdigest()
+                samples[uid] = _files(key, uid)
+                rows.append({"key": key, "uid": uid, "status": "success"})
+                info = tarfile.TarInfo(f"{key}.jpg")
+                info.size = 3
+                tar.addfile(info, io.BytesIO(b"abc"))
+
+    tars, samples = _pool_of(tmp_path, write)
+    subset = tmp_path / "subset.npy"
+    write_subset(str(subset), uids_to_array(sorted(samples)))
+    with pytest.raises(PoolError, match=r"00000000.tar: tar member type b'g'"):
         reshard(str(subset), tars, str(tmp_path / "out"))

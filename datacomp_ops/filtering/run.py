@@ -48,13 +48,14 @@ class PoolSource:
 
 
 def output_dir(config: PlatformConfig, source: PoolSource) -> str:
-    """config's filtering.output_dir, or {root}/subsets/{version}/{scale} for a published pool
+    """config's filtering.output_dir, or {pool's root}/subsets/{version}/{scale} for a published pool
     ({root}/subsets/external/{folder name} for a metadata folder)."""
     if config.filtering.output_dir:
         return config.filtering.output_dir
-    if source.manifest:
+    if source.manifest:  # beside the pool: an imported dataset's subsets stay under its own root
         manifest = storage.read_json(source.manifest)
-        return storage.join(config.storage_root, "subsets", manifest["pool_version"], source.scale or "all")
+        return storage.join(manifest.get("storage_root", config.storage_root), "subsets", manifest["pool_version"],
+                            source.scale or "all")
     name = source.metadata_dir.rstrip("/").rsplit("/", 1)[-1]
     return storage.join(config.storage_root, "subsets", "external", name)
 
