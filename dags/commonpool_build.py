@@ -29,19 +29,13 @@ previous version's samples plus the new ones (the manifest lists the old files, 
 from __future__ import annotations
 
 import datetime
-import os
 from pathlib import Path
 
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
 from airflow.sdk import Param, dag, task
-from datacomp_assets import POOL_ASSETS
+from pool_tasks import DOWNLOAD_RETRIES, DOWNLOAD_RETRY_DELAY, finish_pool_build
 
 SPARK_JOB = str(Path(__file__).resolve().parents[1] / "spark_jobs" / "extract_urls.py")
-# GPU stages: Airflow pool `gpu` (its slots bound the GPU tasks at once) and the
-# Celery queue that GPU workers listen on; LocalExecutor ignores queues.
-GPU = {"pool": "gpu", "queue": os.environ.get("DATACOMP_GPU_QUEUE", "gpu")}
-DOWNLOAD_RETRIES = int(os.environ.get("DATACOMP_DOWNLOAD_RETRIES", "3"))
-DOWNLOAD_RETRY_DELAY = datetime.timedelta(seconds=float(os.environ.get("DATACOMP_DOWNLOAD_RETRY_DELAY_S", "120")))
 
 
 def _optional(kind: str, title: str, description: str, section: str, **schema) -> Param:
@@ -164,81 +158,9 @@ def commonpool_build():
         last_try = ti is None or ti.try_number > ti.max_tries
         return run_download(Partition(**partition), build.pool, build.platform_config, last_try).to_dict()
 
-    @task(**GPU)
-    def prepare_models(spec: dict) -> dict:
-        from datacomp_ops.build import BuildSpec
-        from datacomp_ops.prepare_models import run_prepare_models
-
-        return run_prepare_models(BuildSpec(**spec).platform_config).to_dict()
-
-    @task(trigger_rule="none_failed")  # also when no new WAT file gave partitions to download
-    def plan_metadata(spec: dict) -> list[list[int]]:
-        from datacomp_ops.build import BuildSpec, plan_metadata
-
-        return plan_metadata(BuildSpec(**spec))
-
-    @task(retries=2, **GPU)
-    def metadata(shards: list[int], spec: dict) -> dict:
-        from datacomp_ops.build import BuildSpec
-        from datacomp_ops.metadata import run_metadata
-
-        build = BuildSpec(**spec)
-        return run_metadata(shards, build.pool, build.platform_config).to_dict()
-
-    @task(trigger_rule="none_failed")
-    def publish(spec: dict) -> dict:
-        from airflow.exceptions import AirflowSkipException
-
-        from datacomp_ops.build import BuildSpec
-        from datacomp_ops.publish import run_publish
-
-        build = BuildSpec(**spec)
-        stats = run_publish(build.pool, build.platform_config)
-        if stats["unchanged"]:
-            raise AirflowSkipException(f"pool version {build.pool_version} adds nothing to its parent: not "
-                                       f"published, no Asset events")
-        return stats.to_dict()
-
-    def announce(scale: str):
-        """One task per scale, so that a scale this run did not build emits no Asset event."""
-
-        @task(task_id=f"announce_{scale}", outlets=[POOL_ASSETS[scale]])
-        def announce_scale(spec: dict, outlet_events=None) -> dict:
-            from airflow.exceptions import AirflowSkipException
-
-            from datacomp_ops import storage
-            from datacomp_ops.build import BuildSpec
-            from datacomp_ops.publish import asset_extras
-
-            extras = asset_extras(storage.read_json(BuildSpec(**spec).pool.manifest))
-            if scale not in extras:
-                raise AirflowSkipException(f"scale {scale} is not built in this pool version")
-            outlet_events[POOL_ASSETS[scale]].extra = extras[scale]
-            return extras[scale]
-
-        return announce_scale
-
-    @task(trigger_rule="none_failed")
-    def summarize(spec: dict, dag_run=None) -> dict:
-        from datacomp_ops.build import BuildSpec, format_summary, summarize
-
-        seconds = None
-        if dag_run is not None and dag_run.start_date is not None:
-            seconds = (datetime.datetime.now(datetime.timezone.utc) - dag_run.start_date).total_seconds()
-        summary = summarize(BuildSpec(**spec), seconds)
-        print(format_summary(summary))
-        return summary
-
     plan = plan_download(spec)
     spec >> extract_urls >> plan
-    parts = download.partial(spec=spec).expand(partition=plan)
-    groups = plan_metadata(spec)
-    parts >> groups
-    described = metadata.partial(spec=spec).expand(shards=groups)
-    prepare_models(spec) >> described
-    published = publish(spec)
-    announced = [announce(scale)(spec) for scale in POOL_ASSETS]
-    described >> published >> announced >> summarize(spec)
+    finish_pool_build(spec, download.partial(spec=spec).expand(partition=plan))
 
 
 commonpool_build()

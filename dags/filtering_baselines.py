@@ -1,15 +1,16 @@
 """Filtering baselines: DataComp's baselines (and any composed in the config) over a pool's metadata.
 
-Runs when `commonpool_build` publishes a scale (its Asset events name the pool version and scale),
-or from the form: a published pool version and scale, or any folder of metadata in DataComp's
-format (parquet + npz), so the track runs before or beside the pool build.
+Runs when `commonpool_build` or `import_dataset` publishes a scale (its Asset events name the pool
+version and scale), or from the form: a published pool version and scale (of the CommonPool or of an
+imported dataset), or any folder of metadata in DataComp's format (parquet + npz), so the track runs
+before or beside the pool build.
 
 1. **prepare**: the pools to filter (from the triggering Asset events, or the form) and the
    baselines (the config's `filtering.baselines`, or those the form names; a form entry that is
    not a label is a new spec, e.g. `b32_10 = clip_score:arch=b32,fraction=0.1`).
 2. **filter_baseline**: one mapped task per (pool, baseline): writes the DataComp subset file
    (`u8,u8`, sorted) and its stats record (kept count and fraction, thresholds, seconds) under
-   `{root}/subsets/{version}/{scale}/`, and an Asset event for training.
+   `{pool's root}/subsets/{version}/{scale}/`, and an Asset event for training.
 3. **summarize**: the table of baselines, kept counts and fractions.
 """
 
@@ -33,6 +34,8 @@ def _optional(kind: str, title: str, description: str, section: str, **schema) -
     catchup=False,
     tags=["datacomp", "filtering"],
     params={
+        "dataset": _optional("string", "Imported dataset", "The name given to import_dataset. Empty: the "
+                             "CommonPool.", "Pool", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"),
         "pool_version": _optional("string", "Pool version", "A published version (v0001...). Empty: the newest.",
                                   "Pool", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"),
         "scale": Param("tiny", type="string", enum=list(SCALES), title="Scale",

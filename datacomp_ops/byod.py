@@ -79,14 +79,22 @@ def make_import_spec(run_key: str, name: str, sources: list[str], kind: str = "a
     """The import run's spec: a build spec whose storage root is the dataset's own."""
     from . import versions
 
-    if not name or not _NAME.match(name):
-        raise DatasetImportError(f"dataset name {name!r}: use letters, digits, '.', '_' and '-'")
+    base = load_config(overrides=overrides)
     sources = [s for s in (sources or []) if s and s.strip()]
+    example = storage.join(base.crawl_source, "own_data")
+    if not sources and not base.crawl.source and storage.exists(example):
+        # the embedded default's empty form: the synthetic world's example dataset
+        from .synthetic.own_data import EXAMPLE_NAME
+
+        name, sources = name or EXAMPLE_NAME, [example]
+    if not name:
+        raise DatasetImportError("name the dataset to import (name): its pool lives under {storage_root}/datasets/{name}")
+    if not _NAME.match(name):
+        raise DatasetImportError(f"dataset name {name!r}: use letters, digits, '.', '_' and '-'")
     if not sources:
         raise DatasetImportError(f"dataset {name}: name the files or folders to import (sources)")
     if kind not in ("auto",) + KINDS:
         raise DatasetImportError(f"source kind {kind!r}: use auto, webdataset or urls")
-    base = load_config(overrides=overrides)
     root = dataset_root(base.storage_root, name)
     # the models and evaluation sets stay the platform's, not the dataset root's
     config = load_config(overrides=dict(overrides or {}) | {
@@ -275,10 +283,12 @@ def run_scan(spec: BuildSpec) -> dict:
                 table, counters = _scan_url_table(path, spec, config)
             else:
                 table, counters, error = _scan_shard(path, config)
+                if error and not counters["records"]:  # not a tar at all, or not readable now
+                    raise OSError(error)
         except DatasetImportError:
             raise
         except (OSError, pa.ArrowException, ValueError) as exc:  # an unreadable file: tried again next import
-            error = f"{type(exc).__name__}: {exc}"
+            error = str(exc) if isinstance(exc, OSError) and not exc.errno else f"{type(exc).__name__}: {exc}"
             report["unreadable"].append({"wat_path": path, "error": f"{path}: {error}"})
             rows_of_manifest.append((path, False, 0, 0, 1, error))
             stats.add("unreadable_files")

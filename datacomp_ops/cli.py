@@ -159,7 +159,7 @@ def cmd_build(args) -> None:
     from .publish import run_publish
 
     start = time.monotonic()
-    spec = make_spec(f"cli-{int(time.time())}", args.crawl_id, args.pool_version, args.input,
+    spec = make_spec(f"cli-{time.time_ns()}", args.crawl_id, args.pool_version, args.input,
                      {"scale": args.scale} | _config_overrides(args), logical_date=args.date)
     config = spec.platform_config
     ctx = contextlib.nullcontext()
@@ -295,7 +295,7 @@ def cmd_import(args) -> None:
     from .publish import run_publish
 
     start = time.monotonic()
-    spec = make_import_spec(f"cli-{int(time.time())}", args.name, args.source, args.kind, args.url_column,
+    spec = make_import_spec(f"cli-{time.time_ns()}", args.name, args.source, args.kind, args.url_column,
                             args.caption_column, args.pool_version, {"scale": args.scale} | _config_overrides(args))
     config = spec.platform_config
     ctx = contextlib.nullcontext()

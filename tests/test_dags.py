@@ -92,6 +92,32 @@ def test_filtering_baselines_structure(dagbag):
     assert all(p.schema.get("section") for p in (dag.params.get_param(k) for k in dag.params.keys()))
 
 
+def test_import_dataset_structure(dagbag):
+    """The CommonPool build's end (metadata pass, publish, one Asset per scale), fed by the import's own tasks."""
+    dag = dagbag.dags["import_dataset"]
+    downstream = {t.task_id: sorted(t.downstream_task_ids) for t in dag.tasks}
+    scales = ("large", "medium", "small", "tiny", "xlarge")
+    assert downstream == {
+        "prepare": sorted([f"announce_{s}" for s in scales] + ["ingest", "metadata", "plan_ingest", "plan_metadata",
+                                                               "prepare_models", "publish", "scan", "summarize"]),
+        "scan": ["plan_ingest"],
+        "plan_ingest": ["ingest"],
+        "ingest": ["plan_metadata"],
+        "prepare_models": ["metadata"],
+        "plan_metadata": ["metadata"],
+        "metadata": ["publish"],
+        "publish": [f"announce_{s}" for s in scales],
+        **{f"announce_{s}": ["summarize"] for s in scales},
+        "summarize": [],
+    }
+    assert {t.task_id for t in dag.tasks if t.pool == "gpu"} == {"prepare_models", "metadata"}
+    assert dag.get_task("ingest").retries >= 1 and dag.timetable.__class__.__name__ == "NullTimetable"
+    for scale in scales:
+        assert [a.name for a in dag.get_task(f"announce_{scale}").outlets] == [f"commonpool_{scale}"]
+    assert dag.params.validate()["sources"] is None  # the empty form validates
+    assert all(p.schema.get("section") for p in (dag.params.get_param(k) for k in dag.params.keys()))
+
+
 def test_form_fields_set_config_keys():
     """Every form field that sets a config key names a key the config has."""
     import runpy

@@ -37,9 +37,12 @@ EDITS = {
                          "crawl_id": "CC-SYNTH-2026-47"},
     "filtering_baselines": {"baselines": "no_filter\nb32_half = clip_score:arch=b32,fraction=0.5",
                             "pool_version": "v0001"},
+    # sources stay empty: the embedded default's example dataset, imported under another name
+    "import_dataset": {"name": "shapes", "pool_version": "p1"},
 }
 # A value each DAG's form must refuse, with the field named in the message
-INVALID = {"commonpool_build": ("crawl_id", "CC MAIN 2024/33"), "filtering_baselines": ("pool_version", "v 1!")}
+INVALID = {"commonpool_build": ("crawl_id", "CC MAIN 2024/33"), "filtering_baselines": ("pool_version", "v 1!"),
+           "import_dataset": ("name", "my data!")}
 
 
 class Api:

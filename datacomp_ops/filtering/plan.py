@@ -1,8 +1,8 @@
 """The filtering DAG's glue: which pools and baselines a run filters, and one job of it.
 
 A run filters the pools named by the Asset events that triggered it (one per
-published scale), or the pool its form names (a published version and scale,
-or a metadata folder). Its baselines are the config's `filtering.baselines`,
+published scale), or the pool its form names (a published version and scale
+of the CommonPool or of an imported dataset, or a metadata folder). Its baselines are the config's `filtering.baselines`,
 or those the form lists: a config label, or a new spec added for the run.
 """
 
@@ -13,7 +13,7 @@ from typing import Any
 
 from .. import storage, versions
 from ..config import config_from_dict, load_config
-from ..layout import PoolLayout
+from ..layout import PoolLayout, dataset_root
 from .baselines import BaselineSpec, parse_all
 from .pool import UidIndex
 from .run import PoolSource, output_dir, run_baseline
@@ -45,15 +45,17 @@ def plan_filtering(params: dict[str, Any], events: list[dict]) -> list[dict]:
             sources.append((f"{extra['pool_version']}/{extra['scale']}",
                             PoolSource(manifest=extra["manifest"], scale=extra["scale"])))
     else:
-        version = params.get("pool_version") or versions.latest(config.storage_root)
+        dataset = params.get("dataset") or ""
+        root = dataset_root(config.storage_root, dataset) if dataset else config.storage_root
+        version = params.get("pool_version") or versions.latest(root)
         if not version:
-            raise versions.VersionError(f"no published pool version under {config.storage_root}: build one "
-                                        f"with commonpool_build, or name a metadata folder")
-        if not versions.is_published(config.storage_root, version):
-            raise versions.VersionError(f"pool version {version!r} is not published")
+            how = "import it with import_dataset" if dataset else "build one with commonpool_build"
+            raise versions.VersionError(f"no published pool version under {root}: {how}, or name a metadata folder")
+        if not versions.is_published(root, version):
+            raise versions.VersionError(f"pool version {version!r} under {root} is not published")
         scale = params.get("scale") or "tiny"
-        sources.append((f"{version}/{scale}", PoolSource(manifest=PoolLayout(config.storage_root, version).manifest,
-                                                         scale=scale)))
+        name = f"{dataset}/{version}/{scale}" if dataset else f"{version}/{scale}"
+        sources.append((name, PoolSource(manifest=PoolLayout(root, version).manifest, scale=scale)))
     jobs = []
     for name, source in sources:
         out = output_dir(config, source)

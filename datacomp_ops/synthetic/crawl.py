@@ -308,7 +308,8 @@ def weekly_crawl_ids(last: str, n: int) -> list[str]:
 def generate_world(out_dir: str | Path, spec: CrawlSpec, n_crawls: int, repeat_fraction: float = 0.1,
                    progress: Callable[[int], None] | None = None) -> list[dict]:
     """`n_crawls` weekly crawls in one source, the last one `spec.crawl_id`; each repeats pairs of the one before;
-    and the miniature WordNet that the text-based baseline reads (``{out_dir}/wordnet``).
+    the miniature WordNet that the text-based baseline reads (``{out_dir}/wordnet``); and an example
+    dataset for the import DAG (``{out_dir}/own_data``).
 
     Each crawl has `spec.n_urls` pairs of its own (its images numbered apart
     from the other crawls') plus about `repeat_fraction` of that from the
@@ -323,9 +324,12 @@ def generate_world(out_dir: str | Path, spec: CrawlSpec, n_crawls: int, repeat_f
         summaries.append(generate_crawl(out_dir, crawl_spec, progress, previous))
         previous = pq.read_table(summaries[-1]["truth"])
     # the text-based filtering baseline's WordNet and class list, in miniature (synthetic/wordnet.py)
+    from .own_data import write_own_data
     from .wordnet import write_wordnet
 
     write_wordnet(Path(out_dir) / "wordnet")
+    # an example dataset of your own, for the import DAG (synthetic/own_data.py)
+    write_own_data(Path(out_dir) / "own_data")
     return summaries
 
 

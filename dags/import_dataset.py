@@ -1,0 +1,105 @@
+"""Import a dataset of your own as a pool: webdataset shards, or parquet tables of URLs and captions.
+
+The dataset becomes a pool of its own under `{storage_root}/datasets/{name}`, with the CommonPool's
+metadata (NSFW, eval-set dedup, faces blurred, CLIP B/32 and L/14 features), ledger, pool versions
+and per-scale pools; its Asset events start `filtering_baselines` as a CommonPool build's do, and
+every baseline, the resharder and training take it. Importing the same folder again reads only
+the files no earlier import read, and publishes the next version with the new samples.
+
+1. **prepare**: the run's config, the dataset's root, its source files and their kind.
+2. **scan**: the new source files: uid = md5(caption + url) (a shard's sample without a URL gets
+   `{shard}#{key}`), deduplicated within the import and against earlier ones; samples without a
+   caption or an image are counted skips.
+3. **plan_ingest** / **ingest**: one mapped task per URL partition (img2dataset downloads, as
+   in the CommonPool build) or per source shard (its samples resized by img2dataset's resizer
+   into raw shards); every sample gets a download-stage ledger status.
+4. **plan_metadata** / **metadata**, **prepare_models**, **publish**, **announce_{scale}**,
+   **summarize**: exactly as in `commonpool_build`.
+"""
+
+from __future__ import annotations
+
+import datetime
+
+from airflow.sdk import Param, dag, task
+from pool_tasks import DOWNLOAD_RETRIES, DOWNLOAD_RETRY_DELAY, finish_pool_build
+
+
+def _optional(kind: str, title: str, description: str, section: str, **schema) -> Param:
+    """A form field that may stay empty (empty: the default the description names)."""
+    return Param(None, type=["null", kind], title=title, description=description, section=section, **schema)
+
+
+@dag(
+    schedule=None,  # triggered from the UI, the CLI or the REST API
+    start_date=datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc),
+    catchup=False,
+    max_active_runs=1,
+    doc_md=__doc__,
+    tags=["datacomp", "import"],
+    params={
+        # Both empty: on the embedded default, the synthetic world's example dataset; elsewhere prepare
+        # says which is missing.
+        "name": _optional("string", "Dataset name", "Its pool lives under {storage_root}/datasets/{name}; filter "
+                          "it with this name.", "Dataset", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"),
+        "sources": _optional("array", "Source files or folders", "One per line: webdataset .tar shards, .parquet "
+                             "tables of URLs and captions, folders or globs of either (local or s3://...).",
+                             "Dataset", items={"type": "string"}),
+        "kind": Param("auto", type="string", enum=["auto", "webdataset", "urls"], title="Kind",
+                      description="auto: from the files' extensions.", section="Dataset"),
+        "url_column": _optional("string", "URL column", "URL tables. Empty: url or URL.", "Columns"),
+        "caption_column": _optional("string", "Caption column", "URL tables. Empty: caption, text, TEXT or alt.",
+                                    "Columns"),
+        "scale": Param("xlarge", type="string", enum=["tiny", "small", "medium", "large", "xlarge"], title="Scale",
+                       description="URL tables: download what this scale's pool needs; xlarge: everything.",
+                       section="Pool"),
+        "pool_version": _optional("string", "Pool version", "Empty: the dataset's open version, or its next one.",
+                                  "Pool", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"),
+        "config_overrides": _optional("object", "Other config keys", 'Dotted keys, e.g. {"download.image_size": '
+                                      "256}; see config/example.yaml.", "Advanced"),
+    },
+)
+def import_dataset():
+    @task
+    def prepare(params=None, run_id=None) -> dict:
+        from datacomp_ops.byod import make_import_spec
+
+        overrides = {"scale": params["scale"]} | (params.get("config_overrides") or {})
+        return make_import_spec(run_id, params.get("name") or "", params.get("sources") or [], params["kind"],
+                                params.get("url_column") or "", params.get("caption_column") or "",
+                                params.get("pool_version") or "", overrides).to_dict()
+
+    @task
+    def scan(spec: dict) -> dict:
+        from datacomp_ops.build import BuildSpec
+        from datacomp_ops.byod import run_scan
+
+        return run_scan(BuildSpec(**spec))["stats"]
+
+    @task
+    def plan_ingest(spec: dict) -> list[dict]:
+        from datacomp_ops.build import BuildSpec
+        from datacomp_ops.byod import plan_ingest
+
+        return plan_ingest(BuildSpec(**spec))
+
+    @task(max_active_tis_per_dag=2, retries=DOWNLOAD_RETRIES, retry_delay=DOWNLOAD_RETRY_DELAY,
+          retry_exponential_backoff=True, map_index_template="{{ part_name }}")
+    def ingest(partition: dict, spec: dict, ti=None) -> dict:
+        from airflow.sdk import get_current_context
+
+        from datacomp_ops.build import BuildSpec
+        from datacomp_ops.byod import run_ingest
+        from datacomp_ops.download import Partition
+
+        get_current_context()["part_name"] = partition["path"].rsplit("/", 1)[-1]
+        last_try = ti is None or ti.try_number > ti.max_tries
+        return run_ingest(Partition(**partition), BuildSpec(**spec), last_try).to_dict()
+
+    spec = prepare()
+    plan = plan_ingest(spec)
+    scan(spec) >> plan
+    finish_pool_build(spec, ingest.partial(spec=spec).expand(partition=plan))
+
+
+import_dataset()

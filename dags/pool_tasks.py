@@ -1,0 +1,101 @@
+"""The tasks a pool build shares, whatever fed it: the metadata pass, publish, Asset events, summary.
+
+`commonpool_build` (Common Crawl) and `import_dataset` (a dataset of your own) both end in these;
+each task takes the run's spec (datacomp_ops.build.BuildSpec as a dict). No DAG is declared here.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+
+from airflow.sdk import task
+from datacomp_assets import POOL_ASSETS
+
+# GPU stages: Airflow pool `gpu` (its slots bound the GPU tasks at once) and the
+# Celery queue that GPU workers listen on; LocalExecutor ignores queues.
+GPU = {"pool": "gpu", "queue": os.environ.get("DATACOMP_GPU_QUEUE", "gpu")}
+DOWNLOAD_RETRIES = int(os.environ.get("DATACOMP_DOWNLOAD_RETRIES", "3"))
+DOWNLOAD_RETRY_DELAY = datetime.timedelta(seconds=float(os.environ.get("DATACOMP_DOWNLOAD_RETRY_DELAY_S", "120")))
+
+
+@task(**GPU)
+def prepare_models(spec: dict) -> dict:
+    from datacomp_ops.build import BuildSpec
+    from datacomp_ops.prepare_models import run_prepare_models
+
+    return run_prepare_models(BuildSpec(**spec).platform_config).to_dict()
+
+
+@task(trigger_rule="none_failed")  # also when nothing new gave partitions to download
+def plan_metadata(spec: dict) -> list[list[int]]:
+    from datacomp_ops.build import BuildSpec, plan_metadata
+
+    return plan_metadata(BuildSpec(**spec))
+
+
+@task(retries=2, **GPU)
+def metadata(shards: list[int], spec: dict) -> dict:
+    from datacomp_ops.build import BuildSpec
+    from datacomp_ops.metadata import run_metadata
+
+    build = BuildSpec(**spec)
+    return run_metadata(shards, build.pool, build.platform_config).to_dict()
+
+
+@task(trigger_rule="none_failed")
+def publish(spec: dict) -> dict:
+    from airflow.exceptions import AirflowSkipException
+
+    from datacomp_ops.build import BuildSpec
+    from datacomp_ops.publish import run_publish
+
+    build = BuildSpec(**spec)
+    stats = run_publish(build.pool, build.platform_config)
+    if stats["unchanged"]:
+        raise AirflowSkipException(f"pool version {build.pool_version} adds nothing to its parent: not "
+                                   f"published, no Asset events")
+    return stats.to_dict()
+
+
+def announce(scale: str):
+    """One task per scale, so that a scale this run did not build emits no Asset event."""
+
+    @task(task_id=f"announce_{scale}", outlets=[POOL_ASSETS[scale]])
+    def announce_scale(spec: dict, outlet_events=None) -> dict:
+        from airflow.exceptions import AirflowSkipException
+
+        from datacomp_ops import storage
+        from datacomp_ops.build import BuildSpec
+        from datacomp_ops.publish import asset_extras
+
+        extras = asset_extras(storage.read_json(BuildSpec(**spec).pool.manifest))
+        if scale not in extras:
+            raise AirflowSkipException(f"scale {scale} is not built in this pool version")
+        outlet_events[POOL_ASSETS[scale]].extra = extras[scale]
+        return extras[scale]
+
+    return announce_scale
+
+
+@task(trigger_rule="none_failed")
+def summarize(spec: dict, dag_run=None) -> dict:
+    from datacomp_ops.build import BuildSpec, format_summary, summarize
+
+    seconds = None
+    if dag_run is not None and dag_run.start_date is not None:
+        seconds = (datetime.datetime.now(datetime.timezone.utc) - dag_run.start_date).total_seconds()
+    summary = summarize(BuildSpec(**spec), seconds)
+    print(format_summary(summary))
+    return summary
+
+
+def finish_pool_build(spec, downloaded) -> None:
+    """Wire the shared end of a pool build after `downloaded` (the raw shards' tasks)."""
+    groups = plan_metadata(spec)
+    downloaded >> groups
+    described = metadata.partial(spec=spec).expand(shards=groups)
+    prepare_models(spec) >> described
+    published = publish(spec)
+    announced = [announce(scale)(spec) for scale in POOL_ASSETS]
+    described >> published >> announced >> summarize(spec)
