@@ -214,8 +214,7 @@ def bench_reference(files: list[str], rows: int, config, ctx: dict, out: str, sk
 
 
 def bench_reshard(work: str, shards: int = 16, per_shard: int = 2000) -> None:
-    import io
-    import tarfile
+    import webdataset as wds
 
     from datacomp_ops.reshard import reshard
 
@@ -225,13 +224,12 @@ def bench_reshard(work: str, shards: int = 16, per_shard: int = 2000) -> None:
     uids_all = []
     for s in range(shards):
         rows = []
-        with tarfile.open(os.path.join(src, f"{s:08d}.tar"), "w") as tar:
+        # as the pool's shards are written (webdataset's TarWriter: a pax header per member)
+        with wds.TarWriter(os.path.join(src, f"{s:08d}.tar")) as tar:
             for i in range(per_shard):
                 key, uid = f"{s:05d}{i:04d}", rng.integers(0, 256, 16, dtype=np.uint8).tobytes().hex()
-                for ext, size in (("jpg", int(rng.integers(6000, 20000))), ("txt", 60), ("json", 300)):
-                    info = tarfile.TarInfo(f"{key}.{ext}")
-                    info.size = size
-                    tar.addfile(info, io.BytesIO(rng.integers(0, 256, size, dtype=np.uint8).tobytes()))
+                tar.write({"__key__": key, **{ext: rng.integers(0, 256, size, dtype=np.uint8).tobytes() for ext, size in
+                                              (("jpg", int(rng.integers(6000, 20000))), ("txt", 60), ("json", 300))}})
                 rows.append({"key": key, "uid": uid, "status": "success"})
                 uids_all.append(uid)
         pq.write_table(pa.Table.from_pylist(rows), os.path.join(src, f"{s:08d}.parquet"))

@@ -41,9 +41,11 @@ def _optional(kind: str, title: str, description: str, section: str, **schema) -
         # Both empty: on the embedded default, the synthetic world's example dataset; elsewhere prepare
         # says which is missing.
         "name": _optional("string", "Dataset name", "Its pool lives under {storage_root}/datasets/{name}; filter "
-                          "it with this name.", "Dataset", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"),
+                          "it with this name. Empty with empty sources on the embedded default: example.",
+                          "Dataset", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"),
         "sources": _optional("array", "Source files or folders", "One per line: webdataset .tar shards, .parquet "
-                             "tables of URLs and captions, folders or globs of either (local or s3://...).",
+                             "tables of URLs and captions, folders or globs of either (local or s3://...). Empty on "
+                             "the embedded default: the synthetic world's example shards.",
                              "Dataset", items={"type": "string"}),
         "kind": Param("auto", type="string", enum=["auto", "webdataset", "urls"], title="Kind",
                       description="auto: from the files' extensions.", section="Dataset"),

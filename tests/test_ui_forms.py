@@ -314,9 +314,10 @@ def test_backfill_of_two_weeks_for_one_scale(airflow_ui, tmp_path, image_server)
     api("/dags/commonpool_build", "PATCH", {"is_paused": False})
     env = airflow_env(Path(airflow_ui["log"]).parent / "airflow", AIRFLOW__API__PORT=airflow_ui["url"].rsplit(":", 1)[1])
     # Sundays 2026-11-08 and 2026-11-15: ISO weeks 45 and 46 (the form test's runs hold later dates)
-    subprocess.run(["airflow", "backfill", "create", "--dag-id", "commonpool_build", "--from-date", "2026-11-02",
-                    "--to-date", "2026-11-15", "--max-active-runs", "1", "--dag-run-conf", json.dumps(conf)],
-                   env=env, check=True, capture_output=True, text=True)
+    made = subprocess.run(["airflow", "backfill", "create", "--dag-id", "commonpool_build", "--from-date",
+                           "2026-11-02", "--to-date", "2026-11-15", "--max-active-runs", "1", "--dag-run-conf",
+                           json.dumps(conf)], env=env, capture_output=True, text=True)
+    assert made.returncode == 0, f"airflow backfill create failed:\n{made.stdout[-3000:]}\n{made.stderr[-3000:]}"
     deadline = time.monotonic() + 1200
     while True:
         runs = [r for r in api("/dags/commonpool_build/dagRuns?limit=100")["dag_runs"] if r["run_type"] == "backfill"]
