@@ -236,7 +236,7 @@ def cmd_ledger(args) -> None:
 
 def cmd_filter(args) -> None:
     from . import versions
-    from .filtering.baselines import parse_all
+    from .filtering.baselines import parse_all, uses_fasttext
     from .filtering.run import PoolSource, format_table, make_context, output_dir, run_baseline
     from .layout import PoolLayout
 
@@ -253,6 +253,8 @@ def cmd_filter(args) -> None:
     out = output_dir(config, source)
     # columns, features and the pool's uid index are read once for every baseline
     ctx = make_context(source.open(), config, f"{out.rstrip('/')}/_index")
+    if uses_fasttext(labels, parse_all(config.filtering.baselines)):
+        ctx.build_language_index()
     records = [run_baseline(label, source, config, out, ctx) for label in tqdm(labels, desc="baselines", unit="baseline")]
     print(f"subsets of {json.dumps(source.describe())} in {out}:")
     print(format_table(records))

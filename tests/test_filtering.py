@@ -80,6 +80,36 @@ def test_basic_filter_by_hand(tmp_path):
     assert select(tmp_path, "basic_filter") == {0, 3, 7, 12}
 
 
+def test_the_pools_language_index_gives_the_same_answers_and_is_rebuilt_for_other_rows(tmp_path, monkeypatch):
+    """fastText runs once per pool for every baseline that asks; the flags are tied to the pool's rows and model."""
+    from datacomp_ops.filtering import language
+    from datacomp_ops.filtering.baselines import uses_fasttext
+
+    rows = [{}, {"text": FR}, {"text": "the dog runs in the park"}, {"text": None}, {"text": "une table noire"}]
+    write_pool(tmp_path / "pool", rows)
+    without = {spec: select(tmp_path / "pool", spec) for spec in ("basic_filter", "basic_filter | clip_score:threshold=0.5")}
+    assert without["basic_filter"] == {0, 2}
+    index = str(tmp_path / "index")
+    pool = MetadataPool.from_dir(str(tmp_path / "pool"))
+    FilterContext(pool, index_dir=index).build_language_index()
+    # an empty (or null) caption: fastText says English, as DataComp asks it; other conditions reject it
+    assert np.load(tmp_path / "index" / "fasttext_en.npy").tolist() == [True, False, True, True, False]
+    calls = []
+    monkeypatch.setattr(language, "fasttext_english", lambda *a, **k: calls.append(a) or np.zeros(0, bool))
+    for spec, rows_kept in without.items():
+        assert select(tmp_path / "pool", spec, index_dir=index) == rows_kept
+    assert calls == []  # read from the index, not predicted
+    # another model, or other rows (a new file in the pool): the index is not used
+    ctx = FilterContext(pool, fasttext_model=language.bundled_fasttext_model() + ".other", index_dir=index)
+    ctx.fasttext_english(np.arange(2))
+    write_pool(tmp_path / "pool", rows + [{}], files=2)
+    ctx = FilterContext(MetadataPool.from_dir(str(tmp_path / "pool")), index_dir=index)
+    ctx.fasttext_english(np.arange(2))
+    assert len(calls) == 2
+    specs = parse_all(["basic_filter", "clip_score", "mix = clip_score & basic_filter", "ref = mix | no_filter"])
+    assert uses_fasttext(["ref"], specs) and not uses_fasttext(["clip_score", "no_filter"], specs)
+
+
 def test_clip_score_threshold_and_fraction_with_ties_and_nan(tmp_path):
     scores = [0.3, 0.28, 0.28, float("nan"), 0.1]
     write_pool(tmp_path, [{"clip_l14_similarity_score": s, "clip_b32_similarity_score": 0.5 - s} for s in scores])

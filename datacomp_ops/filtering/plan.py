@@ -14,9 +14,9 @@ from typing import Any
 from .. import storage, versions
 from ..config import config_from_dict, load_config
 from ..layout import PoolLayout, dataset_root
-from .baselines import BaselineSpec, parse_all
+from .baselines import BaselineSpec, parse_all, uses_fasttext
 from .pool import UidIndex
-from .run import PoolSource, output_dir, run_baseline
+from .run import PoolSource, make_context, output_dir, run_baseline
 
 
 def plan_filtering(params: dict[str, Any], events: list[dict]) -> list[dict]:
@@ -57,10 +57,14 @@ def plan_filtering(params: dict[str, Any], events: list[dict]) -> list[dict]:
         name = f"{dataset}/{version}/{scale}" if dataset else f"{version}/{scale}"
         sources.append((name, PoolSource(manifest=PoolLayout(root, version).manifest, scale=scale)))
     jobs = []
+    specs = parse_all(config.filtering.baselines)
     for name, source in sources:
         out = output_dir(config, source)
-        # the pool's uid index, once, before the baselines' tasks start (each reads it)
+        # the pool's indexes, once, before the baselines' tasks start (each reads them): its uids sorted,
+        # and fastText's English flags when some baseline asks for them
         UidIndex.load_or_build(source.open(), storage.join(out, "_index"))
+        if uses_fasttext(labels, specs):
+            make_context(source.open(), config, storage.join(out, "_index")).build_language_index()
         for label in labels:
             jobs.append({"label": label, "pool_name": name, "source": source.describe(), "out": out,
                          "config": config.to_dict()})

@@ -189,6 +189,14 @@ def bool_mask(values: pa.ChunkedArray | pa.Array) -> np.ndarray:
     return pc.fill_null(values, False).to_numpy(zero_copy_only=False).astype(bool, copy=False)
 
 
+def pool_key(pool: MetadataPool) -> str:
+    """Names a pool's rows: its files, their row counts and its subset; an index built for other rows is stale."""
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps([pool.parquets, pool.row_counts(), pool.subset]).encode()).hexdigest()
+
+
 class UidIndex:
     """A pool's uids sorted, and the order that sorts the pool's rows, built once per pool and kept beside
     its subsets (``_index/``): each baseline then writes its sorted subset with one gather, no sort."""
@@ -207,10 +215,7 @@ class UidIndex:
 
     @classmethod
     def load_or_build(cls, pool: MetadataPool, folder: str | None) -> "UidIndex":
-        import hashlib
-        import json
-
-        key = hashlib.sha256(json.dumps([pool.parquets, pool.row_counts(), pool.subset]).encode()).hexdigest()
+        key = pool_key(pool)
         if folder:
             meta = storage.join(folder, "meta.json")
             if storage.exists(meta) and storage.read_json(meta).get("key") == key:
@@ -234,6 +239,23 @@ class UidIndex:
     def sorted_subset(self, mask: np.ndarray) -> np.ndarray:
         """The uids of the rows in `mask`, sorted (a DataComp subset array)."""
         return self.sorted[mask[self.order]]
+
+
+def load_row_flags(folder: str | None, name: str, pool: MetadataPool, what: str) -> np.ndarray | None:
+    """A per-row array kept beside a pool's uid index (``{name}.npy``), if it was built for these rows and `what`."""
+    if not folder:
+        return None
+    meta = storage.join(folder, f"{name}.json")
+    if storage.exists(meta) and storage.read_json(meta) == {"key": pool_key(pool), "what": what}:
+        return _load_array(storage.join(folder, f"{name}.npy"))
+    return None
+
+
+def save_row_flags(folder: str, name: str, pool: MetadataPool, what: str, values: np.ndarray) -> None:
+    buf = io.BytesIO()
+    np.save(buf, values)
+    storage.write_bytes(storage.join(folder, f"{name}.npy"), buf.getvalue())
+    storage.write_json(storage.join(folder, f"{name}.json"), {"key": pool_key(pool), "what": what})
 
 
 def _load_array(url: str) -> np.ndarray:
