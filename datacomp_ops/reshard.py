@@ -145,6 +145,8 @@ def _mapped(url: str):
 
 def _pax_path(record: bytes) -> bytes | None:
     """The ``path`` of a pax extended header's records (``"%d path=...\\n"``), if it sets one."""
+    if b" path=" not in record:  # webdataset's headers carry only mtime
+        return None
     pos = 0
     while pos < len(record):
         length, _, rest = record[pos:].partition(b" ")
@@ -157,12 +159,15 @@ def _pax_path(record: bytes) -> bytes | None:
     return None
 
 
-def _size(header: bytes) -> int:
+def _size(header: memoryview) -> int:
+    field = bytes(header[124:136])
     try:
-        return int(header[124:135], 8)
+        return int(field[:11], 8)
     except ValueError:  # base-256 sizes, or fields padded with spaces
-        field = header[124:136]
         return int.from_bytes(field[1:], "big") if field[0] & 0x80 else int(field.strip(b"\0 ") or b"0", 8)
+
+
+_REGULAR, _AREGULAR, _DIR, _PAX, _GNU_LONG = ord("0"), 0, ord("5"), ord("x"), ord("L")
 
 
 def _samples(data: memoryview, wanted: set[bytes], where: str):
@@ -178,28 +183,32 @@ def _samples(data: memoryview, wanted: set[bytes], where: str):
     pending: list[memoryview] = []  # extended headers of the next member
     long_name = None
     while pos + 512 <= end:
-        header = bytes(data[pos:pos + 512])
-        kind = header[156:157]
-        if not header[0] and header.count(0) == 512:  # the end-of-archive blocks
+        header = data[pos:pos + 512]
+        kind = header[156]
+        if not header[0] and bytes(header).count(0) == 512:  # the end-of-archive blocks
             break
         size = _size(header)
         total = 512 + ((size + 511) & ~511)
-        if kind in (b"x", b"L"):
+        if kind == _PAX or kind == _GNU_LONG:
             body = bytes(data[pos + 512:pos + 512 + size])
-            found = _pax_path(body) if kind == b"x" else body.rstrip(b"\0")
+            found = _pax_path(body) if kind == _PAX else body.rstrip(b"\0")
             long_name = found if found is not None else long_name
             pending.append(data[pos:pos + total])
             pos += total
             continue
-        if kind not in (b"0", b"\0", b"5"):
-            raise PoolError(f"{where}: tar member type {kind!r} at byte {pos} is not supported by the resharder "
-                            f"(regular files, folders, pax and GNU long-name headers are)")
-        if kind != b"5":
+        if kind != _REGULAR and kind != _AREGULAR and kind != _DIR:
+            # no view of the mapped shard may outlive this frame's traceback, or the map cannot close
+            header.release()
+            for view in pending + parts:
+                view.release()
+            raise PoolError(f"{where}: tar member type {bytes([kind])!r} at byte {pos} is not supported by the "
+                            f"resharder (regular files, folders, pax and GNU long-name headers are)")
+        if kind != _DIR:
             name = long_name
             if name is None:
-                name = header[:100].split(b"\0", 1)[0]
+                name = bytes(header[:100]).split(b"\0", 1)[0]
                 if header[345]:  # ustar's name prefix
-                    name = header[345:500].split(b"\0", 1)[0] + b"/" + name
+                    name = bytes(header[345:500]).split(b"\0", 1)[0] + b"/" + name
             key = name.rpartition(b"/")[2].partition(b".")[0]
             if key != current:
                 if current in wanted:
@@ -208,7 +217,8 @@ def _samples(data: memoryview, wanted: set[bytes], where: str):
             if key in wanted:
                 parts.extend(pending)
                 parts.append(data[pos:pos + total])
-        pending, long_name = [], None
+        if pending:
+            pending, long_name = [], None
         pos += total
     if current in wanted:
         yield parts
