@@ -33,14 +33,10 @@ from pathlib import Path
 
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
 from airflow.sdk import Param, dag, task
+from form_fields import optional
 from pool_tasks import DOWNLOAD_RETRIES, DOWNLOAD_RETRY_DELAY, finish_pool_build
 
 SPARK_JOB = str(Path(__file__).resolve().parents[1] / "spark_jobs" / "extract_urls.py")
-
-
-def _optional(kind: str, title: str, description: str, section: str, **schema) -> Param:
-    """A form field that may stay empty: empty means the config's value (or the default the description names)."""
-    return Param(None, type=["null", kind], title=title, description=description, section=section, **schema)
 
 
 # Form fields -> the config keys they set (datacomp_ops.config); empty fields set nothing.
@@ -75,42 +71,42 @@ _MODEL = "Local path; empty: the config's path, or the embedded default when the
     doc_md=__doc__,
     tags=["datacomp", "commonpool"],
     params={
-        "crawl_id": _optional("string", "Crawl id", "Empty: the newest crawl of the crawl source taken in the week "
-                              "of the run's logical date (or today), e.g. CC-MAIN-2024-33.", "Crawl",
-                              pattern=r"^[A-Za-z][A-Za-z0-9-]*$"),
-        "wat_inputs": _optional("array", "WAT files or wat.paths.gz listings",
-                                "One per line. Empty: the crawl's wat.paths.gz in the crawl source.", "Crawl",
-                                items={"type": "string"}),
-        "crawl_source": _optional("string", "Crawl source", "A folder holding crawl-data/{crawl_id}/wat.paths.gz "
-                                  "(s3://commoncrawl for Common Crawl). Empty: the config's.", "Crawl"),
+        "crawl_id": optional("string", "Crawl id", "Empty: the newest crawl of the crawl source taken in the week "
+                             "of the run's logical date (or today), e.g. CC-MAIN-2024-33.", "Crawl",
+                             pattern=r"^[A-Za-z][A-Za-z0-9-]*$"),
+        "wat_inputs": optional("array", "WAT files or wat.paths.gz listings",
+                               "One per line. Empty: the crawl's wat.paths.gz in the crawl source.", "Crawl",
+                               items={"type": "string"}),
+        "crawl_source": optional("string", "Crawl source", "A folder holding crawl-data/{crawl_id}/wat.paths.gz "
+                                 "(s3://commoncrawl for Common Crawl). Empty: the config's.", "Crawl"),
         "scale": Param("xlarge", type="string", enum=_SCALES, title="Scale",
                        description="Build what this DataComp scale needs: a smaller scale downloads only the URLs "
                                    "its pool can hold; xlarge builds the whole pool.", section="Pool"),
-        "pool_version": _optional("string", "Pool version", "Empty: the open version, or the next one (v0001, "
-                                  "v0002...). A published version cannot be built again.", "Pool",
-                                  pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"),
-        "max_wat_files": _optional("integer", "WAT files per run at most", "Empty: every new WAT file.",
-                                   "Limits", minimum=1),
-        "download_timeout": _optional("number", "Download timeout (s)", "Per request. Empty: the config's (10).",
-                                      "Limits", exclusiveMinimum=0),
-        "max_attempts": _optional("integer", "Download attempts per URL", "Across scheduled rebuilds, for "
-                                  "transient failures. Empty: the config's (3).", "Limits", minimum=1),
-        "threshold_nsfw_text": _optional("number", "Detoxify threshold", "Empty: DataComp's 0.1.", "Thresholds",
-                                         minimum=0, maximum=1),
-        "threshold_nsfw_image": _optional("number", "NSFW image threshold", "DataComp's NSFW MLP. Empty: 0.5.",
-                                          "Thresholds", minimum=0, maximum=1),
-        "threshold_eval_dedup": _optional("number", "Eval dedup similarity", "ISC21 cosine similarity. Empty: "
-                                          "DataComp's 0.604169.", "Thresholds", minimum=0, maximum=1),
-        "threshold_face_detection": _optional("number", "SCRFD score threshold", "Empty: DataComp's 0.3.",
-                                              "Thresholds", minimum=0, maximum=1),
-        "model_detoxify": _optional("string", "Detoxify checkpoint", _MODEL, "Models"),
-        "model_scrfd": _optional("string", "SCRFD onnx", _MODEL, "Models"),
-        "model_clip_b32": _optional("string", "CLIP ViT-B/32", _MODEL, "Models"),
-        "model_clip_l14": _optional("string", "CLIP ViT-L/14", _MODEL, "Models"),
-        "model_dedup_descriptor": _optional("string", "ISC21 descriptor", _MODEL, "Models"),
-        "model_nsfw_image_mlp": _optional("string", "NSFW image MLP", _MODEL, "Models"),
-        "config_overrides": _optional("object", "Other config keys", 'Dotted keys, e.g. {"download.timeout": 5}; '
-                                      "see config/example.yaml.", "Advanced"),
+        "pool_version": optional("string", "Pool version", "Empty: the open version, or the next one (v0001, "
+                                 "v0002...). A published version cannot be built again.", "Pool",
+                                 pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"),
+        "max_wat_files": optional("integer", "WAT files per run at most", "Empty: every new WAT file.",
+                                  "Limits", minimum=1),
+        "download_timeout": optional("number", "Download timeout (s)", "Per request. Empty: the config's (10).",
+                                     "Limits", exclusiveMinimum=0),
+        "max_attempts": optional("integer", "Download attempts per URL", "Across scheduled rebuilds, for "
+                                 "transient failures. Empty: the config's (3).", "Limits", minimum=1),
+        "threshold_nsfw_text": optional("number", "Detoxify threshold", "Empty: DataComp's 0.1.", "Thresholds",
+                                        minimum=0, maximum=1),
+        "threshold_nsfw_image": optional("number", "NSFW image threshold", "DataComp's NSFW MLP. Empty: 0.5.",
+                                         "Thresholds", minimum=0, maximum=1),
+        "threshold_eval_dedup": optional("number", "Eval dedup similarity", "ISC21 cosine similarity. Empty: "
+                                         "DataComp's 0.604169.", "Thresholds", minimum=0, maximum=1),
+        "threshold_face_detection": optional("number", "SCRFD score threshold", "Empty: DataComp's 0.3.",
+                                             "Thresholds", minimum=0, maximum=1),
+        "model_detoxify": optional("string", "Detoxify checkpoint", _MODEL, "Models"),
+        "model_scrfd": optional("string", "SCRFD onnx", _MODEL, "Models"),
+        "model_clip_b32": optional("string", "CLIP ViT-B/32", _MODEL, "Models"),
+        "model_clip_l14": optional("string", "CLIP ViT-L/14", _MODEL, "Models"),
+        "model_dedup_descriptor": optional("string", "ISC21 descriptor", _MODEL, "Models"),
+        "model_nsfw_image_mlp": optional("string", "NSFW image MLP", _MODEL, "Models"),
+        "config_overrides": optional("object", "Other config keys", 'Dotted keys, e.g. {"download.timeout": 5}; '
+                                     "see config/example.yaml.", "Advanced"),
     },
 )
 def commonpool_build():

@@ -20,11 +20,7 @@ import datetime
 
 from airflow.sdk import Param, dag, task
 from datacomp_assets import POOL_ASSETS, SCALES, SUBSETS
-
-
-def _optional(kind: str, title: str, description: str, section: str, **schema) -> Param:
-    """A form field that may stay empty (empty: the config's value, or the default the description names)."""
-    return Param(None, type=["null", kind], title=title, description=description, section=section, **schema)
+from form_fields import optional
 
 
 @dag(
@@ -34,21 +30,21 @@ def _optional(kind: str, title: str, description: str, section: str, **schema) -
     catchup=False,
     tags=["datacomp", "filtering"],
     params={
-        "dataset": _optional("string", "Imported dataset", "The name given to import_dataset. Empty: the "
-                             "CommonPool.", "Pool", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"),
-        "pool_version": _optional("string", "Pool version", "A published version (v0001...). Empty: the newest.",
-                                  "Pool", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"),
+        "dataset": optional("string", "Imported dataset", "The name given to import_dataset. Empty: the "
+                            "CommonPool.", "Pool", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"),
+        "pool_version": optional("string", "Pool version", "A published version (v0001...). Empty: the newest.",
+                                 "Pool", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"),
         "scale": Param("tiny", type="string", enum=list(SCALES), title="Scale",
                        description="Filter this scale's pool of the version.", section="Pool"),
-        "metadata_dir": _optional("string", "Metadata folder", "Any folder of DataComp-format metadata "
-                                  "(*.parquet with *.npz beside) instead of a pool version.", "Pool"),
-        "baselines": _optional("array", "Baselines", "Labels of filtering.baselines, or new specs "
-                               "(label = name:key=value,...). Empty: every baseline of the config.",
-                               "Baselines", items={"type": "string"}),
-        "output_dir": _optional("string", "Output folder", "Empty: {root}/subsets/{version}/{scale}, or "
-                                "{root}/subsets/external/{folder name} for a metadata folder.", "Baselines"),
-        "config_overrides": _optional("object", "Other config keys", 'Dotted keys, e.g. '
-                                      '{"filtering.seed": 1}; see config/example.yaml.', "Advanced"),
+        "metadata_dir": optional("string", "Metadata folder", "Any folder of DataComp-format metadata "
+                                 "(*.parquet with *.npz beside) instead of a pool version.", "Pool"),
+        "baselines": optional("array", "Baselines", "Labels of filtering.baselines, or new specs "
+                              "(label = name:key=value,...). Empty: every baseline of the config.",
+                              "Baselines", items={"type": "string"}),
+        "output_dir": optional("string", "Output folder", "Empty: {root}/subsets/{version}/{scale}, or "
+                               "{root}/subsets/external/{folder name} for a metadata folder.", "Baselines"),
+        "config_overrides": optional("object", "Other config keys", 'Dotted keys, e.g. '
+                                     '{"filtering.seed": 1}; see config/example.yaml.', "Advanced"),
     },
 )
 def filtering_baselines():

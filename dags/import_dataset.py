@@ -22,12 +22,8 @@ from __future__ import annotations
 import datetime
 
 from airflow.sdk import Param, dag, task
+from form_fields import optional
 from pool_tasks import DOWNLOAD_RETRIES, DOWNLOAD_RETRY_DELAY, finish_pool_build
-
-
-def _optional(kind: str, title: str, description: str, section: str, **schema) -> Param:
-    """A form field that may stay empty (empty: the default the description names)."""
-    return Param(None, type=["null", kind], title=title, description=description, section=section, **schema)
 
 
 @dag(
@@ -40,25 +36,25 @@ def _optional(kind: str, title: str, description: str, section: str, **schema) -
     params={
         # Both empty: on the embedded default, the synthetic world's example dataset; elsewhere prepare
         # says which is missing.
-        "name": _optional("string", "Dataset name", "Its pool lives under {storage_root}/datasets/{name}; filter "
-                          "it with this name. Empty with empty sources on the embedded default: example.",
-                          "Dataset", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"),
-        "sources": _optional("array", "Source files or folders", "One per line: webdataset .tar shards, .parquet "
-                             "tables of URLs and captions, folders or globs of either (local or s3://...). Empty on "
-                             "the embedded default: the synthetic world's example shards.",
-                             "Dataset", items={"type": "string"}),
+        "name": optional("string", "Dataset name", "Its pool lives under {storage_root}/datasets/{name}; filter "
+                         "it with this name. Empty with empty sources on the embedded default: example.",
+                         "Dataset", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"),
+        "sources": optional("array", "Source files or folders", "One per line: webdataset .tar shards, .parquet "
+                            "tables of URLs and captions, folders or globs of either (local or s3://...). Empty on "
+                            "the embedded default: the synthetic world's example shards.",
+                            "Dataset", items={"type": "string"}),
         "kind": Param("auto", type="string", enum=["auto", "webdataset", "urls"], title="Kind",
                       description="auto: from the files' extensions.", section="Dataset"),
-        "url_column": _optional("string", "URL column", "URL tables. Empty: url or URL.", "Columns"),
-        "caption_column": _optional("string", "Caption column", "URL tables. Empty: caption, text, TEXT or alt.",
-                                    "Columns"),
+        "url_column": optional("string", "URL column", "URL tables. Empty: url or URL.", "Columns"),
+        "caption_column": optional("string", "Caption column", "URL tables. Empty: caption, text, TEXT or alt.",
+                                   "Columns"),
         "scale": Param("xlarge", type="string", enum=["tiny", "small", "medium", "large", "xlarge"], title="Scale",
                        description="URL tables: download what this scale's pool needs; xlarge: everything.",
                        section="Pool"),
-        "pool_version": _optional("string", "Pool version", "Empty: the dataset's open version, or its next one.",
-                                  "Pool", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"),
-        "config_overrides": _optional("object", "Other config keys", 'Dotted keys, e.g. {"download.image_size": '
-                                      "256}; see config/example.yaml.", "Advanced"),
+        "pool_version": optional("string", "Pool version", "Empty: the dataset's open version, or its next one.",
+                                 "Pool", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"),
+        "config_overrides": optional("object", "Other config keys", 'Dotted keys, e.g. {"download.image_size": '
+                                     "256}; see config/example.yaml.", "Advanced"),
     },
 )
 def import_dataset():

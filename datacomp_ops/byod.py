@@ -360,16 +360,14 @@ def plan_ingest(spec: BuildSpec) -> list[dict]:
     """
     from dataclasses import asdict
 
+    from .download import next_free_shard
     from .download_plan import committed_names, plan_download
 
     pool, config = spec.pool, spec.platform_config
     downloads = plan_download(pool, config)
     per_shard = config.download.number_sample_per_shard
-    nxt = max([p.first_shard + max(1, math.ceil(p.rows / per_shard)) for p in downloads], default=0)
-    if not downloads:
-        from .download import next_free_shard
-
-        nxt = next_free_shard(pool)
+    ends = [p.first_shard + max(1, math.ceil(p.rows / per_shard)) for p in downloads]
+    nxt = max(ends) if ends else next_free_shard(pool)
     done = committed_names(pool.root)
     imports = []
     for path in staged_parts(pool.root):

@@ -148,15 +148,29 @@ def cmd_publish(args) -> None:
     print(json.dumps(run_publish(PoolLayout(config.storage_root, args.pool_version), config).to_dict(), indent=2))
 
 
-def cmd_build(args) -> None:
-    import contextlib
-
-    from .build import format_summary, make_spec, plan_download, plan_metadata, summarize
-    from .download import Partition, run_download
-    from .extract import run_extract_urls
+def _finish_build(spec, start: float) -> None:
+    """What a build does after its raw shards are in, as the DAGs' shared end does: metadata, publish, summary."""
+    from .build import format_summary, plan_metadata, summarize
     from .metadata import PassModels, run_metadata
     from .prepare_models import run_prepare_models
     from .publish import run_publish
+
+    config = spec.platform_config
+    run_prepare_models(config)
+    groups = plan_metadata(spec)
+    models = PassModels.load(config) if groups else None
+    for group in tqdm(groups, desc="metadata pass", unit="task"):
+        run_metadata(group, spec.pool, config, models)
+    run_publish(spec.pool, config)
+    print(format_summary(summarize(spec, time.monotonic() - start)))
+
+
+def cmd_build(args) -> None:
+    import contextlib
+
+    from .build import make_spec, plan_download
+    from .download import Partition, run_download
+    from .extract import run_extract_urls
 
     start = time.monotonic()
     spec = make_spec(f"cli-{time.time_ns()}", args.crawl_id, args.pool_version, args.input,
@@ -172,13 +186,7 @@ def cmd_build(args) -> None:
         plan = plan_download(spec)
         for part in tqdm(plan, desc="download partitions", unit="partition"):
             run_download(Partition(**part), spec.pool, config)
-    run_prepare_models(config)
-    groups = plan_metadata(spec)
-    models = PassModels.load(config) if groups else None
-    for group in tqdm(groups, desc="metadata pass", unit="task"):
-        run_metadata(group, spec.pool, config, models)
-    run_publish(spec.pool, config)
-    print(format_summary(summarize(spec, time.monotonic() - start)))
+    _finish_build(spec, start)
 
 
 def _root(config, args) -> str:
@@ -289,12 +297,8 @@ def cmd_reshard(args) -> None:
 def cmd_import(args) -> None:
     import contextlib
 
-    from .build import format_summary, plan_metadata, summarize
     from .byod import make_import_spec, plan_ingest, run_ingest, run_scan
     from .download import Partition
-    from .metadata import PassModels, run_metadata
-    from .prepare_models import run_prepare_models
-    from .publish import run_publish
 
     start = time.monotonic()
     spec = make_import_spec(f"cli-{time.time_ns()}", args.name, args.source, args.kind, args.url_column,
@@ -309,13 +313,7 @@ def cmd_import(args) -> None:
         run_scan(spec)
         for part in tqdm(plan_ingest(spec), desc="import and download", unit="part"):
             run_ingest(Partition(**part), spec)
-    run_prepare_models(config)
-    groups = plan_metadata(spec)
-    models = PassModels.load(config) if groups else None
-    for group in tqdm(groups, desc="metadata pass", unit="task"):
-        run_metadata(group, spec.pool, config, models)
-    run_publish(spec.pool, config)
-    print(format_summary(summarize(spec, time.monotonic() - start)))
+    _finish_build(spec, start)
 
 
 def main(argv: list[str] | None = None) -> None:

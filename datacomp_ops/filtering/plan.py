@@ -2,8 +2,8 @@
 
 A run filters the pools named by the Asset events that triggered it (one per
 published scale), or the pool its form names (a published version and scale
-of the CommonPool or of an imported dataset, or a metadata folder). Its baselines are the config's `filtering.baselines`,
-or those the form lists: a config label, or a new spec added for the run.
+of the CommonPool or of an imported dataset, or a metadata folder). Its
+baselines are the config's `filtering.baselines`, or those the form lists: a config label, or a new spec added for the run.
 """
 
 from __future__ import annotations
@@ -62,9 +62,10 @@ def plan_filtering(params: dict[str, Any], events: list[dict]) -> list[dict]:
         out = output_dir(config, source)
         # the pool's indexes, once, before the baselines' tasks start (each reads them): its uids sorted,
         # and fastText's English flags when some baseline asks for them
-        UidIndex.load_or_build(source.open(), storage.join(out, "_index"))
+        pool = source.open()
+        UidIndex.load_or_build(pool, storage.join(out, "_index"))
         if uses_fasttext(labels, specs):
-            make_context(source.open(), config, storage.join(out, "_index")).build_language_index()
+            make_context(pool, config, storage.join(out, "_index")).build_language_index()
         for label in labels:
             jobs.append({"label": label, "pool_name": name, "source": source.describe(), "out": out,
                          "config": config.to_dict()})
