@@ -17,6 +17,7 @@ reference. k-means baselines run with --clusters centroids (DataComp's 100,000 p
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import sys
@@ -32,7 +33,7 @@ from datacomp_ops.config import load_config
 from datacomp_ops.filtering import metaclip
 from datacomp_ops.filtering.baselines import FilterContext, parse_all
 from datacomp_ops.filtering.pool import MetadataPool
-from datacomp_ops.schema import write_subset
+from datacomp_ops.schema import read_subset, write_subset
 
 ROWS_PER_FILE = 100_000
 EN = ("a photo of the red car parked near an old house on the street at night with people walking "
@@ -237,6 +238,21 @@ def bench_reference(files: list[str], rows: int, config, ctx: dict, out: str, sk
         print(f"{'':<34}  {'same uids' if same else 'DIFFERENT'}", flush=True)
 
 
+def check_resharded(out: str, subset: str) -> None:
+    """The output holds the subset's samples, whole: a timing of wrong output would mean nothing."""
+    import tarfile
+
+    import webdataset as wds
+
+    meta = json.load(open(os.path.join(out, "meta.json")))
+    assert meta["output_count"] == len(read_subset(subset)), meta
+    first = os.path.join(out, "00000000.tar")
+    with tarfile.open(first) as tar:
+        members = len(tar.getmembers())
+    samples = list(wds.WebDataset(first, shardshuffle=False))
+    assert members == 3 * len(samples) and all(len(s["jpg"]) >= 6000 for s in samples), first
+
+
 def bench_reshard(work: str, shards: int = 16, per_shard: int = 2000) -> None:
     import webdataset as wds
 
@@ -278,6 +294,8 @@ def bench_reshard(work: str, shards: int = 16, per_shard: int = 2000) -> None:
         t0 = time.perf_counter()
         reshard(subset, tars, out, shard_size=10_000, workers=os.cpu_count() or 1)
         reshard_s = min(reshard_s, time.perf_counter() - t0)
+        if attempt == 0:
+            check_resharded(out, subset)
         shutil.rmtree(copy_dir)
         shutil.rmtree(out)
     print(f"\nresharder: {shards} shards, {shards * per_shard:,} samples, {size / 1e6:,.0f} MB, 30% subset")

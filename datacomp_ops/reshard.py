@@ -24,7 +24,7 @@ import math
 import mmap
 import os
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -52,28 +52,32 @@ class ReshardTask:
     outputs: int  # output shards it writes
 
 
-def _shard_uids(tar: str) -> tuple[list[str], np.ndarray]:
+def _shard_uids(tar: str, with_keys: bool = True) -> tuple[list[str], np.ndarray]:
     """(keys, uids as u8,u8) of an input shard, from the parquet beside it (img2dataset's, with a uid column)."""
     parquet = tar[: -len(".tar")] + ".parquet"
     if not storage.exists(parquet):
         raise PoolError(f"{parquet}: missing; the resharder reads each shard's uids from the parquet beside it")
     with storage.open_file(parquet) as f:
-        table = pq.read_table(f)
-    missing = [c for c in ("key", "uid") if c not in table.column_names]
-    if missing:
-        raise PoolError(f"{parquet}: no {missing[0]!r} column")
+        file = pq.ParquetFile(f)
+        names = file.schema_arrow.names
+        missing = [c for c in ("key", "uid") if c not in names]
+        if missing:
+            raise PoolError(f"{parquet}: no {missing[0]!r} column")
+        table = file.read(columns=[c for c in ("key", "uid", "status") if c in names and (with_keys or c != "key")])
     if "status" in table.column_names:  # img2dataset lists failed downloads too: they are not in the tar
         table = table.filter(pc.equal(table["status"], "success"))
-    return table["key"].to_pylist(), uid_strings_to_array(table["uid"], where=f"uid column of {parquet}")
+    keys = table["key"].to_pylist() if with_keys else []
+    return keys, uid_strings_to_array(table["uid"], where=f"uid column of {parquet}")
 
 
 def plan_reshard(subset_url: str, shards: list[str], shard_size: int = 10_000, tasks: int = 0) -> list[ReshardTask]:
     """Split the input shards into tasks of consecutive shards; number every task's outputs."""
     subset = read_subset(subset_url)
-    counts = []
-    for tar in shards:
-        _, uids = _shard_uids(tar)
-        counts.append(int(_isin_sorted(uids, subset).sum()))
+    def selected(tar: str) -> int:
+        return int(_isin_sorted(_shard_uids(tar, with_keys=False)[1], subset).sum())
+
+    with ThreadPoolExecutor(min(16, len(shards) or 1)) as ex:  # parquet reads release the GIL
+        counts = list(ex.map(selected, shards))
     total = sum(counts)
     if total < len(subset):
         log.warning("%d uids of %s are in none of the %d shards", len(subset) - total, subset_url, len(shards))
@@ -159,8 +163,8 @@ def _pax_path(record: bytes) -> bytes | None:
     return None
 
 
-def _size(header: memoryview) -> int:
-    field = bytes(header[124:136])
+def _size(field: bytes) -> int:
+    """A tar header's size field (12 bytes)."""
     try:
         return int(field[:11], 8)
     except ValueError:  # base-256 sizes, or fields padded with spaces
@@ -168,6 +172,11 @@ def _size(header: memoryview) -> int:
 
 
 _REGULAR, _AREGULAR, _DIR, _PAX, _GNU_LONG = ord("0"), 0, ord("5"), ord("x"), ord("L")
+_ZERO_BLOCK = bytes(512)
+_USTAR = np.frombuffer(b"ustar", np.uint8)
+_OCTAL = 8 ** np.arange(10, -1, -1, dtype=np.int64)
+_MTIME = np.frombuffer(b"mtime=", np.uint8)
+_PLAIN_KINDS = np.array([_REGULAR, _AREGULAR, _PAX], np.uint8)
 
 
 def _samples(data: memoryview, wanted: set[bytes], where: str):
@@ -178,44 +187,127 @@ def _samples(data: memoryview, wanted: set[bytes], where: str):
     its mtime is a float) or GNU long name travels with it; a global pax header, which would
     apply to every member after it, is refused with the shard named.
     """
-    pos, end = 0, len(data)
+    raw = data.obj if isinstance(data.obj, (bytes, mmap.mmap)) and len(data) == len(data.obj) else bytes(data)
+    spans = _plain_sample_spans(raw, wanted)
+    if spans is not None:
+        for start, stop in spans:
+            yield [data[start:stop]]
+        return
+    yield from _walk_samples(data, raw, wanted, where)
+
+
+def _plain_sample_spans(raw, wanted: set[bytes]) -> list[tuple[int, int]] | None:
+    """(start, stop) bytes of each wanted sample, with the headers read all at once by numpy; None when the
+    shard is not plain (anything but ustar regular files, each after at most one pax header that sets no
+    path), which the member-by-member walk handles.
+
+    Every block with the ustar magic is a candidate header; when each candidate's size leads exactly to
+    the next candidate from the first block on, the candidates are the archive's headers (magic bytes
+    inside a member's data would break that chain). A sample's members are then one run of bytes.
+    """
+    n = len(raw) // 512
+    if n == 0:
+        return None
+    blocks = np.frombuffer(raw, np.uint8, n * 512).reshape(n, 512)
+    headers = np.flatnonzero(blocks[:, 257] == _USTAR[0])
+    headers = headers[(blocks[headers, 257:262] == _USTAR).all(axis=1)]
+    if len(headers) == 0 or headers[0] != 0:
+        return None
+    digits = blocks[headers, 124:135].astype(np.int64) - ord("0")
+    if ((digits < 0) | (digits > 7)).any():
+        return None
+    sizes = digits @ _OCTAL
+    kinds = blocks[headers, 156]
+    after = headers + 1 + (sizes + 511) // 512
+    last = int(after[-1]) * 512
+    if (after[:-1] != headers[1:]).any() or last > len(raw) or (last < len(raw) and raw[last:last + 512] != _ZERO_BLOCK):
+        return None
+    pax = kinds == _PAX
+    if not np.isin(kinds, _PLAIN_KINDS).all() or pax[-1] or (pax[:-1] & pax[1:]).any():
+        return None
+    if _pax_sets_path(raw, blocks, headers[pax], sizes[pax]):
+        return None
+    members = np.flatnonzero(~pax)
+    if blocks[headers[members], 345].any():  # ustar name prefixes
+        return None
+    keys = _keys(blocks[headers[members], :100])
+    if keys is None:
+        return None
+    before = np.maximum(members - 1, 0)  # a member's pax header is the header before it
+    starts = np.where((members > 0) & pax[before], headers[before], headers[members]) * 512
+    stops = after[members] * 512
+    # a sample: a run of members with one key
+    first = np.flatnonzero(np.concatenate([[True], keys[1:] != keys[:-1]]))
+    last = np.concatenate([first[1:], [len(keys)]]) - 1
+    chosen = np.fromiter((k in wanted for k in keys[first].tolist()), bool, len(first))
+    return list(zip(starts[first[chosen]].tolist(), stops[last[chosen]].tolist()))
+
+
+def _pax_sets_path(raw, blocks: np.ndarray, headers: np.ndarray, sizes: np.ndarray) -> bool:
+    """Whether any of these pax headers has a ``path`` record. webdataset's hold one record, an mtime
+    ("NN mtime=...\\n" whose length NN is the whole body): those are recognised together, the rest searched."""
+    head = blocks[headers + 1, :9].astype(np.int64)
+    digits = head[:, :2] - ord("0")
+    only_mtime = ((digits >= 0) & (digits <= 9)).all(axis=1) & (head[:, 2] == ord(" ")) \
+        & (head[:, 3:9] == _MTIME).all(axis=1) & (digits[:, 0] * 10 + digits[:, 1] == sizes)
+    for h, size in zip(headers[~only_mtime].tolist(), sizes[~only_mtime].tolist()):
+        if raw.find(b" path=", (h + 1) * 512, (h + 1) * 512 + size) != -1:
+            return True
+    return False
+
+
+def _keys(names: np.ndarray) -> np.ndarray | None:
+    """webdataset's key of each 100-byte name field (the name up to its first dot), as fixed-width bytes;
+    None when a name has a folder (the walk reads those)."""
+    if (names == ord("/")).any():
+        return None
+    nul = names == 0
+    dot = names == ord(".")
+    width = names.shape[1]
+    end = np.minimum(np.where(nul.any(axis=1), nul.argmax(axis=1), width),
+                     np.where(dot.any(axis=1), dot.argmax(axis=1), width))
+    keys = names * (np.arange(width, dtype=np.int16) < end[:, None].astype(np.int16))
+    return np.ascontiguousarray(keys, np.uint8).view(f"S{width}")[:, 0]
+
+
+def _walk_samples(data: memoryview, raw, wanted: set[bytes], where: str):
+    """_samples member by member, for any shard: pax and GNU long names, folders, odd size fields."""
+    # header fields are read from the buffer itself (small bytes copies, no view objects)
+    pos, end = 0, len(raw)
     current, parts = None, []
-    pending: list[memoryview] = []  # extended headers of the next member
+    pending: list[tuple[int, int]] = []  # (start, end) of the extended headers of the next member
     long_name = None
     while pos + 512 <= end:
-        header = data[pos:pos + 512]
-        kind = header[156]
-        if not header[0] and bytes(header).count(0) == 512:  # the end-of-archive blocks
+        kind = raw[pos + 156]
+        if not raw[pos] and raw[pos:pos + 512] == _ZERO_BLOCK:  # the end-of-archive blocks
             break
-        size = _size(header)
+        size = _size(raw[pos + 124:pos + 136])
         total = 512 + ((size + 511) & ~511)
         if kind == _PAX or kind == _GNU_LONG:
-            body = bytes(data[pos + 512:pos + 512 + size])
+            body = raw[pos + 512:pos + 512 + size]
             found = _pax_path(body) if kind == _PAX else body.rstrip(b"\0")
             long_name = found if found is not None else long_name
-            pending.append(data[pos:pos + total])
+            pending.append((pos, pos + total))
             pos += total
             continue
         if kind != _REGULAR and kind != _AREGULAR and kind != _DIR:
-            # no view of the mapped shard may outlive this frame's traceback, or the map cannot close
-            header.release()
-            for view in pending + parts:
+            for view in parts:  # no view of the mapped shard may outlive this frame, or the map cannot close
                 view.release()
             raise PoolError(f"{where}: tar member type {bytes([kind])!r} at byte {pos} is not supported by the "
                             f"resharder (regular files, folders, pax and GNU long-name headers are)")
         if kind != _DIR:
             name = long_name
             if name is None:
-                name = bytes(header[:100]).split(b"\0", 1)[0]
-                if header[345]:  # ustar's name prefix
-                    name = bytes(header[345:500]).split(b"\0", 1)[0] + b"/" + name
+                name = raw[pos:pos + 100].split(b"\0", 1)[0]
+                if raw[pos + 345]:  # ustar's name prefix
+                    name = raw[pos + 345:pos + 500].split(b"\0", 1)[0] + b"/" + name
             key = name.rpartition(b"/")[2].partition(b".")[0]
             if key != current:
                 if current in wanted:
                     yield parts
                 current, parts = key, []
             if key in wanted:
-                parts.extend(pending)
+                parts.extend(data[a:b] for a, b in pending)
                 parts.append(data[pos:pos + total])
         if pending:
             pending, long_name = [], None

@@ -165,3 +165,33 @@ def test_reshard_refuses_a_global_pax_header(tmp_path):
     write_subset(str(subset), uids_to_array(sorted(samples)))
     with pytest.raises(PoolError, match=r"00000000.tar: tar member type b'g'"):
         reshard(str(subset), tars, str(tmp_path / "out"))
+
+
+def test_the_header_scan_finds_what_the_member_walk_finds(tmp_path):
+    """Plain shards are read with numpy (every ustar magic a candidate, the chain of sizes checked); a
+    member whose bytes hold a header-like block, or a pax header naming a path, sends the shard through
+    the member-by-member walk. Both give the same samples."""
+    import webdataset as wds
+
+    from datacomp_ops.reshard import _plain_sample_spans, _samples, _walk_samples
+
+    fake = bytes(tarfile.TarInfo("ghost.jpg").tobuf(tarfile.USTAR_FORMAT))  # a valid header, inside data
+    cases = {"plain": [], "magic inside a member": [fake * 3], "pax path": []}
+    for name, extra in cases.items():
+        path = tmp_path / f"{len(list(tmp_path.iterdir())):02d}.tar"
+        with wds.TarWriter(str(path)) as tar:
+            for i in range(12):
+                data = b"x" * (512 * (i % 3) + 100 * i)
+                tar.write({"__key__": f"{i:06d}", "jpg": b"".join([bytes(512 - len(data) % 512 or 512)] + extra + [data])
+                           if extra else data, "txt": b"caption %d" % i})
+            if name == "pax path":
+                tar.write({"__key__": "k" * 150, "txt": b"long"})
+        raw = path.read_bytes()
+        wanted = {f"{i:06d}".encode() for i in (0, 3, 4, 11)} | {b"k" * 150}
+        walked = [b"".join(bytes(b) for b in blocks) for blocks in _walk_samples(memoryview(raw), raw, wanted, "x")]
+        spans = _plain_sample_spans(raw, wanted)
+        assert (spans is None) == (name != "plain")
+        assert [b"".join(bytes(b) for b in s) for s in _samples(memoryview(raw), wanted, "x")] == walked
+        assert len(walked) == 4 + (name == "pax path")
+        if spans is not None:
+            assert [raw[a:b] for a, b in spans] == walked
