@@ -41,13 +41,13 @@ class Scale:
     weight_decay: float = 0.2
 
 
-# DataComp's four scales, exactly as the benchmark defines them; beta2 is
-# open_clip's ViT default (0.98) except at xlarge. `tiny` is our dev scale:
-# a CPU-trainable CLIP (see models/tiny-clip.json) on a few thousand samples.
+# DataComp's four scales, exactly as the benchmark defines them (scale_configs.py); beta2 is
+# open_clip's ViT default (0.98) except at xlarge. `tiny` is our dev scale: a CPU-trainable
+# CLIP (datacomp_ops/model_configs/datacomp-tiny.json) on some ten thousand samples.
 SCALES: dict[str, Scale] = {
     s.name: s
     for s in (
-        Scale("tiny", "datacomp-tiny", 10_000, 150_000, 256, 1e-3, 50, 0.98),
+        Scale("tiny", "datacomp-tiny", 10_000, 25_600, 256, 1e-3, 20, 0.98),
         Scale("small", "ViT-B-32", 12_800_000, 12_800_000, 4096, 5e-4, 500, 0.98),
         Scale("medium", "ViT-B-32", 128_000_000, 128_000_000, 4096, 5e-4, 500, 0.98),
         Scale("large", "ViT-B-16", 1_280_000_000, 1_280_000_000, 8192, 5e-4, 500, 0.98),
@@ -173,6 +173,24 @@ class EvaluationConfig:
     # evaluation sets in clip_benchmark's webdataset layout ({dataset}/test/*.tar);
     # "" is the synthetic suite that `datacomp synthetic` writes under the storage root
     sets_dir: str = ""
+    batch_size: int = 64  # images or captions per model call (DataComp's evaluate.py: 64)
+    device: str = "auto"  # auto (CUDA when there), cpu or cuda
+
+
+@dataclass
+class TrainingConfig:
+    """CLIP training on a subset with DataComp's recipe for the scale (open_clip's trainer)."""
+
+    num_checkpoints: int = 5  # the samples-seen budget is trained in this many checkpointed epochs
+    samples_seen: int = 0  # 0: the scale's budget; another budget for trials (recorded in the lineage)
+    precision: str = "auto"  # auto: amp on CUDA, fp32 on the CPU; or any open_clip --precision
+    workers: int = 4  # data loader processes per GPU (per process on the CPU)
+    gpus: int = 0  # GPUs per training task; 0: every GPU of the worker (torchrun when several)
+    seed: int = 0
+    log_every_n_steps: int = 20
+    accum_freq: int = 1
+    local_dir: str = ""  # a run on remote storage trains here, then uploads (default: a temp folder)
+    baselines: list[str] = field(default_factory=list)  # trained when their subset appears; empty: all
 
 
 @dataclass
@@ -234,6 +252,7 @@ class PlatformConfig:
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     publish: PublishConfig = field(default_factory=PublishConfig)
     filtering: FilteringConfig = field(default_factory=FilteringConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
 
     def __post_init__(self) -> None:
         get_scale(self.scale)  # fail early on an unknown scale

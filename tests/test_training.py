@@ -1,0 +1,169 @@
+"""CLIP training with DataComp's recipe through open_clip's trainer: the arguments per scale, a tiny run on
+the CPU, lineage, DataComp's info.pkl, resuming after a kill."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from datacomp_ops import training
+from datacomp_ops.config import ConfigError, PlatformConfig, load_config
+from datacomp_ops.reshard import reshard
+from datacomp_ops.schema import uids_to_array, write_subset
+
+
+def _config(tmp_path, **training_keys) -> PlatformConfig:
+    overrides = {"storage_root": str(tmp_path / "root"), "training.workers": 1, **training_keys}
+    return load_config(overrides=overrides)
+
+
+def make_run(tmp_path, n: int = 384, version: str = "v0001", baseline: str = "all") -> training.TrainSpec:
+    """A resharded subset of synthetic shape pictures with their captions, where a run expects it."""
+    import webdataset as wds
+
+    from datacomp_ops.synthetic.crawl import TEMPLATES
+    from datacomp_ops.synthetic.images import CLASSES, encode, render_shape
+
+    pool = tmp_path / "pool"
+    pool.mkdir(parents=True)
+    rows, uids = [], []
+    with wds.TarWriter(str(pool / "00000000.tar")) as tar:
+        for i in range(n):
+            label = CLASSES[i % len(CLASSES)]
+            color, shape = label.split(" ")
+            caption = TEMPLATES[i % len(TEMPLATES)].format(c=label)
+            uid = hashlib.md5(f"{i}".encode()).hexdigest()
+            tar.write({"__key__": f"{i:09d}", "jpg": encode(render_shape(color, shape, i, size=48)),
+                       "txt": caption.encode(), "json": json.dumps({"uid": uid}).encode()})
+            rows.append({"key": f"{i:09d}", "uid": uid, "status": "success"})
+            uids.append(uid)
+    pq.write_table(pa.Table.from_pylist(rows), pool / "00000000.parquet")
+    spec = training.TrainSpec.for_subset(str(tmp_path / "root"), version, "tiny", baseline)
+    os.makedirs(os.path.dirname(spec.subset), exist_ok=True)
+    write_subset(spec.subset, uids_to_array(sorted(uids)))
+    reshard(spec.subset, [str(pool / "00000000.tar")], spec.shards_dir, shard_size=100, workers=1)
+    return spec
+
+
+def test_datacomps_arguments_for_each_scale(tmp_path):
+    config = _config(tmp_path)
+    small = training.recipe(config, "small")
+    args = training.open_clip_args(small, "/d/{00000000..00000009}.tar", "/logs", config, 8, cuda=True)
+    flag = {a: args[i + 1] for i, a in enumerate(args[:-1]) if a.startswith("--")}
+    assert flag["--model"] == "ViT-B-32" and flag["--batch-size"] == "512" and flag["--lr"] == "0.0005"
+    assert flag["--train-num-samples"] == str(12_800_000 // 5) and flag["--epochs"] == "5"
+    assert flag["--warmup"] == "500" and flag["--wd"] == "0.2" and flag["--precision"] == "amp"
+    assert {"--dataset-resampled", "--save-most-recent", "--local-loss", "--gather-with-grad"} <= set(args)
+    assert flag["--resume"] == "latest"
+    xlarge = training.recipe(config, "xlarge")
+    args = training.open_clip_args(xlarge, "d", "/logs", config, 64, cuda=True)
+    flag = {a: args[i + 1] for i, a in enumerate(args[:-1]) if a.startswith("--")}
+    assert flag["--model"] == "ViT-L-14" and flag["--batch-size"] == str(90112 // 64)
+    assert flag["--beta2"] == "0.95" and flag["--lr"] == "0.001" and flag["--warmup"] == "10000"
+    assert flag["--train-num-samples"] == str(12_800_000_000 // 5)
+    large = training.recipe(config, "large")
+    assert (large["model"], large["batch_size"], large["samples_seen"]) == ("ViT-B-16", 8192, 1_280_000_000)
+    cpu = training.open_clip_args(training.recipe(config, "tiny"), "d", "/l", config, 1, cuda=False)
+    assert cpu[cpu.index("--precision") + 1] == "fp32" and cpu[cpu.index("--device") + 1] == "cpu"
+    with pytest.raises(ConfigError, match="num_checkpoints"):
+        training.recipe(_config(tmp_path, **{"training.num_checkpoints": 0}), "tiny")
+
+
+def test_train_data_is_datacomps_brace_pattern(tmp_path):
+    spec = make_run(tmp_path, n=250)
+    data, count = training.train_data(spec.shards_dir)
+    assert data.endswith("/{00000000..00000002}.tar") and count == 250
+    with pytest.raises(ConfigError, match="no meta.json"):
+        training.train_data(str(tmp_path / "nowhere"))
+
+
+@pytest.mark.slow
+def test_a_tiny_run_trains_on_the_cpu_and_records_its_lineage(tmp_path):
+    spec = make_run(tmp_path)
+    config = _config(tmp_path, **{"training.samples_seen": 1024, "training.num_checkpoints": 2})
+    stats = training.run_training(spec, config)
+    record = json.loads(open(os.path.join(spec.run_dir, "training.json")).read())
+    assert record["samples_seen"] == 1024 and record["checkpoints"] == 2 and record["steps"] == 4
+    assert os.path.exists(record["checkpoint"]) and record["final_loss"] is not None
+    lineage = json.loads(open(os.path.join(spec.run_dir, "lineage.json")).read())
+    assert lineage["subset_sha256"] == hashlib.sha256(open(spec.subset, "rb").read()).hexdigest()
+    assert lineage["pool_version"] == "v0001" and lineage["baseline"] == "all" and lineage["recipe"]["lr"] == 1e-3
+    info = pickle.loads(open(os.path.join(spec.run_dir, "info.pkl"), "rb").read())
+    assert str(info["checkpoint"]) == record["checkpoint"] and info["scale_config"]["model"] == "datacomp-tiny"
+    # the checkpoint is open_clip's: the model loads from it with weights only
+    import open_clip
+    import torch
+
+    open_clip.add_model_config(training.MODEL_CONFIGS)
+    state = torch.load(record["checkpoint"], map_location="cpu", weights_only=True)
+    model = open_clip.create_model("datacomp-tiny")
+    model.load_state_dict({k.removeprefix("module."): v for k, v in state["state_dict"].items()})
+    assert state["epoch"] == 2
+    mtime = os.path.getmtime(record["checkpoint"])
+    assert training.run_training(spec, config)["samples_seen"] == 1024  # committed: a no-op
+    assert os.path.getmtime(record["checkpoint"]) == mtime and stats.outputs == [record["checkpoint"]]
+
+
+@pytest.mark.slow
+def test_a_killed_training_resumes_from_its_last_checkpoint(tmp_path):
+    """The task is killed once its first checkpoint is written (perhaps before open_clip's epoch_latest.pt,
+    which --resume latest reads); the retry starts at that checkpoint, not at zero."""
+    spec = make_run(tmp_path)
+    config = _config(tmp_path, **{"training.samples_seen": 3072, "training.num_checkpoints": 3})
+    script = (f"import pickle, sys; from datacomp_ops import training; "
+              f"spec, config = pickle.loads(bytes.fromhex(sys.argv[1])); training.run_training(spec, config)")
+    child = subprocess.Popen([sys.executable, "-c", script, pickle.dumps((spec, config)).hex()],
+                             start_new_session=True)
+    first = os.path.join(spec.run_dir, "train", "checkpoints", "epoch_1.pt")
+    deadline = time.monotonic() + 300
+    while not training._readable(first) and child.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert training._readable(first), "no first checkpoint"
+    os.killpg(child.pid, signal.SIGKILL)  # the worker dies with the trainer it started
+    child.wait()
+    assert not os.path.exists(os.path.join(spec.run_dir, "training.json"))
+    training.run_training(spec, config)
+    record = json.loads(open(os.path.join(spec.run_dir, "training.json")).read())
+    assert record["resumed_from_checkpoint"] >= 1 and record["checkpoints"] == 3
+    log = open(os.path.join(spec.run_dir, "train", "out.log")).read()
+    assert "resuming checkpoint" in log or "loaded checkpoint" in log
+    assert np.isfinite(record["final_loss"])
+
+
+def test_resume_points_at_the_last_whole_checkpoint(tmp_path):
+    """A kill between epoch_k.pt and epoch_latest.pt, or in the middle of writing either."""
+    import zipfile
+
+    folder = tmp_path / "train" / "checkpoints"
+    folder.mkdir(parents=True)
+
+    def checkpoint(name: str, epoch: int, whole: bool = True) -> None:
+        path = folder / name
+        with zipfile.ZipFile(path, "w") as z:
+            z.writestr("archive/data.pkl", f"epoch {epoch}")
+        if not whole:
+            path.write_bytes(path.read_bytes()[:20])
+
+    checkpoint("epoch_1.pt", 1)
+    checkpoint("epoch_latest.pt", 1)
+    time.sleep(0.01)
+    checkpoint("epoch_2.pt", 2)  # killed before epoch_latest.pt was written again
+    assert training._point_latest_at_last_checkpoint(str(tmp_path / "train")) == 2
+    with zipfile.ZipFile(folder / "epoch_latest.pt") as z:
+        assert z.read("archive/data.pkl") == b"epoch 2"
+    checkpoint("epoch_3.pt", 3, whole=False)  # killed while writing it
+    assert training._point_latest_at_last_checkpoint(str(tmp_path / "train")) == 2
+    (folder / "epoch_latest.pt").write_bytes(b"PK\x03\x04 cut")  # killed while writing latest
+    assert training._point_latest_at_last_checkpoint(str(tmp_path / "train")) == 2
+    assert training._readable(str(folder / "epoch_latest.pt"))
