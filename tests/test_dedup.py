@@ -13,7 +13,7 @@ from datacomp_ops.dedup import index_dir, load_descriptor, load_eval_index, run_
 from datacomp_ops.models import choose_models
 from datacomp_ops.synthetic.fixture_models import isc_checkpoint
 from datacomp_ops.synthetic.images import CLASSES, EVAL_VARIANTS, eval_image, near_duplicate, render_shape, seed_of
-from datacomp_ops.synthetic.evalsuite import EVAL_IMAGES
+from datacomp_ops.synthetic.evalsuite import EVAL_IMAGES, LAYOUT, folder, image_at
 
 
 def jpeg(img, quality=95):
@@ -34,12 +34,12 @@ def built_index(tmp_path_factory, eval_suite):
 
 def test_eval_index_holds_every_evaluation_image_once(built_index):
     config, choice, where, stats = built_index
-    assert stats["eval_images"] == EVAL_IMAGES and stats["eval_shards"] == 2
+    assert stats["eval_images"] == EVAL_IMAGES and stats["eval_shards"] == len(LAYOUT)
     assert storage.is_committed(where)
     assert run_eval_index(config.eval_sets_dir, where, config, choice).counters == stats.counters  # no-op rerun
     index = load_eval_index(where)
     assert index.descriptors.shape == (3 * EVAL_IMAGES, 769)  # whole, 90% and 80% views
-    assert sorted(set(index.datasets)) == ["wds_synthetic_retrieval", "wds_synthetic_shapes"]
+    assert sorted(set(index.datasets)) == sorted(folder(task) for task, _, _ in LAYOUT)
 
 
 def test_thumbnail_finds_planted_near_duplicates_and_only_them(built_index):
@@ -51,12 +51,12 @@ def test_thumbnail_finds_planted_near_duplicates_and_only_them(built_index):
     for i in range(0, EVAL_IMAGES, 7):
         for variant in EVAL_VARIANTS:
             quality = 40 if variant == "reencoded" else 92
-            queries.append(jpeg(jpeg(near_duplicate(eval_image(i)[0], variant), quality)))
+            queries.append(jpeg(jpeg(near_duplicate(image_at(i)[0], variant), quality)))
             targets.append(i)
     sims, idx = index.nearest(descriptor.describe([descriptor.preprocess(q) for q in queries]))
     assert (sims >= choice.threshold).all()
     assert [index.describe(int(j)) for j in idx] == [
-        f"{'wds_synthetic_shapes' if t < 240 else 'wds_synthetic_retrieval'}/s{t:06d}" for t in targets]
+        f"{folder(image_at(t)[1])}/s{t:06d}" for t in targets]
     others = [jpeg(render_shape(*c.split(" "), seed_of("/img/shape", c, k))) for c in CLASSES for k in range(40)]
     sims, _ = index.nearest(descriptor.describe([descriptor.preprocess(o) for o in others]))
     assert sims.max() < choice.threshold

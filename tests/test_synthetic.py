@@ -113,9 +113,14 @@ def test_eval_duplicates_are_the_eval_images(image_server):
 
 
 def test_eval_suite_in_clip_benchmark_layout(tmp_path):
+    """Every task of the miniature (ImageNet-like, its distribution shifts, VTAB-like, retrieval) is a
+    clip_benchmark webdataset folder; eval_suite.json lists them with their groups."""
     import webdataset as wds
 
-    suite = generate_eval_suite(tmp_path, n_classification=24, n_retrieval=6)
+    from datacomp_ops.eval_tasks import tasks_from_suite
+    from datacomp_ops.synthetic.evalsuite import EVAL_IMAGES, LAYOUT, image_at
+
+    suite = generate_eval_suite(tmp_path, n_classification=24, n_retrieval=6, n_variant=8)
     cls_dir = tmp_path / "wds_synthetic_shapes"
     assert (cls_dir / "classnames.txt").read_text().split("\n")[:2] == CLASSES[:2]
     assert "{c}" in (cls_dir / "zeroshot_classification_templates.txt").read_text()
@@ -123,7 +128,24 @@ def test_eval_suite_in_clip_benchmark_layout(tmp_path):
     assert len(samples) == 24 and sorted({int(c) for _, c in samples}) == list(range(12))
     ret = list(wds.WebDataset(str(tmp_path / "wds_synthetic_retrieval" / "test" / "0.tar"), shardshuffle=False).decode("pil").to_tuple("jpg", "txt"))
     assert len(ret) == 6 and all(len(t.split("\n")) == 2 for _, t in ret)
-    assert [t["type"] for t in suite["tasks"]] == ["zeroshot_classification", "zeroshot_retrieval"]
+    tasks = tasks_from_suite(suite, str(tmp_path))
+    groups = {g: [t.key for t in tasks if g in t.groups] for g in ("imagenet", "imagenet_dist_shifts", "vtab", "retrieval")}
+    assert groups == {"imagenet": ["synthetic/shapes"],
+                      "imagenet_dist_shifts": [f"synthetic/shapes_{s}" for s in ("sketch", "background", "scale", "rendering")],
+                      "vtab": ["synthetic/count", "synthetic/position", "synthetic/texture"],
+                      "retrieval": ["synthetic/retrieval"]}
+    for task in tasks:
+        folder = tmp_path / task.folder
+        names = (folder / "classnames.txt").read_text().splitlines() if task.kind != "retrieval" else []
+        got = list(wds.WebDataset(str(folder / "test" / "0.tar"), shardshuffle=False))
+        assert len(got) == task.size and all(s["__key__"].startswith("s") for s in got)
+        if names:  # every class of a task appears, labels as named
+            labels = {int(s["cls"]) for s in got}
+            assert labels == set(range(min(len(names), task.size)))
+    # images are unique per global index and the crawl's duplicates address all of them
+    assert LAYOUT[-1][1] + LAYOUT[-1][2] == EVAL_IMAGES
+    pictures = [image_at(first)[0].tobytes() for _, first, _ in LAYOUT]
+    assert len(set(pictures)) == len(LAYOUT)
 
 
 def test_compare_with_truth(tmp_path):

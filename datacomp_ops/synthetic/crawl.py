@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 
 from ..config import DEFAULT_CRAWL_ID
 from ..schema import compute_uid
-from .evalsuite import EVAL_IMAGES
+from .evalsuite import EVAL_IMAGES, class_at
 from .images import CLASSES, EVAL_VARIANTS, FACE_PHOTOS, PHOTOS
 
 log = logging.getLogger(__name__)
@@ -125,8 +125,7 @@ def _link(kind: str, n: int, rng: np.random.Generator) -> tuple[str, str]:
     if kind == "eval_duplicate":
         index = int(rng.integers(0, EVAL_IMAGES))
         variant = str(rng.choice(EVAL_VARIANTS))
-        eval_label = CLASSES[index % len(CLASSES)]
-        return f"/img/evaldup/{index}/{variant}/{n}.jpg", str(rng.choice(TEMPLATES)).format(c=eval_label)
+        return f"/img/evaldup/{index}/{variant}/{n}.jpg", str(rng.choice(TEMPLATES)).format(c=class_at(index))
     paths = {
         "redirect": f"/redirect{shape_path}",
         "slow": f"/slow{shape_path}",

@@ -1,14 +1,23 @@
-"""A zero-shot evaluation suite matching the synthetic crawl, in clip_benchmark's layout.
+"""A zero-shot evaluation suite matching the synthetic crawl: DataComp's task groups in miniature,
+in clip_benchmark's layout.
 
-    {out}/wds_synthetic_shapes/classnames.txt
-    {out}/wds_synthetic_shapes/zeroshot_classification_templates.txt
-    {out}/wds_synthetic_shapes/test/nshards.txt, 0.tar   ({key}.jpg, {key}.cls)
-    {out}/wds_synthetic_shapes/train/nshards.txt, 0.tar  the ImageNet-like training split (image-based filter)
-    {out}/wds_synthetic_retrieval/test/nshards.txt, 0.tar ({key}.jpg, {key}.txt)
-    {out}/eval_suite.json                                  the tasks, as DataComp lists them
+    {out}/wds_synthetic_{task}/classnames.txt, zeroshot_classification_templates.txt
+    {out}/wds_synthetic_{task}/test/nshards.txt, 0.tar      ({key}.jpg, {key}.cls)
+    {out}/wds_synthetic_shapes/train/nshards.txt, 0.tar     the ImageNet-like training split (image-based filter)
+    {out}/wds_synthetic_retrieval/test/nshards.txt, 0.tar   ({key}.jpg, {key}.txt)
+    {out}/eval_suite.json                                   the tasks, as DataComp's registry lists its own
 
-The same images (``images.eval_image``) appear in the crawl as near-duplicates,
-which the eval-set dedup stage must remove.
+Tasks, each with the aggregate it stands in for:
+
+- ``shapes`` (ImageNet): 12 classes, colour x shape.
+- ``shapes_sketch``, ``shapes_background``, ``shapes_scale``, ``shapes_rendering`` (ImageNet
+  distribution shifts): the same classes as outlines, on busy backgrounds, tiny, pixelated.
+- ``count``, ``position``, ``texture`` (VTAB): how many shapes, which side, which fill pattern.
+- ``retrieval`` (retrieval): images with two captions each.
+
+Every image has a global index (keys ``s{index:06d}``); the crawl plants
+near-duplicates of any of them (``/img/evaldup/{index}/...``), which the
+eval-set dedup stage must remove, whichever task they come from.
 """
 
 from __future__ import annotations
@@ -16,12 +25,49 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .images import CLASSES, encode, eval_image, train_image
+from .images import CLASSES, COUNTS, POSITIONS, TEXTURES, encode, eval_image, train_image, variant_image
 
-N_CLASSIFICATION, N_RETRIEVAL = 240, 96
+N_CLASSIFICATION, N_RETRIEVAL, N_VARIANT = 240, 96, 48
 N_TRAIN_PER_CLASS = 10
-EVAL_IMAGES = N_CLASSIFICATION + N_RETRIEVAL  # eval_image(0 .. EVAL_IMAGES-1)
 TEMPLATES = ("a photo of a {c}.", "a {c}.", "an image of a {c}.", "a drawing of a {c}.")
+SHIFTS = ("shapes_sketch", "shapes_background", "shapes_scale", "shapes_rendering")
+VTAB_LIKE = {"count": (COUNTS, ("a photo of {c} shapes.", "{c} shapes.", "an image with {c} shapes.")),
+             "position": (POSITIONS, ("a shape on the {c}.", "a photo of a shape at the {c}.", "the {c} side.")),
+             "texture": (TEXTURES, ("a {c} shape.", "a photo of a {c} shape.", "a shape with a {c} fill."))}
+
+# (task, first global index, images): the shapes task and retrieval keep the indices they always had
+LAYOUT: list[tuple[str, int, int]] = [("shapes", 0, N_CLASSIFICATION), ("retrieval", N_CLASSIFICATION, N_RETRIEVAL)]
+for _task in (*SHIFTS, *VTAB_LIKE):
+    LAYOUT.append((_task, LAYOUT[-1][1] + LAYOUT[-1][2], N_VARIANT))
+EVAL_IMAGES = LAYOUT[-1][1] + LAYOUT[-1][2]  # image_at(0 .. EVAL_IMAGES-1)
+
+
+def folder(task: str) -> str:
+    return f"wds_synthetic_{task}"
+
+
+def _locate(index: int) -> tuple[str, int]:
+    for task, first, count in LAYOUT:
+        if first <= index < first + count:
+            return task, index - first
+    raise IndexError(f"evaluation image {index} of {EVAL_IMAGES}")
+
+
+def class_at(index: int) -> str:
+    """The class name of evaluation image `index` (global), without drawing it."""
+    task, local = _locate(index)
+    if task in ("shapes", "retrieval"):
+        return CLASSES[index % len(CLASSES)]
+    names = VTAB_LIKE[task][0] if task in VTAB_LIKE else CLASSES
+    return names[local % len(names)]
+
+
+def image_at(index: int) -> tuple[object, str, str]:
+    """Evaluation image `index` (global): (PIL image, its task, its class name)."""
+    task, local = _locate(index)
+    img = eval_image(index)[0] if task in ("shapes", "retrieval") else \
+        variant_image(task.removeprefix("shapes_"), local)[0]
+    return img, task, class_at(index)
 
 
 def _write_shard(path: Path, samples: list[dict]) -> None:
@@ -34,41 +80,50 @@ def _write_shard(path: Path, samples: list[dict]) -> None:
     (path.parent / "nshards.txt").write_text("1\n")
 
 
-def generate_eval_suite(out_dir: str | Path, n_classification: int = N_CLASSIFICATION, n_retrieval: int = N_RETRIEVAL) -> dict:
+def _classification(out: Path, task: str, first: int, n: int, classnames, templates) -> None:
+    base = out / folder(task)
+    base.mkdir(parents=True, exist_ok=True)
+    (base / "classnames.txt").write_text("\n".join(classnames) + "\n")
+    (base / "zeroshot_classification_templates.txt").write_text("\n".join(templates) + "\n")
+    samples = []
+    for i in range(first, first + n):
+        img, _, name = image_at(i)
+        samples.append({"__key__": f"s{i:06d}", "jpg": encode(img, quality=95),
+                        "cls": str(list(classnames).index(name)).encode()})
+    _write_shard(base / "test" / "0.tar", samples)
+
+
+def generate_eval_suite(out_dir: str | Path, n_classification: int = N_CLASSIFICATION, n_retrieval: int = N_RETRIEVAL,
+                        n_variant: int = N_VARIANT) -> dict:
     out = Path(out_dir)
-    cls_dir = out / "wds_synthetic_shapes"
-    cls_dir.mkdir(parents=True, exist_ok=True)
-    (cls_dir / "classnames.txt").write_text("\n".join(CLASSES) + "\n")
-    (cls_dir / "zeroshot_classification_templates.txt").write_text("\n".join(TEMPLATES) + "\n")
-    samples = []
-    for i in range(n_classification):
-        img, label = eval_image(i)
-        samples.append({"__key__": f"s{i:06d}", "jpg": encode(img, quality=95), "cls": str(label).encode()})
-    _write_shard(cls_dir / "test" / "0.tar", samples)
-    samples = []
+    sizes = {"shapes": min(n_classification, N_CLASSIFICATION), "retrieval": min(n_retrieval, N_RETRIEVAL)}
+    tasks = []
+    for task, first, count in LAYOUT:
+        n = sizes.get(task, min(n_variant, count))
+        if task == "retrieval":
+            samples = []
+            for i in range(first, first + n):
+                img, _, name = image_at(i)
+                captions = [t.format(c=name) for t in TEMPLATES[:2]]
+                samples.append({"__key__": f"s{i:06d}", "jpg": encode(img, quality=95),
+                                "txt": "\n".join(captions).encode()})
+            _write_shard(out / folder(task) / "test" / "0.tar", samples)
+            tasks.append({"key": "synthetic/retrieval", "name": "Synthetic retrieval", "kind": "retrieval",
+                          "main_metric": "mean_recall@1", "groups": ["retrieval"], "size": n,
+                          "folder": folder(task)})
+            continue
+        classnames, templates = VTAB_LIKE.get(task, (CLASSES, TEMPLATES))
+        _classification(out, task, first, n, classnames, templates)
+        group = "imagenet" if task == "shapes" else "vtab" if task in VTAB_LIKE else "imagenet_dist_shifts"
+        tasks.append({"key": f"synthetic/{task}", "name": f"Synthetic {task.replace('_', ' ')}",
+                      "kind": "zeroshot_classification", "main_metric": "acc1", "groups": [group],
+                      "size": n, "classes": len(classnames), "folder": folder(task)})
+    train = []
     for i in range(N_TRAIN_PER_CLASS * len(CLASSES)):
         img, label = train_image(i)
-        samples.append({"__key__": f"t{i:06d}", "jpg": encode(img, quality=95), "cls": str(label).encode()})
-    _write_shard(cls_dir / "train" / "0.tar", samples)
-
-    ret_dir = out / "wds_synthetic_retrieval"
-    samples = []
-    for j in range(n_retrieval):
-        i = n_classification + j
-        img, label = eval_image(i)
-        captions = [t.format(c=CLASSES[label]) for t in TEMPLATES[:2]]
-        samples.append({"__key__": f"s{i:06d}", "jpg": encode(img, quality=95), "txt": "\n".join(captions).encode()})
-    _write_shard(ret_dir / "test" / "0.tar", samples)
-
-    suite = {
-        "tasks": [
-            {"name": "synthetic_shapes", "type": "zeroshot_classification", "path": str(cls_dir),
-             "size": n_classification, "classes": len(CLASSES), "chance": 1 / len(CLASSES)},
-            {"name": "synthetic_retrieval", "type": "zeroshot_retrieval", "path": str(ret_dir),
-             "size": n_retrieval},
-        ],
-        # evaluation image indices, for the eval-set dedup stage
-        "eval_indices": [0, n_classification + n_retrieval],
-    }
+        train.append({"__key__": f"t{i:06d}", "jpg": encode(img, quality=95), "cls": str(label).encode()})
+    _write_shard(out / folder("shapes") / "train" / "0.tar", train)
+    suite = {"tasks": tasks, "eval_images": EVAL_IMAGES,
+             "note": "synthetic miniature of DataComp's task groups; scores are not comparable to DataComp's"}
     (out / "eval_suite.json").write_text(json.dumps(suite, indent=2))
     return suite

@@ -90,6 +90,93 @@ def eval_image(index: int, n_classes: int = len(CLASSES)) -> tuple[Image.Image, 
     return img, label
 
 
+def _shape_mask(shape: str, box: tuple[int, int, int, int], size: int, outline: int = 0) -> Image.Image:
+    mask = Image.new("L", (size, size), 0)
+    draw = ImageDraw.Draw(mask)
+    x0, y0, x1, y1 = box
+    kw = {"outline": 255, "width": outline} if outline else {"fill": 255}
+    if shape == "circle":
+        draw.ellipse(box, **kw)
+    elif shape == "square":
+        draw.rectangle(box, **kw)
+    else:
+        draw.polygon([((x0 + x1) // 2, y0), (x0, y1), (x1, y1)], **kw)
+    return mask
+
+
+TEXTURES = ("striped", "dotted", "checkered", "plain")
+POSITIONS = ("left", "right", "top", "bottom")
+COUNTS = ("one", "two", "three", "four")
+
+
+def _pattern(texture: str, color: tuple[int, int, int], size: int) -> Image.Image:
+    """The shape's colour in a pattern over white (plain: the colour alone)."""
+    yy, xx = np.mgrid[0:size, 0:size]
+    if texture == "striped":
+        on = (xx // 6) % 2 == 0
+    elif texture == "dotted":
+        on = ((xx % 10 - 5) ** 2 + (yy % 10 - 5) ** 2) <= 6
+    elif texture == "checkered":
+        on = ((xx // 8) + (yy // 8)) % 2 == 0
+    else:
+        on = np.ones((size, size), bool)
+    pixels = np.where(on[..., None], np.array(color, np.uint8), np.uint8(250))
+    return Image.fromarray(pixels.astype(np.uint8), "RGB")
+
+
+def variant_image(task: str, index: int) -> tuple[Image.Image, int]:
+    """Image `index` of a task of the synthetic suite beside the shapes task, and its class id.
+
+    Distribution shifts of the shapes task (its 12 classes): `sketch` (outlines), `background` (a busy
+    high-contrast background), `scale` (tiny shapes), `rendering` (pixelated). VTAB-like tasks of other
+    kinds: `count` (1-4 shapes), `position` (which side the shape is on), `texture` (the fill's pattern).
+    Every image has a background scene of its own, as real test photographs are unique.
+    """
+    size = 128
+    rng = np.random.default_rng(seed_of("variant", task, index))
+    grid = 16 if task == "background" else 4
+    scene = _scene(seed_of("variant-scene", task, index), size, grid)
+    if task == "background":
+        scene = np.clip((scene - 128) * 3 + 128, 0, 255)
+    img = Image.fromarray(np.clip(scene + rng.integers(-12, 13, (size, size, 1)), 0, 255).astype(np.uint8), "RGB")
+    n_labels = {"count": len(COUNTS), "position": len(POSITIONS), "texture": len(TEXTURES)}.get(task, len(CLASSES))
+    label = index % n_labels
+
+    def place(side: int, region: tuple[int, int, int, int] = (0, 0, size, size)) -> tuple[int, int, int, int]:
+        x0 = int(rng.integers(region[0], max(region[0] + 1, region[2] - side)))
+        y0 = int(rng.integers(region[1], max(region[1] + 1, region[3] - side)))
+        return x0, y0, x0 + side, y0 + side
+
+    def paste(shape: str, color: str, box, texture: str = "plain", outline: int = 0) -> None:
+        img.paste(_pattern(texture, COLORS[color], size), (0, 0), _shape_mask(shape, box, size, outline))
+
+    if task in ("sketch", "background", "scale", "rendering"):
+        color, shape = CLASSES[label].split(" ")
+        extent = (0.1, 0.18) if task == "scale" else (0.3, 0.5)
+        box = place(int(size * rng.uniform(*extent)))
+        paste(shape, color, box, outline=4 if task == "sketch" else 0)
+        if task == "rendering":
+            img = img.resize((16, 16), Image.BILINEAR).resize((size, size), Image.NEAREST)
+    elif task == "count":
+        cells = rng.permutation(4)[: label + 1]  # one shape per quadrant used
+        for cell in cells:
+            qx, qy = (cell % 2) * size // 2, (cell // 2) * size // 2
+            color, shape = CLASSES[int(rng.integers(len(CLASSES)))].split(" ")
+            paste(shape, color, place(int(size * 0.22), (qx, qy, qx + size // 2, qy + size // 2)))
+    elif task == "position":
+        a, b = size // 4, size * 3 // 4  # four disjoint regions: the shape is on one side only
+        region = {"left": (0, a, a + 12, b), "right": (b - 12, a, size, b),
+                  "top": (a, 0, b, a + 12), "bottom": (a, b - 12, b, size)}[POSITIONS[label]]
+        color, shape = CLASSES[int(rng.integers(len(CLASSES)))].split(" ")
+        paste(shape, color, place(int(size * 0.3), region))
+    elif task == "texture":
+        color, shape = CLASSES[int(rng.integers(len(CLASSES)))].split(" ")
+        paste(shape, color, place(int(size * 0.6)), texture=TEXTURES[label])
+    else:
+        raise ValueError(f"unknown synthetic task {task!r}")
+    return img, label
+
+
 def train_image(index: int, n_classes: int = len(CLASSES)) -> tuple[Image.Image, int]:
     """Image `index` of the classification task's training split (ImageNet's train, in miniature):
     drawn like the evaluation images, from seeds of their own."""

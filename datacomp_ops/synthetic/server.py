@@ -26,7 +26,7 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Iterator
 
-from . import images
+from . import evalsuite, images
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,9 @@ def render(path: str) -> tuple[bytes, str]:
         index, variant = int(parts[2]), parts[3]
         if variant not in images.EVAL_VARIANTS:
             raise NotFound(path)
-        img = images.near_duplicate(images.eval_image(index)[0], variant)
+        if not 0 <= index < evalsuite.EVAL_IMAGES:
+            raise NotFound(path)
+        img = images.near_duplicate(evalsuite.image_at(index)[0], variant)
         return images.encode(img, quality=40 if variant == "reencoded" else 92), "image/jpeg"
     if parts[:2] == ["img", "oversized"]:
         return images.oversized(), "image/jpeg"

@@ -1,0 +1,137 @@
+"""Zero-shot evaluation as DataComp scores it: the metrics on hand-made cases, the registry and its
+aggregates, a run end to end on the synthetic suite, missing datasets reported, and the leaderboard."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from datacomp_ops import eval_tasks, evaluation, leaderboard
+from datacomp_ops.config import load_config
+
+
+def test_classification_metrics_by_hand():
+    # 3 classes, 6 samples: class 0 has 4 samples (3 right), class 1 one (right), class 2 one (wrong)
+    target = np.array([0, 0, 0, 0, 1, 2])
+    pred = np.array([0, 0, 0, 1, 1, 0])
+    logits = np.eye(3)[pred]
+    m = evaluation.classification_metrics(logits, target)
+    assert m["acc1"] == pytest.approx(4 / 6) and m["acc5"] is None  # fewer than 5 classes: no top-5
+    assert m["mean_per_class_recall"] == pytest.approx((3 / 4 + 1 + 0) / 3)
+    logits = np.tile(np.arange(6.0), (2, 1))  # class 5 first, then 4, 3, 2, 1
+    m = evaluation.classification_metrics(logits, np.array([1, 0]))
+    assert m["acc1"] == 0 and m["acc5"] == 0.5
+    assert evaluation.macro_f1(np.array([0, 0, 1]), np.array([0, 1, 1]), 2) == pytest.approx((2 / 3 + 2 / 3) / 2)
+
+
+def test_retrieval_metrics_by_hand():
+    images = np.eye(3)
+    # captions 0, 1 belong to image 0; caption 2 to image 1; caption 3 to image 2 but points at image 1
+    texts = np.array([[1, 0, 0], [0.9, 0.1, 0], [0, 1, 0], [0, 0.8, 0.2]])
+    m = evaluation.retrieval_metrics(images, texts, np.array([0, 0, 1, 2]), ks=(1,))
+    assert m["image_retrieval_recall@1"] == pytest.approx(3 / 4)  # caption 3 finds image 1
+    # image 2's best caption is caption 3 (0.2), its own: right; images 0 and 1 find their own
+    assert m["text_retrieval_recall@1"] == pytest.approx(1.0)
+    assert m["mean_recall@1"] == pytest.approx(0.5 * (3 / 4 + 1))
+
+
+def test_datacomps_registry_and_aggregates():
+    tasks = eval_tasks.DATACOMP_TASKS
+    groups = {g: [t.name for t in tasks if g in t.groups] for g in eval_tasks.GROUPS}
+    assert groups["imagenet"] == ["ImageNet 1k"]
+    assert sorted(groups["imagenet_dist_shifts"]) == sorted(
+        ["ImageNet Sketch", "ImageNet v2", "ImageNet-A", "ImageNet-O", "ImageNet-R", "ObjectNet"])
+    assert len(groups["vtab"]) == 13 and sorted(groups["retrieval"]) == ["Flickr", "MSCOCO", "WinoGAViL"]
+    main = {t.key: t.main_metric for t in tasks}
+    assert main["vtab/pets"] == "mean_per_class_recall" and main["wilds/fmow"] == "acc_worst_region"
+    assert next(t for t in tasks if t.key == "vtab/cifar100").folder == "wds_vtab-cifar100_test"
+    assert next(t for t in tasks if t.key == "fairness/geode").folder == "wds_geode_test"
+    scores = {t.key: 0.5 for t in tasks}
+    scores["imagenet1k"] = 0.8
+    agg = eval_tasks.aggregate(tasks, scores)
+    assert agg["imagenet"]["score"] == 0.8 and agg["vtab"]["score"] == 0.5 and not agg["average"]["partial"]
+    assert agg["average"]["score"] == pytest.approx((0.5 * 37 + 0.8) / 38)
+    del scores["vtab/svhn"]
+    agg = eval_tasks.aggregate(tasks, scores)
+    assert agg["vtab"] == {"score": 0.5, "tasks": 12, "of": 13, "partial": True}
+
+
+@pytest.fixture(scope="module")
+def suite(tmp_path_factory):
+    from datacomp_ops.synthetic.evalsuite import generate_eval_suite
+
+    out = tmp_path_factory.mktemp("suite")
+    generate_eval_suite(out, n_classification=96, n_retrieval=24, n_variant=24)
+    return str(out)
+
+
+@pytest.mark.slow
+def test_the_embedded_clip_scores_above_chance_and_results_are_datacomps_format(tmp_path, suite, embedded_models):
+    """The metadata pass's B/32 stand-in (trained on shapes) through the evaluation: the shapes task well
+    above chance; every line as DataComp's evaluate.py writes it; a second run evaluates nothing."""
+    config = load_config(overrides={"storage_root": str(tmp_path / "root"), "evaluation.sets_dir": suite})
+    run = tmp_path / "run"
+    model = f"local-dir:{os.path.join(embedded_models, 'embedded-clip-b32')}"
+    stats = evaluation.run_evaluation(str(run), config, model_name=model)
+    lines = [json.loads(line) for line in (run / "eval_results.jsonl").read_text().splitlines()]
+    assert [line["key"] for line in lines] == [t.key for t in evaluation.registry(suite)]
+    assert all(set(line) == {"key", "dataset", "metrics"} and "main_metric" in line["metrics"] for line in lines)
+    by_key = {line["key"]: line["metrics"] for line in lines}
+    assert by_key["synthetic/shapes"]["acc1"] > 3 / 12  # chance is 1/12
+    assert by_key["synthetic/retrieval"]["mean_recall@1"] > 2 / 24
+    summary = json.loads((run / "eval_summary.json").read_text())
+    assert summary["aggregates"]["imagenet"]["score"] == by_key["synthetic/shapes"]["acc1"]
+    assert summary["aggregates"]["average"]["tasks"] == len(lines) == stats["evaluated"]
+    again = evaluation.run_evaluation(str(run), config, model_name=model)
+    assert again["already_evaluated"] == len(lines) and again["evaluated"] == 0
+
+
+@pytest.mark.slow
+def test_missing_datasets_are_reported_not_scored(tmp_path, suite, embedded_models):
+    import shutil
+
+    partial = tmp_path / "suite"
+    shutil.copytree(suite, partial)
+    shutil.rmtree(partial / "wds_synthetic_count")
+    config = load_config(overrides={"storage_root": str(tmp_path / "root"), "evaluation.sets_dir": str(partial)})
+    model = f"local-dir:{os.path.join(embedded_models, 'embedded-clip-b32')}"
+    stats = evaluation.run_evaluation(str(tmp_path / "run"), config, model_name=model)
+    summary = json.loads((tmp_path / "run" / "eval_summary.json").read_text())
+    assert stats["missing"] == 1 and summary["tasks"]["synthetic/count"]["not_scored"].startswith("missing")
+    assert summary["tasks"]["synthetic/count"]["score"] is None
+    assert summary["aggregates"]["vtab"]["tasks"] == 2 and summary["aggregates"]["vtab"]["partial"]
+    # DataComp's own registry on a folder with none of its datasets: every task reported missing
+    empty = load_config(overrides={"storage_root": str(tmp_path / "root"), "evaluation.sets_dir": str(tmp_path / "none")})
+    stats = evaluation.run_evaluation(str(tmp_path / "run2"), empty, model_name=model)
+    summary = json.loads((tmp_path / "run2" / "eval_summary.json").read_text())
+    assert stats["missing"] == 38
+    assert summary["aggregates"]["average"] == {"score": None, "tasks": 0, "of": 38, "partial": True}
+
+
+def test_leaderboard_from_results_alone(tmp_path):
+    root = tmp_path / "root"
+    for baseline, avg, size in (("no_filter", 0.30, 10000), ("clip_score_l14_30", 0.42, 3000)):
+        run = root / "runs" / "v0001" / "tiny" / baseline
+        run.mkdir(parents=True)
+        agg = {g: {"score": avg, "tasks": 1, "of": 1, "partial": False} for g in (*eval_tasks.GROUPS, "average")}
+        (run / "eval_summary.json").write_text(json.dumps({"aggregates": agg, "suite": "own", "model": "m"}))
+        (run / "training.json").write_text(json.dumps({"samples_seen": 25600}))
+        (run / "lineage.json").write_text(json.dumps({"subset_samples_in_shards": size}))
+    imported = root / "datasets" / "cc3m" / "runs" / "v0001" / "tiny" / "no_filter"
+    imported.mkdir(parents=True)
+    agg = {g: {"score": None, "tasks": 0, "of": 1, "partial": True} for g in (*eval_tasks.GROUPS, "average")}
+    (imported / "eval_summary.json").write_text(json.dumps({"aggregates": agg}))
+    paths = leaderboard.write_leaderboard(str(root))
+    rows = leaderboard.collect(str(root))
+    assert [(r["dataset"], r["baseline"]) for r in rows] == [
+        ("cc3m", "no_filter"), ("commonpool", "clip_score_l14_30"), ("commonpool", "no_filter")]
+    assert rows[1]["dataset_size"] == 3000 and rows[1]["samples_seen"] == 25600 and rows[1]["average"] == 0.42
+    import pyarrow.parquet as pq
+
+    assert pq.read_table(paths["parquet"]).num_rows == 3
+    page = open(paths["html"]).read()
+    assert page.count("<tr>") == 4 and "clip_score_l14_30" in page and page.count("<svg") == 2
+    assert "0.420" in page and "–" in page  # the unscored run shows no number
