@@ -14,3 +14,6 @@ POOL_ASSETS = {scale: Asset(name=f"commonpool_{scale}", uri=f"x-datacomp://commo
 # One event per subset a filtering baseline writes; its extra names the subset file, the pool
 # version and scale it was drawn from, and the baseline's stats record (for the training DAG).
 SUBSETS = Asset(name="filtering_subsets", uri="x-datacomp://subsets", group="filtering")
+
+# One event per trained model; its extra is the training record (run folder, checkpoint, samples seen).
+TRAINED = Asset(name="trained_models", uri="x-datacomp://trained", group="training")

@@ -197,45 +197,36 @@ def _root(config, args) -> str:
 
 
 def cmd_ledger(args) -> None:
-    import pyarrow.compute as pc
-
-    from . import ledger, versions
+    from . import versions
+    from .pool_report import lookup, version_summary
 
     config = _config(args)
     root = _root(config, args)
     version = args.pool_version or versions.latest(root, published=False)
     if not version:
         raise versions.VersionError(f"no pool version under {root} yet")
-    dirs, names = versions.ledger_dirs(root, version)
     if args.uid or args.url:
         from .schema import compute_uid
 
-        history = ledger.history(dirs, names).drop_columns(["_order"])
-        column, value = ("uid", args.uid) if args.uid else ("url", args.url)
-        rows = [r for r in history.to_pylist() if r[column] == value]
-        if not rows:
-            hint = f" (a uid is md5(caption + url), e.g. {compute_uid('a cat', value)} for the caption 'a cat')" \
-                if args.url else ""
-            raise versions.VersionError(f"no ledger row of {column} {value} in pool version {version} or its "
-                                        f"ancestors{hint}")
-        print(f"history of {column} {value} (pool versions {names[0]}..{names[-1]}, oldest first):")
-        for r in rows:
+        story = lookup(root, args.uid or args.url, version)
+        if not story["found"]:
+            hint = f" (a uid is md5(caption + url), e.g. {compute_uid('a cat', args.url)} for the caption " \
+                   f"'a cat')" if args.url else ""
+            raise versions.VersionError(f"no ledger row of {story['column']} {story['query']} in pool version "
+                                        f"{version} or its ancestors{hint}")
+        names = story["chain"]
+        print(f"history of {story['column']} {story['query']} (pool versions {names[0]}..{names[-1]}, oldest first):")
+        for r in story["history"]:
             attempt = f" attempt {r['attempt']}" if r["attempt"] is not None else ""
             print(f"  {r['version']:<12}{r['stage']:<10}{r['status']:<16}{attempt:<11}{r['message'] or ''}")
+        origin = story["origin"]
+        if origin:
+            print(f"from crawl {origin['crawl']}, WAT file {origin['wat_file']} (page {origin['page_url']})")
+        print("in the pool" if story["in_pool"] else f"not in the pool: {story['left_because']}")
+        if story["subsets"]:
+            print("in subsets: " + ", ".join(story["subsets"]))
         return
-    history = ledger.history(dirs, names)
-    current = ledger.latest(history)
-    out = {"pool_version": version, "chain": names, "published": versions.is_published(root, version),
-           "urls": current.num_rows, "statuses": ledger.counts(current) if current.num_rows else {},
-           "by_version": {}}
-    for name in names:
-        rows = history.filter(pc.equal(history["version"], name))
-        stages = {}
-        for stage in ledger.STAGE_ORDER:
-            part = rows.filter(pc.equal(rows["stage"], stage))
-            if part.num_rows:
-                stages[stage] = ledger.counts(part)
-        out["by_version"][name] = stages
+    out = version_summary(root, version)
     if args.stage:
         out = {k: v for k, v in out.items() if k != "by_version"} | {
             "stage": args.stage, "by_version": {v: s.get(args.stage, {}) for v, s in out["by_version"].items()}}
@@ -292,6 +283,52 @@ def cmd_reshard(args) -> None:
     stats = reshard(subset, shards, out, args.shard_size, args.workers)
     print(json.dumps(stats.to_dict(), indent=2))
     print(f"shards in {out} (meta.json: {storage.join(out, 'meta.json')})")
+
+
+def _overrides_of(args) -> dict:
+    """The config of a command whose jobs load it themselves (as DAG tasks do): file and overrides."""
+    if args.config:
+        os.environ["DATACOMP_CONFIG"] = os.path.abspath(args.config)
+    return _config_overrides(args)
+
+
+def cmd_train(args) -> None:
+    from .train_plan import plan_training, run_reshard_job, run_train_job
+
+    params = {"dataset": args.dataset, "pool_version": args.pool_version, "scale": args.scale,
+              "baselines": args.baseline, "config_overrides": _overrides_of(args)}
+    for job in plan_training(params, []):
+        print(f"{job['name']}: resharding, then training")
+        run_reshard_job(job)
+        record = run_train_job(job)
+        print(json.dumps(record, indent=2))
+
+
+def cmd_evaluate(args) -> None:
+    from .leaderboard import write_leaderboard
+    from .train_plan import plan_evaluation, run_evaluation_job, storage_roots
+
+    params = {"run_dirs": args.run_dir, "dataset": args.dataset, "pool_version": args.pool_version,
+              "scale": args.scale, "config_overrides": _overrides_of(args)}
+    jobs = plan_evaluation(params, [])
+    for job in jobs:
+        result = run_evaluation_job(job)
+        scores = {g: a["score"] for g, a in result["aggregates"].items()}
+        print(f"{job['name']}: " + ", ".join(f"{g} {v:.3f}" if v is not None else f"{g} -" for g, v in scores.items()))
+    for root in storage_roots(jobs):
+        print(f"leaderboard: {write_leaderboard(root)['html']}")
+
+
+def cmd_leaderboard(args) -> None:
+    from .leaderboard import collect, write_leaderboard
+
+    config = _config(args)
+    paths = write_leaderboard(config.storage_root)
+    for row in collect(config.storage_root):
+        avg = f"{row['average']:.3f}" if row["average"] is not None else "-"
+        print(f"{row['dataset']:<12} {row['pool_version']:<6} {row['scale']:<7} {row['baseline']:<40} "
+              f"{row['dataset_size'] or 0:>10,}  average {avg}  ({row['tasks_scored']} of {row['tasks']} tasks)")
+    print(f"table: {paths['parquet']}  report: {paths['html']}")
 
 
 def cmd_import(args) -> None:
@@ -411,6 +448,26 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--shard-size", type=int, default=10_000, help="samples per output shard (DataComp: 10,000)")
     p.add_argument("--workers", type=int, default=0, help="parallel tasks (default: the cores)")
     p.set_defaults(func=cmd_reshard)
+
+    p = with_config(sub.add_parser("train", help="CLIP on subsets with DataComp's recipe for the scale "
+                                                 "(reshards each first): {root}/runs/{version}/{scale}/{baseline}"))
+    p.add_argument("--baseline", action="append", default=[], help="a subset's label (default: every subset)")
+    p.add_argument("--pool-version", default="", help="default: the newest published version")
+    p.add_argument("--scale", default="tiny")
+    p.add_argument("--dataset", default="", help="an imported dataset's pool instead of the CommonPool")
+    p.set_defaults(func=cmd_train)
+
+    p = with_config(sub.add_parser("evaluate", help="zero-shot evaluation of trained runs on DataComp's tasks "
+                                                    "(eval_results.jsonl), then the leaderboard"))
+    p.add_argument("--run-dir", action="append", default=[], help="a training run's folder (default: every "
+                                                                  "trained run of the version and scale)")
+    p.add_argument("--pool-version", default="", help="default: the newest published version")
+    p.add_argument("--scale", default="tiny")
+    p.add_argument("--dataset", default="", help="an imported dataset's runs")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = with_config(sub.add_parser("leaderboard", help="the leaderboard over every evaluated run (table + HTML)"))
+    p.set_defaults(func=cmd_leaderboard)
 
     p = with_config(sub.add_parser("import", help="an external image-text dataset as a pool of its own "
                                                   "({root}/datasets/NAME), with the CommonPool's metadata"))

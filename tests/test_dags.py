@@ -118,6 +118,25 @@ def test_import_dataset_structure(dagbag):
     assert all(p.schema.get("section") for p in (dag.params.get_param(k) for k in dag.params.keys()))
 
 
+def test_train_and_evaluate_structure(dagbag):
+    """Training follows the filtering DAG's subsets, evaluation the trained models; GPU work in the gpu pool."""
+    train = dagbag.dags["train_clip"]
+    assert {t.task_id: sorted(t.downstream_task_ids) for t in train.tasks} == {
+        "prepare": ["reshard"], "reshard": ["train"], "train": []}
+    assert "filtering_subsets" in str(train.timetable.asset_condition)
+    step = train.get_task("train")
+    assert step.pool == "gpu" and step.queue == "gpu" and step.retries >= 1
+    assert [a.name for a in step.outlets] == ["trained_models"]
+    evaluate = dagbag.dags["evaluate_clip"]
+    assert {t.task_id: sorted(t.downstream_task_ids) for t in evaluate.tasks} == {
+        "prepare": ["evaluate", "leaderboard"], "evaluate": ["leaderboard"], "leaderboard": []}
+    assert "trained_models" in str(evaluate.timetable.asset_condition)
+    assert evaluate.get_task("evaluate").pool == "gpu"
+    for dag in (train, evaluate):
+        assert dag.params.validate()["scale"] == "tiny"  # the empty form validates
+        assert all(p.schema.get("section") for p in (dag.params.get_param(k) for k in dag.params.keys()))
+
+
 def test_form_fields_set_config_keys():
     """Every form field that sets a config key names a key the config has."""
     import runpy
@@ -269,6 +288,7 @@ def test_commonpool_build_runs_end_to_end(tmp_path, small_crawl, embedded_models
 def test_task_glue_imports_nothing_heavy():
     """Tasks import the glue first; torch and friends load only inside the task bodies that use them."""
     code = ("import sys, datacomp_ops.build, datacomp_ops.metadata, datacomp_ops.publish, datacomp_ops.prepare_models\n"
+            "import datacomp_ops.train_plan, datacomp_ops.training, datacomp_ops.evaluation, datacomp_ops.leaderboard\n"
             f"print([m for m in {HEAVY + ('webdataset', 'faiss', 'nudenet', 'profanity_check')!r} if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

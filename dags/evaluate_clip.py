@@ -1,0 +1,72 @@
+"""Zero-shot evaluation of trained CLIP models on DataComp's tasks, and the leaderboard.
+
+Runs when `train_clip` finishes a model (its Asset event names the run), or from the form: run
+folders, or every trained run of a pool version and scale.
+
+1. **prepare**: the runs to evaluate.
+2. **evaluate**: each run's final checkpoint on every task of the registry whose dataset is present
+   (DataComp's 38 from `evaluation.sets_dir`, or the synthetic suite on the embedded default):
+   `eval_results.jsonl` in DataComp's format and `eval_summary.json` (aggregates, tasks not scored).
+3. **leaderboard**: the table (parquet, csv) and HTML report over every evaluated run.
+"""
+
+from __future__ import annotations
+
+import datetime
+
+from airflow.sdk import Param, dag, task
+from datacomp_assets import SCALES, TRAINED
+from form_fields import optional
+from pool_tasks import GPU
+
+
+@dag(
+    schedule=TRAINED,
+    start_date=datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc),
+    catchup=False,
+    tags=["datacomp", "evaluation"],
+    params={
+        "run_dirs": optional("array", "Run folders", "Training runs to evaluate ({root}/runs/{version}/"
+                             "{scale}/{baseline}). Empty: every trained run of the version and scale below.",
+                             "Runs", items={"type": "string"}),
+        "dataset": optional("string", "Imported dataset", "The name given to import_dataset. Empty: the "
+                            "CommonPool.", "Runs", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"),
+        "pool_version": optional("string", "Pool version", "A published version (v0001...). Empty: the newest.",
+                                 "Runs", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"),
+        "scale": Param("tiny", type="string", enum=list(SCALES), title="Scale", section="Runs",
+                       description="The scale whose trained runs are evaluated."),
+        "config_overrides": optional("object", "Other config keys", 'Dotted keys, e.g. '
+                                     '{"evaluation.sets_dir": "/data/datacomp/eval"}.', "Advanced"),
+    },
+)
+def evaluate_clip():
+    @task
+    def prepare(params=None, triggering_asset_events=None) -> list[dict]:
+        from datacomp_ops.train_plan import plan_evaluation
+
+        events = []
+        for asset_events in (triggering_asset_events or {}).values():
+            events += [dict(e.extra or {}) for e in asset_events]
+        return plan_evaluation(dict(params or {}), events)
+
+    @task(retries=1, map_index_template="{{ job_name }}", **GPU)
+    def evaluate(job: dict) -> dict:
+        from airflow.sdk import get_current_context
+
+        from datacomp_ops.train_plan import run_evaluation_job
+
+        get_current_context()["job_name"] = job["name"]
+        return run_evaluation_job(job)
+
+    @task
+    def leaderboard(jobs: list[dict], results: list[dict]) -> list[dict]:
+        from datacomp_ops.leaderboard import write_leaderboard
+        from datacomp_ops.train_plan import storage_roots
+
+        return [write_leaderboard(root) for root in storage_roots(jobs)]
+
+    jobs = prepare()
+    leaderboard(jobs, evaluate.expand(job=jobs))
+
+
+evaluate_clip()

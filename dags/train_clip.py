@@ -1,0 +1,81 @@
+"""CLIP training on filtering subsets with DataComp's recipe for the scale (open_clip's trainer).
+
+Runs when `filtering_baselines` writes subsets (its Asset events name each subset, pool version and
+scale; `training.baselines` narrows which are trained), or from the form: a published pool version and
+scale of the CommonPool or of an imported dataset, and the baselines to train (empty: every subset
+written there).
+
+1. **prepare**: one job per subset.
+2. **reshard**: the subset's samples into `{root}/runs/{version}/{scale}/{baseline}/shards`
+   (DataComp's layout, meta.json).
+3. **train**: open_clip with DataComp's arguments for the scale (`datacomp_ops/training.py`), in the
+   Airflow pool `gpu` on the `gpu` queue, one process per GPU of the worker; a retry resumes from the
+   last checkpoint. Emits an Asset event for evaluation.
+"""
+
+from __future__ import annotations
+
+import datetime
+
+from airflow.sdk import Param, dag, task
+from datacomp_assets import SCALES, SUBSETS, TRAINED
+from form_fields import optional
+from pool_tasks import GPU
+
+
+@dag(
+    schedule=SUBSETS,
+    start_date=datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc),
+    catchup=False,
+    max_active_runs=1,
+    tags=["datacomp", "training"],
+    params={
+        "dataset": optional("string", "Imported dataset", "The name given to import_dataset. Empty: the "
+                            "CommonPool.", "Subsets", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"),
+        "pool_version": optional("string", "Pool version", "A published version (v0001...). Empty: the newest.",
+                                 "Subsets", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"),
+        "scale": Param("tiny", type="string", enum=list(SCALES), title="Scale",
+                       description="The scale whose subsets are trained, with its DataComp recipe.",
+                       section="Subsets"),
+        "baselines": optional("array", "Baselines", "Labels of the subsets to train. Empty: every subset of "
+                              "the version and scale.", "Subsets", items={"type": "string"}),
+        "config_overrides": optional("object", "Other config keys", 'Dotted keys, e.g. '
+                                     '{"training.samples_seen": 51200}; see config/example.yaml.', "Advanced"),
+    },
+)
+def train_clip():
+    @task
+    def prepare(params=None, triggering_asset_events=None) -> list[dict]:
+        from datacomp_ops.train_plan import plan_training
+
+        events = []
+        for asset_events in (triggering_asset_events or {}).values():
+            events += [dict(e.extra or {}) for e in asset_events]
+        return plan_training(dict(params or {}), events)
+
+    @task(map_index_template="{{ job_name }}")
+    def reshard(job: dict) -> dict:
+        from airflow.sdk import get_current_context
+
+        from datacomp_ops.train_plan import run_reshard_job
+
+        get_current_context()["job_name"] = job["name"]
+        run_reshard_job(job)
+        return job
+
+    @task(retries=2, retry_delay=datetime.timedelta(seconds=30), outlets=[TRAINED],
+          map_index_template="{{ job_name }}", **GPU)
+    def train(job: dict, outlet_events=None) -> dict:
+        from airflow.sdk import get_current_context
+
+        from datacomp_ops.train_plan import run_train_job
+
+        get_current_context()["job_name"] = job["name"]
+        record = run_train_job(job)
+        outlet_events[TRAINED].extra = record
+        return record
+
+    train.expand(job=reshard.expand(job=prepare()))
+
+
+train_clip()

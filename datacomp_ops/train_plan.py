@@ -1,0 +1,116 @@
+"""The training and evaluation DAGs' glue: which subsets a run trains, and one job of it.
+
+A training run trains the subsets named by the Asset events that triggered it
+(one per baseline the filtering DAG wrote; ``training.baselines`` narrows
+them), or the subsets its form names (a published pool version and scale of
+the CommonPool or of an imported dataset; every baseline written there, or
+those listed). Each job reshards its subset beside the run, then trains.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from . import storage, versions
+from .config import ConfigError, config_from_dict, load_config
+from .layout import PoolLayout, dataset_root
+from .reshard import reshard
+from .training import TrainSpec, run_training
+
+log = logging.getLogger(__name__)
+
+
+def _dataset_of(root: str) -> str:
+    parts = root.rstrip("/").split("/")
+    return parts[-1] if len(parts) > 1 and parts[-2] == "datasets" else ""
+
+
+def _job(manifest_url: str, scale: str, baseline: str, config_dict: dict) -> dict:
+    manifest = storage.read_json(manifest_url)
+    root, version = manifest["storage_root"], manifest["pool_version"]
+    spec = TrainSpec.for_subset(root, version, scale, baseline, _dataset_of(root))
+    if not storage.exists(spec.subset):
+        raise ConfigError(f"no subset {spec.subset}: run filtering_baselines for {version}/{scale} first")
+    return {"manifest": manifest_url, "spec": spec.__dict__, "config": config_dict,
+            "name": f"{spec.dataset + '/' if spec.dataset else ''}{version}/{scale}/{baseline}"}
+
+
+def plan_training(params: dict[str, Any], events: list[dict]) -> list[dict]:
+    config = load_config(overrides=dict(params.get("config_overrides") or {}))
+    config_dict = config.to_dict()
+    wanted = list(params.get("baselines") or []) or list(config.training.baselines)
+    jobs = []
+    if events:
+        for extra in events:
+            pool = extra.get("pool") or {}
+            if "manifest" not in pool:
+                log.info("subset %s is of a metadata folder: no shards to train on", extra.get("subset"))
+                continue
+            if wanted and extra["label"] not in wanted:
+                continue
+            jobs.append(_job(pool["manifest"], pool.get("scale") or "tiny", extra["label"], config_dict))
+        return jobs
+    dataset = params.get("dataset") or ""
+    root = dataset_root(config.storage_root, dataset) if dataset else config.storage_root
+    version = params.get("pool_version") or versions.latest(root)
+    if not version:
+        raise versions.VersionError(f"no published pool version under {root}")
+    scale = params.get("scale") or "tiny"
+    if not wanted:
+        records = storage.ls(storage.join(root, "subsets", version, scale), "*.json")
+        wanted = sorted(os.path.basename(r)[: -len(".json")] for r in records)
+        if not wanted:
+            raise ConfigError(f"no subsets under {root}/subsets/{version}/{scale}: run filtering_baselines first")
+    return [_job(PoolLayout(root, version).manifest, scale, b, config_dict) for b in wanted]
+
+
+def run_reshard_job(job: dict) -> dict:
+    """The job's subset of its pool's shards, resharded into the run's folder (a no-op when done)."""
+    spec = TrainSpec(**job["spec"])
+    shards = storage.read_json(job["manifest"])["shards"]
+    stats = reshard(spec.subset, shards, spec.shards_dir, workers=min(os.cpu_count() or 1, 8))
+    return stats.to_dict()
+
+
+def run_train_job(job: dict) -> dict:
+    spec = TrainSpec(**job["spec"])
+    run_training(spec, config_from_dict(job["config"]))
+    return storage.read_json(storage.join(spec.run_dir, "training.json")) | {"run_dir": spec.run_dir}
+
+
+def plan_evaluation(params: dict[str, Any], events: list[dict]) -> list[dict]:
+    """The runs to evaluate: those the triggering events name (trained models), or the form's run folders
+    (every trained run of a pool version and scale when it names none)."""
+    config = load_config(overrides=dict(params.get("config_overrides") or {}))
+    runs = [e["run_dir"] for e in events if e.get("run_dir")] or list(params.get("run_dirs") or [])
+    if not runs:
+        dataset = params.get("dataset") or ""
+        root = dataset_root(config.storage_root, dataset) if dataset else config.storage_root
+        version = params.get("pool_version") or versions.latest(root)
+        scale = params.get("scale") or "tiny"
+        runs = [t.rsplit("/", 1)[0] for t in storage.ls(storage.join(root, "runs", version or "-", scale),
+                                                         "*/training.json")]
+        if not runs:
+            raise ConfigError(f"no trained runs under {root}/runs/{version}/{scale}: run train_clip first")
+    return [{"run_dir": r, "config": config.to_dict(), "name": "/".join(r.rstrip("/").split("/")[-3:])}
+            for r in runs]
+
+
+def run_evaluation_job(job: dict) -> dict:
+    from .evaluation import SUMMARY, run_evaluation
+
+    run_evaluation(job["run_dir"], config_from_dict(job["config"]))
+    summary = storage.read_json(storage.join(job["run_dir"], SUMMARY))
+    return {"run_dir": job["run_dir"], "aggregates": summary["aggregates"]}
+
+
+def storage_roots(jobs: list[dict]) -> list[str]:
+    """The storage roots whose leaderboards a set of runs touches (a run lives at {root}/runs/v/s/b)."""
+    roots = set()
+    for job in jobs:
+        root = job["run_dir"].rstrip("/").rsplit("/", 4)[0]
+        base, _, name = root.rpartition("/datasets/")
+        roots.add(base if base and "/" not in name else root)  # an imported dataset's runs: its base's board
+    return sorted(roots)
