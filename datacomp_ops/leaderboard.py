@@ -151,6 +151,9 @@ def scatter_svg(rows: list[dict], width: int = 640, height: int = 320) -> str:
              f"dataset size (samples, log scale)</text>",
              f"<text x='14' y='{(height - bottom) / 2:.0f}' font-size='12' transform='rotate(-90 14 "
              f"{(height - bottom) / 2:.0f})' text-anchor='middle'>average score</text>"]
+    for value in (y0, (y0 + y1) / 2, y1):
+        parts.append(f"<text x='{left - 6}' y='{sy(value) + 4:.0f}' text-anchor='end' font-size='11'>{value:.2f}</text>"
+                     f"<line x1='{left - 3}' y1='{sy(value):.1f}' x2='{left}' y2='{sy(value):.1f}' stroke='#444'/>")
     for tick in range(math.ceil(x0), math.floor(x1) + 1):
         parts.append(f"<text x='{sx(tick):.0f}' y='{height - bottom + 16}' text-anchor='middle' font-size='11'>"
                      f"1e{tick}</text>")
@@ -162,6 +165,14 @@ def scatter_svg(rows: list[dict], width: int = 640, height: int = 320) -> str:
     return "".join(parts)
 
 
+def plots_html(rows: list[dict]) -> str:
+    """The two plots side by side, each with its caption."""
+    return ("<div style='display:flex;flex-wrap:wrap;gap:24px'>"
+            f"<figure><figcaption><b>Average score per baseline</b></figcaption>{bar_chart_svg(rows)}</figure>"
+            f"<figure><figcaption><b>Average score against dataset size</b></figcaption>{scatter_svg(rows)}"
+            "</figure></div>")
+
+
 def render_html(rows: list[dict]) -> str:
     return ("<!doctype html><html><head><meta charset='utf-8'><title>DataComp leaderboard</title><style>"
             "body{font-family:sans-serif;margin:24px} table{border-collapse:collapse} "
@@ -169,5 +180,4 @@ def render_html(rows: list[dict]) -> str:
             "</style></head><body><h1>Leaderboard</h1>"
             f"<p>{len(rows)} evaluated runs. Scores are the main metrics of each task, averaged as DataComp's "
             "aggregate_scores.py does; a group with missing tasks averages those present (see Tasks).</p>"
-            + table_html(rows) + "<h2>Average score per baseline</h2>" + bar_chart_svg(rows)
-            + "<h2>Average score against dataset size</h2>" + scatter_svg(rows) + "</body></html>")
+            + table_html(rows) + plots_html(rows) + "</body></html>")

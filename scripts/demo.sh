@@ -28,6 +28,15 @@ datacomp synthetic --out "$DATACOMP_STORAGE_ROOT/synthetic" --n-urls "$DEMO_URLS
 setsid datacomp serve --port "$DEMO_PORT" --hang-seconds 20 > var/log/image-server.log 2>&1 &
 pids+=($!)
 
+# the demo trains four of the subsets (DataComp's no filter, basic, CLIP score and the DataComp-1B recipe)
+if [ -z "${DATACOMP_CONFIG:-}" ]; then
+    export DATACOMP_CONFIG="$DATACOMP_HOME/var/demo-config.yaml"
+    cat > "$DATACOMP_CONFIG" <<'YAML'
+training:
+  baselines: [no_filter, basic_filter, clip_score_l14_30, image_based_intersect_clip_score_l14_30]
+YAML
+fi
+
 echo "== airflow standalone (log: var/log/airflow-standalone.log)"
 airflow db migrate > var/log/airflow-migrate.log 2>&1
 # GPU stages run in this pool; its slots bound how many run at once (one GPU here, or the CPU)
@@ -63,7 +72,8 @@ print(f"  final statuses vs the crawl's truth: {check['matched']} of {table.num_
       + "".join(f"\n    {n} x {what}" for what, n in check["mismatched"].items()))
 PY
 echo "== filtering_baselines on the tiny pool, through the scheduler"
-rm -rf "$DATACOMP_STORAGE_ROOT/subsets"
+rm -rf "$DATACOMP_STORAGE_ROOT/subsets" "$DATACOMP_STORAGE_ROOT/runs" "$DATACOMP_STORAGE_ROOT/leaderboard"
+filtered_at=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 python scripts/run_dag.py filtering_baselines --conf '{"scale": "tiny"}' --timeout 900
 python - <<'PY'
 import glob, json, os
@@ -80,7 +90,12 @@ labels = list(parse_all(load_config().filtering.baselines))
 records.sort(key=lambda r: labels.index(r["label"]) if r["label"] in labels else len(labels) + order[r["label"]])
 print(format_table(records))
 PY
-echo "== done in $(( $(date +%s) - started )) s (pool under $DATACOMP_STORAGE_ROOT/pool, subsets under $DATACOMP_STORAGE_ROOT/subsets)"
+echo "== train_clip and evaluate_clip, started by the subsets' Asset events (config: training.baselines)"
+python scripts/run_dag.py train_clip --after "$filtered_at" --timeout 1800
+python scripts/run_dag.py evaluate_clip --after "$filtered_at" --timeout 900
+datacomp leaderboard
+echo "   the platform's page: http://127.0.0.1:$AIRFLOW__API__PORT/plugin/datacomp"
+echo "== done in $(( $(date +%s) - started )) s (pool under $DATACOMP_STORAGE_ROOT/pool, subsets under $DATACOMP_STORAGE_ROOT/subsets, runs under $DATACOMP_STORAGE_ROOT/runs)"
 if [ "$KEEP_RUNNING" = "1" ]; then
     echo "Airflow and the image server keep running; Ctrl-C stops them."
     wait

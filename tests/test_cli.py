@@ -35,6 +35,18 @@ def test_build_command_runs_the_stages_without_airflow(tmp_path, small_crawl, em
     assert counts["urls"] == small_crawl["unique_uids"]
     assert counts["statuses"]["kept"] < counts["urls"] and "downloaded" not in counts["statuses"]
     assert counts["statuses"]["nsfw_text"] == small_crawl["kinds"]["unsafe_caption"]
+    # one URL's story: where it came from, its statuses, why it left
+    from datacomp_ops import ledger, versions
+
+    rows = ledger.latest(ledger.history(*versions.ledger_dirs(str(tmp_path), "v0001"))).to_pylist()
+    dropped = next(r for r in rows if r["status"] == "nsfw_text")
+    main(["ledger", "--url", dropped["url"], "--storage-root", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert "from crawl CC-CLI, WAT file " in out and "not in the pool: nsfw_text" in out
+    assert "downloaded" in out and "metadata  nsfw_text" in out
+    kept = next(r for r in rows if r["status"] == "kept")
+    main(["ledger", "--uid", kept["uid"], "--storage-root", str(tmp_path)])
+    assert "in the pool" in capsys.readouterr().out
 
 
 def test_missing_model_is_a_clean_error(tmp_path, capsys):

@@ -39,10 +39,15 @@ EDITS = {
                             "pool_version": "v0001"},
     # sources stay empty: the embedded default's example dataset, imported under another name
     "import_dataset": {"name": "shapes", "pool_version": "p1"},
+    "train_clip": {"baselines": "no_filter", "pool_version": "v0001"},
+    "evaluate_clip": {"pool_version": "v0001"},
 }
 # A value each DAG's form must refuse, with the field named in the message
 INVALID = {"commonpool_build": ("crawl_id", "CC MAIN 2024/33"), "filtering_baselines": ("pool_version", "v 1!"),
-           "import_dataset": ("name", "my data!")}
+           "import_dataset": ("name", "my data!"), "train_clip": ("pool_version", "v 1!"),
+           "evaluate_clip": ("dataset", "my data!")}
+# The order a person goes through the platform: each DAG's runs give the next its input
+PIPELINE = ["commonpool_build", "filtering_baselines", "train_clip", "evaluate_clip", "import_dataset"]
 
 
 class Api:
@@ -68,6 +73,8 @@ def airflow_ui(tmp_path_factory, image_server, embedded_models):
         "storage_root": str(root), "models": {"embedded_dir": embedded_models},
         "download": {"timeout": 5, "retries": 0, "processes_count": 1, "number_sample_per_shard": 100},
         "extract": {"urls_per_partition": 100}, "metadata": {"batch_size": 32}, "publish": {"tiny_pool_size": 20},
+        # a few steps of the tiny recipe, one subset per filtering run
+        "training": {"samples_seen": 512, "num_checkpoints": 1, "workers": 1, "baselines": ["no_filter"]},
     }))
     port = _free_port()
     home = base / "airflow"
@@ -203,10 +210,10 @@ def test_every_dag_trigger_form_submits_with_defaults_and_with_edits_and_the_run
     while sorted(d["dag_id"] for d in api("/dags")["dags"]) != expected:
         assert time.monotonic() < deadline, f"the DAG processor did not list {expected}"
         time.sleep(2)
-    untested = set(expected) - (set(EDITS) & set(INVALID))
-    assert not untested, f"give every DAG's form edits and a refused value to test: {untested}"
+    untested = set(expected) - (set(EDITS) & set(INVALID) & set(PIPELINE))
+    assert not untested, f"give every DAG's form edits, a refused value and its place in PIPELINE: {untested}"
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    for dag_id in expected:
+    for dag_id in PIPELINE:
         # with its defaults
         with _browser(url, airflow_ui["token"]) as browser:
             _open_form(browser, url, dag_id)
@@ -297,6 +304,51 @@ def _wait_for_runs(api: Api, dag_id: str, log, what: str) -> None:
         time.sleep(5)
     failed = [r["dag_run_id"] for r in runs if r["state"] != "success"]
     assert not failed, f"{dag_id}: {what}: runs {failed} failed; see {log}"
+
+
+def test_platform_page_shows_pools_ledger_lookup_and_leaderboard(airflow_ui):
+    """The plugin's page, logged in as a person is: the pool versions with their counts, a URL looked up in
+    the ledger (its crawl, WAT file and statuses), and the leaderboard rows of the runs the forms made."""
+    import urllib.error
+
+    from datacomp_ops import ledger, versions
+
+    url, root = airflow_ui["url"], str(airflow_ui["root"])
+    version = versions.latest(root)
+    assert version and (airflow_ui["root"] / "leaderboard" / "index.html").exists(), \
+        "the form test's build, filtering, training and evaluation runs come first"
+    with pytest.raises(urllib.error.HTTPError) as refused:  # no login, no page
+        urllib.request.urlopen(f"{url}/datacomp/", timeout=30)
+    assert refused.value.code in (401, 403)
+    dirs, names = versions.ledger_dirs(root, version)
+    current = ledger.latest(ledger.history(dirs, names)).to_pylist()
+    kept = next(r for r in current if r["status"] == "kept")
+    dropped = next(r for r in current if r["status"] not in ("kept", "downloaded", "deferred"))
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with _browser(url, airflow_ui["token"]) as browser:
+        browser.goto(f"{url}/datacomp/")
+        browser.wait_for("!!document.querySelector('#leaderboard table')", 30, "the leaderboard table")
+        text = browser.js("document.body.innerText")
+        assert "Pool versions" in text and version in text and "kept" in text
+        board = browser.js("[...document.querySelectorAll('#leaderboard tbody tr')].map(r => r.innerText)")
+        assert any("no_filter" in row and "tiny" in row for row in board), board
+        assert browser.js("document.querySelectorAll('#leaderboard svg').length") == 2
+        browser.screenshot(str(ARTIFACTS / "platform-page.png"))
+        for row, verdict in ((kept, "in the pool"), (dropped, f"left the pool: {dropped['status']}")):
+            browser.type_into("document.querySelector('#lookup input[name=q]')", row["url"])
+            browser.click("document.querySelector('#lookup button')")
+            browser.wait_for(f"(document.querySelector('#lookup-result') || {{innerText: ''}}).innerText"
+                             f".includes({json.dumps(row['uid'])})", 30, "the lookup's answer")
+            answer = browser.js("document.querySelector('#lookup-result').innerText")
+            assert row["uid"] in answer and verdict in answer and "WAT file" in answer, answer
+            assert "CC-SYNTH" in answer  # the crawl it was extracted from
+        browser.screenshot(str(ARTIFACTS / "platform-page-lookup.png"))
+        # inside the Airflow UI: the navigation's page frames it
+        browser.goto(f"{url}/plugin/datacomp")
+        browser.wait_for("!!document.querySelector('iframe')", 60, "the plugin page's frame")
+        time.sleep(3)
+        browser.screenshot(str(ARTIFACTS / "platform-page-in-airflow.png"))
+        assert "datacomp" in browser.js("document.querySelector('iframe').src")
 
 
 def test_backfill_of_two_weeks_for_one_scale(airflow_ui, tmp_path, image_server):
