@@ -167,3 +167,26 @@ def test_resume_points_at_the_last_whole_checkpoint(tmp_path):
     (folder / "epoch_latest.pt").write_bytes(b"PK\x03\x04 cut")  # killed while writing latest
     assert training._point_latest_at_last_checkpoint(str(tmp_path / "train")) == 2
     assert training._readable(str(folder / "epoch_latest.pt"))
+
+
+def test_several_gpus_train_under_torchrun_with_the_batch_split(tmp_path, monkeypatch):
+    """No GPU here: the worker's GPUs are what torch reports; the command is what the task would run."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    config = _config(tmp_path)
+    assert training._devices(config) == (4, True)
+    assert training._devices(_config(tmp_path, **{"training.gpus": 2})) == (2, True)
+    with pytest.raises(ConfigError, match="has 4 GPU"):
+        training._devices(_config(tmp_path, **{"training.gpus": 8}))
+    ran = []
+    monkeypatch.setattr(subprocess, "run", lambda cmd, env: ran.append((cmd, env)) or
+                        subprocess.CompletedProcess(cmd, 0))
+    args = training.open_clip_args(training.recipe(config, "medium"), "d", "/l", config, 4, cuda=True)
+    training._launch(args, 4, str(tmp_path))
+    (command, env), = ran
+    assert command[1:5] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=4"]
+    assert command[5:7] == ["-m", "datacomp_ops.train_entry"] and command[7:] == args
+    assert args[args.index("--batch-size") + 1] == str(4096 // 4) and "--device" not in args
+    assert env["DATACOMP_MODEL_CONFIGS"] == training.MODEL_CONFIGS
