@@ -42,8 +42,13 @@ def _folder(key: str) -> str:
     return f"wds_{key.removeprefix('fairness/').replace('/', '-')}_test"
 
 
-def _task(key, name, main="acc1", classes=0, size=0, groups=(), kind="zeroshot_classification") -> EvalTask:
-    return EvalTask(key, name, kind, main, tuple(groups), classes, size, _folder(key))
+def _task(key, name, main="acc1", classes=0, size=0, groups=(), kind="zeroshot_classification",
+          worst=()) -> EvalTask:
+    """`worst`: (metric name, per-sample measure "acc" or "acc_top5", column of the sample's .npy metadata)
+    for each worst-group metric, the minimum over the groups that have samples (DataComp's WILDS and
+    fairness evaluators)."""
+    return EvalTask(key, name, kind, main, tuple(groups), classes, size, _folder(key),
+                    {"worst": [list(w) for w in worst]} if worst else {})
 
 
 _SHIFT = ("imagenet_dist_shifts",)
@@ -87,11 +92,16 @@ DATACOMP_TASKS: tuple[EvalTask, ...] = (
     _task("retrieval/mscoco_2014_5k_test_image_text_retrieval", "MSCOCO", "mean_recall@1", size=5000,
           groups=_RET, kind="retrieval"),
     _task("misc/winogavil", "WinoGAViL", "jaccard_score_10-12", size=3563, groups=_RET, kind="winogavil"),
+    # metadata columns, as WILDS and DataComp order them: iWildCam (location, sequence, ...), Camelyon17
+    # (hospital, slide, y), FMoW (region, year, y), Dollar Street (income_ds, income_meta, region), GeoDE
+    # (region, country)
     _task("wilds/iwildcam", "iWildCam", "F1-macro_all", 182, 42791, kind="wilds"),
-    _task("wilds/camelyon17", "Camelyon17", classes=2, size=85054, kind="wilds"),
-    _task("wilds/fmow", "FMoW", "acc_worst_region", 62, 22108, kind="wilds"),
-    _task("fairness/dollar_street", "Dollar Street", "acc_top5_wg", 58, 3503, kind="fairness"),
-    _task("fairness/geode", "GeoDE", "acc_wg", 40, 12488, kind="fairness"),
+    _task("wilds/camelyon17", "Camelyon17", classes=2, size=85054, kind="wilds", worst=[("acc_wg", "acc", 1)]),
+    _task("wilds/fmow", "FMoW", "acc_worst_region", 62, 22108, kind="wilds",
+          worst=[("acc_worst_region", "acc", 0), ("acc_worst_year", "acc", 1)]),
+    _task("fairness/dollar_street", "Dollar Street", "acc_top5_wg", 58, 3503, kind="fairness",
+          worst=[("acc_top5_wg", "acc_top5", 0)]),
+    _task("fairness/geode", "GeoDE", "acc_wg", 40, 12488, kind="fairness", worst=[("acc_wg", "acc", 0)]),
 )
 assert len(DATACOMP_TASKS) == 38
 

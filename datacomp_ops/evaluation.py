@@ -121,6 +121,8 @@ def _samples(folder: str) -> list[dict]:
                     sample["image"] = Image.open(io.BytesIO(data)).convert("RGB")
                 elif ext == "cls":
                     sample["cls"] = int(data.decode().strip())
+                elif ext == "npy":  # WILDS and fairness sets: the sample's metadata vector
+                    sample["meta"] = np.load(io.BytesIO(data), allow_pickle=False)
                 elif ext == "txt":
                     sample["captions"] = [c for c in data.decode().splitlines() if c.strip()]
     return [s for s in samples.values() if "image" in s]
@@ -149,15 +151,40 @@ def classification_metrics(logits: np.ndarray, target: np.ndarray) -> dict:
     return metrics
 
 
-def macro_f1(pred: np.ndarray, target: np.ndarray, classes: int) -> float:
-    """sklearn's f1_score(average="macro") over the labels present in either (WILDS' F1-macro_all)."""
-    labels = np.union1d(np.unique(pred), np.unique(target))
+def macro_f1(pred: np.ndarray, target: np.ndarray) -> float:
+    """WILDS' F1-macro_all: sklearn's f1_score(average="macro", labels=the classes present in the target);
+    a class only predicted counts against the true ones, not as a class of its own."""
+    labels = np.unique(target)
     scores = []
     for c in labels:
         tp = float(((pred == c) & (target == c)).sum())
         denominator = float((pred == c).sum() + (target == c).sum())
         scores.append(2 * tp / denominator if denominator else 0.0)
     return float(np.mean(scores)) if scores else 0.0
+
+
+def worst_group(per_sample: np.ndarray, groups: np.ndarray) -> tuple[float, dict[int, tuple[float, int]]]:
+    """The lowest mean of `per_sample` over the groups that have samples, and every group's (mean, count)."""
+    groups = groups.astype(np.int64)
+    by_group = {int(g): (float(per_sample[groups == g].mean()), int((groups == g).sum())) for g in np.unique(groups)}
+    return min(mean for mean, _ in by_group.values()), by_group
+
+
+def group_metrics(task: EvalTask, logits: np.ndarray, target: np.ndarray, meta: np.ndarray | None) -> dict:
+    """The task's worst-group metrics from each sample's metadata vector (its .npy), as DataComp's WILDS and
+    fairness evaluators compute them; none without metadata."""
+    out = {}
+    if meta is None:
+        return out
+    measures = {"acc": logits.argmax(axis=1) == target,
+                "acc_top5": (np.argpartition(-logits, min(4, logits.shape[1] - 1), axis=1)[:, :5]
+                             == target[:, None]).any(axis=1)}
+    for name, measure, column in task.extra.get("worst", []):
+        worst, by_group = worst_group(measures[measure].astype(float), meta[:, column])
+        out[name] = worst
+        for group, (mean, count) in by_group.items():
+            out[f"{measure}_{column}:{group}"], out[f"count_{column}:{group}"] = mean, count
+    return out
 
 
 def retrieval_metrics(image_features: np.ndarray, text_features: np.ndarray, text_image: np.ndarray,
@@ -200,7 +227,9 @@ def evaluate_task(model: Model, task: EvalTask, folder: str, batch_size: int) ->
         logits = 100.0 * images @ weights
         metrics = classification_metrics(logits, target)
         if task.kind == "wilds":
-            metrics["F1-macro_all"] = macro_f1(logits.argmax(axis=1), target, len(classnames))
+            metrics["F1-macro_all"] = macro_f1(logits.argmax(axis=1), target)
+        meta = np.stack([s["meta"] for s in samples]) if samples and all("meta" in s for s in samples) else None
+        metrics |= group_metrics(task, logits, target, meta)
     elif task.kind == "retrieval":
         images = model.images([s["image"] for s in samples], batch_size)
         captions = [(i, c) for i, s in enumerate(samples) for c in s.get("captions", [])]
@@ -257,7 +286,7 @@ def run_evaluation(run_dir: str, config: PlatformConfig, model_name: str = "", c
         t0 = time.perf_counter()
         metrics = evaluate_task(model, task, folder, config.evaluation.batch_size)
         if metrics["main_metric"] is None:
-            not_scored[task.key] = f"not computed: {task.main_metric} needs group metadata this evaluator lacks"
+            not_scored[task.key] = f"not computed: {task.main_metric} needs each sample's metadata (.npy)"
             stats.add("not_computed")
         else:
             stats.add("evaluated")

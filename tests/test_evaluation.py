@@ -24,7 +24,27 @@ def test_classification_metrics_by_hand():
     logits = np.tile(np.arange(6.0), (2, 1))  # class 5 first, then 4, 3, 2, 1
     m = evaluation.classification_metrics(logits, np.array([1, 0]))
     assert m["acc1"] == 0 and m["acc5"] == 0.5
-    assert evaluation.macro_f1(np.array([0, 0, 1]), np.array([0, 1, 1]), 2) == pytest.approx((2 / 3 + 2 / 3) / 2)
+    assert evaluation.macro_f1(np.array([0, 0, 1]), np.array([0, 1, 1])) == pytest.approx((2 / 3 + 2 / 3) / 2)
+    # WILDS counts only the classes of the target: class 2, only predicted, has no F1 of its own
+    assert evaluation.macro_f1(np.array([0, 2, 1]), np.array([0, 1, 1])) == pytest.approx((1 + 2 / 3) / 2)
+
+
+def test_worst_group_metrics_from_each_samples_metadata():
+    """FMoW's acc_worst_region and acc_worst_year, Dollar Street's top-5 worst income group, by hand."""
+    fmow = next(t for t in eval_tasks.DATACOMP_TASKS if t.key == "wilds/fmow")
+    target = np.array([0, 1, 2, 0, 1, 2])
+    pred = np.array([0, 1, 0, 0, 0, 2])  # wrong: samples 2 and 4
+    logits = np.eye(6)[pred]
+    meta = np.array([[0, 10], [0, 11], [1, 10], [1, 11], [5, 11], [5, 10]])  # region, year
+    m = evaluation.group_metrics(fmow, logits, target, meta)
+    # regions 0: 2/2, 1: 1/2, 5 ("Other", counted as DataComp counts it): 1/2
+    assert m["acc_worst_region"] == 0.5 and m["count_0:5"] == 2
+    assert m["acc_worst_year"] == pytest.approx(2 / 3)  # year 10: 2 of 3 right; year 11: 2 of 3
+    street = next(t for t in eval_tasks.DATACOMP_TASKS if t.key == "fairness/dollar_street")
+    logits = np.tile(np.arange(8.0), (4, 1))  # top 5: classes 7..3
+    m = evaluation.group_metrics(street, logits, np.array([7, 3, 0, 1]), np.array([[0], [0], [1], [1]]))
+    assert m["acc_top5_wg"] == 0.0 and m["acc_top5_0:0"] == 1.0
+    assert evaluation.group_metrics(street, logits, np.array([7, 3, 0, 1]), None) == {}
 
 
 def test_retrieval_metrics_by_hand():
@@ -103,12 +123,35 @@ def test_missing_datasets_are_reported_not_scored(tmp_path, suite, embedded_mode
     assert stats["missing"] == 1 and summary["tasks"]["synthetic/count"]["not_scored"].startswith("missing")
     assert summary["tasks"]["synthetic/count"]["score"] is None
     assert summary["aggregates"]["vtab"]["tasks"] == 2 and summary["aggregates"]["vtab"]["partial"]
-    # DataComp's own registry on a folder with none of its datasets: every task reported missing
-    empty = load_config(overrides={"storage_root": str(tmp_path / "root"), "evaluation.sets_dir": str(tmp_path / "none")})
-    stats = evaluation.run_evaluation(str(tmp_path / "run2"), empty, model_name=model)
+    # DataComp's own registry on a folder that holds one of its datasets (FMoW's layout: images, labels and
+    # each sample's metadata vector, region first): that one scored by its worst region, 37 reported missing
+    import io
+
+    import webdataset as wds
+
+    from datacomp_ops.synthetic.images import CLASSES, encode, eval_image
+
+    fmow = tmp_path / "datacomp" / "wds_wilds-fmow_test"
+    (fmow / "test").mkdir(parents=True)
+    (fmow / "classnames.txt").write_text("\n".join(CLASSES) + "\n")
+    (fmow / "zeroshot_classification_templates.txt").write_text("a photo of a {c}.\n")
+    with wds.TarWriter(str(fmow / "test" / "0.tar")) as tar:
+        for i in range(36):
+            img, label = eval_image(i)
+            buf = io.BytesIO()
+            np.save(buf, np.array([i % 3, i % 2, label]))
+            tar.write({"__key__": f"s{i:07d}", "jpg": encode(img), "cls": str(label).encode(), "npy": buf.getvalue()})
+    datacomp = load_config(overrides={"storage_root": str(tmp_path / "root"),
+                                      "evaluation.sets_dir": str(tmp_path / "datacomp")})
+    stats = evaluation.run_evaluation(str(tmp_path / "run2"), datacomp, model_name=model)
     summary = json.loads((tmp_path / "run2" / "eval_summary.json").read_text())
-    assert stats["missing"] == 38
-    assert summary["aggregates"]["average"] == {"score": None, "tasks": 0, "of": 38, "partial": True}
+    assert stats["missing"] == 37 and stats["evaluated"] == 1
+    (line,) = [json.loads(x) for x in (tmp_path / "run2" / "eval_results.jsonl").read_text().splitlines()]
+    assert line["key"] == "wilds/fmow" and line["dataset"] == "FMoW"
+    per_region = [line["metrics"][f"acc_0:{r}"] for r in range(3)]
+    assert line["metrics"]["main_metric"] == line["metrics"]["acc_worst_region"] == min(per_region)
+    assert summary["aggregates"]["average"] == {"score": min(per_region), "tasks": 1, "of": 38, "partial": True}
+    assert summary["tasks"]["imagenet1k"]["not_scored"].startswith("missing")
 
 
 def test_leaderboard_from_results_alone(tmp_path):
