@@ -110,6 +110,60 @@ def test_the_embedded_clip_scores_above_chance_and_results_are_datacomps_format(
 
 
 @pytest.mark.slow
+def test_a_trained_tiny_checkpoint_scores_as_clip_benchmark_scores_it(tmp_path, suite):
+    """Independent check: clip_benchmark (what DataComp evaluates with) on the same local folders and the
+    same checkpoint gives the same accuracy, top-5, mean per-class recall and retrieval recalls."""
+    import open_clip
+    import torch
+    from clip_benchmark.datasets.builder import build_wds_dataset
+    from clip_benchmark.metrics import zeroshot_classification as zsc
+    from clip_benchmark.metrics import zeroshot_retrieval as zsr
+    from sklearn.metrics import balanced_accuracy_score
+
+    from datacomp_ops import training
+    from test_training import make_run
+
+    spec = make_run(tmp_path, n=384)
+    config = load_config(overrides={"storage_root": str(tmp_path / "root"), "evaluation.sets_dir": suite,
+                                    "training.samples_seen": 1024, "training.num_checkpoints": 1,
+                                    "training.workers": 1})
+    training.run_training(spec, config)
+    evaluation.run_evaluation(spec.run_dir, config)
+    ours = {json.loads(x)["key"]: json.loads(x)["metrics"]
+            for x in open(os.path.join(spec.run_dir, "eval_results.jsonl")).read().splitlines()}
+    record = json.load(open(os.path.join(spec.run_dir, "training.json")))
+    open_clip.add_model_config(training.MODEL_CONFIGS)
+    model, _, preprocess = open_clip.create_model_and_transforms(record["model"])
+    state = torch.load(record["checkpoint"], map_location="cpu", weights_only=True)["state_dict"]
+    model.load_state_dict({k.removeprefix("module."): v for k, v in state.items()})
+    model.eval()
+    tokenizer = open_clip.get_tokenizer(record["model"])
+    for task in evaluation.registry(suite):
+        folder = os.path.join(suite, task.folder)
+        dataset = build_wds_dataset(task.key, preprocess, split="test", data_dir=folder)
+        if task.kind == "retrieval":
+            loader = torch.utils.data.DataLoader(dataset.batched(16, collation_fn=lambda b: (
+                torch.stack([x for x, _ in b]), [t for _, t in b])), batch_size=None)
+            theirs = zsr.evaluate(model, loader, tokenizer, "cpu", amp=False, recall_k_list=[1, 5])
+            for k in (1, 5):
+                for side in ("image", "text"):
+                    key = f"{side}_retrieval_recall@{k}"
+                    assert ours[task.key][key] == pytest.approx(theirs[key], abs=1e-6), (task.key, key)
+            continue
+        loader = torch.utils.data.DataLoader(dataset.batched(32), batch_size=None)
+        # clip_benchmark's classifier and logits (its zsc.evaluate's own accuracy() calls float() on a
+        # 1-element array, which numpy 2 refuses), scored here with torch and sklearn
+        classifier = zsc.zero_shot_classifier(model, tokenizer, dataset.classes, dataset.templates, "cpu", amp=False)
+        logits, target = zsc.run_classification(model, classifier, loader, "cpu", amp=False)
+        theirs = {"acc1": float((logits.argmax(1) == target).float().mean()),
+                  "mean_per_class_recall": balanced_accuracy_score(target.numpy(), logits.argmax(1).numpy())}
+        if logits.shape[1] >= 5:
+            theirs["acc5"] = float((logits.topk(5, 1).indices == target[:, None]).any(1).float().mean())
+        for key, value in theirs.items():
+            assert ours[task.key][key] == pytest.approx(value, abs=1e-6), (task.key, key, theirs)
+
+
+@pytest.mark.slow
 def test_missing_datasets_are_reported_not_scored(tmp_path, suite, embedded_models):
     import shutil
 

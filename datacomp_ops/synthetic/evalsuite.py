@@ -4,7 +4,7 @@ in clip_benchmark's layout.
     {out}/wds_synthetic_{task}/classnames.txt, zeroshot_classification_templates.txt
     {out}/wds_synthetic_{task}/test/nshards.txt, 0.tar      ({key}.jpg, {key}.cls)
     {out}/wds_synthetic_shapes/train/nshards.txt, 0.tar     the ImageNet-like training split (image-based filter)
-    {out}/wds_synthetic_retrieval/test/nshards.txt, 0.tar   ({key}.jpg, {key}.txt)
+    {out}/wds_synthetic_retrieval/test/nshards.txt, 0.tar   ({key}.jpg, {key}.txt), dataset_type.txt
     {out}/eval_suite.json                                   the tasks, as DataComp's registry lists its own
 
 Tasks, each with the aggregate it stands in for:
@@ -108,6 +108,7 @@ def generate_eval_suite(out_dir: str | Path, n_classification: int = N_CLASSIFIC
                 samples.append({"__key__": f"s{i:06d}", "jpg": encode(img, quality=95),
                                 "txt": "\n".join(captions).encode()})
             _write_shard(out / folder(task) / "test" / "0.tar", samples)
+            (out / folder(task) / "dataset_type.txt").write_text("retrieval\n")  # as clip_benchmark marks them
             tasks.append({"key": "synthetic/retrieval", "name": "Synthetic retrieval", "kind": "retrieval",
                           "main_metric": "mean_recall@1", "groups": ["retrieval"], "size": n,
                           "folder": folder(task)})
