@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 PY := .venv/bin/python
 
-.PHONY: setup demo test test-fast airflow lock bench-extract bench-download bench-pool bench-filtering calibrate-dedup clean
+.PHONY: setup demo test test-fast airflow lock bench-extract bench-download bench-pool bench-filtering bench-training calibrate-dedup clean
 
 setup:            ## .venv with the pinned dependency set (idempotent)
 	bash scripts/setup.sh
@@ -37,6 +37,9 @@ bench-filtering: setup  ## every baseline on 1.28M and 12.8M generated rows, aga
 
 bench-pool: setup
 	source scripts/env.sh && $(PY) benchmarks/bench_pool_stages.py
+
+bench-training: setup  ## tiny-scale training through the platform against open_clip's trainer directly
+	source scripts/env.sh && $(PY) benchmarks/bench_training.py
 
 calibrate-dedup: setup
 	source scripts/env.sh && $(PY) benchmarks/calibrate_dedup.py --urls 100000

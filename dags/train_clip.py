@@ -1,7 +1,7 @@
 """CLIP training on filtering subsets with DataComp's recipe for the scale (open_clip's trainer).
 
 Runs when `filtering_baselines` writes subsets (its Asset events name each subset, pool version and
-scale; `training.baselines` narrows which are trained), or from the form: a published pool version and
+scale; subsets of the config's `scale` are trained, `training.baselines` narrows which), or from the form: a published pool version and
 scale of the CommonPool or of an imported dataset, and the baselines to train (empty: every subset
 written there).
 

@@ -1,8 +1,8 @@
 """The training and evaluation DAGs' glue: which subsets a run trains, and one job of it.
 
 A training run trains the subsets named by the Asset events that triggered it
-(one per baseline the filtering DAG wrote; ``training.baselines`` narrows
-them), or the subsets its form names (a published pool version and scale of
+(one per baseline the filtering DAG wrote, of the config's ``scale``;
+``training.baselines`` narrows them), or the subsets its form names (a published pool version and scale of
 the CommonPool or of an imported dataset; every baseline written there, or
 those listed). Each job reshards its subset beside the run, then trains.
 """
@@ -48,9 +48,15 @@ def plan_training(params: dict[str, Any], events: list[dict]) -> list[dict]:
             if "manifest" not in pool:
                 log.info("subset %s is of a metadata folder: no shards to train on", extra.get("subset"))
                 continue
+            # filtering runs on every published scale; training follows the config's scale only
+            # (each scale's recipe is another model and budget)
+            if (pool.get("scale") or "tiny") != config.scale:
+                log.info("subset %s is of scale %s; this config trains scale %s", extra.get("subset"),
+                         pool.get("scale"), config.scale)
+                continue
             if wanted and extra["label"] not in wanted:
                 continue
-            jobs.append(_job(pool["manifest"], pool.get("scale") or "tiny", extra["label"], config_dict))
+            jobs.append(_job(pool["manifest"], config.scale, extra["label"], config_dict))
         return jobs
     dataset = params.get("dataset") or ""
     root = dataset_root(config.storage_root, dataset) if dataset else config.storage_root

@@ -219,6 +219,10 @@ def run_training(spec: TrainSpec, config: PlatformConfig) -> StageStats:
     rec = recipe(config, spec.scale)
     data, subset_samples = train_data(spec.shards_dir)
     processes, cuda = _devices(config)
+    if not cuda and spec.scale != "tiny" and not config.training.samples_seen:
+        raise ConfigError(f"scale {spec.scale} trains {rec['model']} on {rec['samples_seen']:,} samples seen: that "
+                          f"needs GPUs (the gpu queue's workers); this worker has none. For a trial on the CPU set "
+                          f"training.samples_seen")
     local, mirrored = _local_run_dir(spec, config)
     os.makedirs(local, exist_ok=True)
     args = open_clip_args(rec, data, local, config, processes, cuda)

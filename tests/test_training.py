@@ -190,3 +190,27 @@ def test_several_gpus_train_under_torchrun_with_the_batch_split(tmp_path, monkey
     assert command[5:7] == ["-m", "datacomp_ops.train_entry"] and command[7:] == args
     assert args[args.index("--batch-size") + 1] == str(4096 // 4) and "--device" not in args
     assert env["DATACOMP_MODEL_CONFIGS"] == training.MODEL_CONFIGS
+
+
+def test_a_datacomp_scale_on_the_cpu_is_refused_unless_a_trial_budget_is_set(tmp_path):
+    spec = make_run(tmp_path, n=40)
+    spec.scale = "xlarge"
+    with pytest.raises(ConfigError, match="ViT-L-14 on 12,800,000,000 samples seen: that needs GPUs"):
+        training.run_training(spec, _config(tmp_path))
+    assert not os.path.exists(os.path.join(spec.run_dir, "lineage.json"))
+
+
+def test_subset_events_of_other_scales_are_not_trained(tmp_path):
+    """Filtering runs on every published scale; a training run follows the config's scale."""
+    from datacomp_ops.train_plan import plan_training
+
+    spec = make_run(tmp_path, n=40, baseline="no_filter")
+    manifest = tmp_path / "root" / "pool" / "v0001" / "manifest.json"
+    manifest.parent.mkdir(parents=True)
+    manifest.write_text(json.dumps({"storage_root": str(tmp_path / "root"), "pool_version": "v0001", "shards": []}))
+    events = [{"label": "no_filter", "subset": spec.subset, "pool": {"manifest": str(manifest), "scale": s}}
+              for s in ("tiny", "large", "xlarge")]
+    params = {"config_overrides": {"storage_root": str(tmp_path / "root")}}
+    assert [j["spec"]["scale"] for j in plan_training(params, events)] == ["tiny"]
+    params["config_overrides"]["training.baselines"] = ["basic_filter"]
+    assert plan_training(params, events) == []
