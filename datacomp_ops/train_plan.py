@@ -56,7 +56,10 @@ def plan_training(params: dict[str, Any], events: list[dict]) -> list[dict]:
                 continue
             if wanted and extra["label"] not in wanted:
                 continue
-            jobs.append(_job(pool["manifest"], config.scale, extra["label"], config_dict))
+            try:
+                jobs.append(_job(pool["manifest"], config.scale, extra["label"], config_dict))
+            except ConfigError as exc:  # removed since its event: the others still train
+                log.warning("not training %s: %s", extra["label"], exc)
         return jobs
     dataset = params.get("dataset") or ""
     root = dataset_root(config.storage_root, dataset) if dataset else config.storage_root

@@ -22,7 +22,8 @@ trap cleanup EXIT INT TERM
 echo "== synthetic crawl: $DEMO_URLS URLs served from 127.0.0.1:$DEMO_PORT"
 # a fresh crawl each time: the demo's crawls, pool versions and Airflow runs go (trained models stay)
 rm -rf "$DATACOMP_STORAGE_ROOT/synthetic" "$DATACOMP_STORAGE_ROOT/crawls" \
-       "$DATACOMP_STORAGE_ROOT/pool" "$DATACOMP_STORAGE_ROOT/eval_index"
+       "$DATACOMP_STORAGE_ROOT/pool" "$DATACOMP_STORAGE_ROOT/eval_index" "$DATACOMP_STORAGE_ROOT/subsets" \
+       "$DATACOMP_STORAGE_ROOT/runs" "$DATACOMP_STORAGE_ROOT/leaderboard"
 datacomp synthetic --out "$DATACOMP_STORAGE_ROOT/synthetic" --n-urls "$DEMO_URLS" \
     --base-url "http://127.0.0.1:$DEMO_PORT" --urls-per-file 1000
 setsid datacomp serve --port "$DEMO_PORT" --hang-seconds 20 > var/log/image-server.log 2>&1 &
@@ -34,6 +35,7 @@ if [ -z "${DATACOMP_CONFIG:-}" ]; then
     cat > "$DATACOMP_CONFIG" <<'YAML'
 training:
   baselines: [no_filter, basic_filter, clip_score_l14_30, image_based_intersect_clip_score_l14_30]
+  num_checkpoints: 1            # the tiny budget in one epoch (DataComp's 5 restart the data loader each time)
 YAML
 fi
 
@@ -50,6 +52,9 @@ done
 echo "   UI: http://127.0.0.1:$AIRFLOW__API__PORT  user 'admin', password in $AIRFLOW_HOME/simple_auth_manager_passwords.json.generated"
 
 echo "== commonpool_build through the scheduler"
+# the build's Asset events start filtering (every scale), its subsets training (the config's scale), the
+# trained models evaluation: the demo waits for the runs made from here on
+built_at=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 conf='{"config_overrides": {"download.timeout": 5, "download.processes_count": 1, "download.thread_count": 32,
        "extract.urls_per_partition": 500, "download.number_sample_per_shard": 250}}'
 python scripts/run_dag.py commonpool_build --conf "$conf" --timeout 900
@@ -72,8 +77,6 @@ print(f"  final statuses vs the crawl's truth: {check['matched']} of {table.num_
       + "".join(f"\n    {n} x {what}" for what, n in check["mismatched"].items()))
 PY
 echo "== filtering_baselines on the tiny pool, through the scheduler"
-rm -rf "$DATACOMP_STORAGE_ROOT/subsets" "$DATACOMP_STORAGE_ROOT/runs" "$DATACOMP_STORAGE_ROOT/leaderboard"
-filtered_at=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 python scripts/run_dag.py filtering_baselines --conf '{"scale": "tiny"}' --timeout 900
 python - <<'PY'
 import glob, json, os
@@ -91,8 +94,8 @@ records.sort(key=lambda r: labels.index(r["label"]) if r["label"] in labels else
 print(format_table(records))
 PY
 echo "== train_clip and evaluate_clip, started by the subsets' Asset events (config: training.baselines)"
-python scripts/run_dag.py train_clip --after "$filtered_at" --timeout 1800
-python scripts/run_dag.py evaluate_clip --after "$filtered_at" --timeout 900
+python scripts/run_dag.py train_clip --after "$built_at" --timeout 1800
+python scripts/run_dag.py evaluate_clip --after "$built_at" --timeout 900
 datacomp leaderboard
 echo "   the platform's page: http://127.0.0.1:$AIRFLOW__API__PORT/plugin/datacomp"
 echo "== done in $(( $(date +%s) - started )) s (pool under $DATACOMP_STORAGE_ROOT/pool, subsets under $DATACOMP_STORAGE_ROOT/subsets, runs under $DATACOMP_STORAGE_ROOT/runs)"

@@ -214,3 +214,7 @@ def test_subset_events_of_other_scales_are_not_trained(tmp_path):
     assert [j["spec"]["scale"] for j in plan_training(params, events)] == ["tiny"]
     params["config_overrides"]["training.baselines"] = ["basic_filter"]
     assert plan_training(params, events) == []
+    # a subset removed since its event: the others still train, the run does not fail
+    gone = {"label": "basic_filter", "subset": "x", "pool": {"manifest": str(manifest), "scale": "tiny"}}
+    params["config_overrides"]["training.baselines"] = []
+    assert [j["spec"]["baseline"] for j in plan_training(params, [gone, *events])] == ["no_filter"]
