@@ -21,8 +21,7 @@ from PIL import Image
 
 from datacomp_ops.dedup import ThumbnailDescriptor
 from datacomp_ops.synthetic.crawl import KINDS, CrawlSpec, _kind_schedule, _link
-from datacomp_ops.synthetic.evalsuite import EVAL_IMAGES
-from datacomp_ops.synthetic.images import eval_image
+from datacomp_ops.synthetic.evalsuite import EVAL_IMAGES, image_at
 from datacomp_ops.synthetic.server import render
 
 IMAGE_KINDS = {k for k, (_, status) in KINDS.items() if status == "downloaded"} - {"redirect", "slow", "oversized"}
@@ -44,7 +43,7 @@ def main() -> None:
     d = ThumbnailDescriptor()
     # as run_eval_index builds it: every view of every evaluation image, as the suite stores it
     evals = d.describe([d.preprocess(view) for i in range(EVAL_IMAGES)
-                        for view in d.index_views(as_downloaded(encode(eval_image(i)[0])))])
+                        for view in d.index_views(as_downloaded(encode(image_at(i)[0])))])
     rng = np.random.default_rng(args.seed)
     kinds = _kind_schedule(CrawlSpec(n_urls=args.urls, seed=args.seed), rng)
     pos, neg, variants = [], [], []

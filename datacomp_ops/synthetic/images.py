@@ -134,10 +134,10 @@ def variant_image(task: str, index: int) -> tuple[Image.Image, int]:
     """
     size = 128
     rng = np.random.default_rng(seed_of("variant", task, index))
-    grid = 16 if task == "background" else 4
-    scene = _scene(seed_of("variant-scene", task, index), size, grid)
-    if task == "background":
-        scene = np.clip((scene - 128) * 3 + 128, 0, 255)
+    scene = _scene(seed_of("variant-scene", task, index), size)
+    if task == "background":  # a busy mosaic of saturated tiles: nothing like the crawl's plain backgrounds
+        tiles = np.random.default_rng(seed_of("variant-busy", index)).integers(0, 256, (12, 12, 3)).astype(np.uint8)
+        scene = np.asarray(Image.fromarray(tiles, "RGB").resize((size, size), Image.NEAREST), np.int16)
     img = Image.fromarray(np.clip(scene + rng.integers(-12, 13, (size, size, 1)), 0, 255).astype(np.uint8), "RGB")
     n_labels = {"count": len(COUNTS), "position": len(POSITIONS), "texture": len(TEXTURES)}.get(task, len(CLASSES))
     label = index % n_labels
@@ -171,7 +171,8 @@ def variant_image(task: str, index: int) -> tuple[Image.Image, int]:
         paste(shape, color, place(int(size * 0.3), region))
     elif task == "texture":
         color, shape = CLASSES[int(rng.integers(len(CLASSES)))].split(" ")
-        paste(shape, color, place(int(size * 0.6)), texture=TEXTURES[label])
+        # no larger than the shapes task's: a big plain shape would pass for one of the crawl's pictures
+        paste(shape, color, place(int(size * 0.45)), texture=TEXTURES[label])
     else:
         raise ValueError(f"unknown synthetic task {task!r}")
     return img, label
