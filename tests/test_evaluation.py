@@ -145,10 +145,12 @@ def test_a_trained_tiny_checkpoint_scores_as_clip_benchmark_scores_it(tmp_path, 
             loader = torch.utils.data.DataLoader(dataset.batched(16, collation_fn=lambda b: (
                 torch.stack([x for x, _ in b]), [t for _, t in b])), batch_size=None)
             theirs = zsr.evaluate(model, loader, tokenizer, "cpu", amp=False, recall_k_list=[1, 5])
+            # each caption ranks the images: compared exactly. Ranking the captions for an image is not:
+            # the suite's captions repeat (two images of a class share them), so equal scores tie and
+            # which caption wins depends on the sort (numpy's here, torch.topk's there)
             for k in (1, 5):
-                for side in ("image", "text"):
-                    key = f"{side}_retrieval_recall@{k}"
-                    assert ours[task.key][key] == pytest.approx(theirs[key], abs=1e-6), (task.key, key)
+                key = f"image_retrieval_recall@{k}"
+                assert ours[task.key][key] == pytest.approx(theirs[key], abs=1e-6), (task.key, key)
             continue
         loader = torch.utils.data.DataLoader(dataset.batched(32), batch_size=None)
         # clip_benchmark's classifier and logits (its zsc.evaluate's own accuracy() calls float() on a
