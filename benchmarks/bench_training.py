@@ -71,7 +71,9 @@ def logged_rate(log_path: str) -> float | None:
 def run_direct(args: list[str], logs: str) -> float:
     args = list(args)
     args[args.index("--logs") + 1] = logs
+    # open_clip_train fails on webdataset 0.2.100+'s end-of-shard markers: the same fix as our entry point
     code = ("import sys, open_clip; from open_clip_train.main import main; "
+            "from datacomp_ops.train_entry import _skip_end_of_shard_markers; _skip_end_of_shard_markers(); "
             f"open_clip.add_model_config({training.MODEL_CONFIGS!r}); main(sys.argv[1:])")
     t0 = time.perf_counter()
     subprocess.run([sys.executable, "-c", code, *args], check=True, capture_output=True)
