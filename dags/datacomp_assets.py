@@ -17,3 +17,8 @@ SUBSETS = Asset(name="filtering_subsets", uri="x-datacomp://subsets", group="fil
 
 # One event per trained model; its extra is the training record (run folder, checkpoint, samples seen).
 TRAINED = Asset(name="trained_models", uri="x-datacomp://trained", group="training")
+
+
+def event_extras(triggering_asset_events) -> list[dict]:
+    """The extras of the Asset events that triggered a run (none for a run from the form)."""
+    return [dict(e.extra or {}) for events in (triggering_asset_events or {}).values() for e in events]

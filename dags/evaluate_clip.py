@@ -15,7 +15,7 @@ from __future__ import annotations
 import datetime
 
 from airflow.sdk import Param, dag, task
-from datacomp_assets import SCALES, TRAINED
+from datacomp_assets import SCALES, TRAINED, event_extras
 from form_fields import optional
 from pool_tasks import GPU
 
@@ -44,10 +44,7 @@ def evaluate_clip():
     def prepare(params=None, triggering_asset_events=None) -> list[dict]:
         from datacomp_ops.train_plan import plan_evaluation
 
-        events = []
-        for asset_events in (triggering_asset_events or {}).values():
-            events += [dict(e.extra or {}) for e in asset_events]
-        return plan_evaluation(dict(params or {}), events)
+        return plan_evaluation(dict(params or {}), event_extras(triggering_asset_events))
 
     @task(retries=1, map_index_template="{{ job_name }}", **GPU)
     def evaluate(job: dict) -> dict:

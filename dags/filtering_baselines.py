@@ -19,7 +19,7 @@ from __future__ import annotations
 import datetime
 
 from airflow.sdk import Param, dag, task
-from datacomp_assets import POOL_ASSETS, SCALES, SUBSETS
+from datacomp_assets import POOL_ASSETS, SCALES, SUBSETS, event_extras
 from form_fields import optional
 
 
@@ -52,10 +52,7 @@ def filtering_baselines():
     def prepare(params=None, triggering_asset_events=None) -> list[dict]:
         from datacomp_ops.filtering.plan import plan_filtering
 
-        events = []
-        for asset_events in (triggering_asset_events or {}).values():
-            events += [dict(e.extra or {}) for e in asset_events]
-        return plan_filtering(dict(params or {}), events)
+        return plan_filtering(dict(params or {}), event_extras(triggering_asset_events))
 
     @task(outlets=[SUBSETS], map_index_template="{{ baseline_label }}")
     def filter_baseline(job: dict, outlet_events=None) -> dict:

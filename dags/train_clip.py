@@ -18,7 +18,7 @@ from __future__ import annotations
 import datetime
 
 from airflow.sdk import Param, dag, task
-from datacomp_assets import SCALES, SUBSETS, TRAINED
+from datacomp_assets import SCALES, SUBSETS, TRAINED, event_extras
 from form_fields import optional
 from pool_tasks import GPU
 
@@ -48,10 +48,7 @@ def train_clip():
     def prepare(params=None, triggering_asset_events=None) -> list[dict]:
         from datacomp_ops.train_plan import plan_training
 
-        events = []
-        for asset_events in (triggering_asset_events or {}).values():
-            events += [dict(e.extra or {}) for e in asset_events]
-        return plan_training(dict(params or {}), events)
+        return plan_training(dict(params or {}), event_extras(triggering_asset_events))
 
     @task(map_index_template="{{ job_name }}")
     def reshard(job: dict) -> dict:
