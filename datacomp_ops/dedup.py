@@ -33,7 +33,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from . import storage
+from . import hf_arrow, storage
 from .config import ConfigError, PlatformConfig
 from .models import ModelChoice
 from .shard_io import TarReadResult, UnreadableImage, decode_image, image_bytes, iter_tar
@@ -158,20 +158,44 @@ def load_descriptor(choice: ModelChoice, device: str = "cpu"):
 
 # --- the evaluation sets' index -------------------------------------------------------------
 
-def eval_tars(sets_dir: str) -> list[str]:
-    """Every test shard of every evaluation set (clip_benchmark's ``{dataset}/test/*.tar``)."""
-    tars = storage.ls(sets_dir, "*/test/*.tar")
-    if not tars:
-        raise ConfigError(f"evaluation.sets_dir: no evaluation sets under {sets_dir} "
-                          "(expected {dataset}/test/*.tar, clip_benchmark's webdataset layout)")
-    return tars
+def eval_sources(sets_dir: str) -> list[tuple[str, str]]:
+    """Every evaluation set's test data, as (dataset folder relative to `sets_dir`, url): clip_benchmark's
+    webdataset shards ``{dataset}/test/*.tar`` and the Hugging Face cache's datasets (DataComp's retrieval
+    sets and WinoGAViL, ``hf_cache/{owner}___{name}``)."""
+    found = [(t.split("/")[-3], t) for t in storage.ls(sets_dir, "*/test/*.tar")]
+    found += [(f"{hf_arrow.HF_CACHE}/{d.rstrip('/').rsplit('/', 1)[-1]}", d) for d in hf_arrow.cached_datasets(sets_dir)]
+    if not found:
+        raise ConfigError(f"evaluation.sets_dir: no evaluation sets under {sets_dir} (expected {{dataset}}/test/*.tar, "
+                          "clip_benchmark's webdataset layout, or hf_cache/, the Hugging Face cache)")
+    return found
+
+
+def _listing(sets_dir: str) -> list[tuple[str, int]]:
+    """Each evaluation file with its size: what the index is built from."""
+    fs, _ = storage.get_fs(sets_dir)
+    urls = []
+    for _, url in eval_sources(sets_dir):
+        urls += [url] if url.endswith(".tar") else hf_arrow.split_files(url)
+    return [(u, fs.size(storage.get_fs(u)[1])) for u in urls]
+
+
+def _eval_images(url: str):
+    """(key, encoded image) of one evaluation source."""
+    if not url.endswith(".tar"):
+        yield from hf_arrow.iter_images(url)
+        return
+    result = TarReadResult()
+    for sample in iter_tar(url, result):
+        yield sample["__key__"], image_bytes(sample)
+    if result.error:
+        raise storage.StorageError(f"evaluation shard {url} is unreadable after {result.samples} "
+                                   f"samples: {result.error}")
 
 
 def index_dir(config: PlatformConfig, choice: ModelChoice) -> str:
     """Where the evaluation descriptors of this descriptor and these sets live."""
     sets_dir = config.eval_sets_dir
-    fs, _ = storage.get_fs(sets_dir)
-    listing = [(t, fs.size(storage.get_fs(t)[1])) for t in eval_tars(sets_dir)]
+    listing = _listing(sets_dir)
     dim = ThumbnailDescriptor.dim if choice.kind == "thumbnail" else ISCDescriptor.dim
     digest = hashlib.sha256(repr((choice.name, choice.path, dim, listing)).encode()).hexdigest()[:12]
     slug = choice.kind + "-" + digest
@@ -194,26 +218,21 @@ def run_eval_index(sets_dir: str, out_dir: str, config: PlatformConfig, choice: 
             vectors.append(descriptor.describe(batch))
             batch.clear()
 
-    for tar in eval_tars(sets_dir):
-        dataset = tar.split("/")[-3]  # {sets_dir}/{dataset}/test/{n}.tar
-        result = TarReadResult()
-        for sample in iter_tar(tar, result):
+    for dataset, url in eval_sources(sets_dir):
+        for key, data in _eval_images(url):
             try:
-                image = decode_image(image_bytes(sample))
+                image = decode_image(data)
             except UnreadableImage as exc:
-                log.warning("evaluation image %s of %s skipped: %s", sample["__key__"], tar, exc)
+                log.warning("evaluation image %s of %s skipped: %s", key, url, exc)
                 stats.add("skipped:unreadable_eval_image")
                 continue
             for view in descriptor.index_views(image):
                 batch.append(descriptor.preprocess(view))
                 keys["dataset"].append(dataset)
-                keys["key"].append(sample["__key__"])
+                keys["key"].append(key)
             stats.add("eval_images")
             if len(batch) >= config.metadata.batch_size:
                 flush()
-        if result.error:
-            raise storage.StorageError(f"evaluation shard {tar} is unreadable after {result.samples} "
-                                       f"samples: {result.error}")
         stats.add("eval_shards")
     flush()
     matrix = np.concatenate(vectors) if vectors else np.zeros((0, descriptor.dim), np.float32)
@@ -226,7 +245,7 @@ def run_eval_index(sets_dir: str, out_dir: str, config: PlatformConfig, choice: 
     stats.seconds = time.monotonic() - start
     stats.outputs = [out_dir]
     storage.commit(out_dir, stats.to_dict() | {"descriptor": choice.name, "sets_dir": sets_dir})
-    log.info("eval index %s: %d images of %d shards", out_dir, stats["eval_images"], stats["eval_shards"])
+    log.info("eval index %s: %d images of %d shards or cached sets", out_dir, stats["eval_images"], stats["eval_shards"])
     return stats
 
 

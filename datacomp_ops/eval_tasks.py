@@ -6,7 +6,8 @@ ImageNet distribution shifts (6), VTAB (13), retrieval (Flickr, MSCOCO,
 WinoGAViL) and the average over all 38. Each dataset is read from a local
 folder in clip_benchmark's webdataset layout, named as DataComp's
 ``download_evalsets.py`` saves it: ``wds_{key with / as -}_test`` (the
-``fairness/`` prefix dropped).
+``fairness/`` prefix dropped); the retrieval sets and WinoGAViL from the
+Hugging Face cache it fills (``hf_cache/nlphuji___{name}``).
 
 An evaluation suite of its own (the synthetic one of the embedded default)
 lists its tasks in ``eval_suite.json`` with the same fields, each task in one
@@ -16,6 +17,8 @@ of these groups, so it goes through the same code and aggregates.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+
+from . import hf_arrow
 
 GROUPS = ("imagenet", "imagenet_dist_shifts", "vtab", "retrieval")
 GROUP_TITLES = {"imagenet": "ImageNet", "imagenet_dist_shifts": "ImageNet dist. shifts", "vtab": "VTAB",
@@ -39,6 +42,8 @@ class EvalTask:
 
 
 def _folder(key: str) -> str:
+    if key.startswith(("retrieval/", "misc/")):  # download_evalsets.py keeps these in the Hugging Face cache
+        return hf_arrow.dataset_dir("nlphuji/" + key.split("/", 1)[1])
     return f"wds_{key.removeprefix('fairness/').replace('/', '-')}_test"
 
 

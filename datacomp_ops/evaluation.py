@@ -17,7 +17,14 @@ classifier weight per class, the normalised mean of the normalised text
 embeddings of the task's templates; top-1 and top-5 accuracy (top-5 from five
 classes on) and the mean per-class recall. Retrieval: recall@k of the images
 for each caption and of the captions for each image, ``mean_recall@1`` their
-mean.
+mean. WinoGAViL as DataComp's ``wino_eval.py``: for each cue ("A cue" / "An
+cue"), the k candidate images most similar to it, k the number of true
+associations, scored by the Jaccard index with the true ones, averaged by
+candidate count (5, 6, 10, 12; the main metric over 10-12).
+
+A dataset is read from clip_benchmark's webdataset folders (``{folder}/test/*.tar``)
+or, for the sets DataComp keeps in the Hugging Face cache (retrieval,
+WinoGAViL), from that cache's Arrow files (``hf_arrow``).
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ import time
 
 import numpy as np
 
-from . import eval_tasks, storage
+from . import eval_tasks, hf_arrow, storage
 from .config import ConfigError, PlatformConfig
 from .eval_tasks import EvalTask
 from .stats import StageStats
@@ -128,6 +135,31 @@ def _samples(folder: str) -> list[dict]:
     return [s for s in samples.values() if "image" in s]
 
 
+def available(folder: str) -> bool:
+    """Whether a dataset is there: webdataset test shards, or a cached test split."""
+    if storage.exists(storage.join(folder, "test")):
+        return True
+    return folder.rstrip("/").rsplit("/", 2)[-2] == hf_arrow.HF_CACHE and bool(hf_arrow.split_files(folder))
+
+
+def _open_image(data: bytes):
+    from PIL import Image
+
+    return Image.open(io.BytesIO(data)).convert("RGB")
+
+
+def _cached_retrieval(folder: str) -> list[dict]:
+    """A retrieval set from the Hugging Face cache: DataComp's evaluator reads its ``image`` and ``caption``
+    (a list of captions, or one) columns."""
+    table = hf_arrow.read_table(hf_arrow.split_files(folder), ["image", "caption"])
+    out = []
+    for row, (cell, captions) in enumerate(zip(table.column("image").to_pylist(),
+                                               table.column("caption").to_pylist())):
+        captions = [captions] if isinstance(captions, str) else list(captions or [])
+        out.append({"key": str(row), "image": _open_image(hf_arrow.image_bytes(cell, folder)), "captions": captions})
+    return out
+
+
 def _lines(url: str) -> list[str]:
     with storage.open_file(url, "rb") as f:
         return [line.strip() for line in f.read().decode().splitlines() if line.strip()]
@@ -206,6 +238,49 @@ def retrieval_metrics(image_features: np.ndarray, text_features: np.ndarray, tex
 # -- tasks --------------------------------------------------------------------
 
 
+def jaccard(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """sklearn's binary jaccard_score: |true and predicted| / |true or predicted|, 0 when both are empty."""
+    union = int((y_true | y_pred).sum())
+    return int((y_true & y_pred).sum()) / union if union else 0.0
+
+
+def winogavil_prompt(cue: str) -> str:
+    cue = cue.lower()
+    return f"An {cue}" if cue[:1] in "aeiou" and cue else f"A {cue}"
+
+
+def winogavil_metrics(scores: list[float], sizes: list[int]) -> dict:
+    """DataComp's: the mean Jaccard index overall and by candidate count (None where no instance has it)."""
+    scores_a, sizes_a = np.asarray(scores, float), np.asarray(sizes)
+
+    def mean(mask):
+        return float(scores_a[mask].mean()) if mask.any() else None
+
+    return {"avg_jaccard_score": mean(np.ones(len(scores_a), bool)),
+            **{f"jaccard_score_{n}": mean(sizes_a == n) for n in (5, 6, 10, 12)},
+            "jaccard_score_5-6": mean(sizes_a <= 6), "jaccard_score_10-12": mean(sizes_a >= 10)}
+
+
+def evaluate_winogavil(model: Model, folder: str, batch_size: int) -> dict:
+    """Each instance: the cue's prompt against its candidate images; the top k (k = the number of true
+    associations, ranked as DataComp ranks them, ``argsort(similarity)[-k:]``) are the prediction."""
+    table = hf_arrow.read_table(hf_arrow.split_files(folder), ["cue", "candidates", "associations",
+                                                                "candidate_images"])
+    rows = table.to_pylist()
+    cues = model.texts([winogavil_prompt(r["cue"]) for r in rows], batch_size)
+    scores, sizes = [], []
+    for row, cue in zip(rows, cues):
+        images = model.images([_open_image(hf_arrow.image_bytes(c, folder)) for c in row["candidate_images"]],
+                              batch_size)
+        y_true = np.isin(row["candidates"], row["associations"])
+        n_assoc = int(y_true.sum())
+        top = np.argsort(images @ cue)[-n_assoc:]
+        y_pred = np.isin(np.arange(len(images)), top)
+        scores.append(jaccard(y_true, y_pred))
+        sizes.append(len(images))
+    return winogavil_metrics(scores, sizes)
+
+
 def zero_shot_classifier(model: Model, classnames: list[str], templates: list[str], batch_size: int) -> np.ndarray:
     weights = []
     for name in classnames:
@@ -217,7 +292,12 @@ def zero_shot_classifier(model: Model, classnames: list[str], templates: list[st
 
 def evaluate_task(model: Model, task: EvalTask, folder: str, batch_size: int) -> dict:
     """The task's metrics, with ``main_metric`` (None when this evaluator does not compute it)."""
-    samples = _samples(folder)
+    if task.kind == "winogavil":
+        metrics = evaluate_winogavil(model, folder, batch_size)
+        metrics["main_metric"] = metrics.get(task.main_metric)
+        return metrics
+    cached = not storage.exists(storage.join(folder, "test"))
+    samples = _cached_retrieval(folder) if cached and task.kind == "retrieval" else _samples(folder)
     if task.kind in ("zeroshot_classification", "wilds", "fairness"):
         classnames = _lines(storage.join(folder, "classnames.txt"))
         templates = _lines(storage.join(folder, "zeroshot_classification_templates.txt"))
@@ -274,13 +354,9 @@ def run_evaluation(run_dir: str, config: PlatformConfig, model_name: str = "", c
             stats.add("already_evaluated")
             continue
         folder = storage.join(sets_dir, task.folder)
-        if not storage.exists(storage.join(folder, "test")):
+        if not available(folder):
             not_scored[task.key] = f"missing: no dataset at {folder}"
             stats.add("missing")
-            continue
-        if task.kind == "winogavil":
-            not_scored[task.key] = "not computed: WinoGAViL's association task is not implemented here"
-            stats.add("not_computed")
             continue
         model = model or Model(model_name, checkpoint, config.evaluation.device)
         t0 = time.perf_counter()

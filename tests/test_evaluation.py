@@ -69,6 +69,7 @@ def test_datacomps_registry_and_aggregates():
     assert main["vtab/pets"] == "mean_per_class_recall" and main["wilds/fmow"] == "acc_worst_region"
     assert next(t for t in tasks if t.key == "vtab/cifar100").folder == "wds_vtab-cifar100_test"
     assert next(t for t in tasks if t.key == "fairness/geode").folder == "wds_geode_test"
+    assert next(t for t in tasks if t.key == "misc/winogavil").folder == "hf_cache/nlphuji___winogavil"
     scores = {t.key: 0.5 for t in tasks}
     scores["imagenet1k"] = 0.8
     agg = eval_tasks.aggregate(tasks, scores)
@@ -109,10 +110,41 @@ def test_the_embedded_clip_scores_above_chance_and_results_are_datacomps_format(
     assert again["already_evaluated"] == len(lines) and again["evaluated"] == 0
 
 
+def datacomp_winogavil(model, preprocess, tokenizer, folder: str) -> dict:
+    """DataComp's wino_eval.py loop, on the split read with pyarrow: one instance at a time, its prompt,
+    torch similarities, argsort's top k and sklearn's jaccard_score."""
+    import glob
+    import io
+
+    import pyarrow as pa
+    import torch
+    from PIL import Image
+    from sklearn.metrics import jaccard_score
+
+    (path,) = glob.glob(f"{folder}/*/*/*/*-test.arrow")
+    rows = pa.ipc.open_stream(pa.memory_map(path)).read_all().to_pylist()
+    scores, groups = [], []
+    for row in rows:
+        images = torch.stack([preprocess(Image.open(io.BytesIO(c["bytes"])).convert("RGB"))
+                              for c in row["candidate_images"]])
+        cue = row["cue"].lower()
+        text = tokenizer([f"An {cue}" if cue[0] in "aeiou" else f"A {cue}"])
+        y_true = np.isin(row["candidates"], row["associations"])
+        with torch.no_grad():
+            logits = (model.encode_text(text, normalize=True) @ model.encode_image(images, normalize=True).T)
+        top = np.argsort(logits.squeeze(0).numpy())[-y_true.sum():]
+        scores.append(jaccard_score(y_true, np.isin(np.arange(len(images)), top)))
+        groups.append(len(images))
+    scores, groups = np.array(scores), np.array(groups)
+    return {"avg_jaccard_score": scores.mean(), "jaccard_score_5": scores[groups == 5].mean(),
+            "jaccard_score_12": scores[groups == 12].mean(), "jaccard_score_10-12": scores[groups >= 10].mean()}
+
+
 @pytest.mark.slow
 def test_a_trained_tiny_checkpoint_scores_as_clip_benchmark_scores_it(tmp_path, suite):
     """Independent check: clip_benchmark (what DataComp evaluates with) on the same local folders and the
-    same checkpoint gives the same accuracy, top-5, mean per-class recall and retrieval recalls."""
+    same checkpoint gives the same accuracy, top-5, mean per-class recall and retrieval recalls; DataComp's
+    WinoGAViL loop the same Jaccard scores."""
     import open_clip
     import torch
     from clip_benchmark.datasets.builder import build_wds_dataset
@@ -140,6 +172,11 @@ def test_a_trained_tiny_checkpoint_scores_as_clip_benchmark_scores_it(tmp_path, 
     tokenizer = open_clip.get_tokenizer(record["model"])
     for task in evaluation.registry(suite):
         folder = os.path.join(suite, task.folder)
+        if task.kind == "winogavil":
+            theirs = datacomp_winogavil(model, preprocess, tokenizer, folder)
+            for key, value in theirs.items():
+                assert ours[task.key][key] == pytest.approx(value, abs=1e-9), (task.key, key, theirs)
+            continue
         dataset = build_wds_dataset(task.key, preprocess, split="test", data_dir=folder)
         if task.kind == "retrieval":
             loader = torch.utils.data.DataLoader(dataset.batched(16, collation_fn=lambda b: (
@@ -208,6 +245,63 @@ def test_missing_datasets_are_reported_not_scored(tmp_path, suite, embedded_mode
     assert line["metrics"]["main_metric"] == line["metrics"]["acc_worst_region"] == min(per_region)
     assert summary["aggregates"]["average"] == {"score": min(per_region), "tasks": 1, "of": 38, "partial": True}
     assert summary["tasks"]["imagenet1k"]["not_scored"].startswith("missing")
+
+    # Flickr and WinoGAViL where DataComp's download_evalsets.py leaves them, in the Hugging Face cache; the
+    # Flickr images as the loading script leaves them, files under downloads/extracted named by absolute
+    # path, and the cache moved since (the path is found again under the cache's own downloads/)
+    import pyarrow as pa
+
+    cache = tmp_path / "datacomp" / "hf_cache"
+    image = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    extracted = cache / "downloads" / "extracted" / "abc123" / "flickr"
+    extracted.mkdir(parents=True)
+    flickr = []
+    for i in range(12):
+        img, label = eval_image(i)
+        (extracted / f"{i}.jpg").write_bytes(encode(img))
+        flickr.append({"image": {"bytes": None, "path": f"/elsewhere/hf_cache/downloads/extracted/abc123/flickr/{i}.jpg"},
+                       "caption": [f"a photo of a {CLASSES[label]}.", f"a {CLASSES[label]}."], "img_id": str(i)})
+    write_arrow(cache / "nlphuji___flickr_1k_test_image_text_retrieval" / "TEST" / "0.0.0" / "f00d"
+                / "flickr_1k_test_image_text_retrieval-test.arrow", flickr,
+                pa.schema([("image", image), ("caption", pa.list_(pa.string())), ("img_id", pa.string())]))
+    wino = [{"cue": CLASSES[k].split(" ")[1], "candidates": [f"c{i}" for i in range(n)],
+             "associations": [f"c{i}" for i in range(n) if eval_image(k + i)[1] % 3 == k % 3],
+             "candidate_images": [{"bytes": encode(eval_image(k + i)[0]), "path": None} for i in range(n)]}
+            for k, n in ((0, 5), (1, 6), (2, 10), (3, 12))]
+    write_arrow(cache / "nlphuji___winogavil" / "TEST" / "0.0.0" / "beef" / "winogavil-test.arrow", wino,
+                pa.schema([("cue", pa.string()), ("candidates", pa.list_(pa.string())),
+                           ("associations", pa.list_(pa.string())), ("candidate_images", pa.list_(image))]))
+    stats = evaluation.run_evaluation(str(tmp_path / "run3"), datacomp, model_name=model)
+    assert stats["missing"] == 35 and stats["evaluated"] == 3
+    lines = {x["key"]: x["metrics"] for x in map(json.loads, (tmp_path / "run3" / "eval_results.jsonl").read_text()
+                                                  .splitlines())}
+    assert lines["retrieval/flickr_1k_test_image_text_retrieval"]["image_retrieval_recall@1"] > 1 / 12
+    wino_metrics = lines["misc/winogavil"]
+    assert wino_metrics["main_metric"] == wino_metrics["jaccard_score_10-12"] == pytest.approx(
+        (wino_metrics["jaccard_score_10"] + wino_metrics["jaccard_score_12"]) / 2)
+    summary = json.loads((tmp_path / "run3" / "eval_summary.json").read_text())
+    assert summary["aggregates"]["retrieval"]["tasks"] == 2 and summary["aggregates"]["retrieval"]["partial"]
+
+
+def write_arrow(path, rows: list[dict], schema) -> None:
+    """A split as `datasets` caches it: one Arrow stream file."""
+    import pyarrow as pa
+
+    path.parent.mkdir(parents=True)
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
+        writer.write_table(pa.Table.from_pylist(rows, schema))
+
+
+def test_winogavil_scoring_by_hand():
+    """DataComp's: k = the true associations' count, the top k by similarity, Jaccard with the truth."""
+    y_true = np.array([True, False, True, False, False])
+    assert evaluation.jaccard(y_true, np.array([True, True, False, False, False])) == pytest.approx(1 / 3)
+    assert evaluation.jaccard(np.zeros(3, bool), np.zeros(3, bool)) == 0.0
+    assert evaluation.winogavil_prompt("Owl") == "An owl" and evaluation.winogavil_prompt("moon") == "A moon"
+    m = evaluation.winogavil_metrics([1.0, 0.5, 0.0, 0.25], [5, 6, 10, 12])
+    assert m["jaccard_score_5-6"] == 0.75 and m["jaccard_score_10-12"] == 0.125 and m["jaccard_score_12"] == 0.25
+    assert m["avg_jaccard_score"] == pytest.approx(1.75 / 4)
+    assert evaluation.winogavil_metrics([1.0], [5])["jaccard_score_10"] is None
 
 
 def test_leaderboard_from_results_alone(tmp_path):

@@ -25,6 +25,7 @@ pytestmark = pytest.mark.slow
 # Sundays 00:00 UTC, when the weekly schedule fires: ISO weeks 45, 46, 47 of 2026
 DATES = ["2026-11-08", "2026-11-15", "2026-11-22"]
 CRAWLS = ["CC-SYNTH-2026-45", "CC-SYNTH-2026-46", "CC-SYNTH-2026-47"]
+SLOW_SECONDS, WEEK45_TIMEOUT = 3.0, 1.0
 
 
 def dags_test(env: dict, date: str, conf: dict) -> str:
@@ -42,6 +43,18 @@ def report(root, version: str) -> dict:
 
 def manifest(root, version: str) -> dict:
     return json.loads((root / "pool" / version / "manifest.json").read_text())
+
+
+@pytest.fixture
+def image_server():
+    """A server whose /slow/ delay lies far above week 45's client timeout, and that timeout far above a
+    404's answer, so that only the slow URLs time out even on a loaded two-core CI machine."""
+    from conftest import HANG_SECONDS
+
+    from datacomp_ops.synthetic.server import serving
+
+    with serving(hang_seconds=HANG_SECONDS, slow_seconds=SLOW_SECONDS) as server:
+        yield server
 
 
 def test_weekly_crawls_build_incremental_pool_versions(tmp_path, image_server, embedded_models):
@@ -62,7 +75,7 @@ def test_weekly_crawls_build_incremental_pool_versions(tmp_path, image_server, e
             "metadata.batch_size": 32, "publish.tiny_pool_size": 50}
 
     # week 45, with a client timeout below the /slow/ URLs' delay: those time out (a transient failure)
-    dags_test(env, DATES[0], {"config_overrides": base | {"download.timeout": 0.12}})
+    dags_test(env, DATES[0], {"config_overrides": base | {"download.timeout": WEEK45_TIMEOUT}})
     # weeks 46 and 47, with a normal timeout: the timed-out URLs are retried and arrive
     for date in DATES[1:]:
         dags_test(env, date, {"config_overrides": base | {"download.timeout": 5}})
