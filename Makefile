@@ -12,7 +12,7 @@ demo: setup       ## the main job: Airflow standalone runs commonpool_build on a
 
 test: setup       ## the whole test suite, slow end-to-end tests included (and chromium for the browser test)
 	bash scripts/system_deps.sh
-	source scripts/env.sh && $(PY) -m pytest -ra
+	source scripts/env.sh && $(PY) -m pytest -ra -n 2 --dist loadfile --no-loadscope-reorder --durations=25
 
 test-fast: setup  ## unit tests only
 	source scripts/env.sh && $(PY) -m pytest -ra -m "not slow"

@@ -135,3 +135,15 @@ def s3_bucket(s3_server, request):
     name = "t-" + request.node.name.lower().replace("_", "-")[:50]
     boto3.client("s3").create_bucket(Bucket=name)
     return f"s3://{name}"
+
+
+# The longest modules first, so that with pytest-xdist (`-n 2 --dist loadfile`, the Makefile's test command)
+# the browser test's quarter hour of waiting on the scheduler overlaps the rest instead of ending the run alone.
+LONGEST_FIRST = ["test_ui_forms.py", "test_rebuilds.py", "test_dags.py", "test_train_eval_dags.py",
+                 "test_download.py", "test_training.py", "test_cli.py", "test_byod.py", "test_evaluation.py",
+                 "test_filtering.py", "test_metadata.py"]
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each module keeps its order

@@ -114,11 +114,14 @@ def test_eval_duplicates_are_the_eval_images(image_server):
 
 def test_eval_suite_in_clip_benchmark_layout(tmp_path):
     """Every task of the miniature (ImageNet-like, its distribution shifts, VTAB-like, retrieval) is a
-    clip_benchmark webdataset folder; eval_suite.json lists them with their groups."""
+    clip_benchmark webdataset folder, the WinoGAViL-like one a cached Hugging Face split; eval_suite.json lists
+    them with their groups."""
     import webdataset as wds
 
     from datacomp_ops.eval_tasks import tasks_from_suite
-    from datacomp_ops.synthetic.evalsuite import EVAL_IMAGES, LAYOUT, image_at
+    from datacomp_ops import hf_arrow
+    from datacomp_ops.synthetic.evalsuite import EVAL_IMAGES, LAYOUT, class_at, image_at
+    from datacomp_ops.synthetic.images import COLORS
 
     suite = generate_eval_suite(tmp_path, n_classification=24, n_retrieval=6, n_variant=8)
     cls_dir = tmp_path / "wds_synthetic_shapes"
@@ -133,8 +136,21 @@ def test_eval_suite_in_clip_benchmark_layout(tmp_path):
     assert groups == {"imagenet": ["synthetic/shapes"],
                       "imagenet_dist_shifts": [f"synthetic/shapes_{s}" for s in ("sketch", "background", "scale", "rendering")],
                       "vtab": ["synthetic/count", "synthetic/position", "synthetic/texture"],
-                      "retrieval": ["synthetic/retrieval"]}
+                      "retrieval": ["synthetic/retrieval", "synthetic/association"]}
     for task in tasks:
+        folder = tmp_path / task.folder
+        if task.kind == "winogavil":  # WinoGAViL's columns, in the Hugging Face cache as DataComp's is
+            rows = hf_arrow.read_table(hf_arrow.split_files(str(folder))).to_pylist()
+            assert len(rows) == task.size and sorted({len(r["candidates"]) for r in rows}) == [5, 6, 10, 12]
+            for r in rows:
+                assert 2 <= len(r["associations"]) == r["num_associations"] <= len(r["candidates"]) // 2
+                assert set(r["associations"]) < set(r["candidates"]) == {
+                    f"s{i:06d}" for i in range(int(r["candidates"][0][1:]), int(r["candidates"][-1][1:]) + 1)}
+                attribute = 0 if r["cue"] in COLORS else 1
+                classes = [class_at(int(c[1:])) for c in r["candidates"]]
+                assert [c.split(" ")[attribute] == r["cue"] for c in classes] == [
+                    c in r["associations"] for c in r["candidates"]]
+            continue
         folder = tmp_path / task.folder
         names = (folder / "classnames.txt").read_text().splitlines() if task.kind != "retrieval" else []
         got = list(wds.WebDataset(str(folder / "test" / "0.tar"), shardshuffle=False))

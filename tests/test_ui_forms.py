@@ -75,6 +75,8 @@ def airflow_ui(tmp_path_factory, image_server, embedded_models):
         "extract": {"urls_per_partition": 100}, "metadata": {"batch_size": 32}, "publish": {"tiny_pool_size": 20},
         # a few steps of the tiny recipe, one subset per filtering run
         "training": {"samples_seen": 512, "num_checkpoints": 1, "workers": 1, "baselines": ["no_filter"]},
+        # the builds' Asset events filter every scale they publish: three baselines, not all seventeen
+        "filtering": {"baselines": ["no_filter", "basic_filter", "clip_score_b32_30 = clip_score:arch=b32,fraction=0.3"]},
     }))
     port = _free_port()
     home = base / "airflow"

@@ -127,16 +127,21 @@ def _signal(model, preprocess, tokenizer, seed: int) -> dict:
 
 def ensure_trained(models_dir: str, steps: int) -> dict[str, dict]:
     """Train every stand-in that `models_dir` lacks (or has from another step count)."""
+    import fcntl
+
     reports = {}
-    for name in SPECS:
-        path = os.path.join(models_dir, name)
-        report_path = os.path.join(path, "training.json")
-        if os.path.exists(report_path):
-            with open(report_path) as f:
-                report = json.load(f)
-            if report.get("steps") == steps:
-                reports[name] = report
-                continue
-        os.makedirs(models_dir, exist_ok=True)
-        reports[name] = train_clip(name, path, steps)
+    os.makedirs(models_dir, exist_ok=True)
+    # two builds (or two test workers) starting at once: one trains, the other waits and finds the result
+    with open(os.path.join(models_dir, ".training.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        for name in SPECS:
+            path = os.path.join(models_dir, name)
+            report_path = os.path.join(path, "training.json")
+            if os.path.exists(report_path):
+                with open(report_path) as f:
+                    report = json.load(f)
+                if report.get("steps") == steps:
+                    reports[name] = report
+                    continue
+            reports[name] = train_clip(name, path, steps)
     return reports
