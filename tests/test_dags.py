@@ -187,6 +187,7 @@ def test_commonpool_build_runs_end_to_end(tmp_path, small_crawl, embedded_models
 
     from datacomp_ops import ledger
     from datacomp_ops.schema import read_subset
+    from datacomp_ops.synthetic.evalsuite import dedup_key
 
     home = tmp_path / "airflow"
     root = tmp_path / "root"
@@ -224,7 +225,7 @@ def test_commonpool_build_runs_end_to_end(tmp_path, small_crawl, embedded_models
     messages = dict(zip(final["uid"].to_pylist(), final["message"].to_pylist()))
     for r in truth:  # each planted duplicate is matched to the evaluation image it copies
         if r["kind"] == "eval_duplicate" and got[r["uid"]] == "eval_duplicate":
-            assert f"/s{int(r['url'].split('/evaldup/')[1].split('/')[0]):06d} " in messages[r["uid"]]
+            assert f"{dedup_key(int(r['url'].split('/evaldup/')[1].split('/')[0]))} " in messages[r["uid"]]
 
     # metadata: unit-norm features, scores that are their dot products, faces found and blurred
     rows, feats = [], {k: [] for k in ("b32_img", "b32_txt", "l14_img", "l14_txt", "dedup")}

@@ -50,6 +50,8 @@ def test_train_then_evaluate_from_the_forms(tmp_path):
     assert json.loads((run / "lineage.json").read_text())["pool_version"] == "v0001"
     _dags_test(env, "evaluate_clip", {"run_dirs": [str(run)], "config_overrides": overrides})
     lines = [json.loads(line) for line in (run / "eval_results.jsonl").read_text().splitlines()]
-    assert len(lines) == 9 and all("main_metric" in line["metrics"] for line in lines)
+    suite_tasks = json.loads((suite / "eval_suite.json").read_text())["tasks"]
+    assert [line["key"] for line in lines] == [t["key"] for t in suite_tasks]
+    assert all(line["metrics"]["main_metric"] is not None for line in lines)
     board = (root / "leaderboard" / "index.html").read_text()
     assert "no_filter" in board and "v0001" in board
