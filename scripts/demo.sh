@@ -36,6 +36,15 @@ if [ -z "${DATACOMP_CONFIG:-}" ]; then
 training:
   baselines: [no_filter, basic_filter, clip_score_l14_30, image_based_intersect_clip_score_l14_30]
   num_checkpoints: 1            # the tiny budget in one epoch (DataComp's 5 restart the data loader each time)
+# the build's settings for a 2,000-URL crawl, here rather than in the trigger's conf: unpausing the weekly
+# DAG also starts the run of its latest schedule, which builds the same crawl and must build it the same way
+download:
+  timeout: 5
+  processes_count: 1
+  thread_count: 32
+  number_sample_per_shard: 250
+extract:
+  urls_per_partition: 500
 YAML
 fi
 
@@ -55,9 +64,9 @@ echo "== commonpool_build through the scheduler"
 # the build's Asset events start filtering (every scale), its subsets training (the config's scale), the
 # trained models evaluation: the demo waits for the runs made from here on
 built_at=$(date -u +%Y-%m-%dT%H:%M:%SZ)
-conf='{"config_overrides": {"download.timeout": 5, "download.processes_count": 1, "download.thread_count": 32,
-       "extract.urls_per_partition": 500, "download.number_sample_per_shard": 250}}'
-python scripts/run_dag.py commonpool_build --conf "$conf" --timeout 900
+# on a fresh machine the first build also trains the embedded CLIP stand-ins (about 5 minutes), and the
+# scheduled run's subsets start training, which holds the gpu pool the second run's metadata task waits for
+python scripts/run_dag.py commonpool_build --timeout 2400
 python - <<'PY'
 import glob, json, os
 from datacomp_ops import ledger
