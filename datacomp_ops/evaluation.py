@@ -39,6 +39,7 @@ import numpy as np
 from . import eval_tasks, hf_arrow, storage
 from .config import ConfigError, PlatformConfig
 from .eval_tasks import EvalTask
+from .shard_io import decode_image
 from .stats import StageStats
 
 log = logging.getLogger(__name__)
@@ -108,8 +109,6 @@ class Model:
 
 def _samples(folder: str) -> list[dict]:
     """The test split's samples: {key, image (PIL), cls?, captions?}, in shard order."""
-    from PIL import Image
-
     tars = storage.ls(storage.join(folder, "test"), "*.tar")
     if not tars:
         raise FileNotFoundError(f"{folder}/test: no .tar shards")
@@ -125,7 +124,7 @@ def _samples(folder: str) -> list[dict]:
                 data = tar.extractfile(member).read()
                 sample = samples.setdefault(f"{tar_url}/{key}", {"key": key})
                 if ext.lower() in IMAGE_EXTS:
-                    sample["image"] = Image.open(io.BytesIO(data)).convert("RGB")
+                    sample["image"] = decode_image(data)
                 elif ext == "cls":
                     sample["cls"] = int(data.decode().strip())
                 elif ext == "npy":  # WILDS and fairness sets: the sample's metadata vector
@@ -135,17 +134,15 @@ def _samples(folder: str) -> list[dict]:
     return [s for s in samples.values() if "image" in s]
 
 
+def _has_shards(folder: str) -> bool:
+    return storage.exists(storage.join(folder, "test"))
+
+
 def available(folder: str) -> bool:
     """Whether a dataset is there: webdataset test shards, or a cached test split."""
-    if storage.exists(storage.join(folder, "test")):
+    if _has_shards(folder):
         return True
     return folder.rstrip("/").rsplit("/", 2)[-2] == hf_arrow.HF_CACHE and bool(hf_arrow.split_files(folder))
-
-
-def _open_image(data: bytes):
-    from PIL import Image
-
-    return Image.open(io.BytesIO(data)).convert("RGB")
 
 
 def _cached_retrieval(folder: str) -> list[dict]:
@@ -156,7 +153,7 @@ def _cached_retrieval(folder: str) -> list[dict]:
     for row, (cell, captions) in enumerate(zip(table.column("image").to_pylist(),
                                                table.column("caption").to_pylist())):
         captions = [captions] if isinstance(captions, str) else list(captions or [])
-        out.append({"key": str(row), "image": _open_image(hf_arrow.image_bytes(cell, folder)), "captions": captions})
+        out.append({"key": str(row), "image": decode_image(hf_arrow.image_bytes(cell, folder)), "captions": captions})
     return out
 
 
@@ -270,7 +267,7 @@ def evaluate_winogavil(model: Model, folder: str, batch_size: int) -> dict:
     cues = model.texts([winogavil_prompt(r["cue"]) for r in rows], batch_size)
     scores, sizes = [], []
     for row, cue in zip(rows, cues):
-        images = model.images([_open_image(hf_arrow.image_bytes(c, folder)) for c in row["candidate_images"]],
+        images = model.images([decode_image(hf_arrow.image_bytes(c, folder)) for c in row["candidate_images"]],
                               batch_size)
         y_true = np.isin(row["candidates"], row["associations"])
         n_assoc = int(y_true.sum())
@@ -296,8 +293,7 @@ def evaluate_task(model: Model, task: EvalTask, folder: str, batch_size: int) ->
         metrics = evaluate_winogavil(model, folder, batch_size)
         metrics["main_metric"] = metrics.get(task.main_metric)
         return metrics
-    cached = not storage.exists(storage.join(folder, "test"))
-    samples = _cached_retrieval(folder) if cached and task.kind == "retrieval" else _samples(folder)
+    samples = _samples(folder) if _has_shards(folder) else _cached_retrieval(folder)
     if task.kind in ("zeroshot_classification", "wilds", "fairness"):
         classnames = _lines(storage.join(folder, "classnames.txt"))
         templates = _lines(storage.join(folder, "zeroshot_classification_templates.txt"))

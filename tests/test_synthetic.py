@@ -151,7 +151,6 @@ def test_eval_suite_in_clip_benchmark_layout(tmp_path):
                 assert [c.split(" ")[attribute] == r["cue"] for c in classes] == [
                     c in r["associations"] for c in r["candidates"]]
             continue
-        folder = tmp_path / task.folder
         names = (folder / "classnames.txt").read_text().splitlines() if task.kind != "retrieval" else []
         got = list(wds.WebDataset(str(folder / "test" / "0.tar"), shardshuffle=False))
         assert len(got) == task.size and all(s["__key__"].startswith("s") for s in got)

@@ -116,15 +116,16 @@ def class_at(index: int) -> str:
 def image_at(index: int) -> tuple[object, str, str]:
     """Evaluation image `index` (global): (PIL image, its task, its class name)."""
     task, local = _locate(index)
+    name = class_at(index)
     if task == "association":  # unique like the other evaluation images: a small shape on a scene of its own
-        color, shape = class_at(index).split(" ")
+        color, shape = name.split(" ")
         img = render_shape(color, shape, seed_of("association", index), size=128, extent=(0.3, 0.5),
                            scene=seed_of("association-scene", index))
     elif task in ("shapes", "retrieval"):
         img = eval_image(index)[0]
     else:
         img = variant_image(task.removeprefix("shapes_"), local)[0]
-    return img, task, class_at(index)
+    return img, task, name
 
 
 def _write_shard(path: Path, samples: list[dict]) -> None:
@@ -159,9 +160,9 @@ def _association_set(out: Path, first: int) -> None:
         cue, classes = association(instance)
         attribute = 0 if cue in COLORS else 1
         names = [f"s{i:06d}" for i in range(index, index + size)]
-        rows.append({"cue": cue, "candidates": names, "num_associations": sum(
-                         c.split(" ")[attribute] == cue for c in classes),
-                     "associations": [n for n, c in zip(names, classes) if c.split(" ")[attribute] == cue],
+        associations = [n for n, c in zip(names, classes) if c.split(" ")[attribute] == cue]
+        rows.append({"cue": cue, "candidates": names, "num_associations": len(associations),
+                     "associations": associations,
                      "candidate_images": [{"bytes": encode(image_at(i)[0], quality=95), "path": None}
                                           for i in range(index, index + size)]})
         index += size
