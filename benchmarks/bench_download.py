@@ -46,6 +46,7 @@ def main() -> None:
         urls = os.path.join(tmp, "part-0000-00000.parquet")
         pq.write_table(pa.Table.from_pylist(sorted(rows.values(), key=lambda r: r["uid"])), urls)
         config = load_config(overrides={"storage_root": os.path.join(tmp, "root"),
+                                        "download.allowed_private_addresses": [server.base_url.split("//")[1]],
                                         "download.processes_count": args.processes,
                                         "download.thread_count": args.threads})
         ref_times, our_times = [], []

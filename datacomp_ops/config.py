@@ -109,6 +109,20 @@ class DownloadConfig:
         default_factory=lambda: ["noai", "noimageai", "noindex", "noimageindex"]
     )
     user_agent_token: str = "datacomp-platform"
+    # A crawl is untrusted: the download never connects to loopback, private, link-local,
+    # metadata-service or other non-public addresses (datacomp_ops.address_guard) except
+    # these: networks ("127.0.0.0/8") or one address and port ("127.0.0.1:8765"). Only the
+    # embedded demo, whose synthetic crawl is served from loopback, sets one.
+    allowed_private_addresses: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        from .address_guard import parse_allowance
+
+        for entry in self.allowed_private_addresses:
+            try:
+                parse_allowance(entry)
+            except ValueError as exc:
+                raise ConfigError(f"download.allowed_private_addresses: {exc}") from None
 
 
 @dataclass

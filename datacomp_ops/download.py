@@ -33,6 +33,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from . import ledger, storage
+from .address_guard import ALLOWED_ENV, BLOCKED_STATUSES
 from .config import PlatformConfig
 from .layout import PoolLayout
 from .schema import scale_key
@@ -45,6 +46,8 @@ SHARD_FILES = (".tar", ".parquet", "_stats.json")
 
 
 _HTTP_CODE = re.compile(r"^http error (\d{3})")
+# the address guard's refusal, as urllib wraps it: "<urlopen error blocked_loopback: 127.0.0.2 ...>"
+_BLOCKED = re.compile(r"\b(" + "|".join(BLOCKED_STATUSES) + r"): ")
 
 
 class TransientDownloadError(RuntimeError):
@@ -54,6 +57,9 @@ class TransientDownloadError(RuntimeError):
 def classify_failure(message: str | None, i2d_status: str) -> str:
     """Map an img2dataset error message onto a ledger status."""
     msg = (message or "").lower()
+    blocked = _BLOCKED.search(msg)
+    if blocked:
+        return blocked.group(1)
     if "x-robots-tag" in msg:
         return "opted_out"
     code = _HTTP_CODE.match(msg)
@@ -135,10 +141,9 @@ def next_free_shard(pool: PoolLayout) -> int:
     return max(used, default=-1) + 1
 
 
-# img2dataset runs in a child interpreter of its own: its worker processes are
-# spawned, and spawn re-imports the parent's __main__ (in Airflow, the airflow
-# CLI, which must not start up inside a task); it also installs signal handlers.
-_I2D_RUNNER = "import json, sys; from img2dataset import download; download(**json.loads(sys.argv[1]))"
+# img2dataset runs in a child interpreter of its own (datacomp_ops.download_runner): its worker
+# processes are spawned, and spawn re-runs the parent's __main__ (in Airflow, the airflow CLI,
+# which must not start up inside a task); there, each of them has the address guard installed.
 
 
 def img2dataset_kwargs(url_list: str, output_folder: str, config: PlatformConfig) -> dict:
@@ -188,7 +193,8 @@ def _run_img2dataset(partition: Partition, url_list: str, out_dir: str, config: 
     env.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(2 * dl.max_image_area))
     env.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     env.setdefault("WANDB_MODE", "disabled")
-    proc = subprocess.run([sys.executable, "-c", _I2D_RUNNER, json.dumps(kwargs)], env=env)
+    env[ALLOWED_ENV] = json.dumps(list(dl.allowed_private_addresses))
+    proc = subprocess.run([sys.executable, "-m", "datacomp_ops.download_runner", json.dumps(kwargs)], env=env)
     if proc.returncode != 0:
         raise RuntimeError(f"img2dataset failed on {partition.path} (exit code {proc.returncode})")
 

@@ -23,6 +23,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from . import storage
+from .address_guard import BLOCKED_STATUSES
 
 # The pass status of each stage; anything else is a rejection reason.
 PASS_STATUS = {"download": "downloaded", "metadata": "kept"}
@@ -45,6 +46,8 @@ PERMANENT_FAILURES = (
     "opted_out",  # X-Robots-Tag noai and friends
     "resize_error",
     "missing_from_source",  # an imported webdataset shard no longer holds a sample its scan listed
+    # the address guard refused the host (datacomp_ops.address_guard): a crawl must not reach these
+    *BLOCKED_STATUSES,
 )
 DOWNLOAD_FAILURES = TRANSIENT_FAILURES + PERMANENT_FAILURES
 # Not downloaded because the run's scale did not need it (a scale-limited

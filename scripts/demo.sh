@@ -32,13 +32,15 @@ pids+=($!)
 # the demo trains four of the subsets (DataComp's no filter, basic, CLIP score and the DataComp-1B recipe)
 if [ -z "${DATACOMP_CONFIG:-}" ]; then
     export DATACOMP_CONFIG="$DATACOMP_HOME/var/demo-config.yaml"
-    cat > "$DATACOMP_CONFIG" <<'YAML'
+    cat > "$DATACOMP_CONFIG" <<YAML
 training:
   baselines: [no_filter, basic_filter, clip_score_l14_30, image_based_intersect_clip_score_l14_30]
   num_checkpoints: 1            # the tiny budget in one epoch (DataComp's 5 restart the data loader each time)
 # the build's settings for a 2,000-URL crawl, here rather than in the trigger's conf: unpausing the weekly
 # DAG also starts the run of its latest schedule, which builds the same crawl and must build it the same way
 download:
+  # the synthetic crawl is served from loopback, which a real crawl may never reach: allow that one port
+  allowed_private_addresses: ["127.0.0.1:$DEMO_PORT"]
   timeout: 5
   processes_count: 1
   thread_count: 32

@@ -15,13 +15,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-os.environ.pop("DATACOMP_CONFIG", None)
 os.environ.pop("DATACOMP_STORAGE_ROOT", None)
 # Tests never touch the checkout's Airflow home (var/airflow) or ~/airflow.
 os.environ["AIRFLOW_HOME"] = tempfile.mkdtemp(prefix="datacomp-tests-airflow-")
 os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
 os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(Path(__file__).resolve().parents[1] / "dags")
 REPO = Path(__file__).resolve().parents[1]
+# the config of every test that loads one: the defaults, but downloads may reach the loopback image server
+LOOPBACK_CONFIG = str(REPO / "tests" / "data" / "loopback-crawl.yaml")
+os.environ["DATACOMP_CONFIG"] = LOOPBACK_CONFIG
 
 
 

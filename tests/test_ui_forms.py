@@ -71,7 +71,7 @@ def airflow_ui(tmp_path_factory, image_server, embedded_models):
     config = base / "config.yaml"
     config.write_text(json.dumps({
         "storage_root": str(root), "models": {"embedded_dir": embedded_models},
-        "download": {"timeout": 5, "retries": 0, "processes_count": 1, "number_sample_per_shard": 100},
+        "download": {"allowed_private_addresses": ["127.0.0.1/32"], "timeout": 5, "retries": 0, "processes_count": 1, "number_sample_per_shard": 100},
         "extract": {"urls_per_partition": 100}, "metadata": {"batch_size": 32}, "publish": {"tiny_pool_size": 20},
         # a few steps of the tiny recipe, one subset per filtering run
         "training": {"samples_seen": 512, "num_checkpoints": 1, "workers": 1, "baselines": ["no_filter"]},

@@ -7,6 +7,7 @@ Paths (all deterministic from the path itself):
     /img/evaldup/{index}/{variant}/{n}.jpg  a near-duplicate of evaluation image `index`
     /img/oversized/{n}.jpg                  a 4000x3000 JPEG (resized by the download)
     /redirect/{path}                        302 to /{path}
+    /elsewhere/{host}/{port}/{path}         302 to http://{host}:{port}/{path} (an open redirect)
     /slow/{path}                            /{path} after `slow_seconds`
     /noai/{path}                            /{path} with ``X-Robots-Tag: noai``
     /truncated/{path}                       /{path} cut in half, Content-Length of the whole
@@ -85,6 +86,12 @@ class _Handler(BaseHTTPRequestHandler):
             elif head == "redirect":
                 self.send_response(HTTPStatus.FOUND)
                 self.send_header("Location", "/" + rest)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+            elif head == "elsewhere":
+                host, port, target = rest.split("/", 2)
+                self.send_response(HTTPStatus.FOUND)
+                self.send_header("Location", f"http://{host}:{int(port)}/{target}")
                 self.send_header("Content-Length", "0")
                 self.end_headers()
             elif head == "slow":
