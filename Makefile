@@ -10,8 +10,9 @@ setup:            ## .venv with the pinned dependency set (idempotent)
 demo: setup       ## the main job: Airflow standalone runs commonpool_build on a synthetic crawl
 	bash scripts/demo.sh
 
-test: setup       ## the whole test suite, slow end-to-end tests included (and chromium for the browser test)
+test: setup       ## the whole test suite, slow end-to-end tests included (chromium, PostgreSQL, Redis from Debian's packages)
 	bash scripts/system_deps.sh
+	bash scripts/services.sh
 	source scripts/env.sh && $(PY) -m pytest -ra -n 2 --dist loadfile --no-loadscope-reorder --durations=25
 
 test-fast: setup  ## unit tests only
