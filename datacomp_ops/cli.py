@@ -124,6 +124,14 @@ def cmd_download(args) -> None:
     print(json.dumps(stats.to_dict(), indent=2))
 
 
+def cmd_storage_init(args) -> None:
+    from . import storage
+
+    root = _config(args).storage_root
+    storage.ensure_root(root)
+    print(f"storage root {root} is writable")
+
+
 def cmd_prepare_models(args) -> None:
     from .prepare_models import run_prepare_models
 
@@ -394,6 +402,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--pool-version", required=True)
     p.add_argument("--first-shard", type=int, default=0)
     p.set_defaults(func=cmd_download)
+
+    p = with_config(sub.add_parser("storage-init", help="create the storage root (its S3 bucket too) and check "
+                                                      "that it can be written"))
+    p.set_defaults(func=cmd_storage_init)
 
     p = with_config(sub.add_parser("prepare-models", help="check every model, train the embedded stand-ins, "
                                                         "index the evaluation sets"))
