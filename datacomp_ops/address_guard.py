@@ -133,6 +133,24 @@ class AddressPolicy:
                 raise BlockedAddressError(status, host, ip)
 
 
+def storage_endpoint_allowances(endpoint: str | None) -> list[str]:
+    """ADDRESS:PORT of an S3-compatible store on a private network (MinIO beside the workers), which the
+    download's own processes write the shards to: configuration, not crawl input, so allowed."""
+    if not endpoint:
+        return []
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(endpoint)
+    if not parts.hostname:
+        return []
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        infos = socket.getaddrinfo(parts.hostname, port, type=socket.SOCK_STREAM)
+    except OSError:
+        return []  # unresolvable here: the writes fail with their own error
+    return sorted({f"[{i[4][0]}]:{port}" if ":" in i[4][0] else f"{i[4][0]}:{port}" for i in infos})
+
+
 _installed: AddressPolicy | None = None
 
 

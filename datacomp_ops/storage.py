@@ -22,6 +22,16 @@ log = logging.getLogger(__name__)
 
 SUCCESS = "_SUCCESS"
 
+# S3 (and S3-compatible stores): botocore's adaptive retry mode backs off and retries on
+# throttling (SlowDown, 503, 429) and dropped connections, up to 10 attempts per request;
+# files larger than one part (shards: hundreds of MB) go up as multipart uploads of 64 MiB
+# parts, each part retried on its own. Credentials, endpoint and region: the standard AWS
+# environment (in Airflow, the aws_default connection's: plugins/storage_credentials.py).
+S3_OPTIONS = {
+    "config_kwargs": {"retries": {"max_attempts": 10, "mode": "adaptive"}},
+    "default_block_size": 64 * 2**20,
+}
+
 
 class StorageError(OSError):
     """A storage path cannot be read or written; the message names the path."""
@@ -30,7 +40,7 @@ class StorageError(OSError):
 def get_fs(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
     """The filesystem of `url` and the path inside it."""
     try:
-        return url_to_fs(url)
+        return url_to_fs(url, **(S3_OPTIONS if url.startswith(("s3://", "s3a://")) else {}))
     except (ImportError, ValueError) as exc:
         raise StorageError(f"no filesystem for {url!r}: {exc}") from exc
 
@@ -151,3 +161,18 @@ def check_writable(url: str) -> None:
         remove(probe)
     except (OSError, StorageError) as exc:
         raise StorageError(f"storage path {url} is not writable: {exc}") from exc
+
+
+def ensure_root(url: str) -> None:
+    """Create the storage root (on S3, its bucket when missing) and check that it can be written."""
+    fs, path = get_fs(url)
+    if url.startswith(("s3://", "s3a://")):
+        bucket = path.split("/", 1)[0]
+        if not fs.exists(bucket):
+            try:
+                fs.mkdir(bucket)
+            except OSError as exc:
+                raise StorageError(f"cannot create bucket {bucket} of storage root {url}: {exc}") from exc
+    else:
+        makedirs(url)
+    check_writable(url)

@@ -7,6 +7,7 @@ header), as the UI's own pages do; the page itself is rendered by datacomp_ops.p
 
 from __future__ import annotations
 
+import storage_credentials
 from airflow.api_fastapi.core_api.security import get_user
 from airflow.plugins_manager import AirflowPlugin
 from fastapi import Depends, FastAPI, Query
@@ -20,11 +21,13 @@ def platform_page(q: str = Query("", max_length=4096), user=Depends(get_user)) -
     from datacomp_ops.config import load_config
     from datacomp_ops.platform_page import render
 
+    storage_credentials.export_storage_credentials()  # a storage root on S3: the api-server reads it too
     return render(load_config().storage_root, q)
 
 
 class DataCompPlugin(AirflowPlugin):
     name = "datacomp"
     fastapi_apps = [{"app": app, "url_prefix": "/datacomp", "name": "DataComp platform"}]
+    listeners = [storage_credentials]  # the aws_default connection as every task's AWS environment
     external_views = [{"name": "DataComp", "href": "datacomp/", "destination": "nav", "url_route": "datacomp",
                        "category": "browse"}]

@@ -9,12 +9,17 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 
 from pyspark.sql import SparkSession
 
 from datacomp_ops.config import config_from_dict, load_config
 from datacomp_ops.extract import run_extract_urls
 from datacomp_ops.layout import CrawlLayout
+
+
+STORAGE_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL",
+               "AWS_DEFAULT_REGION")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -32,7 +37,13 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("give at least one --input or --inputs-json")
     config = config_from_dict(json.loads(args.config_json)) if args.config_json else load_config()
     root = args.storage_root or config.storage_root
-    spark = SparkSession.builder.appName(f"extract_urls {args.crawl_id}").getOrCreate()
+    builder = SparkSession.builder.appName(f"extract_urls {args.crawl_id}")
+    # executors on a cluster read the WAT files and write the URL parts themselves: they get the
+    # driver's storage environment (the task's, from the aws_default connection or the worker's)
+    for name in STORAGE_ENV:
+        if os.environ.get(name):
+            builder = builder.config(f"spark.executorEnv.{name}", os.environ[name])
+    spark = builder.getOrCreate()
     try:
         report = run_extract_urls(inputs, CrawlLayout(root, args.crawl_id), config, args.report, spark)
     finally:

@@ -172,8 +172,9 @@ def test_dag_files_import_nothing_heavy_and_parse_fast(dag_file):
     assert float(elapsed) < 1.0
 
 
-def run_dags_test(env: dict, conf: dict) -> str:
-    run = subprocess.run(["airflow", "dags", "test", "commonpool_build", "-c", json.dumps(conf)],
+def run_dags_test(env: dict, conf: dict, logical_date: str | None = None) -> str:
+    date = [logical_date] if logical_date else []
+    run = subprocess.run(["airflow", "dags", "test", "commonpool_build", *date, "-c", json.dumps(conf)],
                          env=env, capture_output=True, text=True, timeout=900)
     out = run.stdout + run.stderr
     assert "state=success" in out or "DagRunState.SUCCESS" in out, out[-6000:]

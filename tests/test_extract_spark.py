@@ -142,3 +142,57 @@ def test_unreadable_wat_file_stays_unprocessed_and_is_read_once_readable(tmp_pat
     # and a third run reads nothing
     report3 = run_extract_urls(inputs, crawl, fast_download_config, str(tmp_path / "r3.json"), spark)
     assert report3["batch"] is None
+
+
+def test_the_job_runs_unchanged_on_a_standalone_cluster(tmp_path, small_crawl, fast_download_config):
+    """spark_jobs/extract_urls.py submitted to a Spark standalone master (spark://, what the spark_default
+    connection names in production) with a worker of its own gives the pairs of the local run."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from conftest import _free_port
+
+    spark_class = Path(sys.executable).parent / "spark-class"
+    master_port, ui_port, worker_ui = _free_port(), _free_port(), _free_port()
+    master = f"spark://127.0.0.1:{master_port}"
+    env = dict(os.environ, SPARK_LOCAL_IP="127.0.0.1", SPARK_WORKER_DIR=str(tmp_path / "work"))
+    logs = [open(tmp_path / name, "w") for name in ("master.log", "worker.log")]
+    procs = [subprocess.Popen([str(spark_class), "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1",
+                               "--port", str(master_port), "--webui-port", str(ui_port)],
+                              env=env, stdout=logs[0], stderr=subprocess.STDOUT, start_new_session=True)]
+    try:
+        time.sleep(3)
+        procs.append(subprocess.Popen([str(spark_class), "org.apache.spark.deploy.worker.Worker", master,
+                                       "--cores", "2", "--memory", "1g", "--webui-port", str(worker_ui)],
+                                      env=env, stdout=logs[1], stderr=subprocess.STDOUT, start_new_session=True))
+        deadline = time.monotonic() + 60
+        while "Registering worker" not in (tmp_path / "master.log").read_text():
+            assert time.monotonic() < deadline, (tmp_path / "master.log").read_text()[-3000:]
+            time.sleep(1)
+        root = tmp_path / "root"
+        config = fast_download_config.to_dict() | {"storage_root": str(root)}
+        report = tmp_path / "report.json"
+        job = Path(__file__).resolve().parents[1] / "spark_jobs" / "extract_urls.py"
+        done = subprocess.run(
+            [str(Path(sys.executable).parent / "spark-submit"), "--master", master, "--conf", "spark.ui.enabled=false",
+             str(job), "--crawl-id", "CC-CLUSTER", "--report", str(report), "--config-json", json.dumps(config),
+             "--inputs-json", json.dumps([small_crawl["wat_listing"]])],
+            env=env, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-4000:]
+        assert f"Connecting to master {master}" in done.stderr or "StandaloneSchedulerBackend" in done.stderr
+        result = json.loads(report.read_text())
+        uids = _uids(p["path"] for p in result["partitions"])
+        truth = set(pq.read_table(small_crawl["truth"])["uid"].to_pylist())
+        assert len(uids) == len(set(uids)) and set(uids) == truth
+        assert result["stats"]["counters"]["wat_files_processed"] == 2
+    finally:
+        for proc in procs:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=30)
+        for log in logs:
+            log.close()

@@ -51,3 +51,23 @@ def test_current_status_is_the_newest_version_then_stage_then_attempt(tmp_path):
     only_download = history.filter(pc.equal(history["stage"], "download"))
     assert {r["uid"]: r["status"] for r in ledger.latest(only_download).to_pylist()} == {
         "a": "downloaded", "b": "downloaded"}
+
+
+def test_naming_a_published_or_bad_pool_version_is_refused(tmp_path):
+    """A published version stays as it is; an open one must be finished first; names are checked."""
+    import pytest
+
+    from datacomp_ops import storage, versions
+    from datacomp_ops.layout import PoolLayout
+
+    root = str(tmp_path)
+    assert versions.open_version(root, "run-1") == "v0001"
+    assert versions.open_version(root, "run-1") == "v0001"  # a retried run keeps its version
+    with pytest.raises(versions.VersionError, match="'v0001' is still open"):
+        versions.open_version(root, "run-2", "v0002")
+    storage.write_json(PoolLayout(root, "v0001").manifest, {"version": "v0001"})  # published
+    with pytest.raises(versions.VersionError, match="'v0001' is published and stays as it is"):
+        versions.open_version(root, "run-2", "v0001")
+    with pytest.raises(versions.VersionError, match="use letters, digits"):
+        versions.open_version(root, "run-2", "v 1!")
+    assert versions.open_version(root, "run-2") == "v0002"

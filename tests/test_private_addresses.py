@@ -152,3 +152,15 @@ def test_a_crawl_of_private_addresses_downloads_none_of_them(tmp_path, image_ser
     assert "download.allowed_private_addresses" in messages[f"http://2130706433:{q}/{img}"]
     assert stats["downloaded"] == 2 and stats["blocked_loopback"] == 12
     trap.shutdown()
+
+
+def test_the_storage_endpoint_is_allowed_to_the_download_processes():
+    """img2dataset writes the shards itself: MinIO on the cluster's network must stay reachable."""
+    from datacomp_ops.address_guard import storage_endpoint_allowances
+
+    allowed = storage_endpoint_allowances("http://localhost:9000")
+    assert "127.0.0.1:9000" in allowed
+    AddressPolicy(allowed).check("localhost", 9000, ["127.0.0.1"])
+    with pytest.raises(BlockedAddressError):
+        AddressPolicy(allowed).check("localhost", 9001, ["127.0.0.1"])
+    assert storage_endpoint_allowances(None) == storage_endpoint_allowances("") == []

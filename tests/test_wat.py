@@ -48,8 +48,10 @@ def test_drops_are_counted_by_reason():
         {"path": "IMG@/src", "url": "ftp://host/x.jpg", "alt": "ftp"},
         {"path": "IMG@/src", "url": "/" + "x" * 3000 + ".jpg", "alt": "long"},
         {"path": "IMG@/src", "url": "http://[bad", "alt": "bad url"},
+        {"path": "IMG@/src", "url": "/essay.jpg", "alt": "word " * 1000},  # 5,000 characters of caption
     ])
     assert rows == []
+    assert counters["skipped:text_too_long"] == 1
     assert counters["skipped:no_alt"] == 2
     assert counters["skipped:not_http_url"] == 4
     assert counters["skipped:url_too_long"] == 1
