@@ -27,10 +27,10 @@ SUCCESS = "_SUCCESS"
 # files larger than one part (shards: hundreds of MB) go up as multipart uploads of 64 MiB
 # parts, each part retried on its own. Credentials, endpoint and region: the standard AWS
 # environment (in Airflow, the aws_default connection's: plugins/storage_credentials.py).
-S3_OPTIONS = {
-    "config_kwargs": {"retries": {"max_attempts": 10, "mode": "adaptive"}},
-    "default_block_size": 64 * 2**20,
-}
+def s3_options() -> dict[str, Any]:
+    # a fresh dict each time: botocore rewrites the retries mapping it is given
+    return {"config_kwargs": {"retries": {"total_max_attempts": 10, "mode": "adaptive"}},
+            "default_block_size": 64 * 2**20}
 
 
 class StorageError(OSError):
@@ -40,7 +40,7 @@ class StorageError(OSError):
 def get_fs(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
     """The filesystem of `url` and the path inside it."""
     try:
-        return url_to_fs(url, **(S3_OPTIONS if url.startswith(("s3://", "s3a://")) else {}))
+        return url_to_fs(url, **(s3_options() if url.startswith(("s3://", "s3a://")) else {}))
     except (ImportError, ValueError) as exc:
         raise StorageError(f"no filesystem for {url!r}: {exc}") from exc
 

@@ -141,7 +141,7 @@ def s3_bucket(s3_server, request):
 
 # The longest modules first, so that with pytest-xdist (`-n 2 --dist loadfile`, the Makefile's test command)
 # the browser test's quarter hour of waiting on the scheduler overlaps the rest instead of ending the run alone.
-LONGEST_FIRST = ["test_ui_forms.py", "test_rebuilds.py", "test_dags.py", "test_train_eval_dags.py",
+LONGEST_FIRST = ["test_ui_forms.py", "test_production.py", "test_rebuilds.py", "test_s3_build.py", "test_dags.py", "test_train_eval_dags.py",
                  "test_download.py", "test_training.py", "test_cli.py", "test_byod.py", "test_evaluation.py",
                  "test_filtering.py", "test_metadata.py"]
 

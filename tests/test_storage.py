@@ -62,3 +62,22 @@ def test_s3_round_trip(s3_bucket):
     assert storage.ls(storage.join(s3_bucket, "crawls", "x")) == [url]
     storage.commit(storage.join(s3_bucket, "crawls", "x"), {"n": 1})
     assert storage.is_committed(storage.join(s3_bucket, "crawls", "x"))
+
+
+def test_s3_clients_retry_with_backoff_and_upload_in_parts(s3_bucket):
+    """botocore's adaptive retries (throttling, dropped connections) and 64 MiB multipart parts for shards."""
+    fs, _ = storage.get_fs(f"{s3_bucket}/x")
+    assert fs.config_kwargs["retries"] == {"total_max_attempts": 10, "mode": "adaptive"}
+    assert fs.default_block_size == 64 * 2**20
+    # a file over one part goes up as a multipart upload (atomic_write's temporary object is written so,
+    # then copied into place); it reads back whole
+    url = storage.join(s3_bucket, "shards", "00000000.tar")
+    data = os.urandom(1024) * (70 * 1024)  # 70 MiB
+    with storage.open_file(url, "wb") as f:
+        for i in range(0, len(data), 2**20):  # as a shard writer writes: sample by sample
+            f.write(data[i:i + 2**20])
+    assert storage.read_bytes(url) == data
+    import boto3
+
+    etag = boto3.client("s3").head_object(Bucket=s3_bucket.removeprefix("s3://"), Key="shards/00000000.tar")["ETag"]
+    assert etag.strip('"').endswith("-2")  # S3's ETag of a multipart object: md5 of the parts' md5s, "-" parts
