@@ -141,11 +141,6 @@ def next_free_shard(pool: PoolLayout) -> int:
     return max(used, default=-1) + 1
 
 
-# img2dataset runs in a child interpreter of its own (datacomp_ops.download_runner): its worker
-# processes are spawned, and spawn re-runs the parent's __main__ (in Airflow, the airflow CLI,
-# which must not start up inside a task); there, each of them has the address guard installed.
-
-
 def img2dataset_kwargs(url_list: str, output_folder: str, config: PlatformConfig) -> dict:
     """The arguments of ``img2dataset.download`` for one URL parquet: DataComp's settings."""
     dl = config.download
@@ -194,6 +189,9 @@ def _run_img2dataset(partition: Partition, url_list: str, out_dir: str, config: 
     env.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     env.setdefault("WANDB_MODE", "disabled")
     env[ALLOWED_ENV] = json.dumps(list(dl.allowed_private_addresses))
+    # a child interpreter of its own: img2dataset's workers are spawned, and spawn re-runs the parent's
+    # __main__ (in Airflow, the airflow CLI, which must not start up inside a task); the runner's
+    # __main__ installs the address guard in each of them
     proc = subprocess.run([sys.executable, "-m", "datacomp_ops.download_runner", json.dumps(kwargs)], env=env)
     if proc.returncode != 0:
         raise RuntimeError(f"img2dataset failed on {partition.path} (exit code {proc.returncode})")

@@ -22,13 +22,16 @@ log = logging.getLogger(__name__)
 
 SUCCESS = "_SUCCESS"
 
-# S3 (and S3-compatible stores): botocore's adaptive retry mode backs off and retries on
-# throttling (SlowDown, 503, 429) and dropped connections, up to 10 attempts per request;
-# files larger than one part (shards: hundreds of MB) go up as multipart uploads of 64 MiB
-# parts, each part retried on its own. Credentials, endpoint and region: the standard AWS
-# environment (in Airflow, the aws_default connection's: plugins/storage_credentials.py).
 def s3_options() -> dict[str, Any]:
-    # a fresh dict each time: botocore rewrites the retries mapping it is given
+    """s3fs's options for S3 and S3-compatible stores.
+
+    botocore's adaptive retry mode backs off and retries on throttling (SlowDown, 503, 429)
+    and dropped connections, up to 10 attempts per request; files larger than one part
+    (shards: hundreds of MB) go up as multipart uploads of 64 MiB parts, each part retried
+    on its own. Credentials, endpoint and region: the standard AWS environment (in Airflow,
+    the aws_default connection's: plugins/storage_credentials.py). A fresh dict each call:
+    botocore rewrites the retries mapping it is given.
+    """
     return {"config_kwargs": {"retries": {"total_max_attempts": 10, "mode": "adaptive"}},
             "default_block_size": 64 * 2**20}
 
