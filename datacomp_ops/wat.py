@@ -23,10 +23,12 @@ from dataclasses import dataclass
 from typing import Iterator
 from urllib.parse import urljoin
 
+import orjson
 from fastwarc.warc import ArchiveIterator, WarcRecordType
 
 from . import storage
 from .schema import compute_uid
+from .url_resolve import PageResolver
 
 log = logging.getLogger(__name__)
 
@@ -42,18 +44,20 @@ class LinkRules:
     max_text_length: int = 4096
 
 
-def resolve_url(url: str, base: str) -> str | None:
-    """Absolute http(s) URL for `url` found on a page at `base`, or None.
+def resolve_url(url: str, page: PageResolver | str) -> str | None:
+    """Absolute http(s) URL for `url` found on a page (its resolver, or its URL), or None.
 
     As cc2dataset does, absolute http(s) URLs are kept verbatim and only
-    relative ones go through urljoin (the costly part of parsing a WAT file).
+    relative ones are resolved, as urljoin resolves them (url_resolve.py).
     """
     url = url.strip()
     if not url:
         return None
     if not url.startswith(("http://", "https://")):
+        if isinstance(page, str):
+            page = PageResolver(page)
         try:
-            url = urljoin(base, url)
+            url = page.resolve(url)
         except ValueError:
             return None
         if not url.startswith(("http://", "https://")):
@@ -64,10 +68,19 @@ def resolve_url(url: str, base: str) -> str | None:
     return url
 
 
+def _loads(payload: bytes):
+    """orjson (about twice json's speed here), with json behind it for what orjson is stricter about
+    (NaN, lone surrogate escapes), so that a record parses exactly when json would parse it."""
+    try:
+        return orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return json.loads(payload)
+
+
 def extract_pairs(payload: bytes, page_url: str, wat_path: str, rules: LinkRules, counters: Counter) -> list[dict]:
     """The image-text pairs of one WAT metadata record's JSON payload."""
     try:
-        envelope = json.loads(payload)["Envelope"]
+        envelope = _loads(payload)["Envelope"]
     except (ValueError, KeyError, TypeError):
         counters["skipped:bad_json"] += 1
         return []
@@ -88,29 +101,42 @@ def extract_pairs(payload: bytes, page_url: str, wat_path: str, rules: LinkRules
     if not isinstance(links, list):
         return []
     rows = []
+    page = None  # made at the first relative link: most pages' links are all absolute or all relative
+    # per-link work is most of a WAT file's parse: counts in locals, added to the counters once
+    image_links = no_alt = too_long_text = not_http = too_long_url = 0
+    max_text, max_url = rules.max_text_length, rules.max_url_length
     for link in links:
         if not isinstance(link, dict) or link.get("path") != "IMG@/src":
             continue
-        counters["image_links"] += 1
+        image_links += 1
         alt = link.get("alt")
         text = alt.strip() if isinstance(alt, str) else ""
         if not text:
-            counters["skipped:no_alt"] += 1
+            no_alt += 1
             continue
-        if len(text) > rules.max_text_length:
-            counters["skipped:text_too_long"] += 1
+        if len(text) > max_text:
+            too_long_text += 1
             continue
         raw = link.get("url")
-        url = resolve_url(raw, base) if isinstance(raw, str) else None
+        if not isinstance(raw, str):
+            url = None
+        elif raw.startswith(("http://", "https://")):
+            url = resolve_url(raw, base)
+        else:
+            page = page or PageResolver(base)
+            url = resolve_url(raw, page)
         if url is None:
-            counters["skipped:not_http_url"] += 1
+            not_http += 1
             continue
-        if len(url) > rules.max_url_length:
-            counters["skipped:url_too_long"] += 1
+        if len(url) > max_url:
+            too_long_url += 1
             continue
-        rows.append(
-            {"uid": compute_uid(text, url), "url": url, "text": text, "page_url": page_url, "wat_path": wat_path}
-        )
+        rows.append({"uid": compute_uid(text, url), "url": url, "text": text, "page_url": page_url,
+                     "wat_path": wat_path})
+    for key, n in (("image_links", image_links), ("skipped:no_alt", no_alt), ("skipped:text_too_long", too_long_text),
+                   ("skipped:not_http_url", not_http), ("skipped:url_too_long", too_long_url)):
+        if n:
+            counters[key] += n
     counters["pairs"] += len(rows)
     return rows
 
