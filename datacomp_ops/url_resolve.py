@@ -10,6 +10,7 @@ the page's URL once and resolves the three forms most links take by concatenatio
 - ``/path`` (absolute path): the page's scheme and host + the link;
 - ``path``, ``./path``, ``../../path`` (relative path): the page's directory as urljoin
   computes it (once per page and number of leading ``..``), + the rest of the link;
+- ``javascript:``, ``data:`` and any other scheme than the page's: the link itself;
 
 but only when the link holds nothing urljoin would rewrite: ASCII without controls,
 spaces, backslashes, brackets or ``;``, no dot segment, no empty query or fragment,
@@ -22,6 +23,11 @@ from __future__ import annotations
 
 import re
 from urllib.parse import urljoin, urlsplit
+
+# a page URL urlsplit would split the same way: lowercase http(s), nothing it strips or rewrites
+_SIMPLE_BASE = re.compile(r"(https?)://([^/?#\[\]\\\s]+)([^?#\s\\]*)(?:[?#][^\s]*)?")
+# a link with a scheme of its own (as urlsplit detects one): urljoin returns it unchanged
+_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+\-.]*):")
 
 # characters after which urljoin's parsing leaves a link as it is (RFC 3986's unreserved,
 # sub-delims minus ';', gen-delims minus '[' ']', and '%')
@@ -49,17 +55,23 @@ class PageResolver:
     def __init__(self, base: str):
         self.base = base
         self.origin = self.scheme = None
-        self.directories: dict[int, str | None] = {}
-        try:
-            parts = urlsplit(base)
-        except ValueError:
+        self.directories: dict[int, str] = {}
+        if not base.isascii():
             return
-        if parts.scheme not in ("http", "https") or not parts.netloc or not base.isascii():
+        simple = _SIMPLE_BASE.fullmatch(base)
+        if simple:
+            scheme, netloc, path = simple.groups()
+        else:
+            try:
+                parts = urlsplit(base)
+            except ValueError:
+                return
+            scheme, netloc, path = parts.scheme, parts.netloc, parts.path
+        if scheme not in ("http", "https") or not netloc:
             return
-        self.scheme = parts.scheme
-        self.origin = f"{parts.scheme}://{parts.netloc}"
+        self.scheme = scheme
+        self.origin = f"{scheme}://{netloc}"
         # the path as urlparse gives it: without the last segment's ;params
-        path = parts.path
         cut = path.find(";", path.rfind("/")) if "/" in path else path.find(";")
         self.path = path if cut < 0 else path[:cut]
 
@@ -87,6 +99,9 @@ class PageResolver:
     def resolve(self, url: str) -> str:
         """What ``urljoin(base, url)`` returns, for a `url` that is not already absolute http(s)."""
         if self.origin is not None:
+            scheme = _SCHEME.match(url)
+            if scheme and scheme.group(1).lower() not in ("http", "https"):
+                return url  # javascript:, data:, mailto: ... urljoin keeps a scheme other than the page's
             if url.startswith("//"):
                 path = _plain_tail(url)
                 # a host (urljoin takes the page's for "///path") and a path after it
