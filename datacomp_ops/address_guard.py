@@ -66,10 +66,13 @@ def _embedded_ipv4(ip: IPAddress) -> IPAddress:
     return ip
 
 
+def _parse(address: str | IPAddress) -> IPAddress:
+    return ipaddress.ip_address(str(address).split("%", 1)[0])  # without an IPv6 scope id (fe80::1%eth0)
+
+
 def classify(address: str | IPAddress) -> str | None:
     """The blocked status of an address, or None for a public one."""
-    ip = ipaddress.ip_address(str(address).split("%", 1)[0])  # an IPv6 scope id (fe80::1%eth0)
-    ip = _embedded_ipv4(ip)
+    ip = _embedded_ipv4(_parse(address))
     if ip in METADATA_SERVICES:
         return "blocked_metadata_service"
     if ip.is_loopback or any(ip in net for net in _THIS_HOST if net.version == ip.version):
@@ -125,10 +128,10 @@ class AddressPolicy:
         """Raise BlockedAddressError if any of `addresses` (what `host` resolved to) is blocked."""
         port = int(port) if isinstance(port, int) or (isinstance(port, str) and port.isdigit()) else None
         for address in addresses:
-            status = classify(address)
+            ip = _parse(address)
+            status = classify(ip)
             if status is None:
                 continue
-            ip = ipaddress.ip_address(address.split("%", 1)[0])
             if not any(a.admits(ip, port) or a.admits(_embedded_ipv4(ip), port) for a in self.allowances):
                 raise BlockedAddressError(status, host, ip)
 

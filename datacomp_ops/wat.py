@@ -44,8 +44,8 @@ class LinkRules:
     max_text_length: int = 4096
 
 
-def resolve_url(url: str, page: PageResolver | str) -> str | None:
-    """Absolute http(s) URL for `url` found on a page (its resolver, or its URL), or None.
+def resolve_url(url: str, page: PageResolver) -> str | None:
+    """Absolute http(s) URL for `url` found on a page, or None.
 
     As cc2dataset does, absolute http(s) URLs are kept verbatim and only
     relative ones are resolved, as urljoin resolves them (url_resolve.py).
@@ -54,8 +54,6 @@ def resolve_url(url: str, page: PageResolver | str) -> str | None:
     if not url:
         return None
     if not url.startswith(("http://", "https://")):
-        if isinstance(page, str):
-            page = PageResolver(page)
         try:
             url = page.resolve(url)
         except ValueError:
@@ -101,7 +99,7 @@ def extract_pairs(payload: bytes, page_url: str, wat_path: str, rules: LinkRules
     if not isinstance(links, list):
         return []
     rows = []
-    page = None  # made at the first relative link: most pages' links are all absolute or all relative
+    page = PageResolver(base)
     # per-link work is most of a WAT file's parse: counts in locals, added to the counters once
     image_links = no_alt = too_long_text = not_http = too_long_url = 0
     max_text, max_url = rules.max_text_length, rules.max_url_length
@@ -118,13 +116,7 @@ def extract_pairs(payload: bytes, page_url: str, wat_path: str, rules: LinkRules
             too_long_text += 1
             continue
         raw = link.get("url")
-        if not isinstance(raw, str):
-            url = None
-        elif raw.startswith(("http://", "https://")):
-            url = resolve_url(raw, base)
-        else:
-            page = page or PageResolver(base)
-            url = resolve_url(raw, page)
+        url = resolve_url(raw, page) if isinstance(raw, str) else None
         if url is None:
             not_http += 1
             continue

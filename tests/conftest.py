@@ -33,6 +33,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def missing_service(message: str) -> None:
+    """A system service a test needs is not there (scripts/services.sh provides them): skip, or fail in CI
+    (.ci/run sets DATACOMP_REQUIRE_SERVICES=1), saying what is missing."""
+    if os.environ.get("DATACOMP_REQUIRE_SERVICES") == "1":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
 # S3 is a moto server on loopback (fixture `s3_bucket`). Its address is set
 # before anything starts, so that Spark's worker processes inherit it too.
 S3_PORT = _free_port()

@@ -6,10 +6,12 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from conftest import missing_service
 
 REPO = Path(__file__).resolve().parents[1]
 DOCKER = REPO / "docker"
@@ -23,10 +25,7 @@ def _compose() -> list[str]:
         return ["docker", "compose"]
     if shutil.which("docker-compose"):
         return ["docker-compose"]
-    message = "needs docker compose or Debian's docker-compose (`bash scripts/services.sh` installs it)"
-    if os.environ.get("DATACOMP_REQUIRE_SERVICES") == "1":
-        pytest.fail(message)
-    pytest.skip(message)
+    missing_service("needs docker compose or Debian's docker-compose (`bash scripts/services.sh` installs it)")
 
 
 def _env_file(tmp_path: Path, **missing: bool) -> Path:
@@ -92,7 +91,7 @@ def test_no_secret_is_committed():
 
 
 def test_dockerfile_passes_hadolint_and_matches_the_pinned_airflow():
-    hadolint = shutil.which("hadolint") or str(Path(os.sys.executable).parent / "hadolint")
+    hadolint = shutil.which("hadolint") or str(Path(sys.executable).parent / "hadolint")
     done = subprocess.run([hadolint, "--failure-threshold", "info", str(DOCKER / "Dockerfile")],
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr

@@ -20,9 +20,10 @@ import subprocess
 import time
 from pathlib import Path
 
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
-from conftest import _free_port
+from conftest import _free_port, missing_service
 from test_dags import REPO, airflow_env
 
 from datacomp_ops.synthetic.crawl import CrawlSpec, generate_world
@@ -45,11 +46,8 @@ def _services() -> None:
         psycopg2.connect(POSTGRES, connect_timeout=3).close()
         redis.Redis.from_url(REDIS, socket_connect_timeout=3).ping()
     except Exception as exc:  # noqa: BLE001 - any failure to reach them means the same
-        message = (f"needs PostgreSQL at {POSTGRES} and Redis at {REDIS} (`bash scripts/services.sh` installs and "
-                   f"starts both on loopback): {exc}")
-        if os.environ.get("DATACOMP_REQUIRE_SERVICES") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
+        missing_service(f"needs PostgreSQL at {POSTGRES} and Redis at {REDIS} (`bash scripts/services.sh` installs "
+                        f"and starts both on loopback): {exc}")
 
 
 class Postgres:
@@ -249,7 +247,7 @@ def test_a_killed_worker_s_task_is_retried_on_another(celery_build):
     # the killed try left nothing half-written: each partition's ledger part holds each of its URLs once
     pool = PoolLayout(str(celery_build["root"]), "v0001")
     table = ledger.read(pool.ledger)
-    uids = table.filter(__import__("pyarrow").compute.equal(table["stage"], "download"))["uid"].to_pylist()
+    uids = table.filter(pc.equal(table["stage"], "download"))["uid"].to_pylist()
     assert len(uids) == len(set(uids))
     scheduler_log = (celery_build["logs"] / "scheduler.log").read_text()
     assert "heartbeat" in scheduler_log.lower()

@@ -6,7 +6,6 @@ from urllib.parse import urljoin
 import pytest
 
 from datacomp_ops.url_resolve import PageResolver
-from datacomp_ops.wat import resolve_url
 
 BASES = [
     "http://example.com/a/b/page.html", "https://example.com/a/b/", "http://example.com", "http://example.com/",
@@ -82,8 +81,3 @@ def test_most_links_take_a_fast_path():
         module.urljoin = real
     assert calls == []
 
-
-def test_resolve_url_keeps_only_http():
-    assert resolve_url(" /a.jpg ", "https://h/x/") == "https://h/a.jpg"
-    assert resolve_url("mailto:a@b", "https://h/") is None
-    assert resolve_url("img.jpg", "ftp://h/a/") is None

@@ -6,6 +6,7 @@ import pytest
 
 from datacomp_ops.schema import compute_uid
 from datacomp_ops.synthetic.crawl import _envelope, _record
+from datacomp_ops.url_resolve import PageResolver
 from datacomp_ops.wat import LinkRules, WatReadError, extract_pairs, iter_wat_payloads, parse_wat_file, resolve_url
 
 PAGE = "http://site.example/a/b/page.html"
@@ -66,9 +67,10 @@ def test_malformed_records_are_counted_not_fatal():
 
 
 def test_resolve_url():
-    assert resolve_url(" /a.jpg ", "https://h/x/") == "https://h/a.jpg"
-    assert resolve_url("", "https://h/") is None
-    assert resolve_url("mailto:a@b", "https://h/") is None
+    assert resolve_url(" /a.jpg ", PageResolver("https://h/x/")) == "https://h/a.jpg"
+    assert resolve_url("", PageResolver("https://h/")) is None
+    assert resolve_url("mailto:a@b", PageResolver("https://h/")) is None
+    assert resolve_url("img.jpg", PageResolver("ftp://h/a/")) is None  # only http(s) pages resolve to pairs
 
 
 def test_broken_gzip_member_is_skipped_and_the_rest_parsed(tmp_path):
