@@ -42,7 +42,7 @@ def main() -> None:
         crawl = generate_crawl(os.path.join(tmp, "crawl"), CrawlSpec(n_urls=args.urls, base_url=server.base_url))
         truth = pq.read_table(crawl["truth"])
         fast = set(truth.filter(pc.is_in(truth["kind"], value_set=pc.cast(FAST_KINDS, "string")))["uid"].to_pylist())
-        rows = {r["uid"]: r for p in crawl["wat_files"] for r in parse_wat_file(p)[0] if r["uid"] in fast}
+        rows = {r["uid"]: r for p in crawl["wat_files"] for r in parse_wat_file(p)[0].to_pylist() if r["uid"] in fast}
         urls = os.path.join(tmp, "part-0000-00000.parquet")
         pq.write_table(pa.Table.from_pylist(sorted(rows.values(), key=lambda r: r["uid"])), urls)
         config = load_config(overrides={"storage_root": os.path.join(tmp, "root"),

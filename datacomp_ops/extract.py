@@ -2,9 +2,11 @@
 
 Incremental: the crawl's WAT manifest records which files were processed, and
 only new ones are read. A file that cannot be read (missing, a failed S3 read)
-is recorded unprocessed with its error, and the next run tries it again. New pairs are deduplicated on uid within the batch and
-against every URL already extracted under the storage root, then written as
-``urls/part-{batch:04d}-{n:05d}.parquet``, one download task each. Storage goes
+is recorded unprocessed with its error, and the next run tries it again. New
+pairs are deduplicated on uid within the batch and against every URL already
+extracted under the storage root, then written as
+``urls/part-{batch:04d}-{partition:05d}-{n:04d}.parquet`` of at most
+``extract.urls_per_partition`` rows, one download task each. Storage goes
 through fsspec on the executors, so the same code writes local paths and S3.
 
 Commit order: URL parts, then the manifest (the commit point), then the batch
@@ -14,16 +16,16 @@ attempt and are removed before a new batch starts.
 
 from __future__ import annotations
 
-import itertools
+import json
 import logging
 import math
 import posixpath
 import time
-import zlib
 from collections import Counter
 from typing import TYPE_CHECKING, Iterable, Iterator
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from . import storage
@@ -83,57 +85,99 @@ def _known_uid_files(root: str) -> list[str]:
     return storage.ls(storage.join(root, "crawls"), "*/urls/part-*.parquet")
 
 
-# A uid that some earlier batch or crawl already holds travels through the
-# shuffle as this marker, so that one shuffle both deduplicates and anti-joins.
-_KNOWN = None
+# What the parsing tasks hand the JVM: the pairs, with their WAT file as its index in the batch's
+# list (the path is a third of a row's bytes, and the writer puts it back), and one row per WAT file
+# with its counters as JSON (uid null), so that one parse gives both and the counts are exact
+# however tasks are retried.
+_PARSED = pa.schema([("uid", pa.string()), ("url", pa.string()), ("text", pa.string()), ("page_url", pa.string()),
+                     ("file", pa.int32()), ("counters", pa.string())])
+_PARSED_DDL = "uid string, url string, text string, page_url string, file int, counters string"
+_WRITTEN = "path string, rows long, pairs long, file int, counters string"
 
 
-def _parse(path: str, rules: LinkRules) -> tuple[list[tuple], dict]:
-    try:
-        rows, counters = parse_wat_file(path, rules)
-    except WatReadError as exc:
-        return [], {"unreadable_wat_files": 1, "error": str(exc)}
-    return [(r["uid"], (r["url"], r["text"], r["page_url"], r["wat_path"])) for r in rows], dict(counters)
+def _per_path(spark: "SparkSession", paths: list[str], fn, schema: str, tasks: int | None = None):
+    """A DataFrame of what `fn(index, path)` yields (Arrow batches) over `paths`, `tasks` tasks (default:
+    one per path). The paths travel in the function's closure and the tasks are a range, so no Python
+    RDD is deserialised in between."""
+
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for batch in batches:
+            for i in batch.column(0).to_pylist():
+                yield from fn(i, paths[i])
+
+    return spark.range(len(paths), numPartitions=tasks or len(paths)).mapInArrow(run, schema)
 
 
-def _known_uids(path: str) -> Iterator[tuple[str, None]]:
+def _parser(rules: LinkRules):
+    def parse(index: int, path: str) -> Iterator[pa.RecordBatch]:
+        try:
+            table, counters = parse_wat_file(path, rules)
+            summary = dict(counters)
+        except WatReadError as exc:
+            table, summary = URLS_SCHEMA.empty_table(), {"unreadable_wat_files": 1, "error": str(exc)}
+        n = table.num_rows
+        columns = [table[name] for name in ("uid", "url", "text", "page_url")]
+        columns += [pa.repeat(pa.scalar(index, pa.int32()), n), pa.nulls(n, pa.string())]
+        yield from pa.table(columns, schema=_PARSED).to_batches()
+        yield pa.record_batch([pa.nulls(1, pa.string())] * 4 + [pa.array([index], pa.int32()),
+                                                                pa.array([json.dumps(summary)])], schema=_PARSED)
+
+    return parse
+
+
+def _uid_reader(_: int, path: str) -> Iterator[pa.RecordBatch]:
+    """The uid column of a URL part, read on an executor through fsspec (S3 included)."""
     with storage.open_file(path) as f:
-        for uid in pq.read_table(f, columns=["uid"])["uid"].to_pylist():
-            yield uid, _KNOWN
+        yield from pq.read_table(f, columns=["uid"]).cast(pa.schema([("uid", pa.string())])).to_batches()
 
 
-def _partition_of(uid: str) -> int:
-    return zlib.crc32(uid.encode())  # stable across Python processes, unlike hash()
+def _writer(urls_dir: str, batch: int, rows_per_part: int, wat_paths: list[str]):
+    """Write one shuffle partition as URL parts of at most `rows_per_part` rows, sorted by uid, the
+    smallest row of each uid kept (so that a rerun writes the same parts); yields the counts of each
+    part and the counters of the WAT files whose summary rows this partition holds."""
+    from pyspark import TaskContext
 
+    def write(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        index = TaskContext.get().partitionId()
+        table = pa.Table.from_batches([b for b in batches if b.num_rows], schema=_PARSED)
+        summaries = table.filter(pc.is_valid(table["counters"]))
+        if summaries.num_rows:
+            yield pa.record_batch({"path": pa.nulls(summaries.num_rows, pa.string()),
+                                   "rows": pa.nulls(summaries.num_rows, pa.int64()),
+                                   "pairs": pa.nulls(summaries.num_rows, pa.int64()),
+                                   "file": summaries["file"].combine_chunks(),
+                                   "counters": summaries["counters"].combine_chunks()})
+        pairs = table.filter(pc.is_null(table["counters"]))
+        if not pairs.num_rows:
+            return
+        pairs = pairs.set_column(4, "wat_path", paths.take(pairs["file"])).select(_COLUMNS)
+        pairs = pairs.sort_by([(name, "ascending") for name in _COLUMNS])
+        uids = pairs["uid"].combine_chunks()
+        first = pc.not_equal(uids[1:], uids[:-1])  # the first row of each run of one uid
+        unique = pairs.filter(pa.concat_arrays([pa.array([True]), first]))
+        n_parts = math.ceil(unique.num_rows / rows_per_part)
+        size = math.ceil(unique.num_rows / n_parts)
+        for chunk in range(n_parts):
+            part = unique.slice(chunk * size, size)
+            path = storage.join(urls_dir, f"part-{batch:04d}-{index:05d}-{chunk:04d}.parquet")
+            _write_table(path, part.cast(URLS_SCHEMA))
+            # the pairs of this partition are counted with its first part
+            yield pa.record_batch({"path": [path], "rows": [part.num_rows],
+                                   "pairs": [pairs.num_rows if chunk == 0 else 0],
+                                   "file": pa.nulls(1, pa.int32()), "counters": pa.nulls(1, pa.string())})
 
-def _writer(urls_dir: str, batch: int):
-    """Write one shuffle partition (sorted by uid) as a URL part; returns its counts."""
-
-    def write(index: int, items: Iterator[tuple[str, tuple | None]]) -> Iterator[dict]:
-        columns: dict[str, list] = {c: [] for c in _COLUMNS}
-        duplicates = known = 0
-        for uid, group in itertools.groupby(items, key=lambda kv: kv[0]):
-            values = [v for _, v in group]
-            rows = [v for v in values if v is not _KNOWN]
-            if len(rows) < len(values):
-                known += len(rows)
-                continue
-            url, text, page_url, wat_path = min(rows)  # deterministic choice among repeats
-            duplicates += len(rows) - 1
-            for column, value in zip(_COLUMNS, (uid, url, text, page_url, wat_path)):
-                columns[column].append(value)
-        n = len(columns["uid"])
-        path = storage.join(urls_dir, f"part-{batch:04d}-{index:05d}.parquet")
-        if n:
-            _write_table(path, pa.table(columns, schema=URLS_SCHEMA))
-        yield {"path": path if n else None, "rows": n, "duplicates": duplicates, "known": known}
-
+    paths = pa.array(wat_paths)
     return write
 
 
 def extract_urls(spark: "SparkSession", wat_paths: list[str], crawl: CrawlLayout, config: PlatformConfig) -> dict:
-    """Process the WAT files not yet in the manifest; returns the batch report."""
-    from pyspark import StorageLevel
+    """Process the WAT files not yet in the manifest; returns the batch report.
+
+    One Spark job: Python parses, a task per WAT file, and hands Arrow batches to the JVM; the
+    shuffle on uid and the anti-join against every uid extracted before run there (the known uids
+    are read by the executors, never by the driver); a writer per shuffle partition drops the
+    repeats of a uid (Arrow) and writes URL parts. Only counts reach the driver.
+    """
 
     start = time.monotonic()
     manifest = read_manifest(crawl)
@@ -155,10 +199,22 @@ def extract_urls(spark: "SparkSession", wat_paths: list[str], crawl: CrawlLayout
         return {"batch": None, "partitions": [], "stats": stats.to_dict(), "unreadable": []}
 
     rules = LinkRules(config.extract.max_url_length, config.extract.max_text_length)
-    sc = spark.sparkContext
-    parsed = sc.parallelize(todo, len(todo)).map(lambda p: (p, *_parse(p, rules)))
-    parsed = parsed.persist(StorageLevel.MEMORY_AND_DISK)
-    per_file = parsed.map(lambda x: (x[0], x[2])).collect()
+    parallelism = spark.sparkContext.defaultParallelism
+    known_files = _known_uid_files(crawl.root)
+    # A shuffle partition per WAT file, so a writer holds about one file's pairs whatever the crawl's
+    # size, and per 16 known URL parts, so a partition's share of the known uids stays a few hundred
+    # thousand however many crawls came before.
+    n_partitions = max(len(todo), math.ceil(len(known_files) / 16))
+    pairs = _per_path(spark, todo, _parser(rules), _PARSED_DDL).repartition(n_partitions, "uid")
+    if known_files:
+        known = _per_path(spark, known_files, _uid_reader, "uid string", min(len(known_files), 4 * parallelism))
+        # a hash join on the partitions the shuffle made: the writer sorts, so no sort is needed here
+        pairs = pairs.join(known.hint("shuffle_hash"), "uid", "left_anti")
+    results = [r.asDict() for r in
+               pairs.mapInArrow(_writer(crawl.urls, batch, config.extract.urls_per_partition, todo), _WRITTEN).collect()]
+    per_file = [(todo[r["file"]], json.loads(r["counters"]))
+                for r in sorted((r for r in results if r["counters"] is not None), key=lambda r: r["file"])]
+    results = [r for r in results if r["path"] is not None]
     unreadable = [{"wat_path": p, "error": c["error"]} for p, c in per_file if "error" in c]
     for item in unreadable:
         log.warning("%s; it stays unprocessed and the next run tries it again", item["error"])
@@ -166,26 +222,14 @@ def extract_urls(spark: "SparkSession", wat_paths: list[str], crawl: CrawlLayout
     for _, c in per_file:
         counters.update({k: v for k, v in c.items() if k != "error"})
 
-    pairs = parsed.flatMap(lambda x: x[1])
-    known_files = _known_uid_files(crawl.root)
-    if known_files:
-        pairs = pairs.union(sc.parallelize(known_files, len(known_files)).flatMap(_known_uids))
-    # Partitions sized on the pairs found, an upper bound of what gets written.
-    n_parts = max(1, math.ceil(counters["pairs"] / config.extract.urls_per_partition))
-    results = (
-        pairs.repartitionAndSortWithinPartitions(n_parts, partitionFunc=_partition_of)
-        .mapPartitionsWithIndex(_writer(crawl.urls, batch))
-        .collect()
-    )
-    parsed.unpersist()
-
     written = sorted((r["path"], r["rows"]) for r in results if r["rows"])
     stats.counters.update(counters)
     stats.add("wat_files_processed", len(todo) - len(unreadable))
     # every pair found is accounted for: written, repeated in this batch, or known before
+    new_pairs = sum(r["pairs"] for r in results)
     stats.add("urls_written", sum(r["rows"] for r in results))
-    stats.add("duplicates_in_batch", sum(r["duplicates"] for r in results))
-    stats.add("already_known", sum(r["known"] for r in results))
+    stats.add("duplicates_in_batch", new_pairs - stats.counters["urls_written"])
+    stats.add("already_known", counters["pairs"] - new_pairs)
     stats.seconds = time.monotonic() - start
     stats.outputs = [p for p, _ in written]
 
@@ -210,6 +254,11 @@ def extract_urls(spark: "SparkSession", wat_paths: list[str], crawl: CrawlLayout
     }
     log.info("crawl %s batch %d: %s", crawl.crawl_id, batch, stats.to_dict()["counters"])
     return report
+
+
+def _paths_frame(spark: "SparkSession", paths: list[str]):
+    """A one-column DataFrame of paths, one per partition: a task per file."""
+    return spark.sparkContext.parallelize([(p,) for p in paths], len(paths)).toDF("path string")
 
 
 def local_spark(master: str = "local[*]", app_name: str = "datacomp") -> "SparkSession":

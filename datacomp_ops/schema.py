@@ -25,8 +25,14 @@ class SchemaError(ValueError):
     """Data does not follow the platform's formats; the message says where."""
 
 
+def compute_uids(texts: list[str], urls: list[str]) -> list[str]:
+    """DataComp's uid of each pair: the md5 of caption + URL, hex."""
+    md5 = hashlib.md5
+    return [md5((text + url).encode("utf-8")).hexdigest() for text, url in zip(texts, urls)]
+
+
 def compute_uid(text: str, url: str) -> str:
-    return hashlib.md5((text + url).encode("utf-8")).hexdigest()
+    return compute_uids([text], [url])[0]
 
 
 def scale_key(uid: str) -> int:

@@ -24,17 +24,21 @@ from typing import Iterator
 from urllib.parse import urljoin
 
 import orjson
+import pyarrow as pa
 from fastwarc.warc import ArchiveIterator, WarcRecordType
 
 from . import storage
-from .schema import compute_uid
+from .schema import URLS_SCHEMA, compute_uids
 from .url_resolve import PageResolver
 
 log = logging.getLogger(__name__)
 
 GZIP_MAGIC = b"\x1f\x8b\x08"
 _HOST = re.compile(r"https?://([^/?#\s]+)")
-_CHUNK = 1 << 16
+# a member's input is fed in growing chunks: what follows its end is copied into unused_data, so a
+# large first chunk costs a copy per record (WAT records are a few kB gzipped)
+_FIRST_CHUNK = 1 << 12
+_MAX_CHUNK = 1 << 20
 _BATCH_BYTES = 8 << 20
 
 
@@ -49,21 +53,29 @@ def resolve_url(url: str, page: PageResolver) -> str | None:
 
     As cc2dataset does, absolute http(s) URLs are kept verbatim and only
     relative ones are resolved, as urljoin resolves them (url_resolve.py).
+    A URL without a host, or with an unbalanced IPv6 bracket, is None.
     """
     url = url.strip()
-    if not url:
-        return None
     if not url.startswith(("http://", "https://")):
+        if not url:
+            return None
         try:
             url = page.resolve(url)
         except ValueError:
             return None
         if not url.startswith(("http://", "https://")):
             return None
-    host = _HOST.match(url)
-    if host is None or ("[" in host.group(1)) != ("]" in host.group(1)):
+    host_start = url[7:8] if url[4] == ":" else url[8:9]
+    if not host_start or host_start in "/?#" or host_start.isspace():
+        return None
+    if ("[" in url or "]" in url) and not _balanced_host(url):
         return None
     return url
+
+
+def _balanced_host(url: str) -> bool:
+    host = _HOST.match(url).group(1)
+    return ("[" in host) == ("]" in host)
 
 
 def _loads(payload: bytes):
@@ -75,21 +87,41 @@ def _loads(payload: bytes):
         return json.loads(payload)
 
 
-def extract_pairs(payload: bytes, page_url: str, wat_path: str, rules: LinkRules, counters: Counter) -> list[dict]:
-    """The image-text pairs of one WAT metadata record's JSON payload."""
+class PairColumns:
+    """The pairs of one WAT file as column lists: Arrow takes them as they are, a pair costs three list
+    appends instead of a dict, and the uids are computed in one batch at the end."""
+
+    __slots__ = ("wat_path", "url", "text", "page_url")
+
+    def __init__(self, wat_path: str):
+        self.wat_path = wat_path
+        self.url: list[str] = []
+        self.text: list[str] = []
+        self.page_url: list[str] = []
+
+    def __len__(self) -> int:
+        return len(self.url)
+
+    def to_table(self) -> pa.Table:
+        return pa.table([compute_uids(self.text, self.url), self.url, self.text, self.page_url,
+                         pa.repeat(pa.scalar(self.wat_path), len(self.url))], schema=URLS_SCHEMA)
+
+
+def extract_pairs(payload: bytes, page_url: str, rules: LinkRules, counters: Counter, out: PairColumns) -> int:
+    """Append the image-text pairs of one WAT metadata record's JSON payload to `out`; returns how many."""
     try:
         envelope = _loads(payload)["Envelope"]
     except (ValueError, KeyError, TypeError):
         counters["skipped:bad_json"] += 1
-        return []
+        return 0
     try:
         html = envelope["Payload-Metadata"]["HTTP-Response-Metadata"]["HTML-Metadata"]
     except (KeyError, TypeError):
         counters["records_without_html"] += 1
-        return []
+        return 0
     if not isinstance(html, dict):
         counters["records_without_html"] += 1
-        return []
+        return 0
     page_url = page_url or envelope.get("WARC-Header-Metadata", {}).get("WARC-Target-URI", "")
     head = html.get("Head") if isinstance(html.get("Head"), dict) else {}
     base = page_url
@@ -97,12 +129,12 @@ def extract_pairs(payload: bytes, page_url: str, wat_path: str, rules: LinkRules
         base = urljoin(page_url, head["Base"].strip())
     links = html.get("Links")
     if not isinstance(links, list):
-        return []
-    rows = []
+        return 0
     page = PageResolver(base)
     # per-link work is most of a WAT file's parse: counts in locals, added to the counters once
-    image_links = no_alt = too_long_text = not_http = too_long_url = 0
+    image_links = no_alt = too_long_text = not_http = too_long_url = pairs = 0
     max_text, max_url = rules.max_text_length, rules.max_url_length
+    add_url, add_text = out.url.append, out.text.append
     for link in links:
         if not isinstance(link, dict) or link.get("path") != "IMG@/src":
             continue
@@ -123,14 +155,15 @@ def extract_pairs(payload: bytes, page_url: str, wat_path: str, rules: LinkRules
         if len(url) > max_url:
             too_long_url += 1
             continue
-        rows.append({"uid": compute_uid(text, url), "url": url, "text": text, "page_url": page_url,
-                     "wat_path": wat_path})
+        add_url(url)
+        add_text(text)
+        pairs += 1
+    out.page_url.extend([page_url] * pairs)
     for key, n in (("image_links", image_links), ("skipped:no_alt", no_alt), ("skipped:text_too_long", too_long_text),
-                   ("skipped:not_http_url", not_http), ("skipped:url_too_long", too_long_url)):
+                   ("skipped:not_http_url", not_http), ("skipped:url_too_long", too_long_url), ("pairs", pairs)):
         if n:
             counters[key] += n
-    counters["pairs"] += len(rows)
-    return rows
+    return pairs
 
 
 def _split_members(data: memoryview, counters: Counter) -> Iterator[bytes]:
@@ -138,11 +171,12 @@ def _split_members(data: memoryview, counters: Counter) -> Iterator[bytes]:
     pos, end = 0, len(data)
     while pos < end:
         dec = zlib.decompressobj(zlib.MAX_WBITS | 16)
-        out, fed = [], pos
+        out, fed, step = [], pos, _FIRST_CHUNK
         try:
             while not dec.eof and fed < end:
-                chunk = data[fed : fed + _CHUNK]
+                chunk = data[fed : fed + step]
                 fed += len(chunk)
+                step = min(step * 2, _MAX_CHUNK)
                 out.append(dec.decompress(chunk))
             if not dec.eof:
                 raise zlib.error("member truncated at end of file")
@@ -185,8 +219,9 @@ class WatReadError(storage.StorageError):
     """A WAT file could not be read (missing, or a failed read): it stays unprocessed, a later run retries it."""
 
 
-def parse_wat_file(wat_path: str, rules: LinkRules = LinkRules()) -> tuple[list[dict], Counter]:
-    """All pairs of one WAT file (local path or URL) and the counters of what was skipped.
+def parse_wat_file(wat_path: str, rules: LinkRules = LinkRules()) -> tuple[pa.Table, Counter]:
+    """All pairs of one WAT file (local path or URL), as a table of URLS_SCHEMA, and the counters of
+    what was skipped.
 
     Raises WatReadError when the file cannot be read at all; damage inside a
     readable file (a broken gzip member, bad JSON) is counted and skipped.
@@ -196,10 +231,10 @@ def parse_wat_file(wat_path: str, rules: LinkRules = LinkRules()) -> tuple[list[
         data = storage.read_bytes(wat_path)
     except Exception as exc:  # noqa: BLE001 - fsspec backends raise their own kinds (botocore, aiohttp...)
         raise WatReadError(f"cannot read WAT file {wat_path}: {type(exc).__name__}: {exc}") from exc
-    rows = []
+    out = PairColumns(wat_path)
     for page_url, payload in iter_wat_payloads(data, counters):
-        rows.extend(extract_pairs(payload, page_url, wat_path, rules, counters))
-    return rows, counters
+        extract_pairs(payload, page_url, rules, counters, out)
+    return out.to_table(), counters
 
 
 def read_wat_listing(listing: str, prefix: str = "") -> list[str]:

@@ -50,7 +50,7 @@ def test_plan_gives_dense_shard_ranges():
 def test_download_statuses_match_the_truth(tmp_path, small_crawl, fast_download_config):
     rows = {}
     for path in small_crawl["wat_files"]:
-        for row in parse_wat_file(path)[0]:
+        for row in parse_wat_file(path)[0].to_pylist():
             rows[row["uid"]] = row
     part_path = str(tmp_path / "part-0000-00000.parquet")
     pq.write_table(pa.Table.from_pylist(sorted(rows.values(), key=lambda r: r["uid"])), part_path)
@@ -99,7 +99,7 @@ def test_download_to_s3(s3_bucket, small_crawl, fast_download_config):
     from datacomp_ops import storage
     from datacomp_ops.config import load_config
 
-    rows = [r for r in parse_wat_file(small_crawl["wat_files"][1])[0] if "/img/shape/" in r["url"]][:40]
+    rows = [r for r in parse_wat_file(small_crawl["wat_files"][1])[0].to_pylist() if "/img/shape/" in r["url"]][:40]
     part = storage.join(s3_bucket, "crawls", "CC-S3DL", "urls", "part-0000-00000.parquet")
     with storage.atomic_write(part) as f:
         pq.write_table(pa.Table.from_pylist(rows), f)

@@ -98,7 +98,7 @@ def test_extraction_reads_and_writes_s3(s3_bucket, small_crawl, spark, fast_down
     report = run_extract_urls([remote_wat], crawl, config, storage.join(crawl.base, "reports", "r.json"), spark)
     parts = [p["path"] for p in report["partitions"]]
     assert parts and all(p.startswith(f"{s3_bucket}/crawls/CC-S3/urls/part-0000-") for p in parts)
-    local_rows, _ = parse_wat_file(wat)
+    local_rows = parse_wat_file(wat)[0].to_pylist()
     remote_uids = [u for p in parts for u in pq.read_table(storage.open_file(p))["uid"].to_pylist()]
     assert sorted(remote_uids) == sorted({r["uid"] for r in local_rows})
     assert read_manifest(crawl)["wat_path"].to_pylist() == [remote_wat]

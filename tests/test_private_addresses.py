@@ -3,7 +3,6 @@
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -131,19 +130,19 @@ def test_a_crawl_of_private_addresses_downloads_none_of_them(tmp_path, image_ser
     links = [{"path": "IMG@/src", "url": url, "alt": f"picture {i}"} for i, url in enumerate(expected)]
     wat = tmp_path / "private.warc.wat.gz"
     wat.write_bytes(_record("http://example.com/page", _envelope("http://example.com/page", links)))
-    rows, counters = parse_wat_file(str(wat))
+    pairs, counters = parse_wat_file(str(wat))
     assert counters["pairs"] == len(expected)
     part = tmp_path / "part-0000-00000.parquet"
-    pq.write_table(pa.Table.from_pylist(rows), part)
+    pq.write_table(pairs, part)
     config = load_config(overrides={
         "storage_root": str(tmp_path / "root"), "download.allowed_private_addresses": [f"127.0.0.1:{p}"],
         "download.timeout": 5, "download.retries": 0, "download.processes_count": 1})
     pool = PoolLayout(config.storage_root, "v1")
 
-    stats = run_download(Partition(str(part), len(rows), 0), pool, config)
+    stats = run_download(Partition(str(part), pairs.num_rows, 0), pool, config)
 
     table = ledger.read(pool.ledger)
-    ledger.check_accounts_for(table, [r["uid"] for r in rows], "private-address crawl")
+    ledger.check_accounts_for(table, pairs["uid"].to_pylist(), "private-address crawl")
     got = dict(zip(table["url"].to_pylist(), table["status"].to_pylist()))
     assert got == expected
     assert trap.hits == [], "a crawl URL reached the trap"

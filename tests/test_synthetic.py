@@ -50,7 +50,7 @@ def test_parsed_pairs_equal_the_truth(tmp_path):
     uids, counters = set(), Counter()
     for path in summary["wat_files"]:
         rows, c = parse_wat_file(path)
-        uids |= {r["uid"] for r in rows}
+        uids |= set(rows["uid"].to_pylist())
         counters += c
     truth = set(pq.read_table(summary["truth"])["uid"].to_pylist())
     assert uids == truth

@@ -7,14 +7,17 @@ import pytest
 from datacomp_ops.schema import compute_uid
 from datacomp_ops.synthetic.crawl import _envelope, _record
 from datacomp_ops.url_resolve import PageResolver
-from datacomp_ops.wat import LinkRules, WatReadError, extract_pairs, iter_wat_payloads, parse_wat_file, resolve_url
+from datacomp_ops.wat import (LinkRules, PairColumns, WatReadError, extract_pairs, iter_wat_payloads, parse_wat_file,
+                               resolve_url)
 
 PAGE = "http://site.example/a/b/page.html"
 
 
 def _pairs(links, base=None, rules=LinkRules()):
-    counters = Counter()
-    rows = extract_pairs(json.dumps(_envelope(PAGE, links, base)).encode(), PAGE, "f.wat.gz", rules, counters)
+    counters, out = Counter(), PairColumns("f.wat.gz")
+    n = extract_pairs(json.dumps(_envelope(PAGE, links, base)).encode(), PAGE, rules, counters, out)
+    rows = out.to_table().to_pylist()
+    assert n == len(rows) == counters["pairs"]
     return rows, counters
 
 
@@ -59,10 +62,11 @@ def test_drops_are_counted_by_reason():
 
 
 def test_malformed_records_are_counted_not_fatal():
-    counters = Counter()
-    assert extract_pairs(b"{not json", PAGE, "f", LinkRules(), counters) == []
-    assert extract_pairs(b'{"Envelope": {"Payload-Metadata": {}}}', PAGE, "f", LinkRules(), counters) == []
-    assert extract_pairs(b'["a list"]', PAGE, "f", LinkRules(), counters) == []
+    counters, out = Counter(), PairColumns("f")
+    assert extract_pairs(b"{not json", PAGE, LinkRules(), counters, out) == 0
+    assert extract_pairs(b'{"Envelope": {"Payload-Metadata": {}}}', PAGE, LinkRules(), counters, out) == 0
+    assert extract_pairs(b'["a list"]', PAGE, LinkRules(), counters, out) == 0
+    assert len(out) == 0
     assert counters["skipped:bad_json"] == 2 and counters["records_without_html"] == 1
 
 
@@ -80,8 +84,8 @@ def test_broken_gzip_member_is_skipped_and_the_rest_parsed(tmp_path):
     broken[len(broken) // 2: len(broken) // 2 + 6] = b"\xff" * 6
     path = tmp_path / "x.wat.gz"
     path.write_bytes(good[0] + bytes(broken) + good[2] + good[3][:-10])  # last member cut short too
-    rows, counters = parse_wat_file(str(path))
-    assert [r["text"] for r in rows] == ["img 0", "img 2"]
+    table, counters = parse_wat_file(str(path))
+    assert table["text"].to_pylist() == ["img 0", "img 2"]
     assert counters["skipped:broken_gzip_member"] == 2
 
 
