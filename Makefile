@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 PY := .venv/bin/python
 
-.PHONY: setup demo test test-fast airflow lock bench-extract bench-download bench-pool bench-filtering bench-training calibrate-dedup clean
+.PHONY: setup demo test test-fast airflow lock bench-extract bench-extract-scaling bench-download bench-pool bench-filtering bench-training calibrate-dedup clean
 
 setup:            ## .venv with the pinned dependency set (idempotent)
 	bash scripts/setup.sh
@@ -27,10 +27,13 @@ lock:             ## re-resolve pyproject.toml's dependencies and rewrite requir
 	.venv-lock/bin/pip freeze --exclude-editable | grep -v "^datacomp-platform" > requirements/constraints.txt
 	rm -rf .venv-lock
 
-bench-extract: setup
+bench-extract: setup  ## parser and Spark stage against cc2dataset's extractor, 1M URLs
 	source scripts/env.sh && $(PY) benchmarks/bench_extract.py
 
-bench-download: setup
+bench-extract-scaling: setup  ## seconds and peak memory of extraction at 100k, 1M and 10M URLs (Spark up to 1M)
+	source scripts/env.sh && $(PY) benchmarks/bench_extract.py --scaling 100000,1000000,10000000
+
+bench-download: setup  ## the download stage against img2dataset called directly, one 10,000-URL partition
 	source scripts/env.sh && $(PY) benchmarks/bench_download.py
 
 bench-filtering: setup  ## every baseline on 1.28M and 12.8M generated rows, against reading its columns and DataComp's code

@@ -140,30 +140,32 @@ def _writer(urls_dir: str, batch: int, rows_per_part: int, wat_paths: list[str])
     def write(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         index = TaskContext.get().partitionId()
         table = pa.Table.from_batches([b for b in batches if b.num_rows], schema=_PARSED)
-        summaries = table.filter(pc.is_valid(table["counters"]))
+        # one sort, one copy: pairs by (uid, url, text, page_url, file), the summary rows (uid null) last
+        order = pc.sort_indices(table, [(name, "ascending") for name in ("uid", "url", "text", "page_url", "file")])
+        n_pairs = table.num_rows - table["uid"].null_count
+        summaries = table.take(order[n_pairs:])
         if summaries.num_rows:
             yield pa.record_batch({"path": pa.nulls(summaries.num_rows, pa.string()),
                                    "rows": pa.nulls(summaries.num_rows, pa.int64()),
                                    "pairs": pa.nulls(summaries.num_rows, pa.int64()),
                                    "file": summaries["file"].combine_chunks(),
                                    "counters": summaries["counters"].combine_chunks()})
-        pairs = table.filter(pc.is_null(table["counters"]))
-        if not pairs.num_rows:
+        if not n_pairs:
             return
-        pairs = pairs.set_column(4, "wat_path", paths.take(pairs["file"])).select(_COLUMNS)
-        pairs = pairs.sort_by([(name, "ascending") for name in _COLUMNS])
-        uids = pairs["uid"].combine_chunks()
+        order = order[:n_pairs]
+        uids = table["uid"].take(order).combine_chunks()
         first = pc.not_equal(uids[1:], uids[:-1])  # the first row of each run of one uid
-        unique = pairs.filter(pa.concat_arrays([pa.array([True]), first]))
+        unique = table.take(order.filter(pa.concat_arrays([pa.array([True]), first])))
+        unique = pa.table([unique["uid"], unique["url"], unique["text"], unique["page_url"],
+                           paths.take(unique["file"])], schema=URLS_SCHEMA)
         n_parts = math.ceil(unique.num_rows / rows_per_part)
         size = math.ceil(unique.num_rows / n_parts)
         for chunk in range(n_parts):
             part = unique.slice(chunk * size, size)
             path = storage.join(urls_dir, f"part-{batch:04d}-{index:05d}-{chunk:04d}.parquet")
-            _write_table(path, part.cast(URLS_SCHEMA))
+            _write_table(path, part)
             # the pairs of this partition are counted with its first part
-            yield pa.record_batch({"path": [path], "rows": [part.num_rows],
-                                   "pairs": [pairs.num_rows if chunk == 0 else 0],
+            yield pa.record_batch({"path": [path], "rows": [part.num_rows], "pairs": [n_pairs if chunk == 0 else 0],
                                    "file": pa.nulls(1, pa.int32()), "counters": pa.nulls(1, pa.string())})
 
     paths = pa.array(wat_paths)

@@ -30,6 +30,9 @@ def test_extraction_matches_truth_and_is_incremental(tmp_path, small_crawl, spar
     assert len(first_uids) == len(set(first_uids)) == report["stats"]["counters"]["urls_written"]
     assert set(first_uids) <= truth_uids
     assert all(p.rsplit("/", 1)[-1].startswith("part-0000-") for p in parts)
+    # parts of at most urls_per_partition rows: one download task each
+    assert all(0 < p["rows"] <= cfg.extract.urls_per_partition for p in report["partitions"])
+    assert sum(p["rows"] for p in report["partitions"]) == report["stats"]["counters"]["urls_written"]
     for p in parts:  # sorted by uid inside a partition, the URL schema's columns
         table = pq.read_table(p)
         assert table.column_names == ["uid", "url", "text", "page_url", "wat_path"]

@@ -20,6 +20,7 @@ Paths (all deterministic from the path itself):
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import threading
 import time
@@ -78,8 +79,10 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        self.server.requests_served += 1  # under the GIL; read only as a rate
         path = self.path.split("?", 1)[0]
         head, _, rest = path.lstrip("/").partition("/")
+        render = self.server.render
         try:
             if head == "img":
                 self._send(200, *render(path))
@@ -129,10 +132,14 @@ class SyntheticImageServer(ThreadingHTTPServer):
     # backlog of 5 drops SYNs and turns healthy images into client timeouts.
     request_queue_size = 1024
 
-    def __init__(self, port: int = 0, hang_seconds: float = 30.0, slow_seconds: float = 0.3):
+    def __init__(self, port: int = 0, hang_seconds: float = 30.0, slow_seconds: float = 0.3,
+                 cache_images: bool = False):
         super().__init__(("127.0.0.1", port), _Handler)
         self.hang_seconds = hang_seconds
         self.slow_seconds = slow_seconds
+        self.requests_served = 0
+        # benchmarks keep every image made: timed downloads then measure the client, not the renderer
+        self.render = functools.lru_cache(maxsize=None)(render) if cache_images else render
 
     @property
     def base_url(self) -> str:
@@ -141,9 +148,10 @@ class SyntheticImageServer(ThreadingHTTPServer):
 
 
 @contextlib.contextmanager
-def serving(port: int = 0, hang_seconds: float = 30.0, slow_seconds: float = 0.3) -> Iterator[SyntheticImageServer]:
+def serving(port: int = 0, hang_seconds: float = 30.0, slow_seconds: float = 0.3,
+            cache_images: bool = False) -> Iterator[SyntheticImageServer]:
     """Run the server in a background thread for the duration of the block."""
-    server = SyntheticImageServer(port, hang_seconds, slow_seconds)
+    server = SyntheticImageServer(port, hang_seconds, slow_seconds, cache_images)
     thread = threading.Thread(target=server.serve_forever, name="synthetic-image-server", daemon=True)
     thread.start()
     try:
