@@ -13,6 +13,7 @@ fastwarc's own decompression of an in-memory file.
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import logging
@@ -20,7 +21,7 @@ import re
 import zlib
 from collections import Counter
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator
 from urllib.parse import urljoin
 
 import orjson
@@ -107,8 +108,14 @@ class PairColumns:
                          pa.repeat(pa.scalar(self.wat_path), len(self.url))], schema=URLS_SCHEMA)
 
 
-def extract_pairs(payload: bytes, page_url: str, rules: LinkRules, counters: Counter, out: PairColumns) -> int:
-    """Append the image-text pairs of one WAT metadata record's JSON payload to `out`; returns how many."""
+def extract_pairs(payload: bytes, record_uri: Callable[[], str], rules: LinkRules, counters: Counter,
+                  out: PairColumns) -> int:
+    """Append the image-text pairs of one WAT metadata record's JSON payload to `out`; returns how many.
+
+    The page's URL is the envelope's WARC-Target-URI (the response record's, which Common Crawl's WAT
+    record repeats in its own header); `record_uri` gives the record header's, asked only when the
+    envelope has none (reading a fastwarc header costs more than the JSON lookup).
+    """
     try:
         envelope = _loads(payload)["Envelope"]
     except (ValueError, KeyError, TypeError):
@@ -122,7 +129,10 @@ def extract_pairs(payload: bytes, page_url: str, rules: LinkRules, counters: Cou
     if not isinstance(html, dict):
         counters["records_without_html"] += 1
         return 0
-    page_url = page_url or envelope.get("WARC-Header-Metadata", {}).get("WARC-Target-URI", "")
+    warc_header = envelope.get("WARC-Header-Metadata")
+    page_url = warc_header.get("WARC-Target-URI") if isinstance(warc_header, dict) else None
+    if not isinstance(page_url, str) or not page_url:
+        page_url = record_uri()
     head = html.get("Head") if isinstance(html.get("Head"), dict) else {}
     base = page_url
     if isinstance(head.get("Base"), str) and head["Base"].strip():
@@ -192,14 +202,14 @@ def _split_members(data: memoryview, counters: Counter) -> Iterator[bytes]:
         yield b"".join(out)
 
 
-def _records(raw: bytes, counters: Counter) -> Iterator[tuple[str, bytes]]:
-    """(target URI, payload) of the metadata records in uncompressed WARC bytes."""
+def _records(raw: bytes, counters: Counter) -> Iterator[tuple[Callable[[], str], bytes]]:
+    """(the header's target URI, when asked; payload) of the metadata records in uncompressed WARC bytes."""
     for record in ArchiveIterator(io.BytesIO(raw), record_types=WarcRecordType.metadata, parse_http=False):
         counters["records"] += 1
-        yield record.headers.get("WARC-Target-URI", ""), record.reader.read()
+        yield functools.partial(record.headers.get, "WARC-Target-URI", ""), record.reader.read()
 
 
-def iter_wat_payloads(data: bytes, counters: Counter) -> Iterator[tuple[str, bytes]]:
+def iter_wat_payloads(data: bytes, counters: Counter) -> Iterator[tuple[Callable[[], str], bytes]]:
     """Metadata records of a WAT file's bytes, gzipped per record or plain."""
     if not data.startswith(GZIP_MAGIC):
         yield from _records(data, counters)
@@ -232,8 +242,8 @@ def parse_wat_file(wat_path: str, rules: LinkRules = LinkRules()) -> tuple[pa.Ta
     except Exception as exc:  # noqa: BLE001 - fsspec backends raise their own kinds (botocore, aiohttp...)
         raise WatReadError(f"cannot read WAT file {wat_path}: {type(exc).__name__}: {exc}") from exc
     out = PairColumns(wat_path)
-    for page_url, payload in iter_wat_payloads(data, counters):
-        extract_pairs(payload, page_url, rules, counters, out)
+    for record_uri, payload in iter_wat_payloads(data, counters):
+        extract_pairs(payload, record_uri, rules, counters, out)
     return out.to_table(), counters
 
 

@@ -15,7 +15,7 @@ PAGE = "http://site.example/a/b/page.html"
 
 def _pairs(links, base=None, rules=LinkRules()):
     counters, out = Counter(), PairColumns("f.wat.gz")
-    n = extract_pairs(json.dumps(_envelope(PAGE, links, base)).encode(), PAGE, rules, counters, out)
+    n = extract_pairs(json.dumps(_envelope(PAGE, links, base)).encode(), lambda: PAGE, rules, counters, out)
     rows = out.to_table().to_pylist()
     assert n == len(rows) == counters["pairs"]
     return rows, counters
@@ -63,9 +63,8 @@ def test_drops_are_counted_by_reason():
 
 def test_malformed_records_are_counted_not_fatal():
     counters, out = Counter(), PairColumns("f")
-    assert extract_pairs(b"{not json", PAGE, LinkRules(), counters, out) == 0
-    assert extract_pairs(b'{"Envelope": {"Payload-Metadata": {}}}', PAGE, LinkRules(), counters, out) == 0
-    assert extract_pairs(b'["a list"]', PAGE, LinkRules(), counters, out) == 0
+    for payload in (b"{not json", b'{"Envelope": {"Payload-Metadata": {}}}', b'["a list"]'):
+        assert extract_pairs(payload, lambda: PAGE, LinkRules(), counters, out) == 0
     assert len(out) == 0
     assert counters["skipped:bad_json"] == 2 and counters["records_without_html"] == 1
 
@@ -97,3 +96,17 @@ def test_uncompressed_wat_and_unreadable_file(tmp_path):
     assert len(list(iter_wat_payloads(path.read_bytes(), counters))) == 1
     with pytest.raises(WatReadError, match="missing.wat.gz"):
         parse_wat_file(str(tmp_path / "missing.wat.gz"))
+
+
+def test_page_url_from_the_envelope_or_else_the_record_header():
+    links = [{"path": "IMG@/src", "url": "x.jpg", "alt": "cat"}]
+    out = PairColumns("f")
+    extract_pairs(json.dumps(_envelope("http://env.example/d/p.html", links)).encode(), lambda: "http://header.example/",
+                  LinkRules(), Counter(), out)
+    assert out.url == ["http://env.example/d/x.jpg"] and out.page_url == ["http://env.example/d/p.html"]
+    for header in (None, [], {"WARC-Target-URI": 7}, {"WARC-Target-URI": ""}):  # none usable: the record header's
+        envelope = _envelope("unused", links)
+        envelope["Envelope"]["WARC-Header-Metadata"] = header
+        out = PairColumns("f")
+        extract_pairs(json.dumps(envelope).encode(), lambda: "http://header.example/a/", LinkRules(), Counter(), out)
+        assert out.url == ["http://header.example/a/x.jpg"] and out.page_url == ["http://header.example/a/"]
