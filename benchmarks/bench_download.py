@@ -79,9 +79,8 @@ def main() -> None:
         truth = pq.read_table(crawl["truth"])
         fast = truth.filter(pc.is_in(truth["kind"], value_set=pc.cast(FAST_KINDS, "string")))["uid"]
         table = pa.concat_tables(parse_wat_file(p)[0] for p in crawl["wat_files"])
-        table = table.filter(pc.is_in(table["uid"], value_set=fast))
-        first_of_uid = {uid: i for i, uid in reversed(list(enumerate(table["uid"].to_pylist())))}
-        table = table.take(sorted(first_of_uid.values())).sort_by("uid").slice(0, args.urls)
+        # the first row of each fast uid (a crawl repeats some pairs on several pages)
+        table = table.take(pc.index_in(fast, value_set=table["uid"]).drop_null()).sort_by("uid").slice(0, args.urls)
         if table.num_rows < args.urls:
             raise SystemExit(f"the synthetic crawl gave {table.num_rows} fast URLs, fewer than {args.urls}")
         urls = os.path.join(tmp, "part-0000-00000.parquet")

@@ -258,11 +258,6 @@ def extract_urls(spark: "SparkSession", wat_paths: list[str], crawl: CrawlLayout
     return report
 
 
-def _paths_frame(spark: "SparkSession", paths: list[str]):
-    """A one-column DataFrame of paths, one per partition: a task per file."""
-    return spark.sparkContext.parallelize([(p,) for p in paths], len(paths)).toDF("path string")
-
-
 def local_spark(master: str = "local[*]", app_name: str = "datacomp") -> "SparkSession":
     """A Spark session for running the stage without spark-submit (CLI, tests)."""
     from pyspark.sql import SparkSession
