@@ -11,7 +11,8 @@ The first form prints records/s and pairs/s of
   parser     datacomp_ops.wat.parse_wat_file in one process (member splitting, counters, uids, Arrow);
   spark      the whole stage on `--master`: parse, uid dedup, parquet parts, manifest;
 and the ratios parser/reference (goal: at least 1.5) and spark/parser (goal: at least 1.6 on
-local[2]). The one-process loops are timed best of `--repeat`. Spark's start-up (the session,
+local[2]), then two ceilings of the stage on the same master: its parse tasks handing their Arrow
+batches to the JVM and nothing after, and that plus the shuffle on uid (Spark's no-op sink). The one-process loops are timed best of `--repeat`. Spark's start-up (the session,
 then a first extraction of one WAT file that starts the Python workers and warms the JVM) is
 timed and printed apart from the measured run.
 
@@ -37,10 +38,10 @@ import simdjson
 from fastwarc.warc import ArchiveIterator, WarcRecordType
 
 from datacomp_ops.config import load_config
-from datacomp_ops.extract import local_spark, resolve_inputs, run_extract_urls
+from datacomp_ops.extract import local_spark, parsed_pairs, resolve_inputs, run_extract_urls
 from datacomp_ops.layout import CrawlLayout
 from datacomp_ops.synthetic.crawl import CrawlSpec, generate_crawl
-from datacomp_ops.wat import parse_wat_file
+from datacomp_ops.wat import LinkRules, parse_wat_file
 
 
 def reference(paths: list[str]) -> tuple[int, int]:
@@ -150,6 +151,19 @@ def spark_stage(spark, paths: list[str], root: str):
     return report["stats"]["counters"], time.perf_counter() - start
 
 
+def spark_ceilings(spark, paths: list[str]) -> tuple[float, float]:
+    """Seconds of the stage's first steps alone, into Spark's no-op sink: the parse tasks handing their
+    Arrow batches to the JVM; then that plus the shuffle on uid. No design that parses in Python
+    workers and keeps the dedup in the JVM can be faster than these on the same master."""
+    seconds = []
+    for frame in (lambda: parsed_pairs(spark, paths, LinkRules()),
+                  lambda: parsed_pairs(spark, paths, LinkRules()).repartition(len(paths), "uid")):
+        start = time.perf_counter()
+        frame().write.format("noop").mode("overwrite").save()
+        seconds.append(time.perf_counter() - start)
+    return seconds[0], seconds[1]
+
+
 def crawl_files(tmp: str, urls: int, per_file: int, listing: str | None = None) -> list[str]:
     if listing:
         paths = resolve_inputs([listing])
@@ -171,6 +185,7 @@ def compare(args) -> None:
         (our_records, our_pairs), our_s = best_of(args.repeat, parser, paths)
         spark, startup_s = start_spark(args.master, paths[0], tmp)
         counters, spark_s = spark_stage(spark, paths, os.path.join(tmp, "root"))
+        handoff_s, shuffle_s = spark_ceilings(spark, paths)
         spark.stop()
     print(f"{'':48} {'records/s':>10} {'pairs/s':>10} {'seconds':>8}")
     for name, records, pairs, seconds in [
@@ -182,6 +197,10 @@ def compare(args) -> None:
     print(f"spark start-up (session + one WAT file, not in the stage's time): {startup_s:.1f} s")
     print(f"parser / reference: {ref_s / our_s:.2f}x (goal 1.5x)")
     print(f"spark stage / parser, pairs/s: {(counters['pairs'] / spark_s) / (our_pairs / our_s):.2f}x (goal 1.6x)")
+    parser_rate = our_pairs / our_s
+    print(f"ceilings on {args.master} (no-op sink): parse tasks handing Arrow to the JVM {handoff_s:.2f} s = "
+          f"{(counters['pairs'] / handoff_s) / parser_rate:.2f}x the parser; with the shuffle on uid "
+          f"{shuffle_s:.2f} s = {(counters['pairs'] / shuffle_s) / parser_rate:.2f}x")
     print(f"pairs: reference {ref_pairs}, parser {our_pairs}, spark {counters['pairs']}, "
           f"unique after dedup {counters['urls_written']}")
 
@@ -189,7 +208,7 @@ def compare(args) -> None:
 def _parse_in_child(paths: list[str]) -> tuple[float, int, int]:
     """Seconds, pairs and peak RSS (bytes) of parsing `paths` in a fresh process (VmHWM: getrusage's
     maximum would carry over the forking parent's across exec)."""
-    code = ("import re, sys, time; from datacomp_ops.wat import parse_wat_file\n"
+    code = ("import re, sys, time; from datacomp_ops.wat import LinkRules, parse_wat_file\n"
             "paths = sys.stdin.read().split()\nt = time.perf_counter(); n = 0\n"
             "for p in paths: n += parse_wat_file(p)[0].num_rows\n"
             "hwm = int(re.search(r'VmHWM:\\s+(\\d+) kB', open('/proc/self/status').read()).group(1))\n"

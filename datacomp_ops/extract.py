@@ -108,6 +108,11 @@ def _per_path(spark: "SparkSession", paths: list[str], fn, schema: str, tasks: i
     return spark.range(len(paths), numPartitions=tasks or len(paths)).mapInArrow(run, schema)
 
 
+def parsed_pairs(spark: "SparkSession", wat_paths: list[str], rules: LinkRules):
+    """The pairs of every WAT file, a task per file (mapInArrow), plus one counters row per file (uid null)."""
+    return _per_path(spark, wat_paths, _parser(rules), _PARSED_DDL)
+
+
 def _parser(rules: LinkRules):
     def parse(index: int, path: str) -> Iterator[pa.RecordBatch]:
         try:
@@ -207,7 +212,7 @@ def extract_urls(spark: "SparkSession", wat_paths: list[str], crawl: CrawlLayout
     # size, and per 16 known URL parts, so a partition's share of the known uids stays a few hundred
     # thousand however many crawls came before.
     n_partitions = max(len(todo), math.ceil(len(known_files) / 16))
-    pairs = _per_path(spark, todo, _parser(rules), _PARSED_DDL).repartition(n_partitions, "uid")
+    pairs = parsed_pairs(spark, todo, rules).repartition(n_partitions, "uid")
     if known_files:
         known = _per_path(spark, known_files, _uid_reader, "uid string", min(len(known_files), 4 * parallelism))
         # a hash join on the partitions the shuffle made: the writer sorts, so no sort is needed here
