@@ -153,5 +153,6 @@ def main() -> None:
           f"(target at most +10%); the server answers {warm / (n / ref_s):.1f}x the download's rate on its own, "
           f"and was busy {server_busy['reference'][best_ref]:.2f} of the one core it can use during it")
 
+
 if __name__ == "__main__":
     main()

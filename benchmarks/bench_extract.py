@@ -211,7 +211,7 @@ def compare(args) -> None:
 def _parse_in_child(paths: list[str]) -> tuple[float, int, int]:
     """Seconds, pairs and peak RSS (bytes) of parsing `paths` in a fresh process (VmHWM: getrusage's
     maximum would carry over the forking parent's across exec)."""
-    code = ("import re, sys, time; from datacomp_ops.wat import LinkRules, parse_wat_file\n"
+    code = ("import re, sys, time; from datacomp_ops.wat import parse_wat_file\n"
             "paths = sys.stdin.read().split()\nt = time.perf_counter(); n = 0\n"
             "for p in paths: n += parse_wat_file(p)[0].num_rows\n"
             "hwm = int(re.search(r'VmHWM:\\s+(\\d+) kB', open('/proc/self/status').read()).group(1))\n"
