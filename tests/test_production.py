@@ -171,8 +171,10 @@ def celery_build(tmp_path_factory, image_server, embedded_models):
                     proc.kill()
                 killed = {"map_index": running[0][0], "try_number": running[0][1], "processes": len(tree)}
                 break
-            failed = pg.rows("SELECT state FROM dag_run WHERE dag_id = 'commonpool_build' AND state != 'running'")
-            assert not failed and time.monotonic() < deadline + 600, f"no download ran on worker A:\n{tail()}"
+            # queued and running are both on the way; only an ended run means no download will come
+            ended = pg.rows("SELECT state FROM dag_run WHERE dag_id = 'commonpool_build' "
+                            "AND state IN ('success', 'failed')")
+            assert not ended and time.monotonic() < deadline + 600, f"no download ran on worker A ({ended}):\n{tail()}"
             time.sleep(0.3)
         worker("b")
 
