@@ -72,7 +72,7 @@ def row(name: str, n: int, ours: float, bare: float, unit: str) -> None:
     print(f"  {name:<24}{n / ours:>12,.0f}{n / bare:>12,.0f}  {unit:<11}{bare / ours:>7.2f}x")
 
 
-def cpu_table(args) -> None:
+def cpu_table(args, work: str) -> None:
     from datacomp_ops.clip_features import ClipEncoder
     from datacomp_ops.dedup import ThumbnailDescriptor
     from datacomp_ops.faces import load_face_detector
@@ -88,7 +88,6 @@ def cpu_table(args) -> None:
     rgb = [np.asarray(p) for p in pil]
     bgr = [np.ascontiguousarray(a[..., ::-1]) for a in rgb]
     n = len(data)
-    work = tempfile.mkdtemp(prefix="bench-pool-")
     generate_eval_suite(os.path.join(work, "eval"))
     config = load_config(overrides={"storage_root": work, "evaluation.sets_dir": os.path.join(work, "eval"),
                                     "models.embedded_dir": os.path.abspath(args.models_dir),
@@ -233,7 +232,8 @@ def main() -> None:
     if args.gpu_features:
         gpu_features(args)
     else:
-        cpu_table(args)
+        with tempfile.TemporaryDirectory(prefix="bench-pool-") as work:
+            cpu_table(args, work)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,16 @@ if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && .venv/bin/python -c "im
     echo "setup: .venv is up to date"
     exit 0
 fi
-[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+if [ ! -x .venv/bin/python ]; then
+    # a fresh .venv takes about 8 GB (torch's CUDA build alone 5.5 GB): say so now rather than
+    # have pip stop half-way with "No space left on device"
+    free_mb=$(( $(df -Pk . | awk 'NR==2 {print $4}') / 1024 ))
+    if [ "$free_mb" -lt 9000 ]; then
+        echo "setup: a fresh .venv needs about 9 GB free on $(df -P . | awk 'NR==2 {print $6}'), only ${free_mb} MB are free" >&2
+        exit 1
+    fi
+    "$PYTHON" -m venv .venv
+fi
 .venv/bin/pip install --quiet --upgrade "pip>=24" wheel
 .venv/bin/pip install --quiet -c requirements/constraints.txt -e ".[test]" 2> .venv/install.log \
     || { cat .venv/install.log; exit 1; }

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
+import shutil
 import socket
 import sys
 import tempfile
@@ -18,6 +20,7 @@ os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
 os.environ.pop("DATACOMP_STORAGE_ROOT", None)
 # Tests never touch the checkout's Airflow home (var/airflow) or ~/airflow.
 os.environ["AIRFLOW_HOME"] = tempfile.mkdtemp(prefix="datacomp-tests-airflow-")
+atexit.register(shutil.rmtree, os.environ["AIRFLOW_HOME"], ignore_errors=True)
 os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
 os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(Path(__file__).resolve().parents[1] / "dags")
 REPO = Path(__file__).resolve().parents[1]
