@@ -10,10 +10,15 @@ export AIRFLOW__CORE__LOAD_EXAMPLES=False
 export AIRFLOW__CORE__EXECUTOR=LocalExecutor
 export AIRFLOW__CORE__PARALLELISM=4
 export AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION=False
-export AIRFLOW__DATABASE__SQL_ALCHEMY_CONN="sqlite:///$AIRFLOW_HOME/airflow.db"
+# SQLite lets one writer in at a time; the scheduler, the API server and the tasks all write, and on
+# a busy small machine a write can wait longer than sqlite3's default 5 s: wait up to 60 s instead
+export AIRFLOW__DATABASE__SQL_ALCHEMY_CONN="sqlite:///$AIRFLOW_HOME/airflow.db?timeout=60"
 export AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL=10
 export AIRFLOW__SCHEDULER__MIN_FILE_PROCESS_INTERVAL=10
 export AIRFLOW__API__PORT="${AIRFLOW_PORT:-8080}"
+# everything shares one small machine: a task the scheduler starts while the API server is still
+# coming up (standalone starts both at once), or busy beside a download, must wait for it, not fail
+export AIRFLOW__WORKERS__EXECUTION_API_TIMEOUT=30 AIRFLOW__WORKERS__EXECUTION_API_RETRIES=10
 # Spark runs in local mode on the embedded default; a cluster is only this connection.
 if [ -z "${AIRFLOW_CONN_SPARK_DEFAULT:-}" ]; then
     export AIRFLOW_CONN_SPARK_DEFAULT='{"conn_type": "spark", "host": "local[*]"}'
