@@ -18,7 +18,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -106,19 +105,16 @@ def main() -> None:
     args = parser.parse_args()
     import torch
 
-    work = tempfile.mkdtemp(prefix="bench-training-")
-    print(f"machine: {os.cpu_count()} cores, CUDA: {torch.cuda.is_available()}; work dir {work}")
-    base = {"storage_root": os.path.join(work, "unused"), "training.num_checkpoints": 1,
-            "training.workers": 1 if not torch.cuda.is_available() else 4}
-    try:
+    with tempfile.TemporaryDirectory(prefix="bench-training-") as work:
+        print(f"machine: {os.cpu_count()} cores, CUDA: {torch.cuda.is_available()}; work dir {work}")
+        base = {"storage_root": os.path.join(work, "unused"), "training.num_checkpoints": 1,
+                "training.workers": 1 if not torch.cuda.is_available() else 4}
         compare(work, base | {"training.samples_seen": args.samples_seen}, "tiny", "tiny")
         if torch.cuda.is_available():
             # DataComp's small scale (ViT-B-32, batch 4096) on this worker's GPUs, ten steps: throughput only
             compare(work, base | {"training.samples_seen": 40_960}, "small", "small")
         else:
             print("\nno GPU here: the ViT-B-32 comparison runs where torch sees one")
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
