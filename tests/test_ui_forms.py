@@ -295,15 +295,36 @@ def _browser(url: str, token: str):
         browser.close()
 
 
+def _scheduler_lines(log, n: int = 40) -> str:
+    lines = [line for line in Path(log).read_text(errors="replace").splitlines() if line.startswith("scheduler")]
+    return "\n".join(line[:400] for line in lines[-n:])
+
+
+def _wait_until_ended(api: Api, dag_id: str, log, what: str, timeout: float, backfill: bool = False) -> list:
+    """The DAG's runs (only the backfill's, with `backfill`) once none is queued or running.
+
+    Fails at once, with the scheduler's last lines, when standalone's scheduler has stopped heartbeating
+    for two minutes: standalone does not restart a scheduler that died, so its queued runs would wait forever.
+    """
+    deadline, unhealthy_since = time.monotonic() + timeout, None
+    while True:
+        runs = [r for r in api(f"/dags/{dag_id}/dagRuns?limit=100")["dag_runs"]
+                if not backfill or r["run_type"] == "backfill"]
+        if runs and all(r["state"] in ("success", "failed") for r in runs):
+            return runs
+        states = [(r["dag_run_id"], r["state"]) for r in runs]
+        health = api("/monitor/health")["scheduler"]["status"]
+        unhealthy_since = None if health == "healthy" else unhealthy_since or time.monotonic()
+        assert unhealthy_since is None or time.monotonic() - unhealthy_since < 120, \
+            f"{dag_id}: {what}: the scheduler stopped ({states}); its last lines:\n{_scheduler_lines(log)}"
+        assert time.monotonic() < deadline, \
+            f"{dag_id}: {what} still running: {states}; the scheduler's last lines:\n{_scheduler_lines(log)}"
+        time.sleep(5)
+
+
 def _wait_for_runs(api: Api, dag_id: str, log, what: str) -> None:
     """Until no run of the DAG is queued or running; every run must have succeeded."""
-    deadline = time.monotonic() + 900
-    while True:
-        runs = api(f"/dags/{dag_id}/dagRuns?limit=100")["dag_runs"]
-        if all(r["state"] in ("success", "failed") for r in runs):
-            break
-        assert time.monotonic() < deadline, f"{dag_id}: {what} still running"
-        time.sleep(5)
+    runs = _wait_until_ended(api, dag_id, log, what, 900)
     failed = [r["dag_run_id"] for r in runs if r["state"] != "success"]
     assert not failed, f"{dag_id}: {what}: runs {failed} failed; see {log}"
 
@@ -367,10 +388,14 @@ def test_backfill_of_two_weeks_for_one_scale(airflow_ui, tmp_path, image_server)
     conf = {"scale": "tiny", "config_overrides": {
         "storage_root": str(root), "crawl.source": str(source), "evaluation.sets_dir": str(source / "eval"),
         "publish.tiny_pool_size": 20}}
-    api("/dags/commonpool_build", "PATCH", {"is_paused": False})
     env = airflow_env(Path(airflow_ui["log"]).parent / "airflow", AIRFLOW__API__PORT=airflow_ui["url"].rsplit(":", 1)[1])
-    # Sundays 2026-11-08 and 2026-11-15: ISO weeks 45 and 46 (the form test's runs hold later dates)
-    for _ in range(3):  # SQLite, busy with the scheduler's writes, may refuse the CLI's (its transaction rolls back)
+    # Sundays 2026-11-08 and 2026-11-15: ISO weeks 45 and 46 (the form test's runs hold later dates).
+    # The DAG is paused until the backfill's runs all exist: on SQLite each run is committed as it is made
+    # (pysqlite commits when a SAVEPOINT it began is released), and when a later one is refused with
+    # "database is locked" Airflow deletes them all again, under a scheduler that may have started the
+    # first; the scheduler then dies on the deleted run (CI saw it), and standalone does not restart it.
+    api("/dags/commonpool_build", "PATCH", {"is_paused": True})
+    for _ in range(3):  # SQLite, busy with the scheduler's writes, may refuse the CLI's; Airflow undoes them
         made = subprocess.run(["airflow", "backfill", "create", "--dag-id", "commonpool_build", "--from-date",
                                "2026-11-02", "--to-date", "2026-11-15", "--max-active-runs", "1", "--dag-run-conf",
                                json.dumps(conf)], env=env, capture_output=True, text=True)
@@ -378,13 +403,9 @@ def test_backfill_of_two_weeks_for_one_scale(airflow_ui, tmp_path, image_server)
             break
         time.sleep(5)
     assert made.returncode == 0, f"airflow backfill create failed:\n{made.stdout[-3000:]}\n{made.stderr[-3000:]}"
-    deadline = time.monotonic() + 1200
-    while True:
-        runs = [r for r in api("/dags/commonpool_build/dagRuns?limit=100")["dag_runs"] if r["run_type"] == "backfill"]
-        if len(runs) == 2 and all(r["state"] in ("success", "failed") for r in runs):
-            break
-        assert time.monotonic() < deadline, f"backfill runs: {[(r['dag_run_id'], r['state']) for r in runs]}"
-        time.sleep(5)
+    api("/dags/commonpool_build", "PATCH", {"is_paused": False})
+    runs = _wait_until_ended(api, "commonpool_build", airflow_ui["log"], "the backfill", 1200, backfill=True)
+    assert len(runs) == 2, runs
     assert sorted(r["state"] for r in runs) == ["success", "success"], airflow_ui["log"]
 
     manifests = [json.loads((root / "pool" / v / "manifest.json").read_text()) for v in ("v0001", "v0002")]
