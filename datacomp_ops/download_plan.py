@@ -29,8 +29,8 @@ from . import ledger, storage, versions
 from .config import PlatformConfig
 from .download import STAGE as DOWNLOAD, Partition, committed_markers, key_fraction, next_free_shard, \
     partition_name, plan_partitions
-from .extract import read_manifest
-from .layout import CrawlLayout, PoolLayout
+from .source_files import read_manifest
+from .layout import CrawlLayout, PoolLayout, is_name
 from .schema import URLS_SCHEMA
 
 log = logging.getLogger(__name__)
@@ -48,7 +48,10 @@ def url_parts(root: str) -> list[str]:
     """The URL parts of every crawl under `root` whose extraction batch committed."""
     out = []
     for base in storage.ls(storage.join(root, "crawls"), "*"):
-        crawl = CrawlLayout(root, base.rstrip("/").rsplit("/", 1)[-1])
+        name = base.rstrip("/").rsplit("/", 1)[-1]
+        if not is_name(name):  # a stray file beside the crawls (.DS_Store), never a crawl of ours
+            continue
+        crawl = CrawlLayout(root, name)
         batches = set(read_manifest(crawl)["batch"].to_pylist())
         out += [p for p in storage.ls(crawl.urls, "part-*.parquet")
                 if int(p.rsplit("/", 1)[-1].split("-")[1]) in batches]

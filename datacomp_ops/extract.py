@@ -1,8 +1,9 @@
 """URL extraction: Spark over WAT files into uid-deduplicated URL partitions.
 
-Incremental: the crawl's WAT manifest records which files were processed, and
-only new ones are read. A file that cannot be read (missing, a failed S3 read)
-is recorded unprocessed with its error, and the next run tries it again. New
+Incremental: the crawl's WAT manifest (source_files.py) records what each read
+of a file gave, and only new files, pending ones (unreadable, empty, cut short,
+not WARC) and changed ones are read. One bad file or record never stops the
+batch: a record is a counted skip, a file a pending entry with its reason. New
 pairs are deduplicated on uid within the batch and against every URL already
 extracted under the storage root, then written as
 ``urls/part-{batch:04d}-{partition:05d}-{n:04d}.parquet`` of at most
@@ -31,9 +32,10 @@ import pyarrow.parquet as pq
 from . import storage
 from .config import PlatformConfig
 from .layout import CrawlLayout
-from .schema import URLS_SCHEMA, WAT_MANIFEST_SCHEMA
+from .schema import URLS_SCHEMA
+from .source_files import PROCESSED, FileRead, new_rows, not_read_whole, plan_reads, read_manifest, write_manifest
 from .stats import StageStats
-from .wat import LinkRules, WatReadError, parse_wat_file, read_wat_listing
+from .wat import LinkRules, WatReadError, file_status, parse_wat_file, read_wat_listing
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -47,25 +49,24 @@ _COLUMNS = URLS_SCHEMA.names
 def resolve_inputs(inputs: Iterable[str]) -> list[str]:
     """WAT paths from a mix of WAT files and ``*.paths(.gz)`` listings.
 
-    A listing's relative lines are resolved against the listing's crawl root
-    (the folder holding ``crawl-data/``), as Common Crawl's are.
+    A listing's lines are relative paths, resolved against the listing's crawl
+    root (the folder holding ``crawl-data/``), as Common Crawl's are; a line
+    that would leave that root (absolute, a URL, or climbing out with ``..``)
+    is refused with the listing and the line named.
     """
     paths: list[str] = []
     for item in inputs:
         if item.endswith((".paths", ".paths.gz")):
             root = item.split("/crawl-data/")[0] if "/crawl-data/" in item else posixpath.dirname(item)
-            paths.extend(p if "://" in p or p.startswith("/") else storage.join(root, p)
-                         for p in read_wat_listing(item))
+            for number, line in enumerate(read_wat_listing(item), 1):
+                relative = posixpath.normpath(line)
+                if "://" in line or line.startswith("/") or relative == ".." or relative.startswith("../"):
+                    raise ValueError(f"{item}, line {number}: {line!r} leaves the listing's source {root}; "
+                                     f"a listing holds paths relative to it")
+                paths.append(storage.join(root, relative))
         else:
             paths.append(item)
     return list(dict.fromkeys(paths))
-
-
-def read_manifest(crawl: CrawlLayout) -> pa.Table:
-    if not storage.exists(crawl.wat_manifest):
-        return WAT_MANIFEST_SCHEMA.empty_table()
-    with storage.open_file(crawl.wat_manifest) as f:
-        return pq.read_table(f, schema=WAT_MANIFEST_SCHEMA)
 
 
 def _write_table(url: str, table: pa.Table) -> None:
@@ -75,6 +76,10 @@ def _write_table(url: str, table: pa.Table) -> None:
 
 # Links dropped by the rules are not errors; everything else skipped is.
 _RULE_SKIPS = {"skipped:no_alt", "skipped:not_http_url", "skipped:url_too_long", "skipped:text_too_long"}
+
+
+# what a parse task's summary says of its file beside the counters
+_FILE_KEYS = ("status", "error", "size", "fingerprint")
 
 
 def _errors(counters: dict) -> int:
@@ -115,11 +120,19 @@ def parsed_pairs(spark: "SparkSession", wat_paths: list[str], rules: LinkRules):
 
 def _parser(rules: LinkRules):
     def parse(index: int, path: str) -> Iterator[pa.RecordBatch]:
+        table, summary = URLS_SCHEMA.empty_table(), {}
         try:
+            summary["size"], summary["fingerprint"] = storage.fingerprint(path)
             table, counters = parse_wat_file(path, rules)
-            summary = dict(counters)
+            summary |= dict(counters) | {"status": file_status(counters)}
         except WatReadError as exc:
-            table, summary = URLS_SCHEMA.empty_table(), {"unreadable_wat_files": 1, "error": str(exc)}
+            summary |= {"status": exc.status, "error": str(exc)}
+        except Exception as exc:  # noqa: BLE001 - the store's own errors (botocore, aiohttp...): read again later
+            summary |= {"status": "unreadable", "error": f"cannot read WAT file {path}: {type(exc).__name__}: {exc}"}
+        if summary["status"] == "truncated":
+            summary["error"] = f"WAT file {path} ends inside a gzip member: cut short (its pairs so far are kept)"
+        elif summary["status"] == "corrupt" and "error" not in summary:
+            summary["error"] = f"WAT file {path}: no gzip member of it decompresses to a WARC record"
         n = table.num_rows
         columns = [table[name] for name in ("uid", "url", "text", "page_url")]
         columns += [pa.repeat(pa.scalar(index, pa.int32()), n), pa.nulls(n, pa.string())]
@@ -188,16 +201,17 @@ def extract_urls(spark: "SparkSession", wat_paths: list[str], crawl: CrawlLayout
 
     start = time.monotonic()
     manifest = read_manifest(crawl)
-    done = {p for p, ok in zip(manifest["wat_path"].to_pylist(), manifest["processed"].to_pylist()) if ok}
-    batches = manifest["batch"].to_pylist()
-    batch = max(batches, default=-1) + 1
+    batch = max(manifest["batch"].to_pylist(), default=-1) + 1
     # leftovers of an attempt that never reached its manifest commit
     for part in storage.ls(crawl.urls, "part-*.parquet"):
         if int(part.rsplit("/", 1)[-1].split("-")[1]) >= batch:
             storage.remove(part)
-    todo = [p for p in wat_paths if p not in done]
+    plan = plan_reads(manifest, wat_paths)
+    todo = plan.todo
     stats = StageStats(STAGE)
-    stats.add("wat_files_already_processed", len(wat_paths) - len(todo))
+    stats.add("wat_files_already_processed", plan.already_processed)
+    stats.add("wat_files_changed_read_again", plan.changed)
+    stats.add("wat_files_given_up_before", plan.given_up)
     if config.extract.max_wat_files and len(todo) > config.extract.max_wat_files:
         stats.add("wat_files_left_for_later", len(todo) - config.extract.max_wat_files)
         todo = todo[: config.extract.max_wat_files]
@@ -222,16 +236,22 @@ def extract_urls(spark: "SparkSession", wat_paths: list[str], crawl: CrawlLayout
     per_file = [(todo[r["file"]], json.loads(r["counters"]))
                 for r in sorted((r for r in results if r["counters"] is not None), key=lambda r: r["file"])]
     results = [r for r in results if r["path"] is not None]
-    unreadable = [{"wat_path": p, "error": c["error"]} for p, c in per_file if "error" in c]
-    for item in unreadable:
-        log.warning("%s; it stays unprocessed and the next run tries it again", item["error"])
     counters: Counter = Counter()
     for _, c in per_file:
-        counters.update({k: v for k, v in c.items() if k != "error"})
+        counters.update({k: v for k, v in c.items() if k not in _FILE_KEYS})
 
     written = sorted((r["path"], r["rows"]) for r in results if r["rows"])
     stats.counters.update(counters)
-    stats.add("wat_files_processed", len(todo) - len(unreadable))
+    reads = [FileRead(p, c["status"], c.get("records", 0), c.get("pairs", 0), _errors(c), c.get("error"),
+                      c.get("size"), c.get("fingerprint")) for p, c in per_file]
+    rows = new_rows(reads, batch, plan, config.extract.max_read_attempts)
+    not_whole = not_read_whole(rows)
+    for item in not_whole:
+        log.warning("%s; %s", item["error"], "given up" if item["final"] else
+                    f"read {item['attempt']} of {config.extract.max_read_attempts} times, the next run reads it again")
+    stats.add("wat_files_processed", sum(1 for r in reads if r.status == PROCESSED))
+    for item in not_whole:
+        stats.add("wat_files_given_up" if item["final"] else f"wat_files_pending:{item['status']}")
     # every pair found is accounted for: written, repeated in this batch, or known before
     new_pairs = sum(r["pairs"] for r in results)
     stats.add("urls_written", sum(r["rows"] for r in results))
@@ -240,24 +260,12 @@ def extract_urls(spark: "SparkSession", wat_paths: list[str], crawl: CrawlLayout
     stats.seconds = time.monotonic() - start
     stats.outputs = [p for p, _ in written]
 
-    new_rows = pa.table(
-        {
-            "wat_path": [p for p, _ in per_file],
-            "batch": pa.array([batch] * len(per_file), pa.int32()),
-            "processed": ["error" not in c for _, c in per_file],
-            "records": [c.get("records", 0) for _, c in per_file],
-            "pairs": [c.get("pairs", 0) for _, c in per_file],
-            "errors": [_errors(c) for _, c in per_file],
-            "error": [c.get("error") for _, c in per_file],
-        },
-        schema=WAT_MANIFEST_SCHEMA,
-    )
-    _write_table(crawl.wat_manifest, pa.concat_tables([manifest, new_rows]))
+    write_manifest(crawl, manifest, rows)
     report = {
         "batch": batch,
         "partitions": [{"path": p, "rows": n} for p, n in sorted(written)],
         "stats": stats.to_dict(),
-        "unreadable": unreadable,
+        "unreadable": not_whole,
     }
     log.info("crawl %s batch %d: %s", crawl.crawl_id, batch, stats.to_dict()["counters"])
     return report

@@ -6,7 +6,7 @@ from __future__ import annotations
 import html
 
 from . import leaderboard, storage, versions
-from .layout import dataset_root
+from .layout import dataset_root, is_name
 from .pool_report import lookup, pool_versions
 
 STYLE = """
@@ -69,7 +69,8 @@ def _lookup_html(root: str, query: str) -> str:
 
 
 def render(root: str, query: str = "") -> str:
-    datasets = [p.rstrip("/").rsplit("/", 1)[-1] for p in storage.ls(storage.join(root, "datasets"), "*")]
+    datasets = [name for name in (p.rstrip("/").rsplit("/", 1)[-1] for p in storage.ls(storage.join(root, "datasets"), "*"))
+                if is_name(name)]
     pools = _versions_table(root, "CommonPool") + "".join(
         _versions_table(dataset_root(root, d), f"Imported dataset {d}") for d in sorted(datasets))
     rows = leaderboard.collect(root)

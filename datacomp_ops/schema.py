@@ -60,6 +60,12 @@ WAT_MANIFEST_SCHEMA = pa.schema(
         pa.field("pairs", pa.int64()),
         pa.field("errors", pa.int64()),
         pa.field("error", pa.string()),  # why an unprocessed file could not be read
+        # source_files.py: processed, a pending reason (unreadable, empty, ...) or gave_up; the read's number;
+        # what was read (size, and the store's ETag or the file's mtime), so a changed file is read again
+        pa.field("status", pa.string()),
+        pa.field("attempt", pa.int32()),
+        pa.field("size", pa.int64()),
+        pa.field("fingerprint", pa.string()),
     ]
 )
 

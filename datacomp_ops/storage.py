@@ -76,6 +76,44 @@ def ls(url: str, pattern: str = "*") -> list[str]:
     return sorted(f"{protocol}://{p}" for p in found)
 
 
+def _fingerprint(info: dict[str, Any]) -> str:
+    """What identifies one version of a file: its size and the store's ETag (S3, HTTP) or its mtime."""
+    tag = info.get("ETag") or info.get("etag") or info.get("mtime") or info.get("LastModified") or ""
+    return f"{info.get('size')}:{str(tag).strip(chr(34))}"
+
+
+def fingerprint(url: str) -> tuple[int, str]:
+    """(size, fingerprint) of a file as it is now; raises the store's error when it cannot be looked at."""
+    fs, path = get_fs(url)
+    info = fs.info(path)
+    return int(info.get("size") or 0), _fingerprint(info)
+
+
+def fingerprints(urls: list[str]) -> dict[str, str | None]:
+    """The fingerprint of each file now, None where it cannot be looked at: one listing per folder (a
+    crawl's 90,000 WAT files lie in some hundred folders), a look per file where the store cannot list."""
+    by_dir: dict[str, list[str]] = {}
+    for url in urls:
+        by_dir.setdefault(posixpath.dirname(url), []).append(url)
+    out: dict[str, str | None] = {}
+    for folder, members in by_dir.items():
+        fs, path = get_fs(folder)
+        try:
+            listed = {posixpath.normpath(i["name"]).lstrip("/"): i for i in fs.ls(path, detail=True)}
+        except Exception:  # noqa: BLE001 - a store that cannot list (HTTP) or a missing folder
+            listed = {}
+        for url in members:
+            info = listed.get(posixpath.normpath(get_fs(url)[1]).lstrip("/"))
+            if info is None:
+                try:
+                    info = fs.info(get_fs(url)[1])
+                except Exception:  # noqa: BLE001 - gone, or unreachable now
+                    out[url] = None
+                    continue
+            out[url] = _fingerprint(info)
+    return out
+
+
 def open_file(url: str, mode: str = "rb", **kwargs: Any) -> IO:
     fs, path = get_fs(url)
     try:

@@ -1,5 +1,6 @@
 """A real Spark run (local[2]) of URL extraction, incremental reruns included."""
 
+import re
 import shutil
 
 import pyarrow.parquet as pq
@@ -113,8 +114,21 @@ def test_listing_outside_crawl_data_resolves_against_its_folder(tmp_path):
 
     listing = tmp_path / "wat.paths.gz"
     with gzip.open(listing, "wt") as f:
-        f.write("a/0.warc.wat.gz\n/abs/1.warc.wat.gz\n")
-    assert resolve_inputs([str(listing)]) == [str(tmp_path / "a" / "0.warc.wat.gz"), "/abs/1.warc.wat.gz"]
+        f.write("a/0.warc.wat.gz\nb/./1.warc.wat.gz\n")
+    assert resolve_inputs([str(listing)]) == [str(tmp_path / "a" / "0.warc.wat.gz"), str(tmp_path / "b" / "1.warc.wat.gz")]
+
+
+@pytest.mark.parametrize("line", ["/etc/passwd", "../../outside.warc.wat.gz", "a/../../x.warc.wat.gz",
+                                  "s3://other-bucket/x.warc.wat.gz"])
+def test_a_listing_line_that_leaves_its_source_is_refused(tmp_path, line):
+    import gzip
+
+    listing = tmp_path / "crawl-data" / "CC-X" / "wat.paths.gz"
+    listing.parent.mkdir(parents=True)
+    with gzip.open(listing, "wt") as f:
+        f.write(f"segments/0.warc.wat.gz\n{line}\n")
+    with pytest.raises(ValueError, match=rf"wat.paths.gz, line 2: '{re.escape(line)}' leaves the listing's source"):
+        resolve_inputs([str(listing)])
 
 
 def test_unreadable_wat_file_stays_unprocessed_and_is_read_once_readable(tmp_path, s3_bucket, small_crawl, spark,
@@ -127,7 +141,7 @@ def test_unreadable_wat_file_stays_unprocessed_and_is_read_once_readable(tmp_pat
     inputs = [late_local, late_s3]
 
     report = run_extract_urls(inputs, crawl, fast_download_config, str(tmp_path / "r1.json"), spark)
-    assert report["partitions"] == [] and report["stats"]["counters"]["unreadable_wat_files"] == 2
+    assert report["partitions"] == [] and report["stats"]["counters"]["wat_files_pending:unreadable"] == 2
     assert report["stats"]["counters"]["wat_files_processed"] == 0
     errors = {u["wat_path"]: u["error"] for u in report["unreadable"]}
     assert set(errors) == set(inputs) and all("cannot read WAT file" in e for e in errors.values())

@@ -1,5 +1,6 @@
 import gzip
 import json
+import re
 from collections import Counter
 
 import pytest
@@ -7,8 +8,8 @@ import pytest
 from datacomp_ops.schema import compute_uid
 from datacomp_ops.synthetic.crawl import _envelope, _record
 from datacomp_ops.url_resolve import PageResolver
-from datacomp_ops.wat import (LinkRules, PairColumns, WatReadError, extract_pairs, iter_wat_payloads, parse_wat_file,
-                               resolve_url)
+from datacomp_ops.wat import (LinkRules, PairColumns, WatReadError, extract_pairs, file_status, iter_wat_payloads,
+                               parse_wat_file, resolve_url)
 
 PAGE = "http://site.example/a/b/page.html"
 
@@ -110,3 +111,39 @@ def test_page_url_from_the_envelope_or_else_the_record_header():
         out = PairColumns("f")
         extract_pairs(json.dumps(envelope).encode(), lambda: "http://header.example/a/", LinkRules(), Counter(), out)
         assert out.url == ["http://header.example/a/x.jpg"] and out.page_url == ["http://header.example/a/"]
+
+
+def test_lone_surrogates_deep_nesting_and_non_warc_members_are_counted_skips(tmp_path):
+    """What broke a whole batch before: each is a counted skip of its file, and the file's other pairs arrive."""
+    ok = {"path": "IMG@/src", "url": "/ok.jpg", "alt": "fine"}
+    surrogate = json.dumps(_envelope("http://h/s", [ok, {"path": "IMG@/src", "url": "/x.jpg", "alt": "PLACE"}]))
+    records = [
+        _record("http://h/s", surrogate.replace("PLACE", "\\ud800").encode()),  # json accepts it, UTF-8 cannot
+        _record("http://h/d", b'{"Envelope": ' + b"[" * 5000 + b"]" * 5000 + b"}"),
+        gzip.compress(b"<html>not a WARC record</html>"),  # a member that decompresses to something else
+        _record("http://h/g", _envelope("http://h/g", [{"path": "IMG@/src", "url": "/g.jpg", "alt": "good"}])),
+    ]
+    path = tmp_path / "odd.warc.wat.gz"
+    path.write_bytes(b"".join(records))
+    table, counters = parse_wat_file(str(path))
+    assert sorted(table["text"].to_pylist()) == ["fine", "good"]
+    assert counters["skipped:invalid_unicode"] == 1 and counters["skipped:json_too_deep"] == 1
+    assert counters["skipped:not_warc_record"] == 1 and counters["records"] == 3
+
+
+def test_files_that_give_nothing_say_why(tmp_path):
+    good = _record("http://h/p", _envelope("http://h/p", [{"path": "IMG@/src", "url": "/a.jpg", "alt": "a"}]))
+    for name, data, status in (("empty", b"", "empty"), ("proxy", b"<html>502 Bad Gateway</html>", "not_warc"),
+                               ("random", bytes(range(7, 250)) * 9, "not_warc")):
+        path = tmp_path / f"{name}.warc.wat.gz"
+        path.write_bytes(data)
+        with pytest.raises(WatReadError, match=re.escape(str(path))) as info:
+            parse_wat_file(str(path))
+        assert info.value.status == status
+    cut = tmp_path / "cut.warc.wat.gz"
+    cut.write_bytes(good + good[: len(good) // 2])
+    table, counters = parse_wat_file(str(cut))
+    assert table.num_rows == 1 and file_status(counters) == "truncated"
+    whole = tmp_path / "whole.warc.wat.gz"
+    whole.write_bytes(good + good)
+    assert file_status(parse_wat_file(str(whole))[1]) == "processed"
