@@ -42,6 +42,8 @@ TRANSIENT_FAILURES = (
 PERMANENT_FAILURES = (
     "http_error",  # 4xx answers other than 429 (404, 403, 410...)
     "not_image",  # the body does not decode as an image
+    "unsupported_image",  # decodes, but its samples have no 8-bit display mapping (image_decode.py)
+    "invalid_url",  # no request can be made for the URL as written (url_fetch.py): credentials, bad port or host
     "image_too_large",  # above max_image_area (decompression bombs)
     "opted_out",  # X-Robots-Tag noai and friends
     "resize_error",

@@ -1,13 +1,18 @@
 """A crawl is untrusted input: the download never reaches loopback, private or metadata addresses."""
 
+import http.client
 import threading
+import urllib.error
+import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlsplit
 
 import pyarrow.parquet as pq
 import pytest
 
 from datacomp_ops import ledger
-from datacomp_ops.address_guard import AddressPolicy, BlockedAddressError, classify, parse_allowance
+from datacomp_ops.address_guard import (AddressPolicy, BlockedAddressError, GuardedProxyHandler, classify,
+                                        endpoint_allowances, parse_allowance)
 from datacomp_ops.config import ConfigError, load_config
 from datacomp_ops.download import Partition, classify_failure, run_download
 from datacomp_ops.layout import PoolLayout
@@ -32,6 +37,49 @@ from datacomp_ops.wat import parse_wat_file
 ])
 def test_address_classes(address, status):
     assert classify(address) == status
+
+
+# Every IPv6 form that carries an IPv4 address, judged by that address (a NAT64 gateway, a 6to4 or
+# Teredo relay, or the host's own kernel would deliver it there); the public ones stay public.
+@pytest.mark.parametrize("address, status", [
+    # IPv4-compatible, deprecated (RFC 4291): ::a.b.c.d; :: and ::1 stay IPv6's own
+    ("::127.0.0.1", "blocked_loopback"), ("::7f00:1", "blocked_loopback"), ("::10.0.0.1", "blocked_private"),
+    ("::169.254.169.254", "blocked_metadata_service"), ("::8.8.8.8", None),
+    ("::", "blocked_loopback"), ("::1", "blocked_loopback"),
+    # IPv4-translated (RFC 2765): ::ffff:0:a.b.c.d
+    ("::ffff:0:127.0.0.1", "blocked_loopback"), ("::ffff:0:192.168.1.1", "blocked_private"),
+    ("::ffff:0:a9fe:a9fe", "blocked_metadata_service"), ("::ffff:0:8.8.8.8", None),
+    # NAT64 well-known prefix (RFC 6052): 64:ff9b::a.b.c.d
+    ("64:ff9b::127.0.0.1", "blocked_loopback"), ("64:ff9b::169.254.169.254", "blocked_metadata_service"),
+    ("64:ff9b::8.8.8.8", None),
+    # NAT64 local-use prefix (RFC 8215), the IPv4 address in the last 32 bits (a /96 inside it) ...
+    ("64:ff9b:1::127.0.0.1", "blocked_loopback"), ("64:ff9b:1::10.0.0.1", "blocked_private"),
+    ("64:ff9b:1:ffff:ffff:ffff:a9fe:a9fe", "blocked_metadata_service"), ("64:ff9b:1::8.8.8.8", None),
+    # ... or after the /48 itself (bits 48-63 and 72-87, RFC 6052's layout): 10.0.0.1, 169.254.169.254, 8.8.8.8
+    ("64:ff9b:1:a00:0:100::", "blocked_private"), ("64:ff9b:1:a9fe:a9:fe00::", "blocked_metadata_service"),
+    ("64:ff9b:1:808:8:800::", None),
+    # 6to4 (RFC 3056): 2002:a.b.c.d::/48
+    ("2002:7f00:1::1", "blocked_loopback"), ("2002:a9fe:a9fe::1", "blocked_metadata_service"),
+    ("2002:808:808::1", None),
+    # Teredo (RFC 4380): server in bits 32-63, client inverted in the last 32; both judged
+    ("2001:0:4136:e378:8000:63bf:80ff:fffe", "blocked_loopback"),  # client 127.0.0.1
+    ("2001:0:4136:e378:8000:63bf:5601:5601", "blocked_metadata_service"),  # client 169.254.169.254
+    ("2001:0:a00:1:8000:63bf:f7f7:f7f7", "blocked_private"),  # server 10.0.0.1
+    ("2001:0:4136:e378:8000:63bf:f7f7:f7f7", None),  # server 65.54.227.120, client 8.8.8.8
+    # IPv4-mapped (::ffff:a.b.c.d)
+    ("::ffff:10.0.0.1", "blocked_private"), ("::ffff:0a00:0001", "blocked_private"),
+])
+def test_ipv6_forms_carrying_an_ipv4_address_are_judged_by_it(address, status):
+    assert classify(address) == status
+
+
+def test_an_allowance_admits_its_address_in_any_ipv6_form():
+    policy = AddressPolicy(["127.0.0.1:8765"])
+    for form in ("::127.0.0.1", "::ffff:0:127.0.0.1", "64:ff9b::127.0.0.1", "2002:7f00:1::1"):
+        policy.check("h", 8765, [form])
+    with pytest.raises(BlockedAddressError, match=r"^blocked_loopback: 64:ff9b:1::7f00:1 \(host 'h'\) "
+                                                  r"\(carrying 127.0.0.1\)"):
+        policy.check("h", 8766, ["64:ff9b:1::127.0.0.1"])
 
 
 def test_allowances_are_networks_or_one_address_and_port():
@@ -74,8 +122,12 @@ class _Trap(ThreadingHTTPServer):
         trap = self
 
         class Handler(BaseHTTPRequestHandler):
+            def do_CONNECT(self):  # noqa: N802 - as a proxy, the tunnel an https URL asks for
+                trap.hits.append(f"CONNECT {self.path}")
+                self.send_error(502)
+
             def do_GET(self):  # noqa: N802
-                trap.hits.append(self.path)
+                trap.hits.append(self.path)  # as a proxy, the absolute URL it was asked to fetch
                 body = encode(render_shape("red", "circle", 1))
                 self.send_response(200)
                 self.send_header("Content-Type", "image/jpeg")
@@ -155,11 +207,191 @@ def test_a_crawl_of_private_addresses_downloads_none_of_them(tmp_path, image_ser
 
 def test_the_storage_endpoint_is_allowed_to_the_download_processes():
     """img2dataset writes the shards itself: MinIO on the cluster's network must stay reachable."""
-    from datacomp_ops.address_guard import storage_endpoint_allowances
-
-    allowed = storage_endpoint_allowances("http://localhost:9000")
+    allowed = endpoint_allowances("http://localhost:9000")
     assert "127.0.0.1:9000" in allowed
     AddressPolicy(allowed).check("localhost", 9000, ["127.0.0.1"])
     with pytest.raises(BlockedAddressError):
         AddressPolicy(allowed).check("localhost", 9001, ["127.0.0.1"])
-    assert storage_endpoint_allowances(None) == storage_endpoint_allowances("") == []
+    assert endpoint_allowances(None) == endpoint_allowances("") == []
+
+
+def _crawl_partition(tmp_path, urls):
+    """A WAT file linking `urls`, parsed as the crawl stage parses it, as one download partition."""
+    links = [{"path": "IMG@/src", "url": url, "alt": f"picture {i}"} for i, url in enumerate(urls)]
+    wat = tmp_path / "crawl.warc.wat.gz"
+    wat.write_bytes(_record("http://example.com/page", _envelope("http://example.com/page", links)))
+    pairs, _ = parse_wat_file(str(wat))
+    assert pairs.num_rows == len(urls)
+    part = tmp_path / "part-0000-00000.parquet"
+    pq.write_table(pairs, part)
+    return Partition(str(part), pairs.num_rows, 0), pairs["uid"].to_pylist()
+
+
+def _ledger_statuses(pool, uids):
+    table = ledger.read(pool.ledger)
+    ledger.check_accounts_for(table, uids, "proxy crawl")
+    return dict(zip(table["url"].to_pylist(), table["status"].to_pylist()))
+
+
+def _serve(server):
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+@pytest.mark.slow
+def test_proxies_in_the_environment_do_not_carry_the_crawl_past_the_guard(tmp_path, image_server, monkeypatch):
+    """A company network's http_proxy/HTTPS_PROXY: through it the guard would see only the proxy's address
+    (here one the config allows, as a public proxy would be) and the proxy would fetch the internal URLs.
+    The download ignores them: it connects directly, and the guard sees each URL's own address."""
+    proxy = _serve(_Trap())  # a proxy that would fetch anything, and answer with an image
+    trap = _serve(_Trap())
+    x, q, p = proxy.server_address[1], trap.server_address[1], image_server.server_address[1]
+    for name in ("http_proxy", "HTTPS_PROXY", "all_proxy"):
+        monkeypatch.setenv(name, f"http://127.0.0.1:{x}")
+    monkeypatch.setenv("NO_PROXY", "example.com")
+    img = "img/shape/red/circle/1.jpg"
+    expected = {
+        f"http://127.0.0.1:{p}/{img}": "downloaded",  # the allowed image server, connected directly
+        f"http://127.0.0.1:{q}/{img}": "blocked_loopback",
+        f"http://localhost:{q}/{img}": "blocked_loopback",
+        f"http://127.0.0.1:{p}/elsewhere/127.0.0.1/{q}/{img}": "blocked_loopback",  # redirected
+        "http://169.254.169.254/latest/meta-data/iam/": "blocked_metadata_service",
+        "https://169.254.169.254/latest/meta-data/iam/": "blocked_metadata_service",
+        "http://10.0.0.1/a.jpg": "blocked_private",
+        "http://[64:ff9b:1::a9fe:a9fe]/latest/": "blocked_metadata_service",
+    }
+    partition, uids = _crawl_partition(tmp_path, expected)
+    config = load_config(overrides={
+        "storage_root": str(tmp_path / "root"),
+        "download.allowed_private_addresses": [f"127.0.0.1:{p}", f"127.0.0.1:{x}"],
+        "download.timeout": 5, "download.retries": 0, "download.processes_count": 1})
+    pool = PoolLayout(config.storage_root, "v1")
+
+    run_download(partition, pool, config)
+
+    assert _ledger_statuses(pool, uids) == expected
+    assert proxy.hits == [], "the environment's proxy was sent crawl URLs"
+    assert trap.hits == [], "a crawl URL reached the trap"
+    proxy.shutdown()
+    trap.shutdown()
+
+
+class _ForwardingProxy(ThreadingHTTPServer):
+    """An HTTP proxy that records every URL it is asked for and fetches it (redirects are passed back to
+    the client, as a proxy does); https tunnels are recorded and refused."""
+
+    daemon_threads = True
+
+    def __init__(self):
+        self.requested: list[str] = []
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_CONNECT(self):  # noqa: N802
+                proxy.requested.append(f"CONNECT {self.path}")
+                self.send_error(502)
+
+            def do_GET(self):  # noqa: N802
+                proxy.requested.append(self.path)
+                url = urlsplit(self.path)
+                conn = http.client.HTTPConnection(url.hostname, url.port or 80, timeout=10)
+                conn.request("GET", url.path or "/")
+                response = conn.getresponse()
+                body = response.read()
+                self.send_response(response.status)
+                for name in ("Content-Type", "Location"):
+                    if response.getheader(name):
+                        self.send_header(name, response.getheader(name))
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+                conn.close()
+
+            def log_message(self, *args):
+                pass
+
+        super().__init__(("127.0.0.1", 0), Handler)
+
+
+@pytest.mark.slow
+def test_the_configured_proxy_is_sent_only_urls_the_guard_allows(tmp_path, image_server, monkeypatch):
+    """download.proxy: the proxy's own address is configuration, allowed without an allowance; each URL's
+    host is judged before the proxy is sent it, so internal URLs are refused and never forwarded."""
+    proxy = _serve(_ForwardingProxy())
+    trap = _serve(_Trap())
+    x, q, p = proxy.server_address[1], trap.server_address[1], image_server.server_address[1]
+    monkeypatch.setenv("http_proxy", f"http://127.0.0.1:{q}")  # the environment's: ignored
+    img = "img/shape/red/circle/1.jpg"
+    allowed = f"http://127.0.0.1:{p}/{img}"
+    redirect = f"http://127.0.0.1:{p}/elsewhere/127.0.0.1/{q}/{img}"
+    expected = {
+        allowed: "downloaded",  # through the proxy
+        redirect: "blocked_loopback",  # the proxy passes the 302 back; its target is judged
+        f"http://127.0.0.1:{q}/{img}": "blocked_loopback",
+        f"http://localhost:{q}/{img}": "blocked_loopback",
+        f"http://2130706433:{q}/{img}": "blocked_loopback",
+        f"http://127.0.0.1:{x}/{img}": "blocked_loopback",  # the proxy itself, named by a crawl URL
+        "http://169.254.169.254/latest/meta-data/iam/": "blocked_metadata_service",
+        "https://169.254.169.254/latest/meta-data/iam/": "blocked_metadata_service",  # no CONNECT either
+        "http://[::ffff:0:a9fe:a9fe]/latest/": "blocked_metadata_service",
+        "http://10.0.0.1/a.jpg": "blocked_private",
+        "http://[fd00::1]/a.jpg": "blocked_private",
+    }
+    partition, uids = _crawl_partition(tmp_path, expected)
+    config = load_config(overrides={
+        "storage_root": str(tmp_path / "root"), "download.proxy": f"http://127.0.0.1:{x}",
+        "download.allowed_private_addresses": [f"127.0.0.1:{p}"],
+        "download.timeout": 5, "download.retries": 0, "download.processes_count": 1})
+    pool = PoolLayout(config.storage_root, "v1")
+
+    run_download(partition, pool, config)
+
+    assert _ledger_statuses(pool, uids) == expected
+    assert sorted(proxy.requested) == sorted([allowed, redirect]), "the proxy was sent a URL the guard refuses"
+    assert trap.hits == []
+    proxy.shutdown()
+    trap.shutdown()
+
+
+def test_the_proxy_handler_judges_the_url_host_before_the_proxy_sees_it(image_server):
+    """In process: an opener with the guarded proxy handler (as the runner installs it)."""
+    proxy = _serve(_ForwardingProxy())
+    x, p = proxy.server_address[1], image_server.server_address[1]
+    opener = urllib.request.build_opener(
+        GuardedProxyHandler({"http": f"http://127.0.0.1:{x}", "https": f"http://127.0.0.1:{x}"},
+                            AddressPolicy([f"127.0.0.1:{p}"])))
+    url = f"http://127.0.0.1:{p}/img/shape/red/circle/1.jpg"
+    with opener.open(url, timeout=10) as response:
+        assert response.headers["Content-Type"] == "image/jpeg"
+    refused = {
+        "http://127.0.0.1:9/x": "blocked_loopback",
+        "https://[::1]/x": "blocked_loopback",
+        # two readings of one URL: the proxy's (host example.invalid) and urllib's (127.0.0.1): both judged
+        "http://127.0.0.1:9%2f@example.invalid/x": "blocked_loopback",
+        "http://169.254.169.254/latest/": "blocked_metadata_service",
+    }
+    for bad, status in refused.items():
+        with pytest.raises(urllib.error.URLError, match=f"^<urlopen error {status}: "):
+            opener.open(bad, timeout=10)
+    with pytest.raises(urllib.error.URLError, match="Name or service not known|not known|resolution"):
+        opener.open("http://no-such-host.invalid/x", timeout=10)  # unjudgeable: not sent on either
+    assert proxy.requested == [url]
+    proxy.shutdown()
+
+
+@pytest.mark.parametrize("value, accepted", [
+    ("", ""), ("http://proxy.example:3128", "http://proxy.example:3128"),
+    ("http://user:secret@proxy.example:3128/", "http://user:secret@proxy.example:3128/"),
+])
+def test_download_proxy_accepts_an_http_proxy_url(value, accepted):
+    assert load_config(overrides={"download.proxy": value}).download.proxy == accepted
+
+
+@pytest.mark.parametrize("value", [
+    "proxy.example:3128", "https://proxy.example:3128", "socks5://proxy.example:1080", "http://:3128",
+    "http://proxy.example:99999", "http://user:secret@proxy.example:3128/path",
+])
+def test_a_bad_download_proxy_is_a_config_error_that_hides_its_password(value):
+    with pytest.raises(ConfigError, match="^download.proxy: .*http://") as error:
+        load_config(overrides={"download.proxy": value})
+    assert "secret" not in str(error.value)
