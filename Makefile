@@ -18,7 +18,7 @@ test: setup       ## the whole test suite, slow end-to-end tests included (chrom
 test-fast: setup  ## unit tests only
 	source scripts/env.sh && $(PY) -m pytest -ra -m "not slow"
 
-airflow: setup    ## Airflow standalone with the UI on :8080, serving the synthetic crawl; Ctrl-C stops
+airflow: setup    ## Airflow (standalone's components) with the UI on 127.0.0.1:8080, serving the synthetic crawl; Ctrl-C stops
 	KEEP_RUNNING=1 bash scripts/demo.sh
 
 lock:             ## re-resolve pyproject.toml's dependencies and rewrite requirements/constraints.txt

@@ -10,7 +10,8 @@ previous version's samples plus the new ones (the manifest lists the old files, 
    inputs, and its pool version (the open one, or the next).
 2. **extract_urls**: Spark job (`spark_default` connection) that reads only WAT files not yet
    in the crawl's manifest, keeps `IMG@/src` links with alt text, dedups on uid within the crawl
-   and against every crawl before. An unreadable WAT file stays unprocessed for the next run.
+   and against every crawl before. A WAT file not read to its end (unreadable, empty, cut short,
+   not WARC) stays pending for the next run, up to extract.max_read_attempts reads.
 3. **plan_download** / **download**: one mapped img2dataset task per URL partition: this run's,
    any an earlier run left, and requeued URLs (transient failures below the attempt limit, URLs a
    smaller scale's build deferred). A partition whose URLs mostly failed transiently fails its
@@ -33,8 +34,8 @@ from pathlib import Path
 
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
 from airflow.sdk import Param, dag, task
-from form_fields import optional
-from pool_tasks import DOWNLOAD_RETRIES, DOWNLOAD_RETRY_DELAY, finish_pool_build
+from form_fields import NAME, limits, optional
+from pool_tasks import DOWNLOAD_RETRIES, DOWNLOAD_RETRY_DELAY, finish_pool_build, pool_lease
 
 SPARK_JOB = str(Path(__file__).resolve().parents[1] / "spark_jobs" / "extract_urls.py")
 
@@ -73,7 +74,7 @@ _MODEL = "Local path; empty: the config's path, or the embedded default when the
     params={
         "crawl_id": optional("string", "Crawl id", "Empty: the newest crawl of the crawl source taken in the week "
                              "of the run's logical date (or today), e.g. CC-MAIN-2024-33.", "Crawl",
-                             pattern=r"^[A-Za-z][A-Za-z0-9-]*$"),
+                             pattern=NAME),
         "wat_inputs": optional("array", "WAT files or wat.paths.gz listings",
                                "One per line. Empty: the crawl's wat.paths.gz in the crawl source.", "Crawl",
                                items={"type": "string"}),
@@ -84,21 +85,23 @@ _MODEL = "Local path; empty: the config's path, or the embedded default when the
                                    "its pool can hold; xlarge builds the whole pool.", section="Pool"),
         "pool_version": optional("string", "Pool version", "Empty: the open version, or the next one (v0001, "
                                  "v0002...). A published version cannot be built again.", "Pool",
-                                 pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"),
+                                 pattern=NAME),
         "max_wat_files": optional("integer", "WAT files per run at most", "Empty: every new WAT file.",
                                   "Limits", minimum=1),
         "download_timeout": optional("number", "Download timeout (s)", "Per request. Empty: the config's (10).",
-                                     "Limits", exclusiveMinimum=0),
+                                     "Limits", **limits("download.timeout")),
         "max_attempts": optional("integer", "Download attempts per URL", "Across scheduled rebuilds, for "
-                                 "transient failures. Empty: the config's (3).", "Limits", minimum=1),
+                                 "transient failures. Empty: the config's (3).", "Limits",
+                                 **limits("download.max_attempts")),
         "threshold_nsfw_text": optional("number", "Detoxify threshold", "Empty: DataComp's 0.1.", "Thresholds",
-                                        minimum=0, maximum=1),
+                                        **limits("thresholds.nsfw_text")),
         "threshold_nsfw_image": optional("number", "NSFW image threshold", "DataComp's NSFW MLP. Empty: 0.5.",
-                                         "Thresholds", minimum=0, maximum=1),
+                                         "Thresholds", **limits("thresholds.nsfw_image")),
         "threshold_eval_dedup": optional("number", "Eval dedup similarity", "ISC21 cosine similarity. Empty: "
-                                         "DataComp's 0.604169.", "Thresholds", minimum=0, maximum=1),
+                                         "DataComp's 0.604169.", "Thresholds",
+                                         **limits("thresholds.eval_dedup_similarity")),
         "threshold_face_detection": optional("number", "SCRFD score threshold", "Empty: DataComp's 0.3.",
-                                             "Thresholds", minimum=0, maximum=1),
+                                             "Thresholds", **limits("thresholds.face_detection")),
         "model_detoxify": optional("string", "Detoxify checkpoint", _MODEL, "Models"),
         "model_scrfd": optional("string", "SCRFD onnx", _MODEL, "Models"),
         "model_clip_b32": optional("string", "CLIP ViT-B/32", _MODEL, "Models"),
@@ -117,8 +120,10 @@ def commonpool_build():
         overrides = {key: params[name] for name, key in CONFIG_PARAMS.items() if params.get(name) is not None}
         overrides |= params.get("config_overrides") or {}
         when = dag_run.logical_date or dag_run.run_after
-        return make_spec(run_id, params.get("crawl_id"), params.get("pool_version"), params.get("wat_inputs"),
+        spec = make_spec(run_id, params.get("crawl_id"), params.get("pool_version"), params.get("wat_inputs"),
                          overrides, logical_date=when).to_dict()
+        with pool_lease(spec, run_id):  # make_spec took the version's lease for this process: now the run's
+            return spec
 
     spec = prepare()
 
@@ -137,22 +142,24 @@ def commonpool_build():
     )
 
     @task
-    def plan_download(spec: dict) -> list[dict]:
+    def plan_download(spec: dict, run_id=None) -> list[dict]:
         from datacomp_ops.build import BuildSpec, plan_download
 
-        return plan_download(BuildSpec(**spec))
+        with pool_lease(spec, run_id):
+            return plan_download(BuildSpec(**spec))
 
     # A partition whose URLs mostly failed transiently (hosts or network down) fails
     # its try and is retried later; the last try commits what it got.
     @task(max_active_tis_per_dag=2, retries=DOWNLOAD_RETRIES, retry_delay=DOWNLOAD_RETRY_DELAY,
           retry_exponential_backoff=True)
-    def download(partition: dict, spec: dict, ti=None) -> dict:
+    def download(partition: dict, spec: dict, ti=None, run_id=None) -> dict:
         from datacomp_ops.build import BuildSpec
         from datacomp_ops.download import Partition, run_download
 
         build = BuildSpec(**spec)
         last_try = ti is None or ti.try_number > ti.max_tries
-        return run_download(Partition(**partition), build.pool, build.platform_config, last_try).to_dict()
+        with pool_lease(spec, run_id):
+            return run_download(Partition(**partition), build.pool, build.platform_config, last_try).to_dict()
 
     plan = plan_download(spec)
     spec >> extract_urls >> plan

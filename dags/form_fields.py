@@ -4,7 +4,18 @@ from __future__ import annotations
 
 from airflow.sdk import Param
 
+from datacomp_ops.config import allowed
+from datacomp_ops.layout import NAME_PATTERN
+
+# Crawl ids, dataset names and pool versions: the pattern every entry point checks (datacomp_ops/layout.py).
+NAME = NAME_PATTERN
+
 
 def optional(kind: str, title: str, description: str, section: str, **schema) -> Param:
     """A form field that may stay empty: empty means the config's value (or the default the description names)."""
     return Param(None, type=["null", kind], title=title, description=description, section=section, **schema)
+
+
+def limits(key: str) -> dict:
+    """The range or choices of config key `key` as JSON-schema keywords: the form checks what the config does."""
+    return allowed(key).json_schema()

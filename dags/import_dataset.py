@@ -22,8 +22,8 @@ from __future__ import annotations
 import datetime
 
 from airflow.sdk import Param, dag, task
-from form_fields import optional
-from pool_tasks import DOWNLOAD_RETRIES, DOWNLOAD_RETRY_DELAY, finish_pool_build
+from form_fields import NAME, optional
+from pool_tasks import DOWNLOAD_RETRIES, DOWNLOAD_RETRY_DELAY, finish_pool_build, pool_lease
 
 
 @dag(
@@ -38,7 +38,7 @@ from pool_tasks import DOWNLOAD_RETRIES, DOWNLOAD_RETRY_DELAY, finish_pool_build
         # says which is missing.
         "name": optional("string", "Dataset name", "Its pool lives under {storage_root}/datasets/{name}; filter "
                          "it with this name. Empty with empty sources on the embedded default: example.",
-                         "Dataset", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"),
+                         "Dataset", pattern=NAME),
         "sources": optional("array", "Source files or folders", "One per line: webdataset .tar shards, .parquet "
                             "tables of URLs and captions, folders or globs of either (local or s3://...). Empty on "
                             "the embedded default: the synthetic world's example shards.",
@@ -52,7 +52,7 @@ from pool_tasks import DOWNLOAD_RETRIES, DOWNLOAD_RETRY_DELAY, finish_pool_build
                        description="URL tables: download what this scale's pool needs; xlarge: everything.",
                        section="Pool"),
         "pool_version": optional("string", "Pool version", "Empty: the dataset's open version, or its next one.",
-                                 "Pool", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"),
+                                 "Pool", pattern=NAME),
         "config_overrides": optional("object", "Other config keys", 'Dotted keys, e.g. {"download.image_size": '
                                      "256}; see config/example.yaml.", "Advanced"),
     },
@@ -63,27 +63,31 @@ def import_dataset():
         from datacomp_ops.byod import make_import_spec
 
         overrides = {"scale": params["scale"]} | (params.get("config_overrides") or {})
-        return make_import_spec(run_id, params.get("name") or "", params.get("sources") or [], params["kind"],
+        spec = make_import_spec(run_id, params.get("name") or "", params.get("sources") or [], params["kind"],
                                 params.get("url_column") or "", params.get("caption_column") or "",
                                 params.get("pool_version") or "", overrides).to_dict()
+        with pool_lease(spec, run_id):  # make_import_spec took the version's lease for this process: now the run's
+            return spec
 
     @task
-    def scan(spec: dict) -> dict:
+    def scan(spec: dict, run_id=None) -> dict:
         from datacomp_ops.build import BuildSpec
         from datacomp_ops.byod import run_scan
 
-        return run_scan(BuildSpec(**spec))["stats"]
+        with pool_lease(spec, run_id):
+            return run_scan(BuildSpec(**spec))["stats"]
 
     @task
-    def plan_ingest(spec: dict) -> list[dict]:
+    def plan_ingest(spec: dict, run_id=None) -> list[dict]:
         from datacomp_ops.build import BuildSpec
         from datacomp_ops.byod import plan_ingest
 
-        return plan_ingest(BuildSpec(**spec))
+        with pool_lease(spec, run_id):
+            return plan_ingest(BuildSpec(**spec))
 
     @task(max_active_tis_per_dag=2, retries=DOWNLOAD_RETRIES, retry_delay=DOWNLOAD_RETRY_DELAY,
           retry_exponential_backoff=True, map_index_template="{{ part_name }}")
-    def ingest(partition: dict, spec: dict, ti=None) -> dict:
+    def ingest(partition: dict, spec: dict, ti=None, run_id=None) -> dict:
         from airflow.sdk import get_current_context
 
         from datacomp_ops.build import BuildSpec
@@ -92,7 +96,8 @@ def import_dataset():
 
         get_current_context()["part_name"] = partition["path"].rsplit("/", 1)[-1]
         last_try = ti is None or ti.try_number > ti.max_tries
-        return run_ingest(Partition(**partition), BuildSpec(**spec), last_try).to_dict()
+        with pool_lease(spec, run_id):
+            return run_ingest(Partition(**partition), BuildSpec(**spec), last_try).to_dict()
 
     spec = prepare()
     plan = plan_ingest(spec)

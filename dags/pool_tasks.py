@@ -19,6 +19,16 @@ DOWNLOAD_RETRIES = int(os.environ.get("DATACOMP_DOWNLOAD_RETRIES", "3"))
 DOWNLOAD_RETRY_DELAY = datetime.timedelta(seconds=float(os.environ.get("DATACOMP_DOWNLOAD_RETRY_DELAY_S", "120")))
 
 
+def pool_lease(spec: dict, run_id: str, release: bool = False):
+    """The run's lease on its pool version while a task works in it (datacomp_ops.versions.holding).
+
+    Another build's lease fails the task, naming that build; summarize, the run's last task, releases it.
+    """
+    from datacomp_ops.versions import holding
+
+    return holding(spec["config"]["storage_root"], spec["pool_version"], run_id, for_run=True, release=release)
+
+
 @task(**GPU)
 def prepare_models(spec: dict) -> dict:
     from datacomp_ops.build import BuildSpec
@@ -35,25 +45,27 @@ def plan_metadata(spec: dict) -> list[list[int]]:
 
 
 @task(retries=2, **GPU)
-def metadata(shards: list[int], spec: dict) -> dict:
+def metadata(shards: list[int], spec: dict, run_id=None) -> dict:
     from datacomp_ops.build import BuildSpec
     from datacomp_ops.metadata import run_metadata
 
     build = BuildSpec(**spec)
-    return run_metadata(shards, build.pool, build.platform_config).to_dict()
+    with pool_lease(spec, run_id):
+        return run_metadata(shards, build.pool, build.platform_config).to_dict()
 
 
 @task(trigger_rule="none_failed")
-def publish(spec: dict) -> dict:
+def publish(spec: dict, run_id=None) -> dict:
     from airflow.exceptions import AirflowSkipException
 
     from datacomp_ops.build import BuildSpec
     from datacomp_ops.publish import run_publish
 
     build = BuildSpec(**spec)
-    stats = run_publish(build.pool, build.platform_config)
+    with pool_lease(spec, run_id):
+        stats = run_publish(build.pool, build.platform_config)
     if stats["unchanged"]:
-        raise AirflowSkipException(f"pool version {build.pool_version} adds nothing to its parent: not "
+        raise AirflowSkipException(f"pool version {build.pool_version} adds no sample: not "
                                    f"published, no Asset events")
     return stats.to_dict()
 
@@ -79,13 +91,14 @@ def announce(scale: str):
 
 
 @task(trigger_rule="none_failed")
-def summarize(spec: dict, dag_run=None) -> dict:
+def summarize(spec: dict, dag_run=None, run_id=None) -> dict:
     from datacomp_ops.build import BuildSpec, format_summary, summarize
 
     seconds = None
     if dag_run is not None and dag_run.start_date is not None:
         seconds = (datetime.datetime.now(datetime.timezone.utc) - dag_run.start_date).total_seconds()
-    summary = summarize(BuildSpec(**spec), seconds)
+    with pool_lease(spec, run_id, release=True):  # the run ends here, whatever the summary finds
+        summary = summarize(BuildSpec(**spec), seconds)
     print(format_summary(summary))
     return summary
 

@@ -13,10 +13,10 @@ import textwrap
 from dataclasses import asdict, dataclass
 from typing import Any, Mapping
 
-from . import crawls, ledger, storage, versions
+from . import crawls, ledger, source_files, storage, versions
 from .config import ConfigError, PlatformConfig, config_from_dict, load_config
 from .download import STAGE as DOWNLOAD
-from .layout import CrawlLayout, PoolLayout
+from .layout import CrawlLayout, PoolLayout, check_name
 from .stats import StageStats
 
 log = logging.getLogger(__name__)
@@ -51,26 +51,38 @@ class BuildSpec:
 
 
 def _crawl_of_inputs(inputs: list[str]) -> str | None:
-    ids = {p.split("/crawl-data/")[1].split("/")[0] for p in inputs if "/crawl-data/" in p}
-    return ids.pop() if len(ids) == 1 else None
+    """The crawl id the inputs' paths name (``crawl-data/{id}/``), checked; None when they name none or several."""
+    ids = {m.group(1) for p in inputs for m in [re.search(r"(?:^|/)crawl-data/([^/]*)/", p)] if m}
+    if len(ids) != 1:
+        return None
+    try:
+        return check_name("crawl id", ids.pop())
+    except ConfigError as exc:
+        raise ConfigError(f"{exc}; it comes from the inputs' crawl-data/{{id}}/ folder: {inputs}") from None
 
 
 def make_spec(run_key: str, crawl_id: str | None = None, pool_version: str | None = None,
               inputs: list[str] | None = None, overrides: Mapping[str, Any] | None = None,
-              logical_date: datetime.datetime | None = None) -> BuildSpec:
-    """The run's spec: config with overrides, crawl, inputs, pool version, report path.
+              logical_date: datetime.datetime | None = None, config_path: str | None = None) -> BuildSpec:
+    """The run's spec: config (file, then overrides), crawl, inputs, pool version, report path.
 
-    With no crawl id, the crawl is the one the inputs name (``crawl-data/{id}/``)
-    or, without inputs, the newest crawl of the config's crawl source taken in
-    or before the week of `logical_date` (today when there is none). The pool
-    version is the open one or the next (versions.py); naming one is allowed.
+    The config file is `config_path`, else $DATACOMP_CONFIG. With no crawl id,
+    the crawl is the one the inputs name (``crawl-data/{id}/``) or, without
+    inputs, the newest crawl of the config's crawl source taken in or before
+    the week of `logical_date` (today when there is none). The pool version is
+    the open one or the next (versions.py); naming one is allowed. Crawl ids and
+    pool versions follow layout.NAME_PATTERN.
     """
-    config = load_config(overrides=overrides)
+    config = load_config(config_path, overrides)
+    if crawl_id:
+        check_name("crawl id", crawl_id)
+    if pool_version:
+        check_name("pool version", pool_version, versions.VersionError)
     storage.check_writable(config.storage_root)
     inputs = [i for i in (inputs or []) if i]
     if not crawl_id:
-        crawl_id = _crawl_of_inputs(inputs) if inputs else crawls.crawl_for_date(
-            config.crawl_source, logical_date or datetime.datetime.now(datetime.timezone.utc))
+        crawl_id = _crawl_of_inputs(inputs) if inputs else check_name("crawl id", crawls.crawl_for_date(
+            config.crawl_source, logical_date or datetime.datetime.now(datetime.timezone.utc)))
         if not crawl_id:
             raise ConfigError(f"name the crawl of these inputs (crawl_id): {inputs}")
     if not inputs:
@@ -214,6 +226,7 @@ def summarize(spec: BuildSpec, seconds: float | None = None) -> dict:
         "batch": report["batch"],
         "wat_files": extraction.get("wat_files_processed", extraction.get("files_processed", 0)),
         "wat_files_unreadable": report.get("unreadable", []),
+        "wat_file_states": source_files.state_counts(spec.crawl),
         "wat_files_left_for_later": extraction.get("wat_files_left_for_later", 0),
         "urls_extracted": sum(p["rows"] for p in report["partitions"]),
         "urls_downloaded_again": retried,
@@ -257,7 +270,14 @@ def format_summary(summary: dict) -> str:
         lines.append(f"  ({summary['pool_version']} stayed open over {len(summary['runs_of_version'])} runs: "
                      f"the download figures onwards count all of them)")
     for item in summary["wat_files_unreadable"]:
-        lines.append(f"  unreadable, tried again next run: {item['error']}")
+        if item.get("final"):
+            lines.append(f"  given up: {item['error']}")
+        else:
+            lines.append(f"  not read whole ({item.get('status', 'unreadable')}, read {item.get('attempt', 1)} "
+                         f"times), read again next run: {item['error']}")
+    states = summary.get("wat_file_states", {})
+    if set(states) - {"processed"}:
+        lines.append(f"  {files} of {summary['crawl_id']} by state: " + ", ".join(f"{k} {v}" for k, v in states.items()))
     if summary["wat_files_left_for_later"]:
         lines.append(f"  WAT files left for later runs (extract.max_wat_files): {summary['wat_files_left_for_later']}")
     if summary["published"]:

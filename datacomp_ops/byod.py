@@ -52,9 +52,9 @@ from . import ledger, storage
 from .build import BuildSpec
 from .config import ConfigError, PlatformConfig, load_config
 from .download import STAGE as DOWNLOAD, Partition, classify_failure, partition_name
-from .extract import read_manifest
-from .layout import CrawlLayout, PoolLayout, dataset_root
-from .schema import URLS_SCHEMA, WAT_MANIFEST_SCHEMA, compute_uid
+from .source_files import PROCESSED, FileRead, new_rows, plan_reads, read_manifest, write_manifest
+from .layout import CrawlLayout, PoolLayout, check_name, dataset_root
+from .schema import URLS_SCHEMA, compute_uid
 from .shard_io import TarReadResult, image_bytes, iter_tar, sample_json
 from .stats import StageStats
 
@@ -65,7 +65,6 @@ KINDS = ("webdataset", "urls")
 # Column names tried in this order when the import names none (LAION writes URL and TEXT).
 URL_COLUMNS = ("url", "URL")
 CAPTION_COLUMNS = ("caption", "text", "TEXT", "alt")
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _STAGED_SCHEMA = URLS_SCHEMA.append(pa.field("source_key", pa.string()))
 
 
@@ -75,11 +74,15 @@ class DatasetImportError(ConfigError):
 
 def make_import_spec(run_key: str, name: str, sources: list[str], kind: str = "auto", url_column: str = "",
                      caption_column: str = "", pool_version: str = "",
-                     overrides: Mapping[str, Any] | None = None) -> BuildSpec:
-    """The import run's spec: a build spec whose storage root is the dataset's own."""
+                     overrides: Mapping[str, Any] | None = None, config_path: str | None = None) -> BuildSpec:
+    """The import run's spec: a build spec whose storage root is the dataset's own.
+
+    The config is `config_path`'s (else $DATACOMP_CONFIG's) with `overrides`; the
+    dataset's name and pool version follow layout.NAME_PATTERN.
+    """
     from . import versions
 
-    base = load_config(overrides=overrides)
+    base = load_config(config_path, overrides)
     sources = [s for s in (sources or []) if s and s.strip()]
     example = storage.join(base.crawl_source, "own_data")
     if not sources and not base.crawl.source and storage.exists(example):
@@ -89,15 +92,16 @@ def make_import_spec(run_key: str, name: str, sources: list[str], kind: str = "a
         name, sources = name or EXAMPLE_NAME, [example]
     if not name:
         raise DatasetImportError("name the dataset to import (name): its pool lives under {storage_root}/datasets/{name}")
-    if not _NAME.match(name):
-        raise DatasetImportError(f"dataset name {name!r}: use letters, digits, '.', '_' and '-'")
+    check_name("dataset name", name, DatasetImportError)
+    if pool_version:
+        check_name("pool version", pool_version, versions.VersionError)
     if not sources:
         raise DatasetImportError(f"dataset {name}: name the files or folders to import (sources)")
     if kind not in ("auto",) + KINDS:
         raise DatasetImportError(f"source kind {kind!r}: use auto, webdataset or urls")
     root = dataset_root(base.storage_root, name)
     # the models and evaluation sets stay the platform's, not the dataset root's
-    config = load_config(overrides=dict(overrides or {}) | {
+    config = load_config(config_path, dict(overrides or {}) | {
         "storage_root": root, "models.embedded_dir": base.embedded_models_dir,
         "evaluation.sets_dir": base.eval_sets_dir})
     storage.check_writable(root)
@@ -259,26 +263,28 @@ def run_scan(spec: BuildSpec) -> dict:
     start = time.monotonic()
     config, crawl, kind = spec.platform_config, spec.crawl, spec.source["kind"]
     manifest = read_manifest(crawl)
-    done = {p for p, ok in zip(manifest["wat_path"].to_pylist(), manifest["processed"].to_pylist()) if ok}
     batch = max(manifest["batch"].to_pylist(), default=-1) + 1
     staging = storage.join(crawl.base, "staging")
     for folder in (crawl.urls, staging):  # leftovers of a scan that never reached its manifest commit
         for part in storage.ls(folder, "part-*.parquet"):
             if int(part.rsplit("/", 1)[-1].split("-")[1]) >= batch:
                 storage.remove(part)
-    todo = [p for p in spec.inputs if p not in done]
+    plan = plan_reads(manifest, spec.inputs)
+    todo = plan.todo
     stats = StageStats(STAGE)
-    stats.add("files_already_imported", len(spec.inputs) - len(todo))
+    stats.add("files_already_imported", plan.already_processed)
+    stats.add("files_changed_read_again", plan.changed)
     report = {"kind": kind, "batch": None, "partitions": [], "unreadable": []}
     if not todo:
         log.info("dataset %s: all %d source files already imported", crawl.crawl_id, len(spec.inputs))
         storage.write_json(spec.report, report | {"stats": stats.to_dict()})
         return report | {"stats": stats.to_dict()}
 
-    tables, rows_of_manifest = [], []
+    tables, reads = [], []
     for path in todo:
         error = None
         try:
+            size, fingerprint = storage.fingerprint(path)
             if kind == "urls":
                 table, counters = _scan_url_table(path, spec, config)
             else:
@@ -290,7 +296,7 @@ def run_scan(spec: BuildSpec) -> dict:
         except (OSError, pa.ArrowException, ValueError) as exc:  # an unreadable file: tried again next import
             error = str(exc) if isinstance(exc, OSError) and not exc.errno else f"{type(exc).__name__}: {exc}"
             report["unreadable"].append({"wat_path": path, "error": f"{path}: {error}"})
-            rows_of_manifest.append((path, False, 0, 0, 1, error))
+            reads.append(FileRead(path, "unreadable", errors=1, error=error))
             stats.add("unreadable_files")
             log.warning("%s: %s; it stays unimported and the next import tries it again", path, error)
             continue
@@ -300,9 +306,9 @@ def run_scan(spec: BuildSpec) -> dict:
             stats.add("truncated_files")
         stats.counters.update(counters)
         tables.append(table)
-        rows_of_manifest.append((path, True, counters["records"], counters["pairs"],
-                                 sum(n for k, n in counters.items() if k.startswith("skipped:")), error))
-    stats.add("files_processed", sum(1 for r in rows_of_manifest if r[1]))
+        reads.append(FileRead(path, PROCESSED, counters["records"], counters["pairs"],
+                              sum(n for k, n in counters.items() if k.startswith("skipped:")), error, size, fingerprint))
+    stats.add("files_processed", sum(1 for r in reads if r.status == PROCESSED))
 
     found = pa.concat_tables(tables) if tables else _STAGED_SCHEMA.empty_table()
     unique = _first_of_each_uid(found)
@@ -327,16 +333,7 @@ def run_scan(spec: BuildSpec) -> dict:
                 staged = storage.join(staging, f"part-{batch:04d}-{i:05d}.parquet")
                 _write(staged, rows)
                 parts.append({"path": staged, "rows": rows.num_rows})
-    new_rows = pa.table({
-        "wat_path": [r[0] for r in rows_of_manifest],
-        "batch": pa.array([batch] * len(rows_of_manifest), pa.int32()),
-        "processed": [r[1] for r in rows_of_manifest],
-        "records": [r[2] for r in rows_of_manifest],
-        "pairs": [r[3] for r in rows_of_manifest],
-        "errors": [r[4] for r in rows_of_manifest],
-        "error": [r[5] for r in rows_of_manifest],
-    }, schema=WAT_MANIFEST_SCHEMA)
-    _write(crawl.wat_manifest, pa.concat_tables([manifest, new_rows]))
+    write_manifest(crawl, manifest, new_rows(reads, batch, plan, config.extract.max_read_attempts))
     stats.seconds = time.monotonic() - start
     stats.outputs = [p["path"] for p in parts]
     report |= {"batch": batch, "partitions": parts, "stats": stats.to_dict()}
@@ -403,6 +400,9 @@ def _raw_schema(hash_name: str) -> pa.Schema:
 def _resizer(config: PlatformConfig):
     from img2dataset.resizer import Resizer
 
+    from . import image_decode
+
+    image_decode.install()  # deep and rotated images as the download publishes them
     dl = config.download
     return Resizer(image_size=dl.image_size, resize_mode=dl.resize_mode,
                    resize_only_if_bigger=dl.resize_only_if_bigger, encode_quality=dl.encode_quality,
@@ -412,7 +412,7 @@ def _resizer(config: PlatformConfig):
 def _resize_failure(message: str) -> str:
     """The ledger status of an image img2dataset's resizer refused: always final (there is nothing to fetch again)."""
     status = classify_failure(message, "failed_to_resize")
-    return status if status in ("not_image", "image_too_large") else "resize_error"
+    return status if status in ("not_image", "image_too_large", "unsupported_image") else "resize_error"
 
 
 def run_import_shard(partition: Partition, pool: PoolLayout, config: PlatformConfig) -> StageStats:

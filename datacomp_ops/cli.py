@@ -42,12 +42,33 @@ def _date(text: str):
         raise argparse.ArgumentTypeError(f"expected YYYY-MM-DD, got {text!r}") from None
 
 
+def _name(kind: str):
+    """An argument type: a crawl id, dataset name or pool version (layout.NAME_PATTERN); empty is the default."""
+    def check(text: str) -> str:
+        from .config import ConfigError
+        from .layout import check_name
+
+        try:
+            return check_name(kind, text) if text else text
+        except ConfigError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    return check
+
+
+def _port(text: str) -> int:
+    if not (text.isdigit() and 1 <= int(text) <= 65535):
+        raise argparse.ArgumentTypeError(f"port {text!r}: expected an integer >= 1 and <= 65535")
+    return int(text)
+
+
 def _overrides(pairs: list[str]) -> dict[str, Any]:
     out = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep:
-            raise SystemExit(f"--set expects KEY=VALUE, got {pair!r}")
+            from .config import ConfigError
+
+            raise ConfigError(f"--set expects KEY=VALUE, got {pair!r}")
         out[key] = value
     return out
 
@@ -85,10 +106,8 @@ def cmd_serve(args) -> None:
 
 
 def cmd_extract(args) -> None:
-    from .build import make_spec
-    from .extract import run_extract_urls
-
     from .config import load_config
+    from .extract import run_extract_urls
     from .layout import CrawlLayout
 
     config = load_config(args.config, _config_overrides(args))
@@ -176,25 +195,30 @@ def _finish_build(spec, start: float) -> None:
 def cmd_build(args) -> None:
     import contextlib
 
+    from . import versions
     from .build import make_spec, plan_download
     from .download import Partition, run_download
     from .extract import run_extract_urls
 
     start = time.monotonic()
-    spec = make_spec(f"cli-{time.time_ns()}", args.crawl_id, args.pool_version, args.input,
-                     {"scale": args.scale} | _config_overrides(args), logical_date=args.date)
+    run_key = f"cli-{time.time_ns()}"
+    # make_spec takes the open version's lease (versions.open_version): a second build on this storage root
+    # is refused there, naming this one (or waits, DATACOMP_LEASE_WAIT_S); this build holds it to its end
+    spec = make_spec(run_key, args.crawl_id, args.pool_version, args.input,
+                     {"scale": args.scale} | _config_overrides(args), logical_date=args.date, config_path=args.config)
     config = spec.platform_config
     ctx = contextlib.nullcontext()
     if args.serve:
         from .synthetic.server import serving
 
         ctx = serving(args.serve, hang_seconds=args.hang_seconds)
-    with ctx:
-        run_extract_urls(spec.inputs, spec.crawl, config, spec.report)
-        plan = plan_download(spec)
-        for part in tqdm(plan, desc="download partitions", unit="partition"):
-            run_download(Partition(**part), spec.pool, config)
-    _finish_build(spec, start)
+    with versions.holding(spec.pool.root, spec.pool_version, run_key):
+        with ctx:
+            run_extract_urls(spec.inputs, spec.crawl, config, spec.report)
+            plan = plan_download(spec)
+            for part in tqdm(plan, desc="download partitions", unit="partition"):
+                run_download(Partition(**part), spec.pool, config)
+        _finish_build(spec, start)
 
 
 def _root(config, args) -> str:
@@ -342,23 +366,26 @@ def cmd_leaderboard(args) -> None:
 def cmd_import(args) -> None:
     import contextlib
 
+    from . import versions
     from .byod import make_import_spec, plan_ingest, run_ingest, run_scan
     from .download import Partition
 
     start = time.monotonic()
-    spec = make_import_spec(f"cli-{time.time_ns()}", args.name, args.source, args.kind, args.url_column,
-                            args.caption_column, args.pool_version, {"scale": args.scale} | _config_overrides(args))
-    config = spec.platform_config
+    run_key = f"cli-{time.time_ns()}"
+    spec = make_import_spec(run_key, args.name, args.source, args.kind, args.url_column,
+                            args.caption_column, args.pool_version, {"scale": args.scale} | _config_overrides(args),
+                            config_path=args.config)
     ctx = contextlib.nullcontext()
     if args.serve:
         from .synthetic.server import serving
 
         ctx = serving(args.serve)
-    with ctx:
-        run_scan(spec)
-        for part in tqdm(plan_ingest(spec), desc="import and download", unit="part"):
-            run_ingest(Partition(**part), spec)
-    _finish_build(spec, start)
+    with versions.holding(spec.pool.root, spec.pool_version, run_key):  # taken by make_import_spec, as in cmd_build
+        with ctx:
+            run_scan(spec)
+            for part in tqdm(plan_ingest(spec), desc="import and download", unit="part"):
+                run_ingest(Partition(**part), spec)
+        _finish_build(spec, start)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -379,7 +406,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--base-url", default="http://127.0.0.1:8765")
     p.add_argument("--urls-per-file", type=int, default=5000)
-    p.add_argument("--crawl-id", default="CC-SYNTH-2026-47", help="the (last) crawl's id")
+    p.add_argument("--crawl-id", default="CC-SYNTH-2026-47", type=_name("crawl id"), help="the (last) crawl's id")
     p.add_argument("--crawls", type=int, default=1, help="weekly crawls ending with --crawl-id")
     p.add_argument("--repeat-fraction", type=float, default=0.1,
                    help="pairs of the crawl before that each crawl links again")
@@ -387,19 +414,19 @@ def main(argv: list[str] | None = None) -> None:
     p.set_defaults(func=cmd_synthetic)
 
     p = sub.add_parser("serve", help="serve the synthetic crawl's images on 127.0.0.1")
-    p.add_argument("--port", type=int, default=8765)
+    p.add_argument("--port", type=_port, default=8765)
     p.add_argument("--hang-seconds", type=float, default=30.0)
     p.set_defaults(func=cmd_serve)
 
     p = with_config(sub.add_parser("extract", help="URL extraction (Spark, local master)"))
-    p.add_argument("--crawl-id", default="CC-SYNTH-2026-47")
+    p.add_argument("--crawl-id", default="CC-SYNTH-2026-47", type=_name("crawl id"))
     p.add_argument("--input", action="append", default=[],
                    help="WAT file or wat.paths.gz listing (default: the crawl's listing in the crawl source)")
     p.set_defaults(func=cmd_extract)
 
     p = with_config(sub.add_parser("download", help="download one URL partition"))
     p.add_argument("--partition", required=True)
-    p.add_argument("--pool-version", required=True)
+    p.add_argument("--pool-version", required=True, type=_name("pool version"))
     p.add_argument("--first-shard", type=int, default=0)
     p.set_defaults(func=cmd_download)
 
@@ -412,48 +439,56 @@ def main(argv: list[str] | None = None) -> None:
     p.set_defaults(func=cmd_prepare_models)
 
     p = with_config(sub.add_parser("metadata", help="the metadata pass over raw shards of a pool"))
-    p.add_argument("--pool-version", required=True)
+    p.add_argument("--pool-version", required=True, type=_name("pool version"))
     p.add_argument("--shard", type=int, action="append", default=[], help="raw shard id (default: all pending)")
     p.set_defaults(func=cmd_metadata)
 
     p = with_config(sub.add_parser("publish", help="per-scale pools and the manifest of a pool"))
-    p.add_argument("--pool-version", required=True)
+    p.add_argument("--pool-version", required=True, type=_name("pool version"))
     p.set_defaults(func=cmd_publish)
 
     p = with_config(sub.add_parser("build", help="the CommonPool build end to end, without Airflow"))
-    p.add_argument("--crawl-id", default="", help="default: the newest crawl of the source at --date")
+    p.add_argument("--crawl-id", default="", type=_name("crawl id"),
+                   help="default: the newest crawl of the source at --date")
     p.add_argument("--date", type=_date, help="YYYY-MM-DD: build the crawl of that week (default: today)")
-    p.add_argument("--pool-version", default="", help="default: the open version or the next one")
+    p.add_argument("--pool-version", default="", type=_name("pool version"),
+                   help="default: the open version or the next one")
     p.add_argument("--scale", default="xlarge", choices=["tiny", "small", "medium", "large", "xlarge"],
                    help="build what this scale needs (as the DAG's form; xlarge: the whole pool)")
     p.add_argument("--input", action="append", default=[])
-    p.add_argument("--serve", type=int, metavar="PORT", help="serve the synthetic images on PORT meanwhile")
+    p.add_argument("--serve", type=_port, metavar="PORT", help="serve the synthetic images on PORT meanwhile")
     p.add_argument("--hang-seconds", type=float, default=30.0)
     p.set_defaults(func=cmd_build)
 
     p = with_config(sub.add_parser("ledger", help="current status counts of a pool version, per version and "
                                                   "stage; or the history of one URL"))
-    p.add_argument("--pool-version", default="", help="default: the newest version (open ones included)")
+    p.add_argument("--pool-version", default="", type=_name("pool version"),
+                   help="default: the newest version (open ones included)")
     p.add_argument("--stage", choices=["download", "metadata"], help="counts of one stage only")
-    p.add_argument("--dataset", default="", help="an imported dataset's pool instead of the CommonPool")
+    p.add_argument("--dataset", default="", type=_name("dataset name"),
+                   help="an imported dataset's pool instead of the CommonPool")
     who = p.add_mutually_exclusive_group()
     who.add_argument("--uid", help="print this uid's status history across pool versions")
     who.add_argument("--url", help="print this image URL's status history across pool versions")
     p.set_defaults(func=cmd_ledger)
 
     p = with_config(sub.add_parser("filter", help="filtering baselines over a pool: DataComp subset files"))
-    p.add_argument("--pool-version", default="", help="default: the newest published version")
+    p.add_argument("--pool-version", default="", type=_name("pool version"),
+                   help="default: the newest published version")
     p.add_argument("--scale", default="tiny", help="the scale's pool (default: tiny)")
     p.add_argument("--metadata-dir", help="any folder of DataComp-format metadata instead of a pool version")
-    p.add_argument("--dataset", default="", help="an imported dataset's pool instead of the CommonPool")
+    p.add_argument("--dataset", default="", type=_name("dataset name"),
+                   help="an imported dataset's pool instead of the CommonPool")
     p.add_argument("--baseline", action="append", default=[], help="label of filtering.baselines (default: all)")
     p.set_defaults(func=cmd_filter)
 
     p = with_config(sub.add_parser("reshard", help="a subset's samples of a pool in new shards (DataComp's layout)"))
     p.add_argument("--baseline", help="a subset written by datacomp filter / the filtering DAG")
-    p.add_argument("--pool-version", default="", help="default: the newest published version")
+    p.add_argument("--pool-version", default="", type=_name("pool version"),
+                   help="default: the newest published version")
     p.add_argument("--scale", default="tiny")
-    p.add_argument("--dataset", default="", help="an imported dataset's pool instead of the CommonPool")
+    p.add_argument("--dataset", default="", type=_name("dataset name"),
+                   help="an imported dataset's pool instead of the CommonPool")
     p.add_argument("--subset", help="any DataComp subset file (u8,u8), with --shards-dir and --out")
     p.add_argument("--shards-dir", help="folder of input shards (.tar with .parquet beside)")
     p.add_argument("--out", help="default: {root}/runs/{version}/{scale}/{baseline}/shards")
@@ -464,18 +499,21 @@ def main(argv: list[str] | None = None) -> None:
     p = with_config(sub.add_parser("train", help="CLIP on subsets with DataComp's recipe for the scale "
                                                  "(reshards each first): {root}/runs/{version}/{scale}/{baseline}"))
     p.add_argument("--baseline", action="append", default=[], help="a subset's label (default: every subset)")
-    p.add_argument("--pool-version", default="", help="default: the newest published version")
+    p.add_argument("--pool-version", default="", type=_name("pool version"),
+                   help="default: the newest published version")
     p.add_argument("--scale", default="tiny")
-    p.add_argument("--dataset", default="", help="an imported dataset's pool instead of the CommonPool")
+    p.add_argument("--dataset", default="", type=_name("dataset name"),
+                   help="an imported dataset's pool instead of the CommonPool")
     p.set_defaults(func=cmd_train)
 
     p = with_config(sub.add_parser("evaluate", help="zero-shot evaluation of trained runs on DataComp's tasks "
                                                     "(eval_results.jsonl), then the leaderboard"))
     p.add_argument("--run-dir", action="append", default=[], help="a training run's folder (default: every "
                                                                   "trained run of the version and scale)")
-    p.add_argument("--pool-version", default="", help="default: the newest published version")
+    p.add_argument("--pool-version", default="", type=_name("pool version"),
+                   help="default: the newest published version")
     p.add_argument("--scale", default="tiny")
-    p.add_argument("--dataset", default="", help="an imported dataset's runs")
+    p.add_argument("--dataset", default="", type=_name("dataset name"), help="an imported dataset's runs")
     p.set_defaults(func=cmd_evaluate)
 
     p = with_config(sub.add_parser("leaderboard", help="the leaderboard over every evaluated run (table + HTML)"))
@@ -483,16 +521,18 @@ def main(argv: list[str] | None = None) -> None:
 
     p = with_config(sub.add_parser("import", help="an external image-text dataset as a pool of its own "
                                                   "({root}/datasets/NAME), with the CommonPool's metadata"))
-    p.add_argument("--name", required=True, help="the dataset's name (letters, digits, . _ -)")
+    p.add_argument("--name", required=True, type=_name("dataset name"),
+                   help="the dataset's name (letters, digits, . _ -)")
     p.add_argument("--source", action="append", required=True,
                    help="webdataset .tar files, .parquet files of URLs and captions, or folders of either")
     p.add_argument("--kind", default="auto", choices=["auto", "webdataset", "urls"])
     p.add_argument("--url-column", default="", help="URL tables: default url or URL")
     p.add_argument("--caption-column", default="", help="URL tables: default caption, text, TEXT or alt")
-    p.add_argument("--pool-version", default="", help="default: the open version or the next one")
+    p.add_argument("--pool-version", default="", type=_name("pool version"),
+                   help="default: the open version or the next one")
     p.add_argument("--scale", default="xlarge", choices=["tiny", "small", "medium", "large", "xlarge"],
                    help="URL tables: download what this scale needs (xlarge: everything)")
-    p.add_argument("--serve", type=int, metavar="PORT", help="serve the synthetic images on PORT meanwhile")
+    p.add_argument("--serve", type=_port, metavar="PORT", help="serve the synthetic images on PORT meanwhile")
     p.set_defaults(func=cmd_import)
 
     args = parser.parse_args(argv)

@@ -2,14 +2,18 @@
 
 Every threshold and setting lives here once. A config loads from YAML and takes
 dotted overrides (``{"download.timeout": 2}``), which is how DAG Params and
-command-line flags map onto it. Unknown keys and wrong types are errors that
-name the key.
+command-line flags map onto it. Unknown keys, wrong types and values out of
+their key's range or choices (declared with `setting` next to the field) are
+errors that name the key, whichever way the value came in.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import operator
 import os
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +28,67 @@ DEFAULT_CRAWL_ID = "CC-SYNTH-2026-47"
 
 class ConfigError(ValueError):
     """A configuration file or override is invalid; the message names the key."""
+
+
+@dataclass(frozen=True)
+class Allowed:
+    """What a key takes beyond its type: bounds (a number is always finite), a step, choices or a pattern."""
+
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+    multiple_of: int | None = None
+    choices: tuple[str, ...] = ()
+    pattern: str = ""  # the whole value matches it
+    means: str = ""  # what the pattern accepts, in the error message
+
+    def problem(self, value: Any) -> str | None:
+        """Why `value` is not allowed (None when it is)."""
+        if isinstance(value, str):
+            if (self.choices and value not in self.choices) or (self.pattern and not re.fullmatch(self.pattern, value)):
+                return f"{value!r} is not {self.means or 'one of ' + ', '.join(self.choices)}"
+            return None
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            return None
+        bounds = [(sign, test, getattr(self, name)) for name, sign, test in _BOUNDS if getattr(self, name) is not None]
+        if ((isinstance(value, int) or math.isfinite(value)) and all(test(value, b) for _, test, b in bounds)
+                and (self.multiple_of is None or value % self.multiple_of == 0)):
+            return None
+        expected = " ".join(["an integer" if isinstance(value, int) else "a finite number",
+                             " and ".join(f"{sign} {b}" for sign, _, b in bounds)]).strip()
+        step = f", a multiple of {self.multiple_of}" if self.multiple_of else ""
+        return f"{value!r} is out of range; expected {expected}{step}"
+
+    def json_schema(self) -> dict[str, Any]:
+        """The same rule as JSON-schema keywords, for a DAG form's field."""
+        out = {key: getattr(self, name) for name, key in (
+            ("ge", "minimum"), ("gt", "exclusiveMinimum"), ("le", "maximum"), ("lt", "exclusiveMaximum"),
+            ("multiple_of", "multipleOf")) if getattr(self, name) is not None}
+        if self.choices:
+            out["enum"] = list(self.choices)
+        if self.pattern:
+            out["pattern"] = f"^({self.pattern})$"
+        return out
+
+
+_BOUNDS = (("ge", ">=", operator.ge), ("gt", ">", operator.gt), ("le", "<=", operator.le), ("lt", "<", operator.lt))
+
+
+def setting(default: Any, **allowed: Any) -> Any:
+    """A field with its default and what it allows (`Allowed`), checked for every source of a config."""
+    meta = {"allowed": Allowed(**allowed)}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+# The metadata pass's detectors take the whole device only (faces.py: onnxruntime's CUDA provider, or
+# the CPU for anything else): a GPU of several is chosen with CUDA_VISIBLE_DEVICES, not cuda:N.
+DEVICE = {"choices": ("auto", "cpu", "cuda")}
+UNIT = {"ge": 0, "le": 1}  # a probability or score threshold
+COSINE = {"ge": -1, "le": 1}  # a cosine similarity threshold
+SEED = {"ge": 0, "le": 2**32 - 1}  # numpy's and scikit-learn's seed range
 
 
 @dataclass(frozen=True)
@@ -68,10 +133,12 @@ class ExtractConfig:
     """URL extraction from WAT files (cc2dataset's rules)."""
 
     spark_master: str = "local[*]"
-    max_url_length: int = 2048
-    max_text_length: int = 4096
-    urls_per_partition: int = 10_000  # one download task per partition
-    max_wat_files: int = 0  # new WAT files read per run at most; 0: all of them
+    max_url_length: int = setting(2048, ge=1)
+    max_text_length: int = setting(4096, ge=1)
+    urls_per_partition: int = setting(10_000, ge=1)  # one download task per partition
+    max_wat_files: int = setting(0, ge=0)  # new WAT files read per run at most; 0: all of them
+    # reads of a WAT file that was empty, cut short, not WARC or unreadable, before it is given up
+    max_read_attempts: int = setting(3, ge=1)
 
 
 @dataclass
@@ -87,59 +154,76 @@ class CrawlConfig:
 class DownloadConfig:
     """img2dataset settings; the defaults are DataComp's download_upstream.py."""
 
-    image_size: int = 512
-    resize_mode: str = "keep_ratio_largest"
+    image_size: int = setting(512, ge=16, le=8192)
+    # img2dataset's choices
+    resize_mode: str = setting("keep_ratio_largest", choices=("no", "border", "keep_ratio", "keep_ratio_largest",
+                                                              "center_crop"))
     resize_only_if_bigger: bool = True
-    encode_format: str = "jpg"
-    encode_quality: int = 95
-    number_sample_per_shard: int = 10_000
-    processes_count: int = 2
-    thread_count: int = 32
-    timeout: float = 10.0
-    retries: int = 2  # img2dataset's own retries of each URL within one attempt (DataComp: 2)
+    encode_format: str = setting("jpg", choices=("jpg", "png", "webp"))
+    encode_quality: int = setting(95, ge=0, le=100)  # png: its compression level, 0 to 9
+    number_sample_per_shard: int = setting(10_000, ge=1)
+    processes_count: int = setting(2, ge=1)
+    thread_count: int = setting(32, ge=1)
+    timeout: float = setting(10.0, gt=0, le=3600)  # seconds per request
+    retries: int = setting(2, ge=0)  # img2dataset's own retries of each URL within one attempt (DataComp: 2)
     # attempts of a URL across builds: a scheduled rebuild downloads a URL whose
     # last status was transient (timeout, network error, HTTP 429/5xx) again
-    max_attempts: int = 3
+    max_attempts: int = setting(3, ge=1)
     # more transient failures than this fraction of a partition's URLs fail its
     # task (the hosts or the network are down) so that Airflow retries it
-    max_transient_fraction: float = 0.5
+    max_transient_fraction: float = setting(0.5, **UNIT)
     # PIL's decompression-bomb warning threshold: larger images are rejected.
-    max_image_area: int = 89_478_485
+    max_image_area: int = setting(89_478_485, ge=1)
     disallowed_header_directives: list[str] = field(
         default_factory=lambda: ["noai", "noimageai", "noindex", "noimageindex"]
     )
-    user_agent_token: str = "datacomp-platform"
+    # named in the User-Agent header and matched against X-Robots-Tag's user agents
+    user_agent_token: str = setting("datacomp-platform", pattern=r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}",
+                                    means="a token of letters, digits, '.', '_' and '-'")
     # A crawl is untrusted: the download never connects to loopback, private, link-local,
     # metadata-service or other non-public addresses (datacomp_ops.address_guard) except
     # these: networks ("127.0.0.0/8") or one address and port ("127.0.0.1:8765"). Only the
     # embedded demo, whose synthetic crawl is served from loopback, sets one.
     allowed_private_addresses: list[str] = field(default_factory=list)
+    # "" (the default): the download connects directly and ignores http_proxy/HTTPS_PROXY of its
+    # environment, behind which the guard would see only the proxy. "http://host:port": the one
+    # proxy it uses; each URL's host is judged by the guard before the proxy is sent it.
+    proxy: str = ""
 
     def __post_init__(self) -> None:
-        from .address_guard import parse_allowance
+        from .address_guard import parse_allowance, parse_proxy
+
+        try:
+            self.proxy = parse_proxy(self.proxy)
+        except ValueError as exc:
+            raise ConfigError(f"download.proxy: {exc}") from None
 
         for entry in self.allowed_private_addresses:
             try:
                 parse_allowance(entry)
             except ValueError as exc:
                 raise ConfigError(f"download.allowed_private_addresses: {exc}") from None
+        if self.encode_format == "png" and not 0 <= self.encode_quality <= 9:
+            raise ConfigError(f"download.encode_quality: {self.encode_quality} is out of range for encode_format png; "
+                              f"expected png's compression level, an integer >= 0 and <= 9")
 
 
 @dataclass
 class Thresholds:
     """Each threshold belongs to one model: DataComp's value where DataComp used that model."""
 
-    eval_dedup_similarity: float = 0.604169  # ISC21 descriptor, DataComp's near-duplicate cutoff
+    # cosine similarities of L2-normalised descriptors, at or above which a sample is removed
+    eval_dedup_similarity: float = setting(0.604169, **COSINE)  # ISC21 descriptor, DataComp's near-duplicate cutoff
     # the embedded default's thumbnail descriptor, calibrated on the synthetic
     # crawl's planted near-duplicates (benchmarks/calibrate_dedup.py)
-    eval_dedup_similarity_thumbnail: float = 0.97
-    nsfw_text: float = 0.1  # Detoxify: maximum over its categories (DataComp)
-    nsfw_text_profanity_check: float = 0.5  # alt-profanity-check: its own decision boundary
-    nsfw_image: float = 0.5  # DataComp's NSFW MLP over L/14 image features
+    eval_dedup_similarity_thumbnail: float = setting(0.97, **COSINE)
+    nsfw_text: float = setting(0.1, **UNIT)  # Detoxify: maximum over its categories (DataComp)
+    nsfw_text_profanity_check: float = setting(0.5, **UNIT)  # alt-profanity-check: its own decision boundary
+    nsfw_image: float = setting(0.5, **UNIT)  # DataComp's NSFW MLP over L/14 image features
     # nudenet: highest score of an exposed-body-part class; its detector calls plain
     # circles "buttocks" at up to 0.64 on the synthetic crawl, so well above that
-    nsfw_image_nudenet: float = 0.8
-    face_detection: float = 0.3  # SCRFD (DataComp)
+    nsfw_image_nudenet: float = setting(0.8, **UNIT)
+    face_detection: float = setting(0.3, **UNIT)  # SCRFD (DataComp)
 
 
 @dataclass
@@ -169,17 +253,19 @@ class ModelPaths:
 class MetadataConfig:
     """The metadata pass: one read and one decode of each image feeds every model."""
 
-    device: str = "auto"  # auto (CUDA when there), cpu or cuda
-    batch_size: int = 128  # images (and captions) per model call
-    loader_threads: int = 2  # decode and preprocessing threads, overlapped with the models
-    shards_per_task: int = 1  # raw shards per mapped task
-    face_input_size: int = 640  # SCRFD's detection resolution
+    device: str = setting("auto", **DEVICE)  # auto (CUDA when there), cpu or cuda
+    batch_size: int = setting(128, ge=1)  # images (and captions) per model call
+    loader_threads: int = setting(2, ge=1)  # decode and preprocessing threads, overlapped with the models
+    shards_per_task: int = setting(1, ge=1)  # raw shards per mapped task
+    # SCRFD's detection resolution: its strides (8, 16, 32) tile it exactly
+    face_input_size: int = setting(640, ge=32, le=4096, multiple_of=32)
     # OpenCV cascade fallback. On 40 crops of the astronaut photograph, 6 neighbours
     # found her face in 38 with 2 extra boxes; 5 gave 13 extra boxes (OpenCV's default 3, more)
-    cascade_scale_factor: float = 1.1
-    cascade_min_neighbors: int = 6
+    cascade_scale_factor: float = setting(1.1, gt=1, le=2)  # OpenCV needs > 1
+    cascade_min_neighbors: int = setting(6, ge=0)
     blur_faces: bool = True
-    embedded_clip_steps: int = 250  # training steps of each embedded CLIP stand-in (about a minute each)
+    # training steps of each embedded CLIP stand-in (about a minute each)
+    embedded_clip_steps: int = setting(250, ge=1)
 
 
 @dataclass
@@ -187,22 +273,25 @@ class EvaluationConfig:
     # evaluation sets in clip_benchmark's webdataset layout ({dataset}/test/*.tar);
     # "" is the synthetic suite that `datacomp synthetic` writes under the storage root
     sets_dir: str = ""
-    batch_size: int = 64  # images or captions per model call (DataComp's evaluate.py: 64)
-    device: str = "auto"  # auto (CUDA when there), cpu or cuda
+    batch_size: int = setting(64, ge=1)  # images or captions per model call (DataComp's evaluate.py: 64)
+    device: str = setting("auto", **DEVICE)  # auto (CUDA when there), cpu or cuda
 
 
 @dataclass
 class TrainingConfig:
     """CLIP training on a subset with DataComp's recipe for the scale (open_clip's trainer)."""
 
-    num_checkpoints: int = 5  # the samples-seen budget is trained in this many checkpointed epochs
-    samples_seen: int = 0  # 0: the scale's budget; another budget for trials (recorded in the lineage)
-    precision: str = "auto"  # auto: amp on CUDA, fp32 on the CPU; or any open_clip --precision
-    workers: int = 4  # data loader processes per GPU (per process on the CPU)
-    gpus: int = 0  # GPUs per training task; 0: every GPU of the worker (torchrun when several)
-    seed: int = 0
-    log_every_n_steps: int = 20
-    accum_freq: int = 1
+    num_checkpoints: int = setting(5, ge=1)  # the samples-seen budget is trained in this many checkpointed epochs
+    # 0: the scale's budget; another budget for trials (recorded in the lineage)
+    samples_seen: int = setting(0, ge=0)
+    # auto: amp on CUDA, fp32 on the CPU; or any of open_clip's --precision choices
+    precision: str = setting("auto", choices=("auto", "amp", "amp_bf16", "amp_bfloat16", "bf16", "fp16",
+                                              "pure_bf16", "pure_fp16", "fp32"))
+    workers: int = setting(4, ge=0)  # data loader processes per GPU (per process on the CPU); 0: in the trainer
+    gpus: int = setting(0, ge=0)  # GPUs per training task; 0: every GPU of the worker (torchrun when several)
+    seed: int = setting(0, **SEED)
+    log_every_n_steps: int = setting(20, ge=1)
+    accum_freq: int = setting(1, ge=1)
     local_dir: str = ""  # a run on remote storage trains here, then uploads (default: a temp folder)
     baselines: list[str] = field(default_factory=list)  # trained when their subset appears; empty: all
 
@@ -210,11 +299,11 @@ class TrainingConfig:
 @dataclass
 class PublishConfig:
     # DataComp's four pool sizes are fixed (SCALES); the dev scale's is ours to choose
-    tiny_pool_size: int = 10_000
+    tiny_pool_size: int = setting(10_000, ge=1)
     # a build for one scale downloads the URLs with the smallest scale keys, as many
     # as the scale needs at the kept fraction seen so far (this one before any), times the margin
-    expected_yield: float = 0.5
-    scale_margin: float = 1.25
+    expected_yield: float = setting(0.5, gt=0, le=1)
+    scale_margin: float = setting(1.25, ge=1, le=100)
 
 
 # DataComp's baselines as its paper's tables list them (filtering/baselines.py explains the spec syntax)
@@ -248,7 +337,7 @@ class FilteringConfig:
     imagenet1k_embeddings: str = ""
     # MetaCLIP's metadata entries (metadata.json, or one per line); "" = the synthetic world's
     metaclip_entries: str = ""
-    seed: int = 0  # random's draw and the k-means initialisation
+    seed: int = setting(0, **SEED)  # random's draw and the k-means initialisation
     # where subsets are written: "" = {storage_root}/subsets/{pool version}/{scale}
     output_dir: str = ""
 
@@ -329,7 +418,7 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
     elif annotation is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
-        if isinstance(value, str) and value.lstrip("-").isdigit():
+        if isinstance(value, str) and re.fullmatch(r"\s*[-+]?[0-9]{1,30}\s*", value):
             return int(value)
     elif annotation is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -360,9 +449,23 @@ def _build(cls: type, data: Mapping[str, Any], prefix: str = "") -> Any:
         hint = hints[name]
         if dataclasses.is_dataclass(hint):
             kwargs[name] = _build(hint, value, f"{prefix}{name}.")
-        else:
-            kwargs[name] = _coerce(value, hint, prefix + name)
+            continue
+        kwargs[name] = _coerce(value, hint, prefix + name)
+        rule = fields[name].metadata.get("allowed")
+        problem = rule and rule.problem(kwargs[name])
+        if problem:
+            raise ConfigError(f"{prefix}{name}: {problem}")
     return cls(**kwargs)
+
+
+def allowed(key: str) -> Allowed:
+    """What the dotted `key` takes (DAG forms turn it into their fields' JSON schema)."""
+    cls: Any = PlatformConfig
+    *sections, name = key.split(".")
+    for section in sections:
+        cls = typing.get_type_hints(cls)[section]
+    found = {f.name: f for f in dataclasses.fields(cls)}[name]
+    return found.metadata.get("allowed", Allowed())
 
 
 def _merge(base: dict[str, Any], dotted: Mapping[str, Any]) -> dict[str, Any]:
@@ -410,6 +513,7 @@ def config_from_dict(data: Mapping[str, Any]) -> PlatformConfig:
 __all__ = [
     "DEFAULT_CRAWL_ID",
     "SCALES",
+    "Allowed",
     "ConfigError",
     "CrawlConfig",
     "DownloadConfig",
@@ -422,6 +526,7 @@ __all__ = [
     "PublishConfig",
     "Scale",
     "Thresholds",
+    "allowed",
     "config_from_dict",
     "get_scale",
     "load_config",

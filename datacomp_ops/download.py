@@ -17,13 +17,16 @@ above it are not downloaded but recorded as deferred.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections import Counter
 from dataclasses import dataclass
 
@@ -33,7 +36,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from . import ledger, storage
-from .address_guard import ALLOWED_ENV, BLOCKED_STATUSES
+from .address_guard import ALLOWED_ENV, BLOCKED_STATUSES, PROXY_ENV
 from .config import PlatformConfig
 from .layout import PoolLayout
 from .schema import scale_key
@@ -50,6 +53,12 @@ _HTTP_CODE = re.compile(r"^http error (\d{3})")
 _BLOCKED = re.compile(r"\b(" + "|".join(BLOCKED_STATUSES) + r"): ")
 
 
+# what urllib and http.client say of a URL no request can be made for (url_fetch refuses most of these
+# before urllib sees them; a redirect's Location can still carry one): the URL's own fault, final
+_URL_FAULTS = ("can't contain control characters", "nonnumeric port", "no host given", "unknown url type",
+               "codec can't encode", "port must be 0-65535", "label empty or too long")
+
+
 class TransientDownloadError(RuntimeError):
     """Most URLs of a partition failed for transient reasons; nothing was committed, a retry may succeed."""
 
@@ -60,8 +69,12 @@ def classify_failure(message: str | None, i2d_status: str) -> str:
     blocked = _BLOCKED.search(msg)
     if blocked:
         return blocked.group(1)
+    if msg.startswith(("invalid_url:", "unsupported_image:")):  # url_fetch's and image_decode's refusals
+        return msg.split(":", 1)[0]
     if "x-robots-tag" in msg:
         return "opted_out"
+    if any(m in msg for m in _URL_FAULTS):
+        return "invalid_url"
     code = _HTTP_CODE.match(msg)
     if code:
         status = int(code.group(1))
@@ -189,12 +202,41 @@ def _run_img2dataset(partition: Partition, url_list: str, out_dir: str, config: 
     env.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     env.setdefault("WANDB_MODE", "disabled")
     env[ALLOWED_ENV] = json.dumps(list(dl.allowed_private_addresses))
+    env[PROXY_ENV] = dl.proxy  # the runner drops the environment's own proxies (download_runner.py)
     # a child interpreter of its own: img2dataset's workers are spawned, and spawn re-runs the parent's
     # __main__ (in Airflow, the airflow CLI, which must not start up inside a task); the runner's
-    # __main__ installs the address guard in each of them
-    proc = subprocess.run([sys.executable, "-m", "datacomp_ops.download_runner", json.dumps(kwargs)], env=env)
-    if proc.returncode != 0:
-        raise RuntimeError(f"img2dataset failed on {partition.path} (exit code {proc.returncode})")
+    # __main__ installs the address guard in each of them.
+    # In a session (process group) of its own, with its download processes: it kills that group when this
+    # process dies (download_runner's parent-death signal: kill -9 too, and the SIGKILL with which Airflow's
+    # supervisor ends a task), and this call kills it whenever it ends (Ctrl-C, which the terminal no longer
+    # sends to the group; a task's execution_timeout), so no runner outlives the attempt that started it.
+    proc = subprocess.Popen([sys.executable, "-m", "datacomp_ops.download_runner", json.dumps(kwargs),
+                             str(os.getpid())], env=env, start_new_session=True)
+    try:
+        returncode = proc.wait()
+    finally:
+        _kill_group(proc)
+    if returncode != 0:
+        raise RuntimeError(f"img2dataset failed on {partition.path} (exit code {returncode})")
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    """Kill the runner's process group: the runner and any download process left of it."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def _attempt_dir(pool: PoolLayout, partition: Partition) -> tuple[str, str]:
+    """(the partition's temporary folder, a fresh one inside it for this attempt).
+
+    Earlier attempts' folders go: the caller holds the pool version's lease (versions.py), so none of
+    them is still in use. Each attempt has its own, so that a runner left over from a killed attempt
+    (on another machine, or where no parent-death signal exists) never writes into this one.
+    """
+    base = storage.join(pool.base, "_tmp", f"{STAGE}-{partition.name}")
+    storage.remove(base)
+    return base, storage.join(base, f"attempt-{uuid.uuid4().hex[:12]}")
 
 
 def _split_by_key(partition: Partition, tmp: str) -> tuple[str | None, pa.Table, pa.Table]:
@@ -228,8 +270,7 @@ def run_download(partition: Partition, pool: PoolLayout, config: PlatformConfig,
         log.info("partition %s already downloaded; nothing to do", partition.name)
         return StageStats.from_dict(storage.read_json(marker))
     start = time.monotonic()
-    tmp = storage.join(pool.base, "_tmp", f"{STAGE}-{partition.name}")
-    storage.remove(tmp)
+    tmp_base, tmp = _attempt_dir(pool, partition)
     url_list, todo, deferred = _split_by_key(partition, tmp)
     i2d_dir = storage.join(tmp, "out")
     if url_list:
@@ -271,7 +312,7 @@ def run_download(partition: Partition, pool: PoolLayout, config: PlatformConfig,
     if first and sum(transient.values()) > config.download.max_transient_fraction * len(first):
         detail = ", ".join(f"{k} {v}" for k, v in transient.most_common())
         if not last_try:
-            storage.remove(tmp)
+            storage.remove(tmp_base)
             raise TransientDownloadError(
                 f"partition {partition.name}: {sum(transient.values())} of {len(first)} URLs failed transiently "
                 f"({detail}); the image hosts or the network look down. Nothing was committed: the task's "
@@ -285,7 +326,7 @@ def run_download(partition: Partition, pool: PoolLayout, config: PlatformConfig,
             if storage.exists(src):
                 storage.move(src, storage.join(pool.downloads, f"{shard_id:08d}{suffix}"))
     ledger.write_part(pool.ledger_part(STAGE, partition.name), table)
-    storage.remove(tmp)
+    storage.remove(tmp_base)
     stats.add("urls", len(input_uids))
     stats.add("attempted", tried)
     stats.seconds = time.monotonic() - start

@@ -2,20 +2,42 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
+from .config import ConfigError
 from .storage import join
+
+# Crawl ids, dataset names and pool versions are folder names under the storage root: one rule for
+# all, so that none reaches outside it (no slash, backslash, '..' or leading dot). DAG forms use it as is.
+NAME_PATTERN = r"^(?!.*\.\.)[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
+NAME_RULE = "use letters, digits, '.', '_' and '-' (at most 128 characters, the first a letter or digit, no '..')"
+
+
+def is_name(name: object) -> bool:
+    """Whether `name` follows NAME_PATTERN (a listing of crawls/ or datasets/ skips what does not: .DS_Store)."""
+    return isinstance(name, str) and re.fullmatch(NAME_PATTERN, name) is not None
+
+
+def check_name(kind: str, name: object, error: type[Exception] = ConfigError) -> str:
+    """`name` if it follows NAME_PATTERN, else `error` naming `kind`, the name and the rule."""
+    if not is_name(name):
+        raise error(f"{kind} {name!r}: {NAME_RULE}")
+    return name
 
 
 def dataset_root(storage_root: str, name: str) -> str:
     """The storage root of an imported dataset (byod.py): a pool of its own, laid out as the CommonPool."""
-    return join(storage_root, "datasets", name)
+    return join(storage_root, "datasets", check_name("dataset name", name))
 
 
 @dataclass(frozen=True)
 class CrawlLayout:
     root: str
     crawl_id: str
+
+    def __post_init__(self) -> None:
+        check_name("crawl id", self.crawl_id)
 
     @property
     def base(self) -> str:
@@ -34,6 +56,9 @@ class CrawlLayout:
 class PoolLayout:
     root: str
     version: str
+
+    def __post_init__(self) -> None:
+        check_name("pool version", self.version)
 
     @property
     def base(self) -> str:

@@ -78,7 +78,7 @@ def run_publish(pool: PoolLayout, config: PlatformConfig) -> StageStats:
 
     The manifest lists the parent's shard and metadata files followed by this
     version's own: nothing is copied, and the parent stays as it was. A version
-    that adds no sample to its parent is not published (counter ``unchanged``):
+    that adds no sample (to its parent, or a first one with none) is not published (counter ``unchanged``):
     it stays open, and the next run carries on in it.
     """
     start = time.monotonic()
@@ -108,9 +108,9 @@ def run_publish(pool: PoolLayout, config: PlatformConfig) -> StageStats:
         raise ledger.LedgerError(f"pool {pool.version}: ledger says {statuses.get('kept', 0)} kept and "
                                  f"{statuses.get('downloaded', 0)} downloaded without a later status, "
                                  f"but the metadata holds {len(uids)} samples")
-    if parent and not own_uids:
+    if not own_uids:  # the first version too: an empty pool is nothing to announce
         stats.add("unchanged")
-        log.info("pool %s adds no sample to %s: not published", pool.version, parent_name)
+        log.info("pool %s adds no sample to %s: not published", pool.version, parent_name or "an empty pool")
         return stats
 
     scales = {}

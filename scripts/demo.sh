@@ -50,11 +50,12 @@ extract:
 YAML
 fi
 
-echo "== airflow standalone (log: var/log/airflow-standalone.log)"
+echo "== airflow: api-server, scheduler, dag-processor, triggerer (log: var/log/airflow-standalone.log)"
 airflow db migrate > var/log/airflow-migrate.log 2>&1
 # GPU stages run in this pool; its slots bound how many run at once (one GPU here, or the CPU)
 airflow pools set gpu 1 "GPU stages of the pool build (metadata pass)" > /dev/null
-setsid airflow standalone > var/log/airflow-standalone.log 2>&1 &
+# what `airflow standalone` runs (SQLite, LocalExecutor), listening on loopback only
+setsid bash scripts/airflow_local.sh > var/log/airflow-standalone.log 2>&1 &
 pids+=($!)
 for _ in $(seq 120); do
     python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$AIRFLOW__API__PORT/api/v2/monitor/health', timeout=2)" 2>/dev/null && break

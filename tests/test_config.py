@@ -1,8 +1,13 @@
+import dataclasses
 import os
+import re
+import typing
 
 import pytest
+import yaml
 
-from datacomp_ops.config import SCALES, ConfigError, config_from_dict, get_scale, load_config
+from datacomp_ops.config import (SCALES, ConfigError, PlatformConfig, allowed, config_from_dict, get_scale,
+                                 load_config)
 
 
 def test_datacomp_scales_are_the_benchmarks():
@@ -81,3 +86,173 @@ def test_example_config_lists_every_key_with_its_default():
     example["storage_root"] = defaults["storage_root"]  # made absolute on load
     assert example == defaults
     assert load_config(path).download == PlatformConfig().download
+
+
+# -- ranges and choices: one check for the file, overrides (--set, forms, config_overrides) and config_from_dict --
+
+INF, NAN = float("inf"), float("nan")
+BAD_VALUES = [
+    ("download.timeout", INF, "inf is out of range; expected a finite number > 0 and <= 3600"),
+    ("download.timeout", "inf", "inf is out of range; expected a finite number > 0 and <= 3600"),
+    ("download.timeout", 1e308, "1e+308 is out of range; expected a finite number > 0 and <= 3600"),
+    ("download.timeout", NAN, "nan is out of range"),
+    ("download.timeout", 0, "0.0 is out of range; expected a finite number > 0"),
+    ("thresholds.nsfw_text", NAN, "nan is out of range; expected a finite number >= 0 and <= 1"),
+    ("thresholds.nsfw_text", 1.5, "1.5 is out of range; expected a finite number >= 0 and <= 1"),
+    ("thresholds.nsfw_image", -0.1, "-0.1 is out of range"),
+    ("thresholds.nsfw_image_nudenet", INF, "inf is out of range"),
+    ("thresholds.nsfw_text_profanity_check", 2, "2.0 is out of range"),
+    ("thresholds.face_detection", NAN, "nan is out of range"),
+    ("thresholds.eval_dedup_similarity", NAN, "nan is out of range; expected a finite number >= -1 and <= 1"),
+    ("thresholds.eval_dedup_similarity", 1.5, "1.5 is out of range"),
+    ("thresholds.eval_dedup_similarity_thumbnail", -2, "-2.0 is out of range"),
+    ("download.encode_format", "exe", "'exe' is not one of jpg, png, webp"),
+    ("download.resize_mode", "stretch", "'stretch' is not one of no, border, keep_ratio, keep_ratio_largest"),
+    ("download.number_sample_per_shard", 0, "0 is out of range; expected an integer >= 1"),
+    ("download.number_sample_per_shard", -1, "-1 is out of range; expected an integer >= 1"),
+    ("download.processes_count", 0, "expected an integer >= 1"),
+    ("download.thread_count", -1, "expected an integer >= 1"),
+    ("download.retries", -1, "expected an integer >= 0"),
+    ("download.max_attempts", 0, "expected an integer >= 1"),
+    ("download.image_size", 0, "expected an integer >= 16 and <= 8192"),
+    ("download.image_size", 100_000, "expected an integer >= 16 and <= 8192"),
+    ("download.encode_quality", 101, "expected an integer >= 0 and <= 100"),
+    ("download.max_transient_fraction", 1.5, "expected a finite number >= 0 and <= 1"),
+    ("download.max_image_area", 0, "expected an integer >= 1"),
+    ("download.user_agent_token", "bot\r\nX-Evil: 1", "is not a token of letters, digits"),
+    ("extract.urls_per_partition", 0, "expected an integer >= 1"),
+    ("extract.max_wat_files", -1, "expected an integer >= 0"),
+    ("extract.max_url_length", 0, "expected an integer >= 1"),
+    ("metadata.device", "gpu", "'gpu' is not one of auto, cpu, cuda"),
+    ("metadata.batch_size", 0, "expected an integer >= 1"),
+    ("metadata.loader_threads", 0, "expected an integer >= 1"),
+    ("metadata.shards_per_task", 0, "expected an integer >= 1"),
+    ("metadata.face_input_size", 100, "expected an integer >= 32 and <= 4096, a multiple of 32"),
+    ("metadata.cascade_scale_factor", 1.0, "expected a finite number > 1 and <= 2"),
+    ("metadata.cascade_min_neighbors", -1, "expected an integer >= 0"),
+    ("metadata.embedded_clip_steps", 0, "expected an integer >= 1"),
+    ("evaluation.device", "tpu", "'tpu' is not one of auto, cpu, cuda"),
+    ("evaluation.batch_size", 0, "expected an integer >= 1"),
+    ("publish.tiny_pool_size", 0, "expected an integer >= 1"),
+    ("publish.expected_yield", 0, "expected a finite number > 0 and <= 1"),
+    ("publish.scale_margin", 0.5, "expected a finite number >= 1 and <= 100"),
+    ("filtering.seed", 2**32, "expected an integer >= 0 and <= 4294967295"),
+    ("training.precision", "fp64", "'fp64' is not one of auto, amp, amp_bf16"),
+    ("training.num_checkpoints", 0, "expected an integer >= 1"),
+    ("training.samples_seen", -1, "expected an integer >= 0"),
+    ("training.workers", -1, "expected an integer >= 0"),
+    ("training.gpus", -1, "expected an integer >= 0"),
+    ("training.seed", -1, "expected an integer >= 0"),
+    ("training.log_every_n_steps", 0, "expected an integer >= 1"),
+    ("training.accum_freq", 0, "expected an integer >= 1"),
+]
+BAD_IDS = [f"{key}={value!r}" for key, value, _ in BAD_VALUES]
+
+
+@pytest.mark.parametrize("key,value,message", BAD_VALUES, ids=BAD_IDS)
+def test_out_of_range_override_names_key_value_and_range(key, value, message):
+    with pytest.raises(ConfigError, match=f"^{re.escape(key)}: .*{re.escape(message)}"):
+        load_config(overrides={key: value})
+
+
+@pytest.mark.parametrize("key,value,message", BAD_VALUES, ids=BAD_IDS)
+def test_out_of_range_value_in_the_file_names_key_value_and_range(tmp_path, key, value, message):
+    section, name = key.split(".")
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({section: {name: value}}))  # nan and inf as YAML's .nan and .inf
+    with pytest.raises(ConfigError, match=f"^{re.escape(key)}: .*{re.escape(message)}"):
+        load_config(path)
+
+
+def test_a_config_travelling_between_processes_is_checked_again():
+    data = PlatformConfig().to_dict()
+    assert config_from_dict(data) == PlatformConfig()  # every default passes its own check
+    data["download"]["timeout"] = INF
+    with pytest.raises(ConfigError, match=r"^download.timeout: inf is out of range"):
+        config_from_dict(data)
+
+
+def test_the_ends_of_each_range_are_allowed():
+    cfg = load_config(overrides={
+        "download.timeout": 3600, "thresholds.nsfw_text": 0, "thresholds.nsfw_image": 1,
+        "thresholds.eval_dedup_similarity": -1, "download.number_sample_per_shard": 1, "extract.max_wat_files": 0,
+        "download.retries": "0", "download.image_size": 16, "metadata.face_input_size": 32,
+        "metadata.device": "cpu", "evaluation.device": "cuda", "training.precision": "amp_bf16",
+        "download.encode_format": "webp", "download.resize_mode": "center_crop", "training.seed": 2**32 - 1})
+    assert cfg.download.timeout == 3600.0 and cfg.thresholds.eval_dedup_similarity == -1.0
+
+
+def test_png_takes_a_compression_level_not_a_jpeg_quality():
+    with pytest.raises(ConfigError, match=r"^download.encode_quality: 95 is out of range for encode_format png; "
+                                          r"expected png's compression level, an integer >= 0 and <= 9"):
+        load_config(overrides={"download.encode_format": "png"})
+    assert load_config(overrides={"download.encode_format": "png", "download.encode_quality": 9}).download.encode_quality == 9
+
+
+def test_integer_text_is_parsed_strictly():
+    assert load_config(overrides={"download.thread_count": " 8 "}).download.thread_count == 8
+    for text in ("²", "1" * 5000, "1.5", "0x10"):
+        with pytest.raises(ConfigError, match="'download.thread_count' expects int"):
+            load_config(overrides={"download.thread_count": text})
+
+
+def test_every_number_has_a_range_and_every_enumerated_key_its_choices():
+    """Declared once next to the field: a new numeric key without a range fails here."""
+    def walk(cls, prefix=""):
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if dataclasses.is_dataclass(hints[f.name]):
+                yield from walk(hints[f.name], f"{prefix}{f.name}.")
+            else:
+                yield prefix + f.name, hints[f.name]
+
+    keys = dict(walk(PlatformConfig))
+    numbers = [k for k, hint in keys.items() if hint in (int, float)]
+    assert len(numbers) > 40
+    for key in numbers:
+        rule = allowed(key)
+        assert rule.ge is not None or rule.gt is not None, key
+    for key in ("download.encode_format", "download.resize_mode", "metadata.device", "evaluation.device",
+                "training.precision"):
+        assert allowed(key).choices, key
+
+
+def test_forms_take_their_ranges_from_the_config():
+    import jsonschema
+
+    schema = {"type": "number", **allowed("download.timeout").json_schema()}
+    assert schema == {"type": "number", "exclusiveMinimum": 0, "maximum": 3600}
+    jsonschema.validate(10, schema)
+    for bad in (0, 1e308):
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate(bad, schema)
+    assert allowed("training.precision").json_schema()["enum"][0] == "auto"
+    assert allowed("metadata.face_input_size").json_schema()["multipleOf"] == 32
+
+
+# -- names: crawl ids, dataset names and pool versions are folders under the storage root --------------------
+
+BAD_NAMES = ["..", "../x", "a/b", "a\\b", ".hidden", "a..b", "x\n", "", "a b", "x" * 129]
+
+
+@pytest.mark.parametrize("name", BAD_NAMES)
+def test_bad_names_are_refused_by_the_layout(tmp_path, name):
+    from datacomp_ops.layout import CrawlLayout, PoolLayout, check_name, dataset_root
+
+    rule = re.escape(f"{name!r}: use letters, digits, '.', '_' and '-'")
+    with pytest.raises(ConfigError, match=f"crawl id {rule}"):
+        CrawlLayout(str(tmp_path), name)
+    with pytest.raises(ConfigError, match=f"pool version {rule}"):
+        PoolLayout(str(tmp_path), name)
+    with pytest.raises(ConfigError, match=f"dataset name {rule}"):
+        dataset_root(str(tmp_path), name)
+    with pytest.raises(ConfigError, match=f"crawl id {rule}"):
+        check_name("crawl id", name)
+
+
+def test_good_names_pass():
+    from datacomp_ops.layout import CrawlLayout, check_name
+
+    for name in ("CC-MAIN-2024-33", "CC-SYNTH-2026-47", "v0001", "laion-like", "my_set.v2", "x" * 128):
+        assert check_name("crawl id", name) == name
+    assert CrawlLayout("/r", "CC-MAIN-2024-33").base == "/r/crawls/CC-MAIN-2024-33"

@@ -1,6 +1,6 @@
 """Every DAG's trigger form in a real headless Chromium: its defaults, edited values, a refused value.
 
-Airflow standalone (api-server, scheduler, dag-processor, LocalExecutor) runs
+Airflow as `make demo` runs it (scripts/airflow_local.sh: standalone's api-server, scheduler, dag-processor, LocalExecutor) runs
 on loopback with the embedded default: the storage root's synthetic crawl, the
 config file that the tests' fast settings come from. The runs the forms create
 must succeed; edited values must reach the run (typed as their Params say in
@@ -15,6 +15,7 @@ import functools
 import json
 import os
 import signal
+import socket
 import subprocess
 import time
 import urllib.request
@@ -85,8 +86,9 @@ def airflow_ui(tmp_path_factory, image_server, embedded_models):
     subprocess.run(["airflow", "db", "migrate"], env=env, check=True, capture_output=True)
     subprocess.run(["airflow", "pools", "set", "gpu", "1", "GPU stages"], env=env, check=True, capture_output=True)
     log = open(base / "standalone.log", "w")
-    proc = subprocess.Popen(["airflow", "standalone"], env=env, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    # what `make demo` runs: standalone's four components, listening on loopback only
+    proc = subprocess.Popen(["bash", str(REPO / "scripts" / "airflow_local.sh")], env=env, stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 240
@@ -102,7 +104,8 @@ def airflow_ui(tmp_path_factory, image_server, embedded_models):
                 raise RuntimeError(f"airflow standalone did not come up:\n{(base / 'standalone.log').read_text()[-3000:]}")
             time.sleep(2)
         password = json.loads(passwords.read_text())["admin"]
-        yield {"url": url, "token": api_token(url, "admin", password), "root": root, "log": base / "standalone.log"}
+        yield {"url": url, "token": api_token(url, "admin", password), "root": root, "log": base / "standalone.log",
+               "pgid": proc.pid, "port": port}
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=60)
@@ -420,3 +423,38 @@ def test_backfill_of_two_weeks_for_one_scale(airflow_ui, tmp_path, image_server)
     want = sorted(keepable, key=scale_key)[:20]
     got = read_subset(manifests[1]["scales"]["tiny"]["path"])
     assert got.tolist() == sorted(uids_to_array(want).tolist())
+
+
+def _listening(pgid: int) -> set[tuple[str, int]]:
+    """(address, port) of every TCP socket that a process of group `pgid` listens on."""
+    inodes = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if os.getpgid(int(entry.name)) != pgid:
+                    continue
+                inodes |= {os.readlink(fd)[8:-1] for fd in (entry / "fd").iterdir()
+                           if os.readlink(fd).startswith("socket:[")}
+            except OSError:
+                pass
+    found = set()
+    for table, width in (("tcp", 8), ("tcp6", 32)):
+        for line in Path(f"/proc/net/{table}").read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and fields[9] in inodes:  # LISTEN
+                addr, port = fields[1].split(":")
+                raw = bytes.fromhex(addr)
+                if width == 8:
+                    host = socket.inet_ntop(socket.AF_INET, raw[::-1])
+                else:
+                    host = socket.inet_ntop(socket.AF_INET6, b"".join(raw[i:i + 4][::-1] for i in range(0, 16, 4)))
+                found.add((host, int(port, 16)))
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="reads /proc/net/tcp")
+def test_the_embedded_airflow_listens_on_loopback_only(airflow_ui):
+    """The API server (UI and REST API) on 127.0.0.1, no log server on 8793/8794 or anywhere else."""
+    listening = _listening(airflow_ui["pgid"])
+    assert ("127.0.0.1", airflow_ui["port"]) in listening
+    assert {host for host, _ in listening} <= {"127.0.0.1", "::1"}, listening
