@@ -14,7 +14,6 @@ export AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION=False
 # a busy small machine a write can wait longer than sqlite3's default 5 s: wait up to 60 s instead
 export AIRFLOW__DATABASE__SQL_ALCHEMY_CONN="sqlite:///$AIRFLOW_HOME/airflow.db?timeout=60"
 export AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL=10
-export AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL=10  # [scheduler] min_file_process_interval until Airflow 3
 export AIRFLOW__API__PORT="${AIRFLOW_PORT:-8080}"
 # Only this machine reaches the embedded default: its API server (the UI and the REST API) listens on
 # loopback; AIRFLOW_HOST=0.0.0.0 opens it to the network
