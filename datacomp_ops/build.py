@@ -273,8 +273,9 @@ def format_summary(summary: dict) -> str:
         if item.get("final"):
             lines.append(f"  given up: {item['error']}")
         else:
-            lines.append(f"  not read whole ({item.get('status', 'unreadable')}, read {item.get('attempt', 1)} "
-                         f"times), read again next run: {item['error']}")
+            reads = item.get("attempt", 1)
+            lines.append(f"  not read whole ({item.get('status', 'unreadable')}; {reads} read{'s' if reads > 1 else ''} "
+                         f"so far), read again next run: {item['error']}")
     states = summary.get("wat_file_states", {})
     if set(states) - {"processed"}:
         lines.append(f"  {files} of {summary['crawl_id']} by state: " + ", ".join(f"{k} {v}" for k, v in states.items()))

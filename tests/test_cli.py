@@ -1,3 +1,4 @@
+import gzip
 import json
 import re
 
@@ -190,7 +191,13 @@ def test_a_run_with_the_image_host_down_publishes_nothing_and_the_next_run_publi
     world, root = tmp_path / "world", tmp_path / "root"
     main(["synthetic", "--out", str(world), "--n-urls", "40", "--base-url", f"http://127.0.0.1:{port}"])
     capsys.readouterr()
-    args = ["build", "--input", str(world / "crawl-data" / "CC-SYNTH-2026-47" / "wat.paths.gz"),
+    # and a WAT file that arrived empty: pending, then given up, and the summary says so
+    listing = world / "crawl-data" / "CC-SYNTH-2026-47" / "wat.paths.gz"
+    empty = "crawl-data/CC-SYNTH-2026-47/segments/0/wat/empty.warc.wat.gz"
+    (world / empty).write_bytes(b"")
+    with gzip.open(listing, "at") as f:
+        f.write(empty + "\n")
+    args = ["build", "--input", str(listing), "--set", "extract.max_read_attempts=2",
             "--storage-root", str(root), "--set", f"download.allowed_private_addresses=127.0.0.1:{port}",
             "--set", "download.timeout=2", "--set", "download.retries=0", "--set", "download.processes_count=1",
             "--set", "extract.spark_master=local[2]", "--set", f"evaluation.sets_dir={world / 'eval'}",
@@ -198,6 +205,8 @@ def test_a_run_with_the_image_host_down_publishes_nothing_and_the_next_run_publi
     main(args)
     out = capsys.readouterr().out
     assert "nothing new to publish: v0001 stays open for the next run; no pool is published yet" in out
+    assert f"not read whole (empty; 1 read so far), read again next run: WAT file {world / empty} is empty" in out
+    assert "WAT files of CC-SYNTH-2026-47 by state: empty 1, processed 1" in out
     assert versions.latest(str(root)) is None and not (root / "pool" / "v0001" / "manifest.json").exists()
     history = ledger.history(*versions.ledger_dirs(str(root), "v0001"))
     current = ledger.latest(history)
@@ -206,6 +215,8 @@ def test_a_run_with_the_image_host_down_publishes_nothing_and_the_next_run_publi
     main(args + ["--serve", str(port), "--hang-seconds", "3"])
     out = capsys.readouterr().out
     assert "published v0001" in out and f" 0 new URLs, {current.num_rows} URLs downloaded again" in out
+    assert f"given up: empty: WAT file {world / empty} is empty (0 bytes); given up after 2 reads" in out
+    assert "WAT files of CC-SYNTH-2026-47 by state: gave_up 1, processed 1" in out
     current = ledger.latest(ledger.history(*versions.ledger_dirs(str(root), "v0001")))
     statuses = ledger.counts(current)
     assert statuses.get("kept", 0) > 0 and "downloaded" not in statuses and "network_error" not in statuses
