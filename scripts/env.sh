@@ -15,6 +15,8 @@ export AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION=False
 export AIRFLOW__DATABASE__SQL_ALCHEMY_CONN="sqlite:///$AIRFLOW_HOME/airflow.db?timeout=60"
 export AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL=10
 export AIRFLOW__API__PORT="${AIRFLOW_PORT:-8080}"
+# tasks reach the API server here (Airflow's default assumes port 8080)
+export AIRFLOW__CORE__EXECUTION_API_SERVER_URL="http://127.0.0.1:$AIRFLOW__API__PORT/execution/"
 # Only this machine reaches the embedded default: its API server (the UI and the REST API) listens on
 # loopback; AIRFLOW_HOST=0.0.0.0 opens it to the network
 export AIRFLOW__API__HOST="${AIRFLOW_HOST:-127.0.0.1}"
