@@ -7,7 +7,8 @@ folders, or every trained run of a pool version and scale.
 2. **evaluate**: each run's final checkpoint on every task of the registry whose dataset is present
    (DataComp's 38 from `evaluation.sets_dir`, or the synthetic suite on the embedded default):
    `eval_results.jsonl` in DataComp's format and `eval_summary.json` (aggregates, tasks not scored).
-3. **leaderboard**: the table (parquet, csv) and HTML report over every evaluated run.
+3. **leaderboard**: the table (parquet, csv) and HTML report over every evaluated run: one row per
+   subset, each score the mean over its seeds ± their spread; `runs.parquet` holds each run's row.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ from pool_tasks import GPU
     tags=["datacomp", "evaluation"],
     params={
         "run_dirs": optional("array", "Run folders", "Training runs to evaluate ({root}/runs/{version}/"
-                             "{scale}/{baseline}). Empty: every trained run of the version and scale below.",
+                             "{scale}/{baseline}, or {baseline}+seed{k} for seed k > 0). Empty: every trained "
+                             "run of the version and scale below.",
                              "Runs", items={"type": "string"}),
         "dataset": optional("string", "Imported dataset", "The name given to import_dataset. Empty: the "
                             "CommonPool.", "Runs", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"),

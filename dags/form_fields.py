@@ -19,3 +19,12 @@ def optional(kind: str, title: str, description: str, section: str, **schema) ->
 def limits(key: str) -> dict:
     """The range or choices of config key `key` as JSON-schema keywords: the form checks what the config does."""
     return allowed(key).json_schema()
+
+
+
+def item_limits(key: str, item_type: str) -> dict:
+    """An optional array field's JSON-schema keywords for list config key `key`: each value's type and range,
+    no value twice. An empty field means the config's list, so the list's minimum length is left out."""
+    schema = limits(key)
+    schema.pop("minItems", None)
+    return schema | {"items": {"type": item_type, **schema.get("items", {})}}

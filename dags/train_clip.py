@@ -3,14 +3,15 @@
 Runs when `filtering_baselines` writes subsets (its Asset events name each subset, pool version and
 scale; subsets of the config's `scale` are trained, `training.baselines` narrows which), or from the form: a published pool version and
 scale of the CommonPool or of an imported dataset, and the baselines to train (empty: every subset
-written there).
+written there). Each subset is trained once per seed (`training.seeds`, or the form's Seeds).
 
-1. **prepare**: one job per subset.
+1. **prepare**: one job per subset and seed.
 2. **reshard**: the subset's samples into `{root}/runs/{version}/{scale}/{baseline}/shards`
-   (DataComp's layout, meta.json).
-3. **train**: open_clip with DataComp's arguments for the scale (`datacomp_ops/training.py`), in the
-   Airflow pool `gpu` on the `gpu` queue, one process per GPU of the worker; a retry resumes from the
-   last checkpoint. Emits an Asset event for evaluation.
+   (DataComp's layout, meta.json), once per subset: its other seeds train on the same shards.
+3. **train**: open_clip with DataComp's arguments for the scale (`datacomp_ops/training.py`) and the
+   job's seed, into `{root}/runs/{version}/{scale}/{baseline}` (seed 0) or `.../{baseline}+seed{k}`, in
+   the Airflow pool `gpu` on the `gpu` queue, one process per GPU of the worker; a retry resumes from
+   the last checkpoint. Emits an Asset event for evaluation.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import datetime
 
 from airflow.sdk import Param, dag, task
 from datacomp_assets import SCALES, SUBSETS, TRAINED, event_extras
-from form_fields import optional
+from form_fields import item_limits, optional
 from pool_tasks import GPU
 
 
@@ -39,6 +40,9 @@ from pool_tasks import GPU
                        section="Subsets"),
         "baselines": optional("array", "Baselines", "Labels of the subsets to train. Empty: every subset of "
                               "the version and scale.", "Subsets", items={"type": "string"}),
+        "seeds": optional("array", "Seeds", "Each subset is trained once per seed, e.g. [0, 1, 2]; the "
+                          "leaderboard shows the mean ± spread. Empty: the config's training.seeds.", "Subsets",
+                          **item_limits("training.seeds", "integer")),
         "config_overrides": optional("object", "Other config keys", 'Dotted keys, e.g. '
                                      '{"training.samples_seen": 51200}; see config/example.yaml.', "Advanced"),
     },

@@ -14,6 +14,9 @@
                                                   the filtering baselines: subset files and a table
     datacomp reshard --baseline LABEL [--pool-version v1] [--scale tiny]
     datacomp reshard --subset FILE --shards-dir DIR --out DIR      a subset's samples in new shards
+    datacomp train [--baseline LABEL ...] [--seeds 0,1,2]   CLIP on subsets, once per seed
+    datacomp evaluate [--run-dir DIR ...]          zero-shot evaluation, then the leaderboard
+    datacomp leaderboard                           each subset's mean ± spread over its seeds
     datacomp import --name NAME --source DIR [--kind webdataset|urls] [--serve PORT]
                                                   an external dataset as a pool of its own
                                                   (filter, reshard and ledger take --dataset NAME)
@@ -53,6 +56,14 @@ def _name(kind: str):
         except ConfigError as exc:
             raise argparse.ArgumentTypeError(str(exc)) from None
     return check
+
+
+def _seeds(text: str) -> list[int]:
+    """--seeds 0,1,2: integers (their range and uniqueness are training.seeds' rule, checked by the config)."""
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected integers separated by commas, e.g. 0,1,2; got {text!r}") from None
 
 
 def _port(text: str) -> int:
@@ -295,6 +306,7 @@ def cmd_reshard(args) -> None:
     from . import storage, versions
     from .layout import PoolLayout
     from .reshard import reshard
+    from .training import TrainSpec
 
     config = _config(args)
     if args.subset:
@@ -309,9 +321,8 @@ def cmd_reshard(args) -> None:
         if not version:
             raise SystemExit(f"datacomp reshard: no published pool version under {root}")
         manifest = storage.read_json(PoolLayout(root, version).manifest)
-        subset = storage.join(root, "subsets", version, args.scale, f"{args.baseline}.npy")
-        shards = manifest["shards"]
-        out = args.out or storage.join(root, "runs", version, args.scale, args.baseline, "shards")
+        spec = TrainSpec.for_subset(root, version, args.scale, args.baseline)  # where train reads the shards
+        subset, shards, out = spec.subset, manifest["shards"], args.out or spec.shards_dir
     stats = reshard(subset, shards, out, args.shard_size, args.workers)
     print(json.dumps(stats.to_dict(), indent=2))
     print(f"shards in {out} (meta.json: {storage.join(out, 'meta.json')})")
@@ -328,9 +339,9 @@ def cmd_train(args) -> None:
     from .train_plan import plan_training, run_reshard_job, run_train_job
 
     params = {"dataset": args.dataset, "pool_version": args.pool_version, "scale": args.scale,
-              "baselines": args.baseline, "config_overrides": _overrides_of(args)}
+              "baselines": args.baseline, "seeds": args.seeds, "config_overrides": _overrides_of(args)}
     for job in plan_training(params, []):
-        print(f"{job['name']}: resharding, then training")
+        print(f"{job['name']}: {'resharding, then ' if job['reshards'] else ''}training")
         run_reshard_job(job)
         record = run_train_job(job)
         print(json.dumps(record, indent=2))
@@ -352,15 +363,16 @@ def cmd_evaluate(args) -> None:
 
 
 def cmd_leaderboard(args) -> None:
-    from .leaderboard import collect, write_leaderboard
+    from .leaderboard import aggregate, collect, score_text, write_leaderboard
 
     config = _config(args)
     paths = write_leaderboard(config.storage_root)
-    for row in collect(config.storage_root):
-        avg = f"{row['average']:.3f}" if row["average"] is not None else "-"
+    for row in aggregate(collect(config.storage_root)):
+        seeds = f"{row['seeds']} seed{'s' if row['seeds'] > 1 else ''}"
         print(f"{row['dataset']:<12} {row['pool_version']:<6} {row['scale']:<7} {row['baseline']:<40} "
-              f"{row['dataset_size'] or 0:>10,}  average {avg}  ({row['tasks_scored']} of {row['tasks']} tasks)")
-    print(f"table: {paths['parquet']}  report: {paths['html']}")
+              f"{row['dataset_size'] or 0:>10,}  average {score_text(row, 'average', '-'):<13}  {seeds:<8}  "
+              f"({row['tasks_scored']} of {row['tasks']} tasks)")
+    print(f"table: {paths['parquet']}  runs: {paths['runs_parquet']}  report: {paths['html']}")
 
 
 def cmd_import(args) -> None:
@@ -497,8 +509,11 @@ def main(argv: list[str] | None = None) -> None:
     p.set_defaults(func=cmd_reshard)
 
     p = with_config(sub.add_parser("train", help="CLIP on subsets with DataComp's recipe for the scale "
-                                                 "(reshards each first): {root}/runs/{version}/{scale}/{baseline}"))
+                                                 "(reshards each first), once per seed: {root}/runs/{version}/"
+                                                 "{scale}/{baseline} (seed 0) or {baseline}+seed{k}"))
     p.add_argument("--baseline", action="append", default=[], help="a subset's label (default: every subset)")
+    p.add_argument("--seeds", type=_seeds, default=[], metavar="0,1,2",
+                   help="train each subset once per seed (default: the config's training.seeds)")
     p.add_argument("--pool-version", default="", type=_name("pool version"),
                    help="default: the newest published version")
     p.add_argument("--scale", default="tiny")

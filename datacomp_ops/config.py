@@ -32,7 +32,8 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class Allowed:
-    """What a key takes beyond its type: bounds (a number is always finite), a step, choices or a pattern."""
+    """What a key takes beyond its type: bounds (a number is always finite), a step, choices or a pattern;
+    for a list key, these apply to each value, with the list's own rules (at least `min_items`, `unique`)."""
 
     ge: float | None = None
     gt: float | None = None
@@ -42,9 +43,20 @@ class Allowed:
     choices: tuple[str, ...] = ()
     pattern: str = ""  # the whole value matches it
     means: str = ""  # what the pattern accepts, in the error message
+    of_list: bool = False  # a list key (`setting` knows from its default): the rules above apply to each value
+    min_items: int | None = None  # a list key: at least this many values
+    unique: bool = False  # a list key: no value twice
 
     def problem(self, value: Any) -> str | None:
         """Why `value` is not allowed (None when it is)."""
+        if isinstance(value, list):
+            if self.min_items is not None and len(value) < self.min_items:
+                return f"{value!r} has {len(value)} values; expected at least {self.min_items}"
+            if self.unique:
+                twice = next((v for i, v in enumerate(value) if v in value[:i]), None)
+                if twice is not None:
+                    return f"{twice!r} is in {value!r} twice; expected each value once"
+            return next((p for p in map(self.problem, value) if p), None)
         if isinstance(value, str):
             if (self.choices and value not in self.choices) or (self.pattern and not re.fullmatch(self.pattern, value)):
                 return f"{value!r} is not {self.means or 'one of ' + ', '.join(self.choices)}"
@@ -61,7 +73,7 @@ class Allowed:
         return f"{value!r} is out of range; expected {expected}{step}"
 
     def json_schema(self) -> dict[str, Any]:
-        """The same rule as JSON-schema keywords, for a DAG form's field."""
+        """The same rule as JSON-schema keywords, for a DAG form's field (a list key's: under ``items``)."""
         out = {key: getattr(self, name) for name, key in (
             ("ge", "minimum"), ("gt", "exclusiveMinimum"), ("le", "maximum"), ("lt", "exclusiveMaximum"),
             ("multiple_of", "multipleOf")) if getattr(self, name) is not None}
@@ -69,7 +81,10 @@ class Allowed:
             out["enum"] = list(self.choices)
         if self.pattern:
             out["pattern"] = f"^({self.pattern})$"
-        return out
+        if not self.of_list:
+            return out
+        return {"items": out, **({"minItems": self.min_items} if self.min_items is not None else {}),
+                **({"uniqueItems": True} if self.unique else {})}
 
 
 _BOUNDS = (("ge", ">=", operator.ge), ("gt", ">", operator.gt), ("le", "<=", operator.le), ("lt", "<", operator.lt))
@@ -77,7 +92,7 @@ _BOUNDS = (("ge", ">=", operator.ge), ("gt", ">", operator.gt), ("le", "<=", ope
 
 def setting(default: Any, **allowed: Any) -> Any:
     """A field with its default and what it allows (`Allowed`), checked for every source of a config."""
-    meta = {"allowed": Allowed(**allowed)}
+    meta = {"allowed": Allowed(**allowed, of_list=isinstance(default, list))}
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -107,12 +122,15 @@ class Scale:
 
 
 # DataComp's four scales, exactly as the benchmark defines them (scale_configs.py); beta2 is
-# open_clip's ViT default (0.98) except at xlarge. `tiny` is our dev scale: a CPU-trainable
-# CLIP (datacomp_ops/model_configs/datacomp-tiny.json) on some ten thousand samples.
+# open_clip's ViT default (0.98) except at xlarge. `tiny` is our dev scale: a CPU-trainable CLIP
+# (datacomp_ops/model_configs/datacomp-tiny.json) under DataComp's compute rule (samples seen = the
+# pool's size; publish.tiny_pool_size sets both). 5,000 is what a 2-core machine builds, trains four
+# times and evaluates within the main job's ten minutes; the batch gives it 78 steps, and the warmup is
+# DataComp's small-scale share of them (500 of 3,125 steps, 16%). README "The miniature" says more.
 SCALES: dict[str, Scale] = {
     s.name: s
     for s in (
-        Scale("tiny", "datacomp-tiny", 10_000, 25_600, 256, 1e-3, 20, 0.98),
+        Scale("tiny", "datacomp-tiny", 5_000, 5_000, 32, 1e-3, 25, 0.98),
         Scale("small", "ViT-B-32", 12_800_000, 12_800_000, 4096, 5e-4, 500, 0.98),
         Scale("medium", "ViT-B-32", 128_000_000, 128_000_000, 4096, 5e-4, 500, 0.98),
         Scale("large", "ViT-B-16", 1_280_000_000, 1_280_000_000, 8192, 5e-4, 500, 0.98),
@@ -223,6 +241,10 @@ class Thresholds:
     # nudenet: highest score of an exposed-body-part class; its detector calls plain
     # circles "buttocks" at up to 0.64 on the synthetic crawl, so well above that
     nsfw_image_nudenet: float = setting(0.8, **UNIT)
+    # every class nudenet counts is exposed skin: an image with less than this fraction of skin-toned
+    # pixels (YCrCb, Chai and Ngan's range) is scored 0 without running it; colourless images always run
+    # it. 0 runs it on every image. On the synthetic crawl it spares nudenet ~95% of the images
+    nsfw_image_nudenet_min_skin: float = setting(0.02, **UNIT)
     face_detection: float = setting(0.3, **UNIT)  # SCRFD (DataComp)
 
 
@@ -244,8 +266,8 @@ class ModelPaths:
     clip_l14_arch: str = "ViT-L-14-quickgelu"
     dedup_descriptor: str = ""  # ISC21 copy-detection checkpoint (isc_ft_v107.pth.tar)
     dedup_backbone: str = "tf_efficientnetv2_m_in21ft1k"  # its timm backbone
-    # where the embedded default keeps the CLIP stand-ins it trains; "" is
-    # {storage_root}/models for a local root, ~/.cache/datacomp-platform otherwise
+    # where the embedded default keeps the CLIP stand-ins it trains; "" is the user's cache
+    # (~/.cache/datacomp-platform/models/stand-ins-{recipe}), shared by every storage root
     embedded_dir: str = ""
 
 
@@ -289,7 +311,9 @@ class TrainingConfig:
                                               "pure_bf16", "pure_fp16", "fp32"))
     workers: int = setting(4, ge=0)  # data loader processes per GPU (per process on the CPU); 0: in the trainer
     gpus: int = setting(0, ge=0)  # GPUs per training task; 0: every GPU of the worker (torchrun when several)
-    seed: int = setting(0, **SEED)
+    # every subset is trained once per seed (open_clip's --seed: initialisation and data order); the
+    # leaderboard gives each subset's mean and spread over them
+    seeds: list[int] = setting([0], min_items=1, unique=True, **SEED)
     log_every_n_steps: int = setting(20, ge=1)
     accum_freq: int = setting(1, ge=1)
     local_dir: str = ""  # a run on remote storage trains here, then uploads (default: a temp folder)
@@ -298,8 +322,9 @@ class TrainingConfig:
 
 @dataclass
 class PublishConfig:
-    # DataComp's four pool sizes are fixed (SCALES); the dev scale's is ours to choose
-    tiny_pool_size: int = setting(10_000, ge=1)
+    # DataComp's four pool sizes are fixed (SCALES); the dev scale's is ours to choose, and its training
+    # sees that many samples (DataComp's rule)
+    tiny_pool_size: int = setting(5_000, ge=1)
     # a build for one scale downloads the URLs with the smallest scale keys, as many
     # as the scale needs at the kept fraction seen so far (this one before any), times the margin
     expected_yield: float = setting(0.5, gt=0, le=1)
@@ -382,11 +407,15 @@ class PlatformConfig:
 
     @property
     def embedded_models_dir(self) -> str:
+        """The embedded CLIP stand-ins' folder: models.embedded_dir, or one per machine and recipe in the
+        user's cache, so that every storage root, the demo and the tests share one training of them."""
         if self.models.embedded_dir:
             return self.models.embedded_dir
-        if "://" in self.storage_root:
-            return os.path.expanduser("~/.cache/datacomp-platform/models")
-        return os.path.join(self.storage_root, "models")
+        from .synthetic.clip_models import recipe_fingerprint
+
+        cache = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+        return os.path.join(cache, "datacomp-platform", "models",
+                            f"stand-ins-{recipe_fingerprint(self.metadata.embedded_clip_steps)}")
 
     @property
     def crawl_source(self) -> str:

@@ -73,7 +73,7 @@ def render(root: str, query: str = "") -> str:
                 if is_name(name)]
     pools = _versions_table(root, "CommonPool") + "".join(
         _versions_table(dataset_root(root, d), f"Imported dataset {d}") for d in sorted(datasets))
-    rows = leaderboard.collect(root)
+    rows = leaderboard.aggregate(leaderboard.collect(root))  # one row per subset: its seeds' mean ± spread
     return (
         "<!doctype html><html><head><meta charset='utf-8'><title>DataComp</title>"
         f"<style>{STYLE}</style></head><body><h1>DataComp platform</h1>"

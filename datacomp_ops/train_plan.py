@@ -4,7 +4,10 @@ A training run trains the subsets named by the Asset events that triggered it
 (one per baseline the filtering DAG wrote, of the config's ``scale``;
 ``training.baselines`` narrows them), or the subsets its form names (a published pool version and scale of
 the CommonPool or of an imported dataset; every baseline written there, or
-those listed). Each job reshards its subset beside the run, then trains.
+those listed). Each subset is trained once per seed of ``training.seeds`` (or
+of the form's): one job per (subset, seed). A subset's first job reshards it
+into the seed-0 run folder (`training.TrainSpec`); its other seeds' jobs train
+on those shards (the DAG's train tasks start once every reshard task is done).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from . import storage, versions
 from .config import ConfigError, config_from_dict, load_config
 from .layout import PoolLayout, dataset_root
 from .reshard import reshard
-from .training import TrainSpec, run_training
+from .training import TrainSpec, parse_run_dir, run_name, run_training
 
 log = logging.getLogger(__name__)
 
@@ -27,19 +30,25 @@ def _dataset_of(root: str) -> str:
     return parts[-1] if len(parts) > 1 and parts[-2] == "datasets" else ""
 
 
-def _job(manifest_url: str, scale: str, baseline: str, config_dict: dict) -> dict:
+def _jobs(manifest_url: str, scale: str, baseline: str, seeds: list[int], config_dict: dict) -> list[dict]:
+    """One job per seed of a subset; the first reshards it (into the folder every seed's spec reads)."""
     manifest = storage.read_json(manifest_url)
     root, version = manifest["storage_root"], manifest["pool_version"]
-    spec = TrainSpec.for_subset(root, version, scale, baseline, _dataset_of(root))
-    if not storage.exists(spec.subset):
-        raise ConfigError(f"no subset {spec.subset}: run filtering_baselines for {version}/{scale} first")
-    return {"manifest": manifest_url, "spec": spec.__dict__, "config": config_dict,
-            "name": f"{spec.dataset + '/' if spec.dataset else ''}{version}/{scale}/{baseline}"}
+    specs = [TrainSpec.for_subset(root, version, scale, baseline, _dataset_of(root), seed) for seed in seeds]
+    if not storage.exists(specs[0].subset):
+        raise ConfigError(f"no subset {specs[0].subset}: run filtering_baselines for {version}/{scale} first")
+    return [{"manifest": manifest_url, "spec": spec.__dict__, "config": config_dict, "reshards": i == 0,
+             "name": f"{spec.dataset + '/' if spec.dataset else ''}{version}/{scale}/{run_name(baseline, spec.seed)}"}
+            for i, spec in enumerate(specs)]
 
 
 def plan_training(params: dict[str, Any], events: list[dict]) -> list[dict]:
-    config = load_config(overrides=dict(params.get("config_overrides") or {}))
+    overrides = dict(params.get("config_overrides") or {})
+    if params.get("seeds"):  # the form's seeds are the config's, checked as the config checks them
+        overrides["training.seeds"] = list(params["seeds"])
+    config = load_config(overrides=overrides)
     config_dict = config.to_dict()
+    seeds = list(config.training.seeds)
     wanted = list(params.get("baselines") or []) or list(config.training.baselines)
     jobs = []
     if events:
@@ -57,7 +66,7 @@ def plan_training(params: dict[str, Any], events: list[dict]) -> list[dict]:
             if wanted and extra["label"] not in wanted:
                 continue
             try:
-                jobs.append(_job(pool["manifest"], config.scale, extra["label"], config_dict))
+                jobs += _jobs(pool["manifest"], config.scale, extra["label"], seeds, config_dict)
             except ConfigError as exc:  # removed since its event: the others still train
                 log.warning("not training %s: %s", extra["label"], exc)
         return jobs
@@ -72,12 +81,16 @@ def plan_training(params: dict[str, Any], events: list[dict]) -> list[dict]:
         wanted = sorted(os.path.basename(r)[: -len(".json")] for r in records)
         if not wanted:
             raise ConfigError(f"no subsets under {root}/subsets/{version}/{scale}: run filtering_baselines first")
-    return [_job(PoolLayout(root, version).manifest, scale, b, config_dict) for b in wanted]
+    return [job for b in wanted for job in _jobs(PoolLayout(root, version).manifest, scale, b, seeds, config_dict)]
 
 
 def run_reshard_job(job: dict) -> dict:
-    """The job's subset of its pool's shards, resharded into the run's folder (a no-op when done)."""
+    """The job's subset of its pool's shards, resharded where its spec reads them (a no-op when done, and
+    for the other seeds of a subset, whose first job reshards it)."""
     spec = TrainSpec(**job["spec"])
+    if not job.get("reshards", True):
+        log.info("%s: trains on the shards its subset's first job writes, %s", job["name"], spec.shards_dir)
+        return {}
     shards = storage.read_json(job["manifest"])["shards"]
     stats = reshard(spec.subset, shards, spec.shards_dir, workers=min(os.cpu_count() or 1, 8))
     return stats.to_dict()
@@ -103,8 +116,9 @@ def plan_evaluation(params: dict[str, Any], events: list[dict]) -> list[dict]:
                                                          "*/training.json")]
         if not runs:
             raise ConfigError(f"no trained runs under {root}/runs/{version}/{scale}: run train_clip first")
-    return [{"run_dir": r, "config": config.to_dict(), "name": "/".join(r.rstrip("/").split("/")[-3:])}
-            for r in runs]
+    places = [parse_run_dir(r) for r in runs]  # a folder that is no run is refused here
+    return [{"run_dir": r, "config": config.to_dict(),
+             "name": f"{p.pool_version}/{p.scale}/{run_name(p.baseline, p.seed)}"} for r, p in zip(runs, places)]
 
 
 def run_evaluation_job(job: dict) -> dict:
@@ -116,10 +130,10 @@ def run_evaluation_job(job: dict) -> dict:
 
 
 def storage_roots(jobs: list[dict]) -> list[str]:
-    """The storage roots whose leaderboards a set of runs touches (a run lives at {root}/runs/v/s/b)."""
+    """The storage roots whose leaderboards a set of runs touches."""
     roots = set()
     for job in jobs:
-        root = job["run_dir"].rstrip("/").rsplit("/", 4)[0]
+        root = parse_run_dir(job["run_dir"]).root
         base, _, name = root.rpartition("/datasets/")
         roots.add(base if base and "/" not in name else root)  # an imported dataset's runs: its base's board
     return sorted(roots)

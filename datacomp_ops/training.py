@@ -1,9 +1,12 @@
 """CLIP training on a subset with DataComp's fixed recipe for its scale, through open_clip's trainer.
 
-A run's folder, ``{root}/runs/{version}/{scale}/{baseline}/`` (an imported
-dataset's runs live under its own root)::
+A run is a subset (pool version, scale, baseline) trained with one seed. Its
+folder is ``{root}/runs/{version}/{scale}/{baseline}/`` for seed 0 and
+``.../{baseline}+seed{k}/`` for seed k > 0 (`run_name`; an imported dataset's
+runs live under its own root)::
 
-    shards/                  the subset's samples, resharded (meta.json: DataComp's layout)
+    shards/                  the subset's samples, resharded (meta.json: DataComp's layout); the seed-0
+                             folder's only: every seed of a subset trains on these
     train/out.log, params.txt, checkpoints/epoch_{k}.pt, epoch_latest.pt   open_clip's own
     lineage.json             what was trained on what: pool version, scale, baseline, the subset
                              file's sha256, the recipe, the arguments given to open_clip
@@ -25,6 +28,7 @@ import json
 import logging
 import os
 import pickle
+import re
 import shutil
 import subprocess
 import sys
@@ -48,35 +52,90 @@ class TrainingError(RuntimeError):
     """open_clip's trainer failed or left no checkpoint; the message says where its log is."""
 
 
+LABEL = r"[A-Za-z0-9_.-]+"  # a subset's label (filtering/baselines.py)
+SEED_MARK = "+seed"  # '+' is in no label: the folder name parses back
+
+
+def run_name(baseline: str, seed: int = 0) -> str:
+    """A run's folder name under ``{root}/runs/{version}/{scale}/``: the baseline's label for seed 0 (the
+    folders of runs from before seeds), ``{baseline}+seed{k}`` for seed k > 0."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ConfigError(f"run of {baseline!r}: seed {seed!r} is not an integer >= 0")
+    if not re.fullmatch(LABEL, baseline):
+        raise ConfigError(f"run of {baseline!r}: a subset label has letters, digits, '.', '_' and '-' only")
+    return baseline if seed == 0 else f"{baseline}{SEED_MARK}{seed}"
+
+
+def parse_run_name(name: str) -> tuple[str, int]:
+    """(baseline, seed) of a run's folder name: `run_name`'s inverse."""
+    baseline, mark, seed = name.partition(SEED_MARK)
+    if not mark:
+        return name, 0
+    if not re.fullmatch(LABEL, baseline) or not re.fullmatch(r"[1-9][0-9]*", seed):
+        raise ConfigError(f"run folder {name!r}: expected {{baseline}} or {{baseline}}{SEED_MARK}{{k}} with k > 0")
+    return baseline, int(seed)
+
+
+def run_dir(root: str, version: str, scale: str, baseline: str, seed: int = 0) -> str:
+    return storage.join(root, "runs", version, scale, run_name(baseline, seed))
+
+
+@dataclass(frozen=True)
+class RunPlace:
+    """Where a run folder sits: its storage root, pool version, scale, baseline and seed."""
+
+    root: str
+    pool_version: str
+    scale: str
+    baseline: str
+    seed: int
+
+
+def parse_run_dir(url: str) -> RunPlace:
+    """`run_dir`'s inverse: {root}/runs/{version}/{scale}/{run name}."""
+    parts = url.rstrip("/").rsplit("/", 4)
+    if len(parts) != 5 or parts[1] != "runs":
+        raise ConfigError(f"{url}: not a run folder ({{root}}/runs/{{version}}/{{scale}}/{{run name}})")
+    return RunPlace(parts[0], parts[2], parts[3], *parse_run_name(parts[4]))
+
+
 @dataclass
 class TrainSpec:
-    """One training run: a subset of a pool version at a scale."""
+    """One training run: a subset of a pool version at a scale, trained with one seed."""
 
-    run_dir: str  # {root}/runs/{version}/{scale}/{baseline}
+    run_dir: str  # run_dir(root, version, scale, baseline, seed)
     subset: str  # the DataComp subset file
-    shards_dir: str  # its resharded samples (meta.json)
+    shards_dir: str  # its resharded samples (meta.json): the seed-0 run folder's, shared by every seed
     scale: str
     baseline: str
     pool_version: str
     dataset: str = ""  # an imported dataset's name; "" for the CommonPool
+    seed: int = 0  # open_clip's --seed
 
     @classmethod
-    def for_subset(cls, root: str, version: str, scale: str, baseline: str, dataset: str = "") -> "TrainSpec":
-        run_dir = storage.join(root, "runs", version, scale, baseline)
-        return cls(run_dir, storage.join(root, "subsets", version, scale, f"{baseline}.npy"),
-                   storage.join(run_dir, "shards"), scale, baseline, version, dataset)
+    def for_subset(cls, root: str, version: str, scale: str, baseline: str, dataset: str = "",
+                   seed: int = 0) -> "TrainSpec":
+        # the seeds of a subset train on the same samples: one reshard, in the seed-0 folder
+        return cls(run_dir(root, version, scale, baseline, seed),
+                   storage.join(root, "subsets", version, scale, f"{baseline}.npy"),
+                   storage.join(run_dir(root, version, scale, baseline), "shards"), scale, baseline, version,
+                   dataset, seed)
 
 
 def recipe(config: PlatformConfig, scale: str) -> dict:
     """DataComp's recipe for `scale`, with the budget of `training.samples_seen` where set."""
+    from .publish import pool_sizes
+
     spec: Scale = get_scale(scale)
-    samples_seen = config.training.samples_seen or spec.samples_seen
+    # DataComp's compute rule: a scale's training sees as many samples as its pool holds
+    scale_samples_seen = pool_sizes(config)[scale]
+    samples_seen = config.training.samples_seen or scale_samples_seen
     checkpoints = config.training.num_checkpoints
     if checkpoints < 1 or samples_seen < checkpoints:
         raise ConfigError(f"training.num_checkpoints={checkpoints} does not split {samples_seen} samples seen")
     return {"model": spec.model, "samples_seen": samples_seen, "batch_size": spec.batch_size, "lr": spec.lr,
             "warmup": spec.warmup, "beta2": spec.beta2, "weight_decay": spec.weight_decay,
-            "num_checkpoints": checkpoints, "scale_samples_seen": spec.samples_seen}
+            "num_checkpoints": checkpoints, "scale_samples_seen": scale_samples_seen}
 
 
 def train_data(shards_dir: str) -> tuple[str, int]:
@@ -95,8 +154,8 @@ def train_data(shards_dir: str) -> tuple[str, int]:
 
 
 def open_clip_args(rec: dict, data: str, logs_dir: str, config: PlatformConfig, world_size: int,
-                   cuda: bool) -> list[str]:
-    """The arguments DataComp's train.py gives open_clip's main, for this recipe."""
+                   cuda: bool, seed: int = 0) -> list[str]:
+    """The arguments DataComp's train.py gives open_clip's main, for this recipe and seed."""
     t = config.training
     per_process = rec["batch_size"] // (world_size * t.accum_freq)
     if per_process < 1:
@@ -109,7 +168,7 @@ def open_clip_args(rec: dict, data: str, logs_dir: str, config: PlatformConfig, 
             "--warmup", str(rec["warmup"]), "--dataset-type", "webdataset", "--precision", precision,
             "--workers", str(t.workers), "--model", rec["model"], "--batch-size", str(per_process),
             "--epochs", str(rec["num_checkpoints"]), "--lr", str(rec["lr"]), "--wd", str(rec["weight_decay"]),
-            "--beta2", str(rec["beta2"]), "--logs", logs_dir, "--name", EXPERIMENT, "--seed", str(t.seed),
+            "--beta2", str(rec["beta2"]), "--logs", logs_dir, "--name", EXPERIMENT, "--seed", str(seed),
             "--accum-freq", str(t.accum_freq), "--log-every-n-steps", str(t.log_every_n_steps),
             "--save-most-recent", "--resume", "latest", "--dataset-resampled"]
     if not cuda:
@@ -225,10 +284,11 @@ def run_training(spec: TrainSpec, config: PlatformConfig) -> StageStats:
                           f"training.samples_seen")
     local, mirrored = _local_run_dir(spec, config)
     os.makedirs(local, exist_ok=True)
-    args = open_clip_args(rec, data, local, config, processes, cuda)
+    args = open_clip_args(rec, data, local, config, processes, cuda, spec.seed)
     lineage = {"pool_version": spec.pool_version, "dataset": spec.dataset, "scale": spec.scale,
-               "baseline": spec.baseline, "subset_file": spec.subset, "subset_sha256": _sha256(spec.subset),
-               "subset_samples_in_shards": subset_samples, "shards": spec.shards_dir, "recipe": rec,
+               "baseline": spec.baseline, "seed": spec.seed, "subset_file": spec.subset,
+               "subset_sha256": _sha256(spec.subset), "subset_samples_in_shards": subset_samples,
+               "shards": spec.shards_dir, "recipe": rec,
                "processes": processes, "device": "cuda" if cuda else "cpu", "open_clip_args": args,
                "open_clip_version": _version("open_clip_torch"), "torch_version": _version("torch"),
                "training_config": asdict(config.training)}
@@ -250,7 +310,7 @@ def run_training(spec: TrainSpec, config: PlatformConfig) -> StageStats:
               "steps": steps_per_epoch * rec["num_checkpoints"], "checkpoints": rec["num_checkpoints"],
               "resumed_from_checkpoint": resumed_from, "final_loss": _last_loss(os.path.join(train_dir, "out.log")),
               "seconds": round(time.perf_counter() - start, 1), "device": lineage["device"],
-              "processes": processes, "scale": spec.scale, "baseline": spec.baseline,
+              "processes": processes, "scale": spec.scale, "baseline": spec.baseline, "seed": spec.seed,
               "pool_version": spec.pool_version, "dataset": spec.dataset}
     # DataComp's evaluate.py finds the model through this record
     info = {"scale": spec.scale, "checkpoint": Path(checkpoint), "data_dir": spec.shards_dir,

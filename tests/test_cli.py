@@ -1,6 +1,7 @@
 import gzip
 import json
 import re
+from pathlib import Path
 
 import pytest
 
@@ -220,3 +221,45 @@ def test_a_run_with_the_image_host_down_publishes_nothing_and_the_next_run_publi
     current = ledger.latest(ledger.history(*versions.ledger_dirs(str(root), "v0001")))
     statuses = ledger.counts(current)
     assert statuses.get("kept", 0) > 0 and "downloaded" not in statuses and "network_error" not in statuses
+
+
+def test_train_takes_seeds_and_trains_each_subset_once_per_seed(tmp_path, monkeypatch, capsys):
+    from datacomp_ops import train_plan
+
+    root = tmp_path / "root"
+    manifest = root / "pool" / "v0001" / "manifest.json"
+    manifest.parent.mkdir(parents=True)
+    manifest.write_text(json.dumps({"storage_root": str(root), "pool_version": "v0001", "shards": []}))
+    (root / "subsets" / "v0001" / "tiny").mkdir(parents=True)
+    (root / "subsets" / "v0001" / "tiny" / "no_filter.npy").write_bytes(b"")
+    ran = []
+    monkeypatch.setattr(train_plan, "run_reshard_job", lambda job: ran.append(("reshard", job["reshards"])))
+    monkeypatch.setattr(train_plan, "run_train_job", lambda job: ran.append(("train", job["spec"]["run_dir"])) or {})
+    main(["train", "--baseline", "no_filter", "--pool-version", "v0001", "--seeds", "0,2",
+          "--storage-root", str(root)])
+    out = capsys.readouterr().out
+    assert "v0001/tiny/no_filter: resharding, then training" in out and "v0001/tiny/no_filter+seed2: training" in out
+    runs = root / "runs" / "v0001" / "tiny"
+    assert ran == [("reshard", True), ("train", str(runs / "no_filter")), ("reshard", False),
+                   ("train", str(runs / "no_filter+seed2"))]
+    argv = ["train", "--pool-version", "v0001", "--storage-root", str(root)]
+    assert "expected integers separated by commas, e.g. 0,1,2; got '0,x'" in _fails(argv + ["--seeds", "0,x"], capsys)
+    assert "training.seeds: 1 is in [1, 1] twice" in _fails(argv + ["--seeds", "1,1"], capsys)
+    assert "training.seeds: -1 is out of range" in _fails(argv + ["--seeds=-1"], capsys)
+
+
+def test_leaderboard_prints_each_subsets_mean_and_spread(tmp_path, capsys):
+    from datacomp_ops.eval_tasks import GROUPS
+    from datacomp_ops.training import run_dir
+
+    root = tmp_path / "root"
+    for baseline, seed, avg in (("basic_filter", 0, 0.25), ("basic_filter", 1, 0.27), ("no_filter", 0, 0.2)):
+        run = Path(run_dir(str(root), "v0001", "tiny", baseline, seed))
+        run.mkdir(parents=True)
+        agg = {g: {"score": avg, "tasks": 3, "of": 3, "partial": False} for g in (*GROUPS, "average")}
+        (run / "eval_summary.json").write_text(json.dumps({"aggregates": agg, "suite": "own", "model": "m"}))
+    main(["leaderboard", "--storage-root", str(root)])
+    lines = capsys.readouterr().out.splitlines()
+    assert "basic_filter" in lines[0] and "average 0.260 ± 0.014" in lines[0] and "2 seeds" in lines[0]
+    assert "no_filter" in lines[1] and "average 0.200 " in lines[1] and "1 seed " in lines[1] and "±" not in lines[1]
+    assert "runs.parquet" in lines[2]

@@ -142,7 +142,11 @@ BAD_VALUES = [
     ("training.samples_seen", -1, "expected an integer >= 0"),
     ("training.workers", -1, "expected an integer >= 0"),
     ("training.gpus", -1, "expected an integer >= 0"),
-    ("training.seed", -1, "expected an integer >= 0"),
+    ("training.seeds", [0, -1], "-1 is out of range; expected an integer >= 0 and <= 4294967295"),
+    ("training.seeds", [2**32], "4294967296 is out of range"),
+    ("training.seeds", [], "[] has 0 values; expected at least 1"),
+    ("training.seeds", "", "[] has 0 values; expected at least 1"),  # --set training.seeds=
+    ("training.seeds", [1, 0, 1], "1 is in [1, 0, 1] twice; expected each value once"),
     ("training.log_every_n_steps", 0, "expected an integer >= 1"),
     ("training.accum_freq", 0, "expected an integer >= 1"),
 ]
@@ -178,8 +182,19 @@ def test_the_ends_of_each_range_are_allowed():
         "thresholds.eval_dedup_similarity": -1, "download.number_sample_per_shard": 1, "extract.max_wat_files": 0,
         "download.retries": "0", "download.image_size": 16, "metadata.face_input_size": 32,
         "metadata.device": "cpu", "evaluation.device": "cuda", "training.precision": "amp_bf16",
-        "download.encode_format": "webp", "download.resize_mode": "center_crop", "training.seed": 2**32 - 1})
+        "download.encode_format": "webp", "download.resize_mode": "center_crop", "training.seeds": [0, 2**32 - 1]})
     assert cfg.download.timeout == 3600.0 and cfg.thresholds.eval_dedup_similarity == -1.0
+    assert cfg.training.seeds == [0, 2**32 - 1]
+
+
+def test_training_seeds_default_to_one_and_take_a_list_from_text():
+    assert PlatformConfig().training.seeds == [0] and load_config().training.seeds == [0]
+    assert load_config(overrides={"training.seeds": "0, 1,2"}).training.seeds == [0, 1, 2]  # --set's text
+    assert load_config(overrides={"training.seeds": [7]}).training.seeds == [7]
+    with pytest.raises(ConfigError, match="'training.seeds' expects int, got 'x'"):
+        load_config(overrides={"training.seeds": "0,x"})
+    with pytest.raises(ConfigError, match="unknown config key 'training.seed'"):  # the old key is gone
+        load_config(overrides={"training.seed": 1})
 
 
 def test_png_takes_a_compression_level_not_a_jpeg_quality():
@@ -207,7 +222,7 @@ def test_every_number_has_a_range_and_every_enumerated_key_its_choices():
                 yield prefix + f.name, hints[f.name]
 
     keys = dict(walk(PlatformConfig))
-    numbers = [k for k, hint in keys.items() if hint in (int, float)]
+    numbers = [k for k, hint in keys.items() if hint in (int, float, list[int], list[float])]
     assert len(numbers) > 40
     for key in numbers:
         rule = allowed(key)
@@ -228,6 +243,13 @@ def test_forms_take_their_ranges_from_the_config():
             jsonschema.validate(bad, schema)
     assert allowed("training.precision").json_schema()["enum"][0] == "auto"
     assert allowed("metadata.face_input_size").json_schema()["multipleOf"] == 32
+    seeds = {"type": "array", **allowed("training.seeds").json_schema()}
+    assert seeds == {"type": "array", "items": {"minimum": 0, "maximum": 2**32 - 1}, "minItems": 1,
+                     "uniqueItems": True}
+    jsonschema.validate([0, 1, 2], seeds)
+    for bad in ([], [0, 0], [-1], [2**32]):
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate(bad, seeds)
 
 
 # -- names: crawl ids, dataset names and pool versions are folders under the storage root --------------------

@@ -132,6 +132,13 @@ def test_train_and_evaluate_structure(dagbag):
         "prepare": ["evaluate", "leaderboard"], "evaluate": ["leaderboard"], "leaderboard": []}
     assert "trained_models" in str(evaluate.timetable.asset_condition)
     assert evaluate.get_task("evaluate").pool == "gpu"
+    from airflow.sdk.exceptions import ParamValidationError
+
+    seeds = train.params.get_param("seeds")  # training.seeds' rule, an empty field meaning the config's
+    assert seeds.resolve([0, 1, 2]) == [0, 1, 2] and seeds.resolve(None) is None and seeds.resolve([]) == []
+    for bad in ([1, 1], [-1], [2**32], ["a"]):
+        with pytest.raises(ParamValidationError):
+            seeds.resolve(bad)
     for dag in (train, evaluate):
         assert dag.params.validate()["scale"] == "tiny"  # the empty form validates
         assert all(p.schema.get("section") for p in (dag.params.get_param(k) for k in dag.params.keys()))
@@ -244,7 +251,7 @@ def test_commonpool_build_runs_end_to_end(tmp_path, small_crawl, embedded_models
         assert np.allclose([r[f"clip_{tag}_similarity_score"] for r in rows], dots, atol=1e-6)
     faces = [r for r in rows if kinds[r["uid"]] == "photo" and "/astronaut/" in r["url"]]
     assert faces and all(r["face_bboxes"] for r in faces)
-    assert not any(r["face_bboxes"] for r in rows if kinds[r["uid"]] in ("shape", "shape_mismatch"))
+    assert not any(r["face_bboxes"] for r in rows if kinds[r["uid"]] in ("described", "wrong_label"))
     import tarfile
 
     r = faces[0]

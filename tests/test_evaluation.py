@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -322,9 +323,71 @@ def test_leaderboard_from_results_alone(tmp_path):
     assert [(r["dataset"], r["baseline"]) for r in rows] == [
         ("cc3m", "no_filter"), ("commonpool", "clip_score_l14_30"), ("commonpool", "no_filter")]
     assert rows[1]["dataset_size"] == 3000 and rows[1]["samples_seen"] == 25600 and rows[1]["average"] == 0.42
+    assert {r["seed"] for r in rows} == {0} and [r["seeds"] for r in leaderboard.aggregate(rows)] == [1, 1, 1]
     import pyarrow.parquet as pq
 
     assert pq.read_table(paths["parquet"]).num_rows == 3
     page = open(paths["html"]).read()
     assert page.count("<tr>") == 4 and "clip_score_l14_30" in page and page.count("<svg") == 2
     assert "0.420" in page and "–" in page  # the unscored run shows no number
+
+
+def test_leaderboard_gives_each_subset_the_mean_and_spread_of_its_seeds(tmp_path):
+    """Two baselines, one trained with three seeds and one with one: a row each, each score the mean over
+    the seeds ± their sample standard deviation (computed here with statistics.stdev), the runs kept apart."""
+    import statistics
+
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    from datacomp_ops.training import run_dir
+
+    root = tmp_path / "root"
+    scores = {("clip_score_l14_30", 0): 0.40, ("clip_score_l14_30", 1): 0.43, ("clip_score_l14_30", 2): 0.47,
+              ("no_filter", 0): 0.30}
+    groups = (*eval_tasks.GROUPS, "average")
+    offset = {g: i / 100 for i, g in enumerate(groups)}  # every score column its own values
+    for (baseline, seed), avg in scores.items():
+        run = Path(run_dir(str(root), "v0001", "tiny", baseline, seed))
+        run.mkdir(parents=True)
+        agg = {g: {"score": avg + offset[g], "tasks": 2, "of": 2, "partial": False} for g in groups}
+        (run / "eval_summary.json").write_text(json.dumps({"aggregates": agg, "suite": "own", "model": "m"}))
+        # seed 2's training.json predates seeds: its seed comes from the folder's name
+        record = {"samples_seen": 25600} | ({"seed": seed} if seed != 2 else {})
+        (run / "training.json").write_text(json.dumps(record))
+        (run / "lineage.json").write_text(json.dumps({"subset_samples_in_shards": 3000 if seed != 0 or
+                                                      baseline != "no_filter" else 10000}))
+    assert sorted(p.name for p in (root / "runs" / "v0001" / "tiny").iterdir()) == [
+        "clip_score_l14_30", "clip_score_l14_30+seed1", "clip_score_l14_30+seed2", "no_filter"]
+    runs = leaderboard.collect(str(root))
+    assert [(r["baseline"], r["seed"]) for r in runs] == [
+        ("clip_score_l14_30", 0), ("clip_score_l14_30", 1), ("clip_score_l14_30", 2), ("no_filter", 0)]
+    rows = leaderboard.aggregate(runs)
+    assert [(r["baseline"], r["seeds"]) for r in rows] == [("clip_score_l14_30", 3), ("no_filter", 1)]
+    best, single = rows
+    for g in groups:
+        values = [scores["clip_score_l14_30", s] + offset[g] for s in (0, 1, 2)]
+        assert best[g] == pytest.approx(sum(values) / 3)
+        assert best[f"{g}_std"] == pytest.approx(statistics.stdev(values))
+        assert single[g] == pytest.approx(0.30 + offset[g]) and single[f"{g}_std"] is None
+    assert best["average_std"] == pytest.approx(0.035118845842842)  # by hand: sqrt(((.0333)^2+(.0033)^2+(.0367)^2)/2)
+    assert best["dataset_size"] == 3000 and best["samples_seen"] == 25600 and best["tasks_scored"] == 2
+
+    paths = leaderboard.write_leaderboard(str(root))
+    table = pq.read_table(paths["parquet"])
+    assert table.num_rows == 2 and table.column("seeds").to_pylist() == [3, 1]
+    assert {"average", "average_std", "imagenet_std", "retrieval_std", "seeds"} <= set(table.column_names)
+    assert "run_dir" not in table.column_names and "seed" not in table.column_names
+    assert table.column("average").to_pylist() == pytest.approx([best["average"], 0.30 + offset["average"]])
+    csv = pacsv.read_csv(paths["csv"])
+    assert csv.column_names == table.column_names and csv.num_rows == 2
+    per_run = pq.read_table(paths["runs_parquet"]).to_pylist()
+    assert [(r["baseline"], r["seed"]) for r in per_run] == [(r["baseline"], r["seed"]) for r in runs]
+    assert per_run[1]["run_dir"].endswith("/clip_score_l14_30+seed1") and per_run[1]["average"] == pytest.approx(0.47)
+    page = open(paths["html"]).read()
+    assert f"{best['average']:.3f} ± {best['average_std']:.3f}" == "0.473 ± 0.035"
+    assert "0.473 ± 0.035</td>" in page and "0.473 ± 0.035</text>" in page  # the table and the bar chart
+    assert "<th>Seeds</th>" in page and page.count("<tr>") == 3  # the head and a row per subset
+    assert "2 subsets, 4 evaluated runs" in page
+    cells = page.split("<tbody>")[1]
+    assert "0.340</td>" in cells and "0.340 ±" not in cells  # one seed: the score alone

@@ -218,3 +218,81 @@ def test_subset_events_of_other_scales_are_not_trained(tmp_path):
     gone = {"label": "basic_filter", "subset": "x", "pool": {"manifest": str(manifest), "scale": "tiny"}}
     params["config_overrides"]["training.baselines"] = []
     assert [j["spec"]["baseline"] for j in plan_training(params, [gone, *events])] == ["no_filter"]
+
+
+def test_run_names_keep_seed_0_where_runs_were_and_parse_back():
+    assert training.run_name("no_filter") == training.run_name("no_filter", 0) == "no_filter"
+    assert training.run_name("clip_score_l14_30", 3) == "clip_score_l14_30+seed3"
+    for baseline in ("no_filter", "clip_score_b32_30", "my.set-v2", "x"):
+        for seed in (0, 1, 17, 2**32 - 1):
+            name = training.run_name(baseline, seed)
+            assert training.parse_run_name(name) == (baseline, seed)
+            place = training.parse_run_dir(training.run_dir("s3://b/root", "v0002", "small", baseline, seed))
+            assert (place.root, place.pool_version, place.scale, place.baseline, place.seed) == (
+                "s3://b/root", "v0002", "small", baseline, seed)
+    imported = training.parse_run_dir("/r/datasets/cc3m/runs/v0001/tiny/basic_filter+seed2/")
+    assert (imported.root, imported.baseline, imported.seed) == ("/r/datasets/cc3m", "basic_filter", 2)
+    for bad in ("a+seed", "a+seed0", "a+seed01", "+seed1", "a+seedx", "a+seed1+seed2", "a+seed-1"):
+        with pytest.raises(ConfigError, match="run folder"):
+            training.parse_run_name(bad)
+    for baseline, seed in (("a+b", 1), ("a/b", 0), ("", 0), ("a", -1), ("a", True)):
+        with pytest.raises(ConfigError, match="run of"):
+            training.run_name(baseline, seed)
+    with pytest.raises(ConfigError, match="not a run folder"):
+        training.parse_run_dir("/r/subsets/v0001/tiny/no_filter")
+
+
+def test_the_seeds_of_a_subset_share_its_shards_and_give_open_clip_their_seed(tmp_path):
+    first = training.TrainSpec.for_subset("/r", "v0001", "tiny", "no_filter")
+    other = training.TrainSpec.for_subset("/r", "v0001", "tiny", "no_filter", seed=5)
+    assert first.run_dir == "/r/runs/v0001/tiny/no_filter" and first.seed == 0  # the folder of runs before seeds
+    assert other.run_dir == "/r/runs/v0001/tiny/no_filter+seed5" and other.seed == 5
+    assert other.shards_dir == first.shards_dir == "/r/runs/v0001/tiny/no_filter/shards"
+    assert other.subset == first.subset == "/r/subsets/v0001/tiny/no_filter.npy"
+    config = _config(tmp_path)
+    args = training.open_clip_args(training.recipe(config, "tiny"), "d", "/l", config, 1, cuda=False, seed=5)
+    assert args[args.index("--seed") + 1] == "5"
+
+
+def _published(tmp_path, baselines: list[str]) -> dict:
+    """A pool version's manifest and the subsets of `baselines` (empty files: planning only looks)."""
+    root = tmp_path / "root"
+    manifest = root / "pool" / "v0001" / "manifest.json"
+    manifest.parent.mkdir(parents=True)
+    manifest.write_text(json.dumps({"storage_root": str(root), "pool_version": "v0001", "shards": []}))
+    subsets = root / "subsets" / "v0001" / "tiny"
+    subsets.mkdir(parents=True)
+    for b in baselines:
+        (subsets / f"{b}.npy").write_bytes(b"")
+        (subsets / f"{b}.json").write_text("{}")
+    return {"storage_root": str(root)}
+
+
+def test_each_subset_is_planned_once_per_seed(tmp_path):
+    from datacomp_ops.train_plan import plan_training, run_reshard_job
+
+    overrides = _published(tmp_path, ["basic_filter", "no_filter"]) | {"training.seeds": [0, 1]}
+    params = {"pool_version": "v0001", "scale": "tiny", "config_overrides": overrides}
+    jobs = plan_training(params, [])
+    assert [j["name"] for j in jobs] == ["v0001/tiny/basic_filter", "v0001/tiny/basic_filter+seed1",
+                                         "v0001/tiny/no_filter", "v0001/tiny/no_filter+seed1"]
+    assert [(j["spec"]["baseline"], j["spec"]["seed"]) for j in jobs] == [
+        ("basic_filter", 0), ("basic_filter", 1), ("no_filter", 0), ("no_filter", 1)]
+    runs = [j["spec"]["run_dir"] for j in jobs]
+    assert len(set(runs)) == 4 and runs[1] == str(tmp_path / "root" / "runs" / "v0001" / "tiny" / "basic_filter+seed1")
+    # one reshard per subset, into the folder both seeds read
+    assert [j["reshards"] for j in jobs] == [True, False, True, False]
+    assert jobs[0]["spec"]["shards_dir"] == jobs[1]["spec"]["shards_dir"] != jobs[2]["spec"]["shards_dir"]
+    assert run_reshard_job(jobs[1]) == {} and not os.path.exists(jobs[1]["spec"]["shards_dir"])
+    # the form's (and the command line's) seeds replace the config's, under the config's rule
+    jobs = plan_training(params | {"baselines": ["no_filter"], "seeds": [3, 1, 2]}, [])
+    assert [j["name"] for j in jobs] == ["v0001/tiny/no_filter+seed3", "v0001/tiny/no_filter+seed1",
+                                         "v0001/tiny/no_filter+seed2"]
+    assert jobs[0]["reshards"] and jobs[0]["config"]["training"]["seeds"] == [3, 1, 2]
+    assert [j["spec"]["seed"] for j in plan_training(params | {"seeds": []}, [])] == [0, 1, 0, 1]
+    with pytest.raises(ConfigError, match=r"^training.seeds: 1 is in \[1, 1\] twice"):
+        plan_training(params | {"seeds": [1, 1]}, [])
+    # Asset events: the same jobs per subset
+    manifest = str(tmp_path / "root" / "pool" / "v0001" / "manifest.json")
+    events = [{"label": "no_filter", "subset": "s", "pool": {"manifest": manifest, "scale": "tiny"}}]
+    assert [j["name"] for j in plan_training(params, events)] == ["v0001/tiny/no_filter", "v0001/tiny/no_filter+seed1"]
