@@ -35,12 +35,12 @@ from datacomp_ops import download as download_stage
 from datacomp_ops.config import load_config
 from datacomp_ops.download import Partition, img2dataset_kwargs, run_download
 from datacomp_ops.layout import PoolLayout
-from datacomp_ops.synthetic.crawl import CrawlSpec, generate_crawl
+from datacomp_ops.synthetic.crawl import CONTENT, CrawlSpec, generate_crawl
 from datacomp_ops.synthetic.server import serving
 from datacomp_ops.wat import parse_wat_file
 
 # the image kinds that download at full speed (no deliberate delays or failures)
-FAST_KINDS = ["shape", "shape_mismatch", "non_english", "unsafe_caption", "photo", "eval_duplicate", "redirect"]
+FAST_KINDS = [*CONTENT, "unsafe_caption", "eval_duplicate", "redirect"]
 
 
 def _fetch_all(urls: list[str], threads: int) -> int:

@@ -191,7 +191,10 @@ class MetadataPass:
             image_scores = self._timed("nsfw_image", m.image.score, feats["l14_img"])
         else:
             bgr = [np.ascontiguousarray(p.rgb[..., ::-1]) for p in ok]
+            skipped = getattr(m.image, "skipped", 0)
             image_scores = self._timed("nsfw_image", m.image.score, bgr)
+            if getattr(m.image, "skipped", 0) > skipped:
+                s.add("nsfw_image.no_skin", m.image.skipped - skipped)
         s.add("nsfw_image.processed", len(ok))
 
         def dedup(items):

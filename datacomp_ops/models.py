@@ -34,6 +34,8 @@ class ModelChoice:
     arch: str = ""
     embedded: bool = False
     threshold: float | None = None
+    # nudenet only: images with less than this fraction of skin-toned pixels are scored 0 without it
+    min_skin: float = 0.0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -82,7 +84,8 @@ def choose_models(config: PlatformConfig) -> dict[str, ModelChoice]:
                                         config.model_path("nsfw_image_mlp"), threshold=t.nsfw_image)
     else:
         out["nsfw_image"] = ModelChoice("nsfw_image", "nudenet", f"nudenet {_version('nudenet')} 320n.onnx",
-                                        embedded=True, threshold=t.nsfw_image_nudenet)
+                                        embedded=True, threshold=t.nsfw_image_nudenet,
+                                        min_skin=t.nsfw_image_nudenet_min_skin)
 
     if m.scrfd:
         out["faces"] = ModelChoice("faces", "scrfd", f"scrfd {os.path.basename(m.scrfd)} "

@@ -86,6 +86,31 @@ class MLPImageClassifier:
             return self.model(x)[:, 0].cpu().numpy()
 
 
+# skin in YCrCb (Chai and Ngan, 1999): Cr 133-173, Cb 77-127
+_SKIN_LOW, _SKIN_HIGH = np.array([0, 133, 77], np.uint8), np.array([255, 173, 127], np.uint8)
+# an image whose most colourful pixels (95th percentile) are this close to grey holds no colour to
+# judge skin by: a greyscale or sepia photograph
+_COLOURLESS = 10.0
+
+
+def may_show_skin(image_bgr: np.ndarray, min_skin: float) -> bool:
+    """Whether at least `min_skin` of the image's pixels are skin-toned, or it has too little colour to tell
+    (a greyscale photograph); judged on a 64-pixel thumbnail."""
+    import cv2
+
+    if min_skin <= 0:
+        return True
+    h, w = image_bgr.shape[:2]
+    scale = 64 / max(h, w)
+    small = cv2.resize(image_bgr, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA) \
+        if scale < 1 else image_bgr
+    ycrcb = cv2.cvtColor(small, cv2.COLOR_BGR2YCrCb)
+    chroma = np.abs(ycrcb[..., 1:].astype(np.int16) - 128).max(axis=-1)
+    if np.percentile(chroma, 95) < _COLOURLESS:
+        return True
+    return cv2.inRange(ycrcb, _SKIN_LOW, _SKIN_HIGH).mean() / 255 >= min_skin
+
+
 class NudeNetClassifier:
     needs = "bgr"
 
@@ -93,12 +118,17 @@ class NudeNetClassifier:
         from nudenet import NudeDetector
 
         self.name = choice.name
+        self.min_skin = choice.min_skin
         self.detector = NudeDetector()
+        self.skipped = 0  # images scored 0 without the detector: no skin-toned pixels
 
     def score(self, images_bgr: Sequence[np.ndarray]) -> np.ndarray:
         out = np.zeros(len(images_bgr), np.float32)
-        for i, found in enumerate(self.detector.detect_batch(list(images_bgr), batch_size=8) if images_bgr else []):
-            out[i] = max((d["score"] for d in found if d["class"] in EXPOSED), default=0.0)
+        run = [i for i, image in enumerate(images_bgr) if may_show_skin(image, self.min_skin)]
+        self.skipped += len(images_bgr) - len(run)
+        found = self.detector.detect_batch([images_bgr[i] for i in run], batch_size=8) if run else []
+        for i, detections in zip(run, found):
+            out[i] = max((d["score"] for d in detections if d["class"] in EXPOSED), default=0.0)
         return out
 
 

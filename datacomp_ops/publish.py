@@ -170,12 +170,17 @@ def asset_extras(manifest: dict) -> dict[str, dict]:
     """What each built scale's Asset event carries for the downstream DAGs.
 
     The metadata of a version is the list of files in its manifest (its own
-    and its ancestors'), not one folder.
+    and its ancestors'), not one folder. Every complete scale is announced,
+    and of the incomplete ones only the smallest: each holds the whole pool,
+    so the larger ones would be filtered again to the same subsets (the
+    filtering form still filters any of them on request).
     """
+    built = [(name, info) for name, info in manifest["scales"].items() if info["built"]]
+    incomplete = [name for name, info in built if not info["complete"]]
     return {
         name: {"pool_version": manifest["pool_version"], "scale": name, "samples": info["samples"],
                "complete": info["complete"], "subset": info["path"], "pool_samples": manifest["samples"],
                "manifest": storage.join(manifest["storage_root"], "pool", manifest["pool_version"], "manifest.json")}
-        for name, info in manifest["scales"].items() if info["built"]
+        for name, info in built if info["complete"] or name == incomplete[0]
     }
 

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # The main job on the embedded default: Airflow standalone (SQLite, LocalExecutor),
 # Spark local, local storage, a synthetic crawl served from 127.0.0.1.
-#   DEMO_URLS=2000 DEMO_PORT=8765 KEEP_RUNNING=0 scripts/demo.sh
+#   DEMO_URLS=6000 DEMO_PORT=8765 KEEP_RUNNING=0 scripts/demo.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 source scripts/env.sh
-DEMO_URLS="${DEMO_URLS:-2000}"
+# 6,000 URLs give the tiny scale its 5,000-sample pool after download failures and the pool stages
+DEMO_URLS="${DEMO_URLS:-6000}"
 DEMO_PORT="${DEMO_PORT:-8765}"
 KEEP_RUNNING="${KEEP_RUNNING:-0}"
 mkdir -p "$AIRFLOW_HOME" var/log
@@ -25,7 +26,7 @@ rm -rf "$DATACOMP_STORAGE_ROOT/synthetic" "$DATACOMP_STORAGE_ROOT/crawls" \
        "$DATACOMP_STORAGE_ROOT/pool" "$DATACOMP_STORAGE_ROOT/eval_index" "$DATACOMP_STORAGE_ROOT/subsets" \
        "$DATACOMP_STORAGE_ROOT/runs" "$DATACOMP_STORAGE_ROOT/leaderboard"
 datacomp synthetic --out "$DATACOMP_STORAGE_ROOT/synthetic" --n-urls "$DEMO_URLS" \
-    --base-url "http://127.0.0.1:$DEMO_PORT" --urls-per-file 1000
+    --base-url "http://127.0.0.1:$DEMO_PORT" --urls-per-file 2000
 setsid datacomp serve --port "$DEMO_PORT" --hang-seconds 20 > var/log/image-server.log 2>&1 &
 pids+=($!)
 
@@ -36,17 +37,17 @@ if [ -z "${DATACOMP_CONFIG:-}" ]; then
 training:
   baselines: [no_filter, basic_filter, clip_score_l14_30, image_based_intersect_clip_score_l14_30]
   num_checkpoints: 1            # the tiny budget in one epoch (DataComp's 5 restart the data loader each time)
-# the build's settings for a 2,000-URL crawl, here rather than in the trigger's conf: unpausing the weekly
-# DAG also starts the run of its latest schedule, which builds the same crawl and must build it the same way
+# the build's settings, here rather than in a trigger's conf: the demo follows the run that the weekly
+# schedule starts, which reads the config file
 download:
   # the synthetic crawl is served from loopback, which a real crawl may never reach: allow that one port
   allowed_private_addresses: ["127.0.0.1:$DEMO_PORT"]
   timeout: 5
   processes_count: 1
   thread_count: 32
-  number_sample_per_shard: 250
+  number_sample_per_shard: 1000
 extract:
-  urls_per_partition: 500
+  urls_per_partition: 2000
 YAML
 fi
 
@@ -64,12 +65,13 @@ done
 echo "   UI: http://127.0.0.1:$AIRFLOW__API__PORT  user 'admin', password in $AIRFLOW_HOME/simple_auth_manager_passwords.json.generated"
 
 echo "== commonpool_build through the scheduler"
-# the build's Asset events start filtering (every scale), its subsets training (the config's scale), the
-# trained models evaluation: the demo waits for the runs made from here on
+# the build's Asset events start filtering, its subsets training (the config's scale), the trained
+# models evaluation: the demo waits for the runs made from here on
 built_at=$(date -u +%Y-%m-%dT%H:%M:%SZ)
-# on a fresh machine the first build also trains the embedded CLIP stand-ins (about 5 minutes), and the
-# scheduled run's subsets start training, which holds the gpu pool the second run's metadata task waits for
-python scripts/run_dag.py commonpool_build --timeout 2400
+phase=$(date +%s)
+# on a new machine the first build also trains the embedded CLIP stand-ins (once per machine)
+python scripts/run_dag.py commonpool_build --timeout 1800
+echo "   build: $(( $(date +%s) - phase )) s"
 python - <<'PY'
 import glob, json, os
 from datacomp_ops import ledger
@@ -77,7 +79,7 @@ from datacomp_ops.build import format_summary
 from datacomp_ops.synthetic.crawl import compare_with_truth
 root = os.environ["DATACOMP_STORAGE_ROOT"]
 from datacomp_ops import versions
-# the run that published the newest pool version (the demo's own, or the scheduled one beside it)
+# the run that published the newest pool version
 latest = versions.latest(root)
 (report,) = glob.glob(os.path.join(root, "pool", latest, "reports", "*.json"))
 summary = json.load(open(report))
@@ -88,8 +90,10 @@ check = compare_with_truth(os.path.join(root, "synthetic", "crawl-data", summary
 print(f"  final statuses vs the crawl's truth: {check['matched']} of {table.num_rows} match"
       + "".join(f"\n    {n} x {what}" for what, n in check["mismatched"].items()))
 PY
-echo "== filtering_baselines on the tiny pool, through the scheduler"
-python scripts/run_dag.py filtering_baselines --conf '{"scale": "tiny"}' --timeout 900
+echo "== filtering_baselines, started by the pool's Asset events"
+phase=$(date +%s)
+python scripts/run_dag.py filtering_baselines --after "$built_at" --timeout 900
+echo "   filtering: $(( $(date +%s) - phase )) s"
 python - <<'PY'
 import glob, json, os
 from datacomp_ops import versions
@@ -106,8 +110,11 @@ records.sort(key=lambda r: labels.index(r["label"]) if r["label"] in labels else
 print(format_table(records))
 PY
 echo "== train_clip and evaluate_clip, started by the subsets' Asset events (config: training.baselines)"
+phase=$(date +%s)
 python scripts/run_dag.py train_clip --after "$built_at" --timeout 1800
 python scripts/run_dag.py evaluate_clip --after "$built_at" --timeout 900
+echo "   training and evaluation: $(( $(date +%s) - phase )) s"
+echo "== leaderboard (one seed per baseline: benchmarks/bench_miniature.py runs three, README \"The miniature\")"
 datacomp leaderboard
 echo "   the platform's page: http://127.0.0.1:$AIRFLOW__API__PORT/plugin/datacomp"
 echo "== done in $(( $(date +%s) - started )) s (pool under $DATACOMP_STORAGE_ROOT/pool, subsets under $DATACOMP_STORAGE_ROOT/subsets, runs under $DATACOMP_STORAGE_ROOT/runs)"

@@ -93,13 +93,13 @@ def eval_suite(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def embedded_models():
-    """The embedded CLIP stand-ins, trained once (about 2 minutes) and kept with the demo's under var/."""
-    from datacomp_ops.config import MetadataConfig
+    """The embedded CLIP stand-ins, trained once per machine and recipe, where the demo keeps them."""
+    from datacomp_ops.config import PlatformConfig
     from datacomp_ops.synthetic.clip_models import ensure_trained
 
-    path = REPO / "var" / "data" / "models"
-    ensure_trained(str(path), MetadataConfig().embedded_clip_steps)
-    return str(path)
+    config = PlatformConfig()
+    ensure_trained(config.embedded_models_dir, config.metadata.embedded_clip_steps)
+    return config.embedded_models_dir
 
 
 @pytest.fixture(scope="session")

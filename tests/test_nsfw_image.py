@@ -56,3 +56,25 @@ def test_nudenet_flags_nothing_in_the_synthetic_crawl_s_images():
     scores = classifier.score(images)
     assert scores.shape == (len(images),) and (scores >= 0).all()
     assert scores.max() < choice.threshold
+
+
+def test_nudenet_runs_only_where_skin_could_show(monkeypatch):
+    """Every class nudenet counts is exposed skin: images without skin-toned pixels are scored 0 unseen,
+    the others (and colourless ones, whose skin cannot be told by colour) go to the detector."""
+    from datacomp_ops.nsfw_image import may_show_skin
+
+    astronaut = np.ascontiguousarray(data.astronaut()[..., ::-1])
+    grey = np.repeat(data.camera()[..., None], 3, axis=2)
+    blue_square = np.asarray(render_shape("blue", "square", 1, size=300))[..., ::-1].copy()
+    blue_square[:] = np.where(blue_square.sum(-1, keepdims=True) > 600, [255, 255, 255], blue_square)  # white ground
+    assert may_show_skin(astronaut, 0.02) and may_show_skin(grey, 0.02)
+    assert not may_show_skin(blue_square, 0.02) and may_show_skin(blue_square, 0.0)
+
+    choice = choose_models(load_config())["nsfw_image"]
+    assert choice.min_skin == load_config().thresholds.nsfw_image_nudenet_min_skin > 0
+    classifier = load_image_classifier(choice)
+    seen = []
+    monkeypatch.setattr(classifier.detector, "detect_batch", lambda images, batch_size: seen.extend(images) or
+                        [[{"class": "BUTTOCKS_EXPOSED", "score": 0.9}] for _ in images])
+    scores = classifier.score([blue_square, astronaut, grey])
+    assert scores.tolist() == pytest.approx([0.0, 0.9, 0.9]) and len(seen) == 2 and classifier.skipped == 1

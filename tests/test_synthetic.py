@@ -176,5 +176,44 @@ def test_compare_with_truth(tmp_path):
     # final statuses: the pool stages remove unsafe captions and eval duplicates, the rest is kept
     final = dict(zip(truth["kind"], truth["expected_final"]))
     assert final["unsafe_caption"] == "nsfw_text" and final["eval_duplicate"] == "eval_duplicate"
-    assert final["shape"] == "kept" and final["http_404"] == "http_error"
+    assert final["described"] == "kept" and final["http_404"] == "http_error"
     assert compare_with_truth(summary["truth"], truth["uid"], truth["expected_final"])["matched"] == 40
+
+
+def test_noise_shares_are_commonpools(tmp_path):
+    """The generated crawl's pool has CommonPool's noise, measured on the captions and pictures themselves
+    (the figures and their sources: crawl.py's CONTENT and the README's "The synthetic crawl")."""
+    import numpy as np
+    import pyarrow as pa
+
+    from datacomp_ops.filtering.language import char_counts, fasttext_english, word_counts
+    from datacomp_ops.synthetic.crawl import CONTENT, NEAR_DUPLICATE_SHARE
+    from datacomp_ops.synthetic.server import render
+
+    summary = generate_crawl(tmp_path, CrawlSpec(n_urls=12_000, urls_per_file=6000, faults=False))
+    rows = [r for r in pq.read_table(summary["truth"]).to_pylist() if r["expected_final"] == "kept"]
+    kinds = Counter(r["kind"] for r in rows)
+    for kind, share in CONTENT.items():  # every kind at its share, within sampling error
+        assert abs(kinds[kind] / len(rows) - share) < 4 * (share * (1 - share) / len(rows)) ** 0.5 + 0.002, kind
+    duplicates = sum(bool(r["near_duplicate_of"]) for r in rows if r["kind"] in CONTENT)
+    assert abs(duplicates / sum(kinds[k] for k in CONTENT) - NEAR_DUPLICATE_SHARE) < 0.03
+
+    # DataComp's Table 25, measured as the basic filter measures it
+    content = [r for r in rows if r["kind"] in CONTENT][:3000]
+    captions = pa.array([r["text"] for r in content])
+    english = fasttext_english(captions)
+    length_ok = (word_counts(captions) > 2) & (char_counts(captions) > 5)
+    sizes = []
+    for r in content:
+        path = "/" + r["url"].split("/", 3)[3]
+        if path.startswith("/cdn/"):
+            path = "/" + path.split("/", 3)[3]
+        img = Image.open(io.BytesIO(render(path)[0]))
+        sizes.append(min(img.size) >= 200 and max(img.size) / min(img.size) <= 3)
+    size_ok = np.array(sizes)
+    measured = {"english": english.mean(), "caption_length": length_ok.mean(), "image_size": size_ok.mean(),
+                "english_and_length": (english & length_ok).mean(), "basic": (english & length_ok & size_ok).mean()}
+    datacomp = {"english": 0.492, "caption_length": 0.68, "image_size": 0.61, "english_and_length": 0.37,
+                "basic": 0.233}
+    for key, want in datacomp.items():
+        assert abs(measured[key] - want) < 0.04, (key, measured)

@@ -232,6 +232,101 @@ def encode(img: Image.Image, fmt: str = "JPEG", quality: int = 90) -> bytes:
     return buf.getvalue()
 
 
+# Sizes of the crawl's pictures: photo-sized ones pass DataComp's basic filter (min side >= 200 px),
+# thumbnails do not
+PICTURE_SIZES, THUMBNAIL_SIZES = (200, 400), (48, 200)
+# banner formats of the IAB's standard ad units (leaderboard, full banner, skyscraper, mobile): aspect 4.7-8.1
+BANNER_SIZES = ((728, 90), (468, 60), (160, 600), (320, 50))
+
+
+def size_of(seed: int, sizes: tuple[int, int]) -> int:
+    return int(np.random.default_rng([seed, 1]).integers(*sizes))
+
+
+def icon(seed: int) -> Image.Image:
+    """A small web icon (16-96 px): a glyph (menu bars, an arrow, a magnifier, a cart) in a brand colour
+    on white or on a rounded tile; nothing of the evaluation's classes."""
+    rng = np.random.default_rng(seed)
+    size = int(rng.integers(16, 97))
+    brand = tuple(int(v) for v in rng.choice([(59, 89, 152), (29, 161, 242), (40, 40, 40), (120, 120, 120),
+                                               (255, 120, 0), (0, 119, 181)]))
+    tile = rng.random() < 0.5
+    img = Image.new("RGB", (size, size), brand if tile else (255, 255, 255))
+    ink = (255, 255, 255) if tile else brand
+    draw = ImageDraw.Draw(img)
+    w = max(1, size // 10)
+    glyph = int(rng.integers(4))
+    m = size // 4
+    if glyph == 0:  # menu bars
+        for k in range(3):
+            y = m + k * (size - 2 * m) // 2
+            draw.line([(m, y), (size - m, y)], fill=ink, width=w)
+    elif glyph == 1:  # an arrow
+        draw.line([(m, size // 2), (size - m, size // 2)], fill=ink, width=w)
+        draw.line([(size - m, size // 2), (size // 2, m)], fill=ink, width=w)
+        draw.line([(size - m, size // 2), (size // 2, size - m)], fill=ink, width=w)
+    elif glyph == 2:  # a magnifier
+        draw.arc([m, m, size // 2 + m // 2, size // 2 + m // 2], 0, 360, fill=ink, width=w)
+        draw.line([(size // 2 + m // 2, size // 2 + m // 2), (size - m, size - m)], fill=ink, width=w)
+    else:  # a cart
+        draw.line([(m, m), (m + m // 2, size - m - w * 2), (size - m, size - m - w * 2)], fill=ink, width=w)
+        draw.point([(m + m // 2, size - m), (size - m, size - m)], fill=ink)
+    return img
+
+
+def banner(seed: int) -> Image.Image:
+    """An advertising banner in one of the IAB's standard formats: colour bands and lines of 'text'."""
+    rng = np.random.default_rng(seed)
+    width, height = BANNER_SIZES[int(rng.integers(len(BANNER_SIZES)))]
+    colors = rng.integers(0, 256, size=(2, 3))
+    t = np.linspace(0, 1, width if width > height else height)[:, None]
+    ramp = (colors[0] * (1 - t) + colors[1] * t).astype(np.uint8)
+    pixels = np.broadcast_to(ramp[None] if width > height else ramp[:, None], (height, width, 3)).copy()
+    img = Image.fromarray(pixels, "RGB")
+    draw = ImageDraw.Draw(img)
+    ink = (255, 255, 255) if colors.mean() < 128 else (20, 20, 20)
+    long_side, short_side = max(width, height), min(width, height)
+    for k in range(int(rng.integers(2, 5))):  # words as blocks along the long side
+        a = int(rng.integers(0, long_side - short_side // 2))
+        b = a + int(rng.integers(short_side // 3, short_side * 2))
+        c = int(short_side * (0.2 + 0.2 * (k % 3)))
+        box = (a, c, b, c + short_side // 8) if width > height else (c, a, c + short_side // 8, b)
+        draw.rectangle(box, fill=ink)
+    return img
+
+
+def product(seed: int, sizes: tuple[int, int] = PICTURE_SIZES) -> Image.Image:
+    """A picture of something outside the evaluation's classes: a textured object (fabric, wood grain,
+    a gradient) filling most of the frame, as a shop's or a blog's photographs are."""
+    rng = np.random.default_rng(seed)
+    size = size_of(seed, sizes)
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    # fabrics in blue, green, ochre and teal: skin tones, greys and purples drew NSFW false positives from
+    # nudenet (the embedded default), which would make the crawl's expected statuses a guess
+    base = np.array([(40, 90, 150), (40, 120, 80), (150, 140, 60), (30, 110, 130)][
+        int(rng.integers(4))]) + rng.integers(-15, 16, size=3)
+    freq = rng.uniform(4, 20)
+    angle = rng.uniform(0, np.pi)
+    wave = np.sin(2 * np.pi * freq * (xx * np.cos(angle) + yy * np.sin(angle)) + rng.uniform(0, 6))
+    grain = rng.normal(0, 18, size=(size, size, 1))
+    pixels = base[None, None, :] + 40 * wave[..., None] + grain
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")
+
+
+def logo_on_product(color: str, shape: str, seed: int) -> Image.Image:
+    """A product picture with a small `color` `shape` drawn in a corner, as a logo or a caption's words
+    are drawn on web images: a caption naming the shape matches something the picture shows."""
+    img = product(seed)
+    rng = np.random.default_rng([seed, 2])
+    side = int(img.width * rng.uniform(0.15, 0.25))
+    mark = render_shape(color, shape, seed, size=side, extent=(0.8, 0.95))
+    corner = int(rng.integers(4))
+    x = 4 if corner % 2 == 0 else img.width - side - 4
+    y = 4 if corner < 2 else img.height - side - 4
+    img.paste(mark, (x, y))
+    return img
+
+
 @functools.lru_cache(maxsize=1)
 def decompression_bomb(side: int = 10_000) -> bytes:
     """A small PNG (about 100 kB) that decodes to `side`² pixels."""

@@ -2,7 +2,13 @@
 
 Paths (all deterministic from the path itself):
 
-    /img/shape/{color}/{shape}/{n}.jpg      a rendered shape
+    /img/shape/{color}/{shape}/{n}.jpg      a rendered shape, photo-sized (200-399 px)
+    /img/thumb/{color}/{shape}/{n}.jpg      the same as a thumbnail (48-199 px)
+    /img/icon/{n}.png                       a small web icon
+    /img/banner/{n}.jpg                     an advertising banner (extreme aspect ratio)
+    /img/product/picture|thumb/{n}.jpg      a picture of something outside the classes (photo-sized or a thumbnail)
+    /img/logo/{color}/{shape}/{n}.jpg       a product picture with a small shape drawn in a corner
+    /cdn/{n}/{path}                         /{path}: the same picture under another URL
     /img/photo/{name}/{n}.jpg               a crop of a scikit-image photograph
     /img/evaldup/{index}/{variant}/{n}.jpg  a near-duplicate of evaluation image `index`
     /img/oversized/{n}.jpg                  a 4000x3000 JPEG (resized by the download)
@@ -40,11 +46,25 @@ class NotFound(Exception):
 def render(path: str) -> tuple[bytes, str]:
     """(body, content type) of an image path under /img/."""
     parts = path.strip("/").split("/")
-    if parts[:2] == ["img", "shape"] and len(parts) == 5:
+    if parts[:2] in (["img", "shape"], ["img", "thumb"]) and len(parts) == 5:
         color, shape = parts[2], parts[3]
         if color not in images.COLORS or shape not in images.SHAPES:
             raise NotFound(path)
-        return images.encode(images.render_shape(color, shape, images.seed_of(path))), "image/jpeg"
+        seed = images.seed_of(path)
+        size = images.size_of(seed, images.PICTURE_SIZES if parts[1] == "shape" else images.THUMBNAIL_SIZES)
+        return images.encode(images.render_shape(color, shape, seed, size=size)), "image/jpeg"
+    if parts[:2] == ["img", "icon"] and len(parts) == 3:
+        return images.encode(images.icon(images.seed_of(path)), "PNG"), "image/png"
+    if parts[:2] == ["img", "banner"] and len(parts) == 3:
+        return images.encode(images.banner(images.seed_of(path))), "image/jpeg"
+    if parts[:2] == ["img", "product"] and len(parts) == 4 and parts[2] in ("picture", "thumb"):
+        sizes = images.PICTURE_SIZES if parts[2] == "picture" else images.THUMBNAIL_SIZES
+        return images.encode(images.product(images.seed_of(path), sizes)), "image/jpeg"
+    if parts[:2] == ["img", "logo"] and len(parts) == 5:
+        color, shape = parts[2], parts[3]
+        if color not in images.COLORS or shape not in images.SHAPES:
+            raise NotFound(path)
+        return images.encode(images.logo_on_product(color, shape, images.seed_of(path))), "image/jpeg"
     if parts[:2] == ["img", "photo"] and len(parts) == 4:
         if parts[2] not in images.PHOTOS:
             raise NotFound(path)
@@ -89,6 +109,8 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             if head == "img":
                 self._send(200, *render(path))
+            elif head == "cdn":
+                self._send(200, *render("/" + rest.partition("/")[2]))
             elif head == "redirect":
                 self.send_response(HTTPStatus.FOUND)
                 self.send_header("Location", "/" + rest)
