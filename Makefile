@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 PY := .venv/bin/python
 
-.PHONY: setup demo test test-fast airflow lock bench-extract bench-extract-scaling bench-download bench-pool bench-filtering bench-training calibrate-dedup clean
+.PHONY: setup demo test test-fast airflow lock bench-extract bench-extract-scaling bench-download bench-pool bench-filtering bench-training bench-miniature calibrate-dedup clean
 
 setup:            ## .venv with the pinned dependency set (idempotent)
 	bash scripts/setup.sh
@@ -44,6 +44,9 @@ bench-pool: setup
 
 bench-training: setup  ## tiny-scale training through the platform against open_clip's trainer directly
 	source scripts/env.sh && $(PY) benchmarks/bench_training.py
+
+bench-miniature: setup  ## DataComp's Table 3 baselines on the miniature over 3 seeds, as ratios to no filtering beside the paper's
+	source scripts/env.sh && $(PY) benchmarks/bench_miniature.py
 
 calibrate-dedup: setup
 	source scripts/env.sh && $(PY) benchmarks/calibrate_dedup.py --urls 100000

@@ -147,7 +147,9 @@ def stage_table(extraction: dict, download: StageStats, metadata: StageStats) ->
             ("decode", ("corrupt_image", "missing_from_shard"), "images/s",
              "one decode per image, preprocessed for every model"),
             ("nsfw_text", ("nsfw_text",), "captions/s", ""),
-            ("nsfw_image", ("nsfw_image",), "images/s", ""),
+            ("nsfw_image", ("nsfw_image",), "images/s",
+             f"{m['nsfw_image.no_skin']} without skin-toned pixels, scored 0 unseen" if m.get("nsfw_image.no_skin")
+             else ""),
             ("eval_dedup", ("eval_duplicate",), "images/s", "")):
         removed = {r: m.get(f"removed:{r}", 0) for r in reasons}
         rows.append(_row(step, n, n - sum(removed.values()), removed, t.get(step, 0.0),

@@ -277,7 +277,8 @@ def test_commonpool_build_runs_end_to_end(tmp_path, small_crawl, embedded_models
         events = db.execute("SELECT asset.name, asset_event.extra FROM asset_event JOIN asset "
                             "ON asset.id = asset_event.asset_id").fetchall()
     extras = {name: json.loads(extra) for name, extra in events}
-    assert set(extras) == {f"commonpool_{s}" for s in scales}
+    # the complete scale (tiny) and, of the incomplete ones, only the smallest: the others hold the same samples
+    assert set(extras) == {"commonpool_tiny", "commonpool_small"}
     assert extras["commonpool_tiny"]["pool_version"] == "v0001" and extras["commonpool_tiny"]["samples"] == 50
 
     # a rebuild with no new WAT file retries the transient failures (they fail again here), adds no

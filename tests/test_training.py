@@ -94,7 +94,8 @@ def test_a_tiny_run_trains_on_the_cpu_and_records_its_lineage(tmp_path):
     config = _config(tmp_path, **{"training.samples_seen": 1024, "training.num_checkpoints": 2})
     stats = training.run_training(spec, config)
     record = json.loads(open(os.path.join(spec.run_dir, "training.json")).read())
-    assert record["samples_seen"] == 1024 and record["checkpoints"] == 2 and record["steps"] == 4
+    # 1,024 samples seen in batches of the tiny scale's 32: 16 steps in each of the 2 checkpoints' epochs
+    assert record["samples_seen"] == 1024 and record["checkpoints"] == 2 and record["steps"] == 32
     assert os.path.exists(record["checkpoint"]) and record["final_loss"] is not None
     lineage = json.loads(open(os.path.join(spec.run_dir, "lineage.json")).read())
     assert lineage["subset_sha256"] == hashlib.sha256(open(spec.subset, "rb").read()).hexdigest()
