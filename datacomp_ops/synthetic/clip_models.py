@@ -169,19 +169,12 @@ def recipe_fingerprint(steps: int) -> str:
     return digest.hexdigest()[:16]
 
 
-def _train_one(name: str, path: str, steps: int, threads: int, fingerprint: str) -> dict:
-    import torch
-
-    torch.set_num_threads(threads)
-    return train_clip(name, path, steps, fingerprint=fingerprint)
-
-
 def ensure_trained(models_dir: str, steps: int) -> dict[str, dict]:
     """Train every stand-in that `models_dir` lacks (or holds from another recipe), side by side when
     both are missing, one core each: small models use two cores poorly."""
     import fcntl
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
+    import subprocess
+    import sys
 
     fingerprint = recipe_fingerprint(steps)
     reports = {}
@@ -201,12 +194,29 @@ def ensure_trained(models_dir: str, steps: int) -> dict[str, dict]:
             missing.append(name)
         cores = os.cpu_count() or 1
         if len(missing) > 1 and cores > 1:
-            threads = max(1, cores // len(missing))
-            with ProcessPoolExecutor(len(missing), mp_context=multiprocessing.get_context("spawn")) as pool:
-                futures = {name: pool.submit(_train_one, name, os.path.join(models_dir, name), steps, threads,
-                                             fingerprint) for name in missing}
-                reports |= {name: future.result() for name, future in futures.items()}
+            # fresh interpreters, not multiprocessing: a spawned child re-runs its parent's main module,
+            # which inside an Airflow task is the task runner
+            threads = str(max(1, cores // len(missing)))
+            children = {name: subprocess.Popen([sys.executable, "-m", __name__, name, os.path.join(models_dir, name),
+                                                str(steps), threads, fingerprint]) for name in missing}
+            failed = [name for name, child in children.items() if child.wait() != 0]
+            if failed:
+                raise RuntimeError(f"training the embedded CLIP stand-ins {failed} failed; see the log above")
+            for name in missing:
+                with open(os.path.join(models_dir, name, "training.json")) as f:
+                    reports[name] = json.load(f)
         else:
             for name in missing:
                 reports[name] = train_clip(name, os.path.join(models_dir, name), steps, fingerprint=fingerprint)
     return reports
+
+
+if __name__ == "__main__":  # one stand-in in a process of its own: NAME OUT_DIR STEPS THREADS FINGERPRINT
+    import sys
+
+    import torch
+
+    logging.basicConfig(level=logging.INFO)
+    name, out_dir, steps, threads, fingerprint = sys.argv[1:6]
+    torch.set_num_threads(int(threads))
+    train_clip(name, out_dir, int(steps), fingerprint=fingerprint)
