@@ -175,7 +175,9 @@ def asset_extras(manifest: dict) -> dict[str, dict]:
     so the larger ones would be filtered again to the same subsets (the
     filtering form still filters any of them on request).
     """
-    built = [(name, info) for name, info in manifest["scales"].items() if info["built"]]
+    # the manifest's keys are sorted by name (large before small): take them smallest scale first
+    built = [(name, manifest["scales"][name]) for name in SCALE_ORDER
+             if name in manifest["scales"] and manifest["scales"][name]["built"]]
     incomplete = [name for name, info in built if not info["complete"]]
     return {
         name: {"pool_version": manifest["pool_version"], "scale": name, "samples": info["samples"],

@@ -195,3 +195,16 @@ def test_the_header_scan_finds_what_the_member_walk_finds(tmp_path):
         assert len(walked) == 4 + (name == "pax path")
         if spans is not None:
             assert [raw[a:b] for a, b in spans] == walked
+
+
+def test_a_build_announces_its_complete_scales_and_the_smallest_incomplete_one():
+    from datacomp_ops.publish import asset_extras
+
+    scales = {name: {"built": True, "complete": name == "tiny", "samples": 60 if name != "tiny" else 50,
+                     "path": f"/r/pool/v0001/scales/{name}.npy"} for name in sorted(["tiny", "small", "medium",
+                                                                                        "large", "xlarge"])}
+    manifest = {"pool_version": "v0001", "samples": 60, "scales": scales, "storage_root": "/r"}
+    assert list(manifest["scales"])[0] == "large"  # as the manifest's JSON has them: sorted by name
+    assert set(asset_extras(manifest)) == {"tiny", "small"}
+    scales["tiny"]["complete"] = False  # a pool smaller than tiny: tiny holds it all, the rest the same
+    assert set(asset_extras(manifest)) == {"tiny"}
