@@ -27,6 +27,6 @@ def test_clip_score_beats_no_filtering_on_the_miniature(tmp_path, embedded_model
     figures = json.loads(out.read_text())
     summary = figures["summary"]
     assert figures["samples_seen"] == 5000 and figures["pool"] == 5000
-    assert summary["clip_score_l14_30"]["size"] == 1500  # DataComp's 30%
+    assert 1500 <= summary["clip_score_l14_30"]["size"] <= 1510  # DataComp's 30%, and the ties at its threshold
     assert result.returncode == 0, result.stdout[-3000:]
     assert summary["clip_score_l14_30"]["average"] > summary["no_filter"]["average"], result.stdout
