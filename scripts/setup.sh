@@ -6,7 +6,11 @@ cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3.11}"
 stamp=.venv/.setup-stamp
 want=$(cat requirements/constraints.txt pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)
-if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && .venv/bin/python -c "import datacomp_ops" 2>/dev/null; then
+here=$(pwd -P)
+# imported from outside the checkout, as Airflow's task processes do: a .venv shared with (or
+# copied from) another checkout would run that checkout's datacomp_ops in every task
+installed=$(cd / && "$here/.venv/bin/python" -c "import datacomp_ops, os; print(os.path.realpath(datacomp_ops.__path__[0]))" 2>/dev/null || true)
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && [ "$installed" = "$here/datacomp_ops" ]; then
     echo "setup: .venv is up to date"
     exit 0
 fi
