@@ -119,18 +119,24 @@ class Scale:
     warmup: int
     beta2: float
     weight_decay: float = 0.2
+    # samples per resharded training shard (DataComp's resharder: 10,000). Training draws shards with
+    # replacement (--dataset-resampled), so a subset must come in many shards for the draws to sample it
+    # as DataComp's do: small's pool is 1,280 shards; the tiny pool in 10,000-sample shards would be 2,
+    # and which of them the workers drew would decide what a run saw.
+    shard_size: int = 10_000
 
 
 # DataComp's four scales, exactly as the benchmark defines them (scale_configs.py); beta2 is
 # open_clip's ViT default (0.98) except at xlarge. `tiny` is our dev scale: a CPU-trainable CLIP
 # (datacomp_ops/model_configs/datacomp-tiny.json) under DataComp's compute rule (samples seen = the
 # pool's size; publish.tiny_pool_size sets both). 5,000 is what a 2-core machine builds, trains four
-# times and evaluates within the main job's ten minutes; the batch gives it 78 steps, and the warmup is
-# DataComp's small-scale share of them (500 of 3,125 steps, 16%). README "The miniature" says more.
+# times and evaluates within the main job's ten minutes; the batch gives it 313 steps, and the warmup is
+# DataComp's small-scale share of them (500 of 3,125 steps, 16%); its 10-sample shards make the tiny
+# pool 500 shards. README "The miniature" says more.
 SCALES: dict[str, Scale] = {
     s.name: s
     for s in (
-        Scale("tiny", "datacomp-tiny", 5_000, 5_000, 32, 1e-3, 25, 0.98),
+        Scale("tiny", "datacomp-tiny", 5_000, 5_000, 16, 1e-3, 50, 0.98, shard_size=10),
         Scale("small", "ViT-B-32", 12_800_000, 12_800_000, 4096, 5e-4, 500, 0.98),
         Scale("medium", "ViT-B-32", 128_000_000, 128_000_000, 4096, 5e-4, 500, 0.98),
         Scale("large", "ViT-B-16", 1_280_000_000, 1_280_000_000, 8192, 5e-4, 500, 0.98),

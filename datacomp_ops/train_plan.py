@@ -17,7 +17,7 @@ import os
 from typing import Any
 
 from . import storage, versions
-from .config import ConfigError, config_from_dict, load_config
+from .config import ConfigError, config_from_dict, get_scale, load_config
 from .layout import PoolLayout, dataset_root
 from .reshard import reshard
 from .training import TrainSpec, parse_run_dir, run_name, run_training
@@ -92,7 +92,8 @@ def run_reshard_job(job: dict) -> dict:
         log.info("%s: trains on the shards its subset's first job writes, %s", job["name"], spec.shards_dir)
         return {}
     shards = storage.read_json(job["manifest"])["shards"]
-    stats = reshard(spec.subset, shards, spec.shards_dir, workers=min(os.cpu_count() or 1, 8))
+    stats = reshard(spec.subset, shards, spec.shards_dir, shard_size=get_scale(spec.scale).shard_size,
+                    workers=min(os.cpu_count() or 1, 8))
     return stats.to_dict()
 
 

@@ -217,3 +217,28 @@ def test_noise_shares_are_commonpools(tmp_path):
                 "basic": 0.233}
     for key, want in datacomp.items():
         assert abs(measured[key] - want) < 0.04, (key, measured)
+
+
+def test_small_pictures_hold_the_detail_of_their_size_at_the_models_scale():
+    """A thumbnail of side s holds s * 32/224 px of detail (what it holds for DataComp's 224-px model,
+    scaled to the miniature's 32 px); pictures of 224 px and more are served as drawn."""
+    import numpy as np
+
+    from datacomp_ops.synthetic import images
+    from datacomp_ops.synthetic.server import render
+
+    def detail_lost(img: Image.Image, side: int) -> float:  # what a round trip through `side` px changes
+        a = np.asarray(img.convert("RGB"), float)
+        b = np.asarray(img.resize((side, side), Image.BOX).resize(img.size, Image.BILINEAR).convert("RGB"), float)
+        return float(np.abs(a - b).mean())
+
+    path = "/img/thumb/red/triangle/3.jpg"
+    served = Image.open(io.BytesIO(render(path)[0]))
+    side = min(served.size)
+    assert side < 200
+    sharp = images.render_shape("red", "triangle", images.seed_of(path), size=side)
+    model_side = round(side * images.MODEL_SIDE / images.DATACOMP_SIDE)
+    # the drawn thumbnail loses detail at its model-scale side; the served one has none left to lose
+    assert detail_lost(sharp, model_side) > 2 * detail_lost(served, model_side)
+    big = images.render_shape("red", "triangle", 7, size=300)
+    assert images.at_model_scale(big) is big

@@ -94,8 +94,8 @@ def test_a_tiny_run_trains_on_the_cpu_and_records_its_lineage(tmp_path):
     config = _config(tmp_path, **{"training.samples_seen": 1024, "training.num_checkpoints": 2})
     stats = training.run_training(spec, config)
     record = json.loads(open(os.path.join(spec.run_dir, "training.json")).read())
-    # 1,024 samples seen in batches of the tiny scale's 32: 16 steps in each of the 2 checkpoints' epochs
-    assert record["samples_seen"] == 1024 and record["checkpoints"] == 2 and record["steps"] == 32
+    # 1,024 samples seen in batches of the tiny scale's 16: 32 steps in each of the 2 checkpoints' epochs
+    assert record["samples_seen"] == 1024 and record["checkpoints"] == 2 and record["steps"] == 64
     assert os.path.exists(record["checkpoint"]) and record["final_loss"] is not None
     lineage = json.loads(open(os.path.join(spec.run_dir, "lineage.json")).read())
     assert lineage["subset_sha256"] == hashlib.sha256(open(spec.subset, "rb").read()).hexdigest()
@@ -297,3 +297,22 @@ def test_each_subset_is_planned_once_per_seed(tmp_path):
     manifest = str(tmp_path / "root" / "pool" / "v0001" / "manifest.json")
     events = [{"label": "no_filter", "subset": "s", "pool": {"manifest": manifest, "scale": "tiny"}}]
     assert [j["name"] for j in plan_training(params, events)] == ["v0001/tiny/no_filter", "v0001/tiny/no_filter+seed1"]
+
+
+def test_the_tiny_scale_reshards_into_many_small_shards(tmp_path):
+    """Training draws shards with replacement: the tiny pool comes in 10-sample shards (hundreds of
+    them, as small's pool is 1,280), not in the two 10,000-sample shards that would hold all of it."""
+    import dataclasses
+    import shutil
+
+    from datacomp_ops.config import SCALES
+    from datacomp_ops.train_plan import run_reshard_job
+
+    spec = make_run(tmp_path, n=95)
+    shutil.rmtree(spec.shards_dir)
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text(json.dumps({"shards": [str(tmp_path / "pool" / "00000000.tar")]}))
+    run_reshard_job({"spec": dataclasses.asdict(spec), "manifest": str(manifest), "name": "all"})
+    meta = json.loads(open(os.path.join(spec.shards_dir, "meta.json")).read())
+    assert SCALES["tiny"].shard_size == 10 and SCALES["small"].shard_size == 10_000
+    assert meta["output_count"] == 95 and meta["output_shard_count"] == 10 and meta["shard_size"] == 10

@@ -73,8 +73,10 @@ def _training_pairs(n: int, seed: int):
             continue
         label = CLASSES[int(rng.integers(len(CLASSES)))]
         color, shape = label.split(" ")
-        if draw < 0.20:
-            yield logo_on_product(color, shape, item), str(rng.choice(TEMPLATES)).format(c=label)
+        if draw < 0.20:  # named in another language as often as the plain shapes below (0.15 of 0.80)
+            foreign = rng.random() < 0.15 / 0.80
+            yield logo_on_product(color, shape, item), (_translate(label, str(rng.choice(LANGUAGES))) if foreign
+                                                        else str(rng.choice(TEMPLATES)).format(c=label))
             continue
         scene = seed_of("clip-train-scene", seed, i) if rng.random() < 0.5 else None
         img = render_shape(color, shape, item, size=int(rng.integers(48, 160)), extent=(0.25, 0.8), scene=scene)

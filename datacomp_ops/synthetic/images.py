@@ -239,6 +239,22 @@ PICTURE_SIZES, THUMBNAIL_SIZES = (200, 400), (48, 200)
 BANNER_SIZES = ((728, 90), (468, 60), (160, 600), (320, 50))
 
 
+# The miniature's model sees 32 px where DataComp's sees 224 (its size rule's 200 px is just under that):
+# a web picture under 224 px is upsampled there and holds only its own pixels' detail. The crawl's
+# pictures keep that ratio to the model: one of side s holds the detail of s * 32/224 px (a 100-px
+# thumbnail, 14), so a thumbnail tells the tiny model what it tells a ViT-B/32 at 224, not more.
+MODEL_SIDE, DATACOMP_SIDE = 32, 224
+
+
+def at_model_scale(img: Image.Image) -> Image.Image:
+    """`img` with the detail a picture of its size has at DataComp's resolution, scaled to the miniature's;
+    pictures of 224 px and more are returned as they are (the model's resize keeps less detail than they hold)."""
+    if min(img.size) >= DATACOMP_SIDE:
+        return img
+    small = (max(1, round(img.width * MODEL_SIDE / DATACOMP_SIDE)), max(1, round(img.height * MODEL_SIDE / DATACOMP_SIDE)))
+    return img.resize(small, Image.BOX).resize(img.size, Image.BILINEAR)
+
+
 def size_of(seed: int, sizes: tuple[int, int]) -> int:
     return int(np.random.default_rng([seed, 1]).integers(*sizes))
 

@@ -1,6 +1,7 @@
 """A local image server for the synthetic crawl: loopback only, images made on request.
 
-Paths (all deterministic from the path itself):
+Paths (all deterministic from the path itself). Pictures under 224 px hold the detail they would have
+at DataComp's resolution, scaled to the miniature model's (`images.at_model_scale`).
 
     /img/shape/{color}/{shape}/{n}.jpg      a rendered shape, photo-sized (200-399 px)
     /img/thumb/{color}/{shape}/{n}.jpg      the same as a thumbnail (48-199 px)
@@ -52,19 +53,19 @@ def render(path: str) -> tuple[bytes, str]:
             raise NotFound(path)
         seed = images.seed_of(path)
         size = images.size_of(seed, images.PICTURE_SIZES if parts[1] == "shape" else images.THUMBNAIL_SIZES)
-        return images.encode(images.render_shape(color, shape, seed, size=size)), "image/jpeg"
+        return images.encode(images.at_model_scale(images.render_shape(color, shape, seed, size=size))), "image/jpeg"
     if parts[:2] == ["img", "icon"] and len(parts) == 3:
-        return images.encode(images.icon(images.seed_of(path)), "PNG"), "image/png"
+        return images.encode(images.at_model_scale(images.icon(images.seed_of(path))), "PNG"), "image/png"
     if parts[:2] == ["img", "banner"] and len(parts) == 3:
-        return images.encode(images.banner(images.seed_of(path))), "image/jpeg"
+        return images.encode(images.at_model_scale(images.banner(images.seed_of(path)))), "image/jpeg"
     if parts[:2] == ["img", "product"] and len(parts) == 4 and parts[2] in ("picture", "thumb"):
         sizes = images.PICTURE_SIZES if parts[2] == "picture" else images.THUMBNAIL_SIZES
-        return images.encode(images.product(images.seed_of(path), sizes)), "image/jpeg"
+        return images.encode(images.at_model_scale(images.product(images.seed_of(path), sizes))), "image/jpeg"
     if parts[:2] == ["img", "logo"] and len(parts) == 5:
         color, shape = parts[2], parts[3]
         if color not in images.COLORS or shape not in images.SHAPES:
             raise NotFound(path)
-        return images.encode(images.logo_on_product(color, shape, images.seed_of(path))), "image/jpeg"
+        return images.encode(images.at_model_scale(images.logo_on_product(color, shape, images.seed_of(path)))), "image/jpeg"
     if parts[:2] == ["img", "photo"] and len(parts) == 4:
         if parts[2] not in images.PHOTOS:
             raise NotFound(path)
