@@ -304,6 +304,7 @@ def cmd_filter(args) -> None:
 
 def cmd_reshard(args) -> None:
     from . import storage, versions
+    from .config import get_scale
     from .layout import PoolLayout
     from .reshard import reshard
     from .training import TrainSpec
@@ -323,7 +324,9 @@ def cmd_reshard(args) -> None:
         manifest = storage.read_json(PoolLayout(root, version).manifest)
         spec = TrainSpec.for_subset(root, version, args.scale, args.baseline)  # where train reads the shards
         subset, shards, out = spec.subset, manifest["shards"], args.out or spec.shards_dir
-    stats = reshard(subset, shards, out, args.shard_size, args.workers)
+    # a baseline's shards are where its training reads them: in its scale's shard size, as training writes them
+    size = args.shard_size or (10_000 if args.subset else get_scale(args.scale).shard_size)
+    stats = reshard(subset, shards, out, size, args.workers)
     print(json.dumps(stats.to_dict(), indent=2))
     print(f"shards in {out} (meta.json: {storage.join(out, 'meta.json')})")
 
@@ -504,7 +507,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--subset", help="any DataComp subset file (u8,u8), with --shards-dir and --out")
     p.add_argument("--shards-dir", help="folder of input shards (.tar with .parquet beside)")
     p.add_argument("--out", help="default: {root}/runs/{version}/{scale}/{baseline}/shards")
-    p.add_argument("--shard-size", type=int, default=10_000, help="samples per output shard (DataComp: 10,000)")
+    p.add_argument("--shard-size", type=int, default=0, help="samples per output shard (default: DataComp's "
+                   "10,000; for --baseline, the scale's, as its training reshards: 10 at tiny)")
     p.add_argument("--workers", type=int, default=0, help="parallel tasks (default: the cores)")
     p.set_defaults(func=cmd_reshard)
 

@@ -4,7 +4,9 @@ A training run trains the subsets named by the Asset events that triggered it
 (one per baseline the filtering DAG wrote, of the config's ``scale``;
 ``training.baselines`` narrows them), or the subsets its form names (a published pool version and scale of
 the CommonPool or of an imported dataset; every baseline written there, or
-those listed). Each subset is trained once per seed of ``training.seeds`` (or
+those listed). A run started by events also trains the untrained subsets written
+beside them since (Airflow gives a deferred run only the events up to its
+trigger), and skips the runs committed already. Each subset is trained once per seed of ``training.seeds`` (or
 of the form's): one job per (subset, seed). A subset's first job reshards it
 into the seed-0 run folder (`training.TrainSpec`); its other seeds' jobs train
 on those shards (the DAG's train tasks start once every reshard task is done).
@@ -42,6 +44,35 @@ def _jobs(manifest_url: str, scale: str, baseline: str, seeds: list[int], config
             for i, spec in enumerate(specs)]
 
 
+def _trained(job: dict) -> bool:
+    """A run committed already (by an earlier run of the DAG that trained it unannounced): training it
+    again would be a no-op that announces the model a second time."""
+    done = storage.exists(storage.join(job["spec"]["run_dir"], "training.json"))
+    if done:
+        log.info("%s: trained already", job["name"])
+    return done
+
+
+def _announced_meanwhile(manifest_url: str, scale: str, labels: set[str]) -> set[str]:
+    """The untrained subsets of the events' pool version and scale that no event of this run names.
+
+    The DAG runs one at a time (max_active_runs=1); Airflow makes a deferred run when the previous one
+    ends, gives it the events up to the first one queued and then drops its queue entry, so the subsets
+    announced in between would wait for an event that may never come. With one run at a time, a subset
+    whose seed-0 run is not committed is one that no run has trained, or one whose training failed."""
+    manifest = storage.read_json(manifest_url)
+    root, version = manifest["storage_root"], manifest["pool_version"]
+    folder = storage.join(root, "subsets", version, scale)
+    present = {os.path.basename(r)[: -len(".json")] for r in storage.ls(folder, "*.json")}
+    meanwhile = {label for label in present - labels
+                 if not storage.exists(storage.join(TrainSpec.for_subset(root, version, scale, label,
+                                                                         _dataset_of(root)).run_dir,
+                                                    "training.json"))}
+    if meanwhile:
+        log.info("also training %s: written under %s since this run's events", ", ".join(sorted(meanwhile)), folder)
+    return meanwhile
+
+
 def plan_training(params: dict[str, Any], events: list[dict]) -> list[dict]:
     overrides = dict(params.get("config_overrides") or {})
     if params.get("seeds"):  # the form's seeds are the config's, checked as the config checks them
@@ -52,6 +83,7 @@ def plan_training(params: dict[str, Any], events: list[dict]) -> list[dict]:
     wanted = list(params.get("baselines") or []) or list(config.training.baselines)
     jobs = []
     if events:
+        announced: dict[str, set[str]] = {}  # pool manifest -> labels its events name
         for extra in events:
             pool = extra.get("pool") or {}
             if "manifest" not in pool:
@@ -63,13 +95,17 @@ def plan_training(params: dict[str, Any], events: list[dict]) -> list[dict]:
                 log.info("subset %s is of scale %s; this config trains scale %s", extra.get("subset"),
                          pool.get("scale"), config.scale)
                 continue
-            if wanted and extra["label"] not in wanted:
-                continue
-            try:
-                jobs += _jobs(pool["manifest"], config.scale, extra["label"], seeds, config_dict)
-            except ConfigError as exc:  # removed since its event: the others still train
-                log.warning("not training %s: %s", extra["label"], exc)
-        return jobs
+            announced.setdefault(pool["manifest"], set()).add(extra["label"])
+        for manifest_url, labels in announced.items():
+            labels |= _announced_meanwhile(manifest_url, config.scale, labels)
+            for label in sorted(labels):
+                if wanted and label not in wanted:
+                    continue
+                try:
+                    jobs += _jobs(manifest_url, config.scale, label, seeds, config_dict)
+                except ConfigError as exc:  # removed since its event: the others still train
+                    log.warning("not training %s: %s", label, exc)
+        return [job for job in jobs if not _trained(job)]
     dataset = params.get("dataset") or ""
     root = dataset_root(config.storage_root, dataset) if dataset else config.storage_root
     version = params.get("pool_version") or versions.latest(root)

@@ -115,7 +115,8 @@ def test_webdataset_shards_import_as_a_pool_that_filters_and_reshards(tmp_path, 
     assert len(np.load(subsets / "no_filter.npy")) == 3
     main(["reshard", "--dataset", "mine", "--baseline", "no_filter", *args])
     resharded = root / "datasets" / "mine" / "runs" / "v0001" / "tiny" / "no_filter" / "shards"
-    assert json.loads((resharded / "meta.json").read_text())["output_count"] == 3
+    meta = json.loads((resharded / "meta.json").read_text())  # in the scale's shards, as training writes them
+    assert meta["output_count"] == 3 and meta["shard_size"] == 10
     assert not (root / "subsets").exists()
 
     # importing the folder again reads nothing; a new shard makes the next version with only its samples

@@ -293,10 +293,17 @@ def test_each_subset_is_planned_once_per_seed(tmp_path):
     assert [j["spec"]["seed"] for j in plan_training(params | {"seeds": []}, [])] == [0, 1, 0, 1]
     with pytest.raises(ConfigError, match=r"^training.seeds: 1 is in \[1, 1\] twice"):
         plan_training(params | {"seeds": [1, 1]}, [])
-    # Asset events: the same jobs per subset
+    # Asset events: the same jobs per subset; the untrained subsets written beside the events' are
+    # trained too (Airflow hands a deferred run only the events up to its trigger), committed runs are not
     manifest = str(tmp_path / "root" / "pool" / "v0001" / "manifest.json")
     events = [{"label": "no_filter", "subset": "s", "pool": {"manifest": manifest, "scale": "tiny"}}]
-    assert [j["name"] for j in plan_training(params, events)] == ["v0001/tiny/no_filter", "v0001/tiny/no_filter+seed1"]
+    assert [j["name"] for j in plan_training(params, events)] == [
+        "v0001/tiny/basic_filter", "v0001/tiny/basic_filter+seed1", "v0001/tiny/no_filter", "v0001/tiny/no_filter+seed1"]
+    for run in ("basic_filter", "no_filter+seed1"):  # committed by an earlier run of the DAG
+        os.makedirs(tmp_path / "root" / "runs" / "v0001" / "tiny" / run)
+        (tmp_path / "root" / "runs" / "v0001" / "tiny" / run / "training.json").write_text("{}")
+    assert [j["name"] for j in plan_training(params, events)] == ["v0001/tiny/no_filter"]
+    assert [j["name"] for j in plan_training(params | {"baselines": ["basic_filter"]}, events)] == []
 
 
 def test_the_tiny_scale_reshards_into_many_small_shards(tmp_path):
