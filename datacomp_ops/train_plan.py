@@ -58,7 +58,8 @@ def _announced_meanwhile(manifest_url: str, scale: str, labels: set[str]) -> set
 
     The DAG runs one at a time (max_active_runs=1); Airflow makes a deferred run when the previous one
     ends, gives it the events up to the first one queued and then drops its queue entry, so the subsets
-    announced in between would wait for an event that may never come. With one run at a time, a subset
+    announced in between would wait for an event that may never come (apache/airflow#56050, open in the
+    3.x we pin). With one run at a time, a subset
     whose seed-0 run is not committed is one that no run has trained, or one whose training failed."""
     manifest = storage.read_json(manifest_url)
     root, version = manifest["storage_root"], manifest["pool_version"]
