@@ -99,7 +99,9 @@ def test_download_to_s3(s3_bucket, small_crawl, fast_download_config):
     from datacomp_ops import storage
     from datacomp_ops.config import load_config
 
-    rows = [r for r in parse_wat_file(small_crawl["wat_files"][1])[0].to_pylist() if "/img/shape/" in r["url"]][:40]
+    # a partition as the extraction writes it: one row per uid (a WAT file repeats some pairs)
+    shapes = [r for r in parse_wat_file(small_crawl["wat_files"][1])[0].to_pylist() if "/img/shape/" in r["url"]]
+    rows = list({r["uid"]: r for r in shapes}.values())[:40]
     part = storage.join(s3_bucket, "crawls", "CC-S3DL", "urls", "part-0000-00000.parquet")
     with storage.atomic_write(part) as f:
         pq.write_table(pa.Table.from_pylist(rows), f)
