@@ -27,9 +27,7 @@ rm -rf "$DATACOMP_STORAGE_ROOT/synthetic" "$DATACOMP_STORAGE_ROOT/crawls" \
        "$DATACOMP_STORAGE_ROOT/runs" "$DATACOMP_STORAGE_ROOT/leaderboard"
 datacomp synthetic --out "$DATACOMP_STORAGE_ROOT/synthetic" --n-urls "$DEMO_URLS" \
     --base-url "http://127.0.0.1:$DEMO_PORT" --urls-per-file 2000
-# the web's servers are other machines: at a lower priority the synthetic one takes only the CPU the
-# platform leaves (on 2 cores it drew the build's first minutes away from training the CLIP stand-ins)
-setsid nice -n 10 datacomp serve --port "$DEMO_PORT" --hang-seconds 20 > var/log/image-server.log 2>&1 &
+setsid datacomp serve --port "$DEMO_PORT" --hang-seconds 20 > var/log/image-server.log 2>&1 &
 pids+=($!)
 
 # the demo trains four of the subsets (DataComp's no filter, basic, CLIP score and the DataComp-1B recipe)
