@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from .config import ConfigError, MetadataConfig
-from .models import ModelChoice, without_telemetry
+from .models import ModelChoice
 
 
 def _normalise(boxes: np.ndarray, width: int, height: int) -> list[list[float]]:
@@ -32,7 +32,6 @@ class SCRFDDetector:
     def __init__(self, choice: ModelChoice, settings: MetadataConfig, device: str = "cpu"):
         from insightface.model_zoo import get_model
 
-        without_telemetry()
         self.name = choice.name
         providers = (["CUDAExecutionProvider"] if device == "cuda" else []) + ["CPUExecutionProvider"]
         try:

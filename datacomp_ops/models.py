@@ -48,15 +48,6 @@ def _version(package: str) -> str:
         return "not installed"
 
 
-def without_telemetry() -> None:
-    """onnxruntime (under nudenet and insightface) sends usage events to Microsoft's collector
-    (mobile.events.data.microsoft.com) from inside the metadata pass: a build sends nothing out but its
-    downloads, which the address guard sees."""
-    import onnxruntime
-
-    onnxruntime.disable_telemetry_events()
-
-
 def choose_models(config: PlatformConfig) -> dict[str, ModelChoice]:
     """The model of every role; a configured path that does not exist is an error naming its key."""
     m, t = config.models, config.thresholds

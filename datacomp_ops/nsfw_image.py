@@ -14,7 +14,7 @@ from typing import Sequence
 import numpy as np
 
 from .config import ConfigError
-from .models import L14_WIDTH, ModelChoice, without_telemetry
+from .models import L14_WIDTH, ModelChoice
 
 # nudenet's classes that make an image unsafe (its *_COVERED and FACE_* classes do not)
 EXPOSED = frozenset({
@@ -117,7 +117,6 @@ class NudeNetClassifier:
     def __init__(self, choice: ModelChoice):
         from nudenet import NudeDetector
 
-        without_telemetry()
         self.name = choice.name
         self.min_skin = choice.min_skin
         self.detector = NudeDetector()

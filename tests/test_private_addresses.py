@@ -395,3 +395,19 @@ def test_a_bad_download_proxy_is_a_config_error_that_hides_its_password(value):
     with pytest.raises(ConfigError, match="^download.proxy: .*http://") as error:
         load_config(overrides={"download.proxy": value})
     assert "secret" not in str(error.value)
+
+
+def test_onnxruntime_is_told_to_send_no_telemetry_before_it_loads():
+    """onnxruntime reads ORT_DISABLE_TELEMETRY when it is imported (it sent usage events to Microsoft's
+    collector through the proxy test's proxy): importing the platform sets it first, unless the operator did."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "ORT_DISABLE_TELEMETRY"}
+    code = "import os, datacomp_ops, onnxruntime; print(os.environ['ORT_DISABLE_TELEMETRY'])"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "1"
+    env["ORT_DISABLE_TELEMETRY"] = "0"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "0"
