@@ -44,6 +44,11 @@ class NotFound(Exception):
     pass
 
 
+def _web_picture(img, fmt: str = "JPEG") -> tuple[bytes, str]:
+    """A picture of the web (not a copy of an evaluation image), with the detail its size allows."""
+    return images.encode(images.at_model_scale(img), fmt), f"image/{fmt.lower()}"
+
+
 def render(path: str) -> tuple[bytes, str]:
     """(body, content type) of an image path under /img/."""
     parts = path.strip("/").split("/")
@@ -53,23 +58,23 @@ def render(path: str) -> tuple[bytes, str]:
             raise NotFound(path)
         seed = images.seed_of(path)
         size = images.size_of(seed, images.PICTURE_SIZES if parts[1] == "shape" else images.THUMBNAIL_SIZES)
-        return images.encode(images.at_model_scale(images.render_shape(color, shape, seed, size=size))), "image/jpeg"
+        return _web_picture(images.render_shape(color, shape, seed, size=size))
     if parts[:2] == ["img", "icon"] and len(parts) == 3:
-        return images.encode(images.at_model_scale(images.icon(images.seed_of(path))), "PNG"), "image/png"
+        return _web_picture(images.icon(images.seed_of(path)), "PNG")
     if parts[:2] == ["img", "banner"] and len(parts) == 3:
-        return images.encode(images.at_model_scale(images.banner(images.seed_of(path)))), "image/jpeg"
+        return _web_picture(images.banner(images.seed_of(path)))
     if parts[:2] == ["img", "product"] and len(parts) == 4 and parts[2] in ("picture", "thumb"):
         sizes = images.PICTURE_SIZES if parts[2] == "picture" else images.THUMBNAIL_SIZES
-        return images.encode(images.at_model_scale(images.product(images.seed_of(path), sizes))), "image/jpeg"
+        return _web_picture(images.product(images.seed_of(path), sizes))
     if parts[:2] == ["img", "logo"] and len(parts) == 5:
         color, shape = parts[2], parts[3]
         if color not in images.COLORS or shape not in images.SHAPES:
             raise NotFound(path)
-        return images.encode(images.at_model_scale(images.logo_on_product(color, shape, images.seed_of(path)))), "image/jpeg"
+        return _web_picture(images.logo_on_product(color, shape, images.seed_of(path)))
     if parts[:2] == ["img", "photo"] and len(parts) == 4:
         if parts[2] not in images.PHOTOS:
             raise NotFound(path)
-        return images.encode(images.photo(parts[2], images.seed_of(path))), "image/jpeg"
+        return _web_picture(images.photo(parts[2], images.seed_of(path)))
     if parts[:2] == ["img", "evaldup"] and len(parts) == 5:
         index, variant = int(parts[2]), parts[3]
         if variant not in images.EVAL_VARIANTS:
