@@ -1,6 +1,7 @@
 """CLIP features: open_clip from local files; the embedded stand-ins carry signal."""
 
 import json
+import os
 import shutil
 
 import numpy as np
@@ -62,3 +63,27 @@ def test_a_weights_file_with_its_architecture_loads(embedded_models, tmp_path):
 def test_untrained_stand_in_says_what_to_run(tmp_path):
     with pytest.raises(ConfigError, match="not trained yet; run the prepare_models stage"):
         encoders(str(tmp_path / "empty"))
+
+
+def test_a_stand_in_takes_every_core_once_the_ones_beside_it_are_trained(tmp_path):
+    """Two stand-ins train side by side, a core each; the one still training when the other is saved
+    takes the machine's cores, rather than finish alone on one core."""
+    import torch
+
+    from datacomp_ops.synthetic.clip_models import train_clip
+
+    sibling = tmp_path / "embedded-clip-b32"
+    sibling.mkdir()
+    (sibling / "training.json").write_text(json.dumps({"recipe": "r1"}))
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        train_clip("embedded-clip-l14", str(tmp_path / "other-recipe"), steps=1, n_pairs=32, batch_size=8,
+                   fingerprint="r2", siblings=(str(sibling),))
+        assert torch.get_num_threads() == 1  # the sibling holds another recipe's model: still training
+        train_clip("embedded-clip-l14", str(tmp_path / "l14"), steps=1, n_pairs=32, batch_size=8,
+                   fingerprint="r1", siblings=(str(sibling),))
+        assert torch.get_num_threads() == (os.cpu_count() or 1)
+        assert json.loads((tmp_path / "l14" / "training.json").read_text())["recipe"] == "r1"
+    finally:
+        torch.set_num_threads(threads)

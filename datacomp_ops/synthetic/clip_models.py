@@ -86,9 +86,20 @@ def _training_pairs(n: int, seed: int):
             yield img, str(rng.choice(TEMPLATES)).format(c=label)
 
 
+def _trained(out_dir: str, fingerprint: str) -> bool:
+    try:
+        with open(os.path.join(out_dir, "training.json")) as f:
+            return json.load(f).get("recipe") == fingerprint
+    except (OSError, ValueError):
+        return False
+
+
 def train_clip(name: str, out_dir: str, steps: int, seed: int = 0, n_pairs: int = 4096,
-               batch_size: int = 256, lr: float = 1e-3, fingerprint: str = "") -> dict:
-    """Train model `name` of SPECS and save it under `out_dir` (atomically); returns its report."""
+               batch_size: int = 256, lr: float = 1e-3, fingerprint: str = "", siblings: tuple[str, ...] = ()) -> dict:
+    """Train model `name` of SPECS and save it under `out_dir` (atomically); returns its report.
+
+    `siblings`: the output folders of stand-ins training beside this one, a core each; once all of them
+    are saved this one takes every core, instead of finishing alone on one while the others idle."""
     import open_clip
     import torch
     from open_clip.loss import ClipLoss
@@ -112,7 +123,13 @@ def train_clip(name: str, out_dir: str, steps: int, seed: int = 0, n_pairs: int 
     generator = torch.Generator().manual_seed(seed)
     model.train()
     losses = []
-    for _ in range(steps):
+    waiting = list(siblings)
+    for step in range(steps):
+        if waiting and step % 10 == 0 and all(_trained(d, fingerprint) for d in waiting):
+            waiting = []
+            torch.set_num_threads(os.cpu_count() or 1)
+            log.info("%s: the stand-ins beside it are trained; %d threads from step %d", name,
+                     torch.get_num_threads(), step)
         idx = torch.randint(len(pairs), (batch_size,), generator=generator)
         out = model(images[idx], texts[idx])
         loss = loss_fn(out["image_features"], out["text_features"], out["logit_scale"])
@@ -186,21 +203,20 @@ def ensure_trained(models_dir: str, steps: int) -> dict[str, dict]:
         fcntl.flock(lock, fcntl.LOCK_EX)
         missing = []
         for name in SPECS:
-            report_path = os.path.join(models_dir, name, "training.json")
-            if os.path.exists(report_path):
-                with open(report_path) as f:
-                    report = json.load(f)
-                if report.get("recipe") == fingerprint:
-                    reports[name] = report
-                    continue
-            missing.append(name)
+            if _trained(os.path.join(models_dir, name), fingerprint):
+                with open(os.path.join(models_dir, name, "training.json")) as f:
+                    reports[name] = json.load(f)
+            else:
+                missing.append(name)
         cores = os.cpu_count() or 1
         if len(missing) > 1 and cores > 1:
             # fresh interpreters, not multiprocessing: a spawned child re-runs its parent's main module,
             # which inside an Airflow task is the task runner
             threads = str(max(1, cores // len(missing)))
-            children = {name: subprocess.Popen([sys.executable, "-m", __name__, name, os.path.join(models_dir, name),
-                                                str(steps), threads, fingerprint]) for name in missing}
+            out = {name: os.path.join(models_dir, name) for name in missing}
+            children = {name: subprocess.Popen([sys.executable, "-m", __name__, name, out[name], str(steps), threads,
+                                                fingerprint, *(out[other] for other in missing if other != name)])
+                        for name in missing}
             failed = [name for name, child in children.items() if child.wait() != 0]
             if failed:
                 raise RuntimeError(f"training the embedded CLIP stand-ins {failed} failed; see the log above")
@@ -213,7 +229,7 @@ def ensure_trained(models_dir: str, steps: int) -> dict[str, dict]:
     return reports
 
 
-if __name__ == "__main__":  # one stand-in in a process of its own: NAME OUT_DIR STEPS THREADS FINGERPRINT
+if __name__ == "__main__":  # one stand-in in a process of its own: NAME OUT_DIR STEPS THREADS FINGERPRINT [SIBLING_DIR...]
     import sys
 
     import torch
@@ -221,4 +237,4 @@ if __name__ == "__main__":  # one stand-in in a process of its own: NAME OUT_DIR
     logging.basicConfig(level=logging.INFO)
     name, out_dir, steps, threads, fingerprint = sys.argv[1:6]
     torch.set_num_threads(int(threads))
-    train_clip(name, out_dir, int(steps), fingerprint=fingerprint)
+    train_clip(name, out_dir, int(steps), fingerprint=fingerprint, siblings=tuple(sys.argv[6:]))
