@@ -421,3 +421,12 @@ def test_dbp_gives_complex_clusters_more_and_keeps_their_least_prototypical_item
     # a share beyond a cluster's size goes to the other: a tiny tau gives everything to the complex
     # cluster, which holds 40, the rest comes from the simple one
     assert len(select(tmp_path, "dbp:fraction=0.75,tau=0.0001,epsilon=0.0001,clusters=2")) == 60
+
+
+def test_a_builds_events_are_filtered_smallest_scale_first():
+    """The build announces its scales in any order; the tiny pool's subsets come first, so the training
+    of the tiny scale starts before the larger pools are filtered (the demo lost ~15 s to small's)."""
+    from datacomp_ops.filtering.plan import smallest_scale_first
+
+    events = [{"scale": s, "pool_version": "v0001"} for s in ("small", "xlarge", "tiny", "medium", "custom", "large")]
+    assert [e["scale"] for e in smallest_scale_first(events)] == ["tiny", "small", "medium", "large", "xlarge", "custom"]

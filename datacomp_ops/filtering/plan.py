@@ -12,7 +12,7 @@ import os
 from typing import Any
 
 from .. import storage, versions
-from ..config import config_from_dict, load_config
+from ..config import SCALES, config_from_dict, load_config
 from ..layout import PoolLayout, dataset_root
 from .baselines import BaselineSpec, parse_all, uses_fasttext
 from .pool import UidIndex
@@ -41,7 +41,7 @@ def plan_filtering(params: dict[str, Any], events: list[dict]) -> list[dict]:
         folder = params["metadata_dir"]
         sources.append((os.path.basename(folder.rstrip("/")), PoolSource(metadata_dir=folder)))
     elif events:
-        for extra in events:
+        for extra in smallest_scale_first(events):
             sources.append((f"{extra['pool_version']}/{extra['scale']}",
                             PoolSource(manifest=extra["manifest"], scale=extra["scale"])))
     else:
@@ -70,6 +70,13 @@ def plan_filtering(params: dict[str, Any], events: list[dict]) -> list[dict]:
             jobs.append({"label": label, "pool_name": name, "source": source.describe(), "out": out,
                          "config": config.to_dict()})
     return jobs
+
+
+def smallest_scale_first(events: list[dict]) -> list[dict]:
+    """A build's events, the smallest scale's pool first: its subsets are written first, and training
+    (which trains one scale, usually the smallest) starts on them while the larger scales are filtered."""
+    order = list(SCALES)
+    return sorted(events, key=lambda e: order.index(e["scale"]) if e.get("scale") in order else len(order))
 
 
 def run_job(job: dict) -> dict:
