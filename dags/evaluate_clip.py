@@ -18,13 +18,14 @@ import datetime
 from airflow.sdk import Param, dag, task
 from datacomp_assets import SCALES, TRAINED, event_extras
 from form_fields import optional
-from pool_tasks import GPU
+from pool_tasks import GPU, MODEL_CHAIN
 
 
 @dag(
     schedule=TRAINED,
     start_date=datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc),
     catchup=False,
+    default_args=MODEL_CHAIN,
     tags=["datacomp", "evaluation"],
     params={
         "run_dirs": optional("array", "Run folders", "Training runs to evaluate ({root}/runs/{version}/"

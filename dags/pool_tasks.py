@@ -15,6 +15,10 @@ from datacomp_assets import POOL_ASSETS
 # GPU stages: Airflow pool `gpu` (its slots bound the GPU tasks at once) and the
 # Celery queue that GPU workers listen on; LocalExecutor ignores queues.
 GPU = {"pool": "gpu", "queue": os.environ.get("DATACOMP_GPU_QUEUE", "gpu")}
+# Training and evaluation go first when tasks wait for a worker slot: the model chain is a pipeline's
+# critical path, and the other scales' filtering is not (in the demo, training queued ~20 s behind
+# small's filtering tasks). Weights add up downstream, so a run's first task leads.
+MODEL_CHAIN = {"priority_weight": 10}
 DOWNLOAD_RETRIES = int(os.environ.get("DATACOMP_DOWNLOAD_RETRIES", "3"))
 DOWNLOAD_RETRY_DELAY = datetime.timedelta(seconds=float(os.environ.get("DATACOMP_DOWNLOAD_RETRY_DELAY_S", "120")))
 

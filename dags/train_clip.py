@@ -21,7 +21,7 @@ import datetime
 from airflow.sdk import Param, dag, task
 from datacomp_assets import SCALES, SUBSETS, TRAINED, event_extras
 from form_fields import item_limits, optional
-from pool_tasks import GPU
+from pool_tasks import GPU, MODEL_CHAIN
 
 
 @dag(
@@ -29,6 +29,7 @@ from pool_tasks import GPU
     start_date=datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc),
     catchup=False,
     max_active_runs=1,
+    default_args=MODEL_CHAIN,
     tags=["datacomp", "training"],
     params={
         "dataset": optional("string", "Imported dataset", "The name given to import_dataset. Empty: the "

@@ -112,7 +112,9 @@ PY
 echo "== train_clip and evaluate_clip, started by the subsets' Asset events (config: training.baselines)"
 phase=$(date +%s)
 python scripts/run_dag.py train_clip --after "$built_at" --timeout 1800
-python scripts/run_dag.py evaluate_clip --after "$built_at" --timeout 900
+# every evaluation run exists by now: each training emits its event before its run ends, and
+# train_clip's wait ended three polls after its last run did
+python scripts/run_dag.py evaluate_clip --after "$built_at" --timeout 900 --settle 1
 echo "   training and evaluation: $(( $(date +%s) - phase )) s"
 echo "== leaderboard (one seed per baseline: benchmarks/bench_miniature.py runs three, README \"The miniature\")"
 datacomp leaderboard

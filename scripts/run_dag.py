@@ -357,7 +357,7 @@ def trigger_and_wait(api: Api, dag_id: str, conf: dict, deadline: float) -> int:
     return 0
 
 
-def await_runs(api: Api, dag_id: str, after: str, deadline: float) -> int:
+def await_runs(api: Api, dag_id: str, after: str, deadline: float, settle: int = 3) -> int:
     since = parse_time(after)
     states, last, settled = {}, None, 0
     print(f"waiting for the runs of {dag_id} made since {after}", flush=True)
@@ -367,9 +367,9 @@ def await_runs(api: Api, dag_id: str, after: str, deadline: float) -> int:
             states = {r["dag_run_id"]: r["state"] for r in api.runs_since(dag_id, since.isoformat())
                       if r.get("run_after") and parse_time(r["run_after"]) >= since}
             last = print_states(states, last)
-            # all finished, and no new run for three polls (upstream events may still be on their way)
+            # all finished, and no new run for `settle` polls (upstream events may still be on their way)
             settled = settled + 1 if states and all(v in DONE for v in states.values()) else 0
-            if settled >= 3 or time.monotonic() >= deadline:
+            if settled >= settle or time.monotonic() >= deadline:
                 break
             time.sleep(min(api.poll_s, max(0.0, deadline - time.monotonic())))
     except ApiUnavailable as e:
@@ -388,6 +388,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--conf", default="{}")
     parser.add_argument("--timeout", type=float, default=900)
     parser.add_argument("--after", default="", help="trigger nothing: wait for the runs made from this UTC time on")
+    parser.add_argument("--settle", type=int, default=3, help="with --after: polls with every run finished and no "
+                        "new one before the wait ends (1 when the upstream's runs are all finished already)")
     args = parser.parse_args(argv)
     conf = json.loads(args.conf)
     if not isinstance(conf, dict):
@@ -396,7 +398,7 @@ def main(argv: list[str] | None = None) -> int:
     api = Api(base_url(), deadline)
     try:
         if args.after:
-            return await_runs(api, args.dag_id, args.after, deadline)
+            return await_runs(api, args.dag_id, args.after, deadline, max(1, args.settle))
         return trigger_and_wait(api, args.dag_id, conf, deadline)
     except (ApiError, ApiUnavailable) as e:
         print(str(e), file=sys.stderr)

@@ -305,3 +305,10 @@ def test_task_glue_imports_nothing_heavy():
             f"print([m for m in {HEAVY + ('webdataset', 'faiss', 'nudenet', 'profanity_check')!r} if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_training_and_evaluation_go_first_when_tasks_wait_for_a_slot(dagbag):
+    """The model chain is the pipeline's critical path: its tasks outrank filtering's in the queue."""
+    chain = [t for d in ("train_clip", "evaluate_clip") for t in dagbag.dags[d].tasks]
+    assert all(t.priority_weight == 10 for t in chain)
+    assert all(t.priority_weight == 1 for t in dagbag.dags["filtering_baselines"].tasks)

@@ -242,3 +242,17 @@ def test_after_waits_for_the_runs_made_since_then(serve, capsys):
     out = capsys.readouterr().out
     assert "new1 success, new2 success" in out and "old" not in out
     assert fake.triggered == [] and fake.patched == []
+
+
+def test_after_ends_the_polls_asked_for_after_every_run_finished(serve, monkeypatch):
+    """--settle 1 (the demo's evaluation, whose runs all exist once training's wait ends) stops at the
+    first poll that finds every run finished; the default waits three such polls for late runs."""
+    polls = []
+    runs_since = run_dag.Api.runs_since
+    monkeypatch.setattr(run_dag.Api, "runs_since", lambda self, *a: polls.append(1) or runs_since(self, *a))
+    serve(FakeAirflow(dag(paused=False, next_run=None), runs=[run("done", "success", "asset_triggered", past(0))]))
+    assert run_dag.main(["d", "--after", past(1), "--timeout", "5", "--settle", "1"]) == 0
+    assert len(polls) == 1
+    polls.clear()
+    assert run_dag.main(["d", "--after", past(1), "--timeout", "5"]) == 0
+    assert len(polls) == 3
