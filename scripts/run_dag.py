@@ -391,6 +391,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--settle", type=int, default=3, help="with --after: polls with every run finished and no "
                         "new one before the wait ends (1 when the upstream's runs are all finished already)")
     args = parser.parse_args(argv)
+    if args.settle < 1:
+        parser.error(f"--settle must be 1 or more (got {args.settle})")
     conf = json.loads(args.conf)
     if not isinstance(conf, dict):
         parser.error("--conf must be a JSON object")
@@ -398,7 +400,7 @@ def main(argv: list[str] | None = None) -> int:
     api = Api(base_url(), deadline)
     try:
         if args.after:
-            return await_runs(api, args.dag_id, args.after, deadline, max(1, args.settle))
+            return await_runs(api, args.dag_id, args.after, deadline, args.settle)
         return trigger_and_wait(api, args.dag_id, conf, deadline)
     except (ApiError, ApiUnavailable) as e:
         print(str(e), file=sys.stderr)

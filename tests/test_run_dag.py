@@ -256,3 +256,10 @@ def test_after_ends_the_polls_asked_for_after_every_run_finished(serve, monkeypa
     polls.clear()
     assert run_dag.main(["d", "--after", past(1), "--timeout", "5"]) == 0
     assert len(polls) == 3
+
+
+@pytest.mark.parametrize("settle", ["0", "-1"])
+def test_a_settle_below_one_is_a_clear_error(settle, capsys):
+    with pytest.raises(SystemExit):
+        run_dag.main(["d", "--after", past(1), "--settle", settle])
+    assert "--settle must be 1 or more" in capsys.readouterr().err

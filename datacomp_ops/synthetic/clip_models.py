@@ -86,12 +86,14 @@ def _training_pairs(n: int, seed: int):
             yield img, str(rng.choice(TEMPLATES)).format(c=label)
 
 
-def _trained(out_dir: str, fingerprint: str) -> bool:
+def _trained(out_dir: str, fingerprint: str) -> dict | None:
+    """The report of the stand-in saved in `out_dir` by this recipe; None when there is none."""
     try:
         with open(os.path.join(out_dir, "training.json")) as f:
-            return json.load(f).get("recipe") == fingerprint
+            report = json.load(f)
     except (OSError, ValueError):
-        return False
+        return None
+    return report if report.get("recipe") == fingerprint else None
 
 
 def train_clip(name: str, out_dir: str, steps: int, seed: int = 0, n_pairs: int = 4096,
@@ -125,7 +127,7 @@ def train_clip(name: str, out_dir: str, steps: int, seed: int = 0, n_pairs: int 
     losses = []
     waiting = list(siblings)
     for step in range(steps):
-        if waiting and step % 10 == 0 and all(_trained(d, fingerprint) for d in waiting):
+        if waiting and step % 10 == 0 and all(_trained(d, fingerprint) is not None for d in waiting):
             waiting = []
             torch.set_num_threads(os.cpu_count() or 1)
             log.info("%s: the stand-ins beside it are trained; %d threads from step %d", name,
@@ -203,9 +205,9 @@ def ensure_trained(models_dir: str, steps: int) -> dict[str, dict]:
         fcntl.flock(lock, fcntl.LOCK_EX)
         missing = []
         for name in SPECS:
-            if _trained(os.path.join(models_dir, name), fingerprint):
-                with open(os.path.join(models_dir, name, "training.json")) as f:
-                    reports[name] = json.load(f)
+            report = _trained(os.path.join(models_dir, name), fingerprint)
+            if report is not None:
+                reports[name] = report
             else:
                 missing.append(name)
         cores = os.cpu_count() or 1
