@@ -45,7 +45,9 @@ download:
   timeout: 5
   processes_count: 1
   thread_count: 32
-  number_sample_per_shard: 1000
+  # a partition's downloads in one shard (no more than its URLs): one metadata task each, not a full
+  # shard and a ~150-sample tail, each task paying its start-up
+  number_sample_per_shard: 2000
 extract:
   urls_per_partition: 2000
 YAML
