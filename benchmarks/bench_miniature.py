@@ -120,7 +120,7 @@ def main() -> int:
     config = os.path.join(root, "bench-config.yaml")
     with open(config, "w") as f:
         f.write(f"download:\n  allowed_private_addresses: ['127.0.0.1:{args.port}']\n  timeout: 5\n"
-                f"  processes_count: 4\n  thread_count: 32\n  number_sample_per_shard: 1000\n"
+                f"  processes_count: 4\n  thread_count: 32\n  number_sample_per_shard: 2000\n"
                 f"extract:\n  urls_per_partition: 2000\n"
                 + (f"publish:\n  tiny_pool_size: {args.pool_size}\n" if args.pool_size else "")
                 + "training:\n  num_checkpoints: 1\n"

@@ -163,6 +163,30 @@ def test_eval_suite_in_clip_benchmark_layout(tmp_path):
     assert len(set(pictures)) == len(LAYOUT)
 
 
+def test_the_count_and_texture_tasks_show_what_their_class_names_say():
+    """Counted independently of the drawing code: blobs of the classes' exact colours in a count image
+    (the scenes are noisy, the shapes are not), and each texture's share of a shape's pixels."""
+    import numpy as np
+    from scipy import ndimage
+
+    from datacomp_ops.synthetic.images import COLORS, COUNTS, TEXTURES, variant_image
+
+    def inked(img):
+        pixels = np.asarray(img)
+        return np.any([np.all(pixels == c, axis=-1) for c in COLORS.values()], axis=0), np.all(pixels == 250, axis=-1)
+
+    assert len(COUNTS) == len(TEXTURES) == 8  # CLEVR Counts' 8 classes; 8 of DTD's fills
+    for index in range(2 * len(COUNTS)):
+        img, label = variant_image("count", index)
+        assert ndimage.label(inked(img)[0], structure=np.ones((3, 3)))[1] == label + 1, COUNTS[label]
+    coverage = {}
+    for index in range(len(TEXTURES)):
+        img, label = variant_image("texture", index)
+        ink, white = inked(img)
+        coverage[TEXTURES[label]] = round(ink.sum() / (ink.sum() + white.sum()), 2)
+    assert coverage["plain"] == 1.0 and all(0.1 < c < 0.8 for t, c in coverage.items() if t != "plain"), coverage
+
+
 def test_compare_with_truth(tmp_path):
     from datacomp_ops.synthetic.crawl import compare_with_truth
 

@@ -15,7 +15,8 @@ Tasks, each with the aggregate it stands in for:
 - ``shapes`` (ImageNet): 12 classes, colour x shape.
 - ``shapes_sketch``, ``shapes_background``, ``shapes_scale``, ``shapes_rendering`` (ImageNet
   distribution shifts): the same classes as outlines, on busy backgrounds, tiny, pixelated.
-- ``count``, ``position``, ``texture`` (VTAB): how many shapes, which side, which fill pattern.
+- ``count``, ``position``, ``texture`` (VTAB): how many shapes (1-8, as CLEVR Counts has 8 classes), which
+  side (4), which fill pattern (8 of DTD's textures).
 - ``retrieval`` (retrieval): images with two captions each.
 - ``association`` (retrieval, as WinoGAViL): a cue word (a colour or a shape) and
   5, 6, 10 or 12 candidate images, the ones that share the cue's attribute its

@@ -104,9 +104,13 @@ def _shape_mask(shape: str, box: tuple[int, int, int, int], size: int, outline: 
     return mask
 
 
-TEXTURES = ("striped", "dotted", "checkered", "plain")
+# The VTAB-like tasks have as many classes as the DataComp tasks they stand in for where we can draw
+# them: CLEVR Counts has 8 (3-10 objects), so count has 8; DTD has 47 textures, of which these 7 (and
+# plain) are fills a 128-px shape can show. With 4 classes a model at chance scored anywhere in
+# 0.08-0.40 on texture, by the seed alone (README "The miniature").
+TEXTURES = ("striped", "banded", "dotted", "checkered", "grid", "crosshatched", "zigzagged", "plain")
 POSITIONS = ("left", "right", "top", "bottom")
-COUNTS = ("one", "two", "three", "four")
+COUNTS = ("one", "two", "three", "four", "five", "six", "seven", "eight")
 
 
 def _pattern(texture: str, color: tuple[int, int, int], size: int) -> Image.Image:
@@ -114,12 +118,22 @@ def _pattern(texture: str, color: tuple[int, int, int], size: int) -> Image.Imag
     yy, xx = np.mgrid[0:size, 0:size]
     if texture == "striped":
         on = (xx // 6) % 2 == 0
+    elif texture == "banded":
+        on = (yy // 6) % 2 == 0
     elif texture == "dotted":
         on = ((xx % 10 - 5) ** 2 + (yy % 10 - 5) ** 2) <= 6
     elif texture == "checkered":
         on = ((xx // 8) + (yy // 8)) % 2 == 0
-    else:
+    elif texture == "grid":
+        on = (xx % 10 < 3) | (yy % 10 < 3)
+    elif texture == "crosshatched":
+        on = ((xx + yy) % 10 < 3) | ((xx - yy) % 10 < 3)
+    elif texture == "zigzagged":
+        on = ((yy + np.abs(xx % 12 - 6)) // 6) % 2 == 0
+    elif texture == "plain":
         on = np.ones((size, size), bool)
+    else:
+        raise ValueError(f"unknown texture {texture!r}; textures: {TEXTURES}")
     pixels = np.where(on[..., None], np.array(color, np.uint8), np.uint8(250))
     return Image.fromarray(pixels.astype(np.uint8), "RGB")
 
@@ -129,7 +143,7 @@ def variant_image(task: str, index: int) -> tuple[Image.Image, int]:
 
     Distribution shifts of the shapes task (its 12 classes): `sketch` (outlines), `background` (a busy
     high-contrast background), `scale` (tiny shapes), `rendering` (pixelated). VTAB-like tasks of other
-    kinds: `count` (1-4 shapes), `position` (which side the shape is on), `texture` (the fill's pattern).
+    kinds: `count` (1-8 shapes), `position` (which side the shape is on), `texture` (the fill's pattern).
     Every image has a background scene of its own, as real test photographs are unique.
     """
     size = 128
@@ -158,11 +172,12 @@ def variant_image(task: str, index: int) -> tuple[Image.Image, int]:
         if task == "rendering":
             img = img.resize((16, 16), Image.BILINEAR).resize((size, size), Image.NEAREST)
     elif task == "count":
-        cells = rng.permutation(4)[: label + 1]  # one shape per quadrant used
-        for cell in cells:
-            qx, qy = (cell % 2) * size // 2, (cell // 2) * size // 2
+        cell = size // 3
+        for k in rng.permutation(9)[: label + 1]:  # one shape in each cell used of a 3 x 3 grid
+            qx, qy = (k % 3) * cell, (k // 3) * cell
             color, shape = CLASSES[int(rng.integers(len(CLASSES)))].split(" ")
-            paste(shape, color, place(int(size * 0.22), (qx, qy, qx + size // 2, qy + size // 2)))
+            # inside the cell with a margin: shapes never touch, so each one counts as one
+            paste(shape, color, place(int(size * 0.22), (qx + 1, qy + 1, qx + cell - 1, qy + cell - 1)))
     elif task == "position":
         a, b = size // 4, size * 3 // 4  # four disjoint regions: the shape is on one side only
         region = {"left": (0, a, a + 12, b), "right": (b - 12, a, size, b),
