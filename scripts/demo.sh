@@ -25,6 +25,11 @@ echo "== synthetic crawl: $DEMO_URLS URLs served from 127.0.0.1:$DEMO_PORT"
 rm -rf "$DATACOMP_STORAGE_ROOT/synthetic" "$DATACOMP_STORAGE_ROOT/crawls" \
        "$DATACOMP_STORAGE_ROOT/pool" "$DATACOMP_STORAGE_ROOT/eval_index" "$DATACOMP_STORAGE_ROOT/subsets" \
        "$DATACOMP_STORAGE_ROOT/runs" "$DATACOMP_STORAGE_ROOT/leaderboard"
+# Airflow's database is made while the crawl is generated: neither needs the other
+(airflow db migrate > var/log/airflow-migrate.log 2>&1 &&
+ # GPU stages run in this pool; its slots bound how many run at once (one GPU here, or the CPU)
+ airflow pools set gpu 1 "GPU stages of the pool build (metadata pass)" > /dev/null) &
+migrate=$!
 datacomp synthetic --out "$DATACOMP_STORAGE_ROOT/synthetic" --n-urls "$DEMO_URLS" \
     --base-url "http://127.0.0.1:$DEMO_PORT" --urls-per-file 2000
 setsid datacomp serve --port "$DEMO_PORT" --hang-seconds 20 > var/log/image-server.log 2>&1 &
@@ -45,18 +50,19 @@ download:
   timeout: 5
   processes_count: 1
   thread_count: 32
-  # a partition's downloads in one shard (no more than its URLs): one metadata task each, not a full
-  # shard and a ~150-sample tail, each task paying its start-up
+  # a partition's downloads in one shard (no more than its URLs), not a full shard and a small tail
   number_sample_per_shard: 2000
 extract:
   urls_per_partition: 2000
+metadata:
+  # three raw shards to a task (the demo's five in two): the gpu pool runs them one at a time anyway,
+  # and each task pays ~7 s to start (imports, models)
+  shards_per_task: 3
 YAML
 fi
 
 echo "== airflow: api-server, scheduler, dag-processor, triggerer (log: var/log/airflow-standalone.log)"
-airflow db migrate > var/log/airflow-migrate.log 2>&1
-# GPU stages run in this pool; its slots bound how many run at once (one GPU here, or the CPU)
-airflow pools set gpu 1 "GPU stages of the pool build (metadata pass)" > /dev/null
+wait "$migrate" || { echo "airflow db migrate failed: var/log/airflow-migrate.log"; exit 1; }
 # what `airflow standalone` runs (SQLite, LocalExecutor), listening on loopback only
 setsid bash scripts/airflow_local.sh > var/log/airflow-standalone.log 2>&1 &
 pids+=($!)
