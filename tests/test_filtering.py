@@ -430,3 +430,21 @@ def test_a_builds_events_are_filtered_smallest_scale_first():
 
     events = [{"scale": s, "pool_version": "v0001"} for s in ("small", "xlarge", "tiny", "medium", "custom", "large")]
     assert [e["scale"] for e in smallest_scale_first(events)] == ["tiny", "small", "medium", "large", "xlarge", "custom"]
+
+
+def test_the_uid_hash_is_splitmix64s_finaliser():
+    """Against splitmix64's finaliser written with Python's integers (the baselines' draws rest on it)."""
+    import numpy as np
+
+    from datacomp_ops.filtering.hashing import mix64, seed_salt
+
+    def reference(z: int) -> int:
+        mask = 2**64 - 1
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
+        return z ^ (z >> 31)
+
+    values = [0, 1, 2**63, 2**64 - 1, 0x0123456789ABCDEF] + [int(v) for v in
+                                                             np.random.default_rng(0).integers(0, 2**63, 20)]
+    assert [int(h) for h in mix64(np.array(values, np.uint64))] == [reference(v) for v in values]
+    assert int(seed_salt(1)) == 0x9E3779B97F4A7C15 and int(seed_salt(2)) == (2 * 0x9E3779B97F4A7C15) % 2**64

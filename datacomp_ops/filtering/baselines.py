@@ -43,6 +43,7 @@ import pyarrow as pa
 
 from ..config import ConfigError
 from . import language
+from .hashing import mix64, seed_salt
 from .pool import MetadataPool, UidIndex, load_row_flags, save_row_flags
 
 log = logging.getLogger(__name__)
@@ -133,7 +134,7 @@ def random(ctx: FilterContext, fraction: float = 0.1, seed: int | None = None) -
     index = ctx.uid_index()
     # md5 halves are uniform already; one seeded mix of the high half orders them afresh for each seed.
     # Drawn over the sorted uids (the index's own order), then placed back in pool order.
-    keys = _mix(np.ascontiguousarray(index.sorted["f0"]) ^ np.uint64(seed * 0x9E3779B97F4A7C15 % 2**64))
+    keys = mix64(np.ascontiguousarray(index.sorted["f0"]) ^ seed_salt(seed))
     n = int(len(keys) * fraction)
     chosen = np.zeros(len(keys), bool)
     if n:  # the n smallest keys (64-bit hashes of distinct uids: no ties); a selection, not a sort
@@ -347,14 +348,6 @@ def _and_where(mask: np.ndarray, test: Callable[[np.ndarray], np.ndarray]) -> np
     if len(rows):
         out[rows] = np.asarray(test(rows), bool)
     return out
-
-
-def _mix(x: np.ndarray) -> np.ndarray:
-    """splitmix64's finaliser: a well-spread 64-bit hash of each value."""
-    with np.errstate(over="ignore"):
-        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        return x ^ (x >> np.uint64(31))
 
 
 # -- specs and composition ----------------------------------------------------------

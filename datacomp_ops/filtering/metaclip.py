@@ -26,6 +26,7 @@ import pyarrow.compute as pc
 
 from ..config import ConfigError
 from . import language
+from .hashing import mix64, seed_salt
 
 log = logging.getLogger(__name__)
 
@@ -95,14 +96,12 @@ def entry_counts(entry_ids: np.ndarray, n_entries: int) -> np.ndarray:
 def balanced_draw(offsets: np.ndarray, entry_ids: np.ndarray, uids: np.ndarray, counts: np.ndarray, t: int,
                   seed: int = 0) -> np.ndarray:
     """Keep a sample when some matched entry's draw falls below p_e = min(1, t / count_e)."""
-    from .baselines import _mix
-
     n = len(offsets) - 1
     rows = np.repeat(np.arange(n), np.diff(offsets))
     prob = t / np.maximum(counts, t).astype(np.float64)
     with np.errstate(over="ignore"):  # 64-bit hashing wraps around on purpose
-        salt = _mix(entry_ids.astype(np.uint64) + np.uint64(seed * 0x9E3779B97F4A7C15 % 2**64))
-        h = _mix(uids["f0"][rows] ^ salt) ^ _mix(uids["f1"][rows] + salt)
+        salt = mix64(entry_ids.astype(np.uint64) + seed_salt(seed))
+        h = mix64(uids["f0"][rows] ^ salt) ^ mix64(uids["f1"][rows] + salt)
     u = (h >> np.uint64(11)).astype(np.float64) / float(2**53)  # uniform in [0, 1)
     fired = u < prob[entry_ids]
     return np.bincount(rows[fired], minlength=n) > 0
