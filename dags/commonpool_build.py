@@ -34,6 +34,7 @@ from pathlib import Path
 
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
 from airflow.sdk import Param, dag, task
+from datacomp_ops.config import SCALES
 from form_fields import NAME, limits, optional
 from pool_tasks import DOWNLOAD_RETRIES, DOWNLOAD_RETRY_DELAY, finish_pool_build, pool_lease
 
@@ -58,7 +59,6 @@ CONFIG_PARAMS = {
     "model_dedup_descriptor": "models.dedup_descriptor",
     "model_nsfw_image_mlp": "models.nsfw_image_mlp",
 }
-_SCALES = ["tiny", "small", "medium", "large", "xlarge"]
 _MODEL = "Local path; empty: the config's path, or the embedded default when the config has none."
 
 
@@ -80,7 +80,7 @@ _MODEL = "Local path; empty: the config's path, or the embedded default when the
                                items={"type": "string"}),
         "crawl_source": optional("string", "Crawl source", "A folder holding crawl-data/{crawl_id}/wat.paths.gz "
                                  "(s3://commoncrawl for Common Crawl). Empty: the config's.", "Crawl"),
-        "scale": Param("xlarge", type="string", enum=_SCALES, title="Scale",
+        "scale": Param("xlarge", type="string", enum=list(SCALES), title="Scale",
                        description="Build what this DataComp scale needs: a smaller scale downloads only the URLs "
                                    "its pool can hold; xlarge builds the whole pool.", section="Pool"),
         "pool_version": optional("string", "Pool version", "Empty: the open version, or the next one (v0001, "

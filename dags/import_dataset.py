@@ -22,6 +22,7 @@ from __future__ import annotations
 import datetime
 
 from airflow.sdk import Param, dag, task
+from datacomp_ops.config import SCALES
 from form_fields import NAME, optional
 from pool_tasks import DOWNLOAD_RETRIES, DOWNLOAD_RETRY_DELAY, finish_pool_build, pool_lease
 
@@ -48,7 +49,7 @@ from pool_tasks import DOWNLOAD_RETRIES, DOWNLOAD_RETRY_DELAY, finish_pool_build
         "url_column": optional("string", "URL column", "URL tables. Empty: url or URL.", "Columns"),
         "caption_column": optional("string", "Caption column", "URL tables. Empty: caption, text, TEXT or alt.",
                                    "Columns"),
-        "scale": Param("xlarge", type="string", enum=["tiny", "small", "medium", "large", "xlarge"], title="Scale",
+        "scale": Param("xlarge", type="string", enum=list(SCALES), title="Scale",
                        description="URL tables: download what this scale's pool needs; xlarge: everything.",
                        section="Pool"),
         "pool_version": optional("string", "Pool version", "Empty: the dataset's open version, or its next one.",

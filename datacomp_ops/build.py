@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Mapping
 
 from . import crawls, ledger, source_files, storage, versions
-from .config import ConfigError, PlatformConfig, config_from_dict, load_config
+from .config import SCALES, ConfigError, PlatformConfig, config_from_dict, load_config
 from .download import STAGE as DOWNLOAD
 from .layout import CrawlLayout, PoolLayout, check_name
 from .stats import StageStats
@@ -251,7 +251,6 @@ def summarize(spec: BuildSpec, seconds: float | None = None) -> dict:
     return summary
 
 
-_SCALE_ORDER = ("tiny", "small", "medium", "large", "xlarge")
 
 
 def format_summary(summary: dict) -> str:
@@ -311,7 +310,7 @@ def format_summary(summary: dict) -> str:
         lines.append(f"    transient failures: {accounts['retried_next_run']} tried again next run, "
                      f"{accounts['gave_up']} given up after download.max_attempts")
     if pool.get("scales"):
-        scales = sorted(pool["scales"].items(), key=lambda kv: _SCALE_ORDER.index(kv[0]) if kv[0] in _SCALE_ORDER else 9)
+        scales = sorted(pool["scales"].items(), key=lambda kv: list(SCALES).index(kv[0]) if kv[0] in SCALES else len(SCALES))
         lines.append(f"  per-scale pools of {pool['version']}: " + ", ".join(f"{k} {v}" for k, v in scales))
         if pool["scales_not_built"]:
             lines.append(f"    not built (URLs deferred by a smaller scale's build): {', '.join(pool['scales_not_built'])}")

@@ -404,6 +404,8 @@ def cmd_import(args) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from .config import SCALES
+
     parser = argparse.ArgumentParser(prog="datacomp", description="DataComp platform stages without Airflow")
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -468,7 +470,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--date", type=_date, help="YYYY-MM-DD: build the crawl of that week (default: today)")
     p.add_argument("--pool-version", default="", type=_name("pool version"),
                    help="default: the open version or the next one")
-    p.add_argument("--scale", default="xlarge", choices=["tiny", "small", "medium", "large", "xlarge"],
+    p.add_argument("--scale", default="xlarge", choices=list(SCALES),
                    help="build what this scale needs (as the DAG's form; xlarge: the whole pool)")
     p.add_argument("--input", action="append", default=[])
     p.add_argument("--serve", type=_port, metavar="PORT", help="serve the synthetic images on PORT meanwhile")
@@ -549,7 +551,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--caption-column", default="", help="URL tables: default caption, text, TEXT or alt")
     p.add_argument("--pool-version", default="", type=_name("pool version"),
                    help="default: the open version or the next one")
-    p.add_argument("--scale", default="xlarge", choices=["tiny", "small", "medium", "large", "xlarge"],
+    p.add_argument("--scale", default="xlarge", choices=list(SCALES),
                    help="URL tables: download what this scale needs (xlarge: everything)")
     p.add_argument("--serve", type=_port, metavar="PORT", help="serve the synthetic images on PORT meanwhile")
     p.set_defaults(func=cmd_import)

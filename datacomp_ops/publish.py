@@ -30,7 +30,7 @@ from .stats import StageStats
 log = logging.getLogger(__name__)
 
 STAGE = "publish"
-SCALE_ORDER = ("tiny", "small", "medium", "large", "xlarge")
+SCALE_ORDER = tuple(SCALES)  # smallest first
 
 
 def pool_sizes(config: PlatformConfig) -> dict[str, int]:
