@@ -35,7 +35,7 @@ from pathlib import Path
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
 from airflow.sdk import Param, dag, task
 from datacomp_ops.config import SCALES
-from form_fields import NAME, limits, optional
+from form_fields import NAME, config_default, limits, optional
 from pool_tasks import DOWNLOAD_RETRIES, DOWNLOAD_RETRY_DELAY, finish_pool_build, pool_lease
 
 SPARK_JOB = str(Path(__file__).resolve().parents[1] / "spark_jobs" / "extract_urls.py")
@@ -88,19 +88,24 @@ _MODEL = "Local path; empty: the config's path, or the embedded default when the
                                  pattern=NAME),
         "max_wat_files": optional("integer", "WAT files per run at most", "Empty: every new WAT file.",
                                   "Limits", minimum=1),
-        "download_timeout": optional("number", "Download timeout (s)", "Per request. Empty: the config's (10).",
-                                     "Limits", **limits("download.timeout")),
+        "download_timeout": optional("number", "Download timeout (s)", "Per request. Empty: the config's "
+                                     f"(default {config_default('download.timeout')}).", "Limits",
+                                     **limits("download.timeout")),
         "max_attempts": optional("integer", "Download attempts per URL", "Across scheduled rebuilds, for "
-                                 "transient failures. Empty: the config's (3).", "Limits",
+                                 "transient failures. Empty: the config's "
+                                 f"(default {config_default('download.max_attempts')}).", "Limits",
                                  **limits("download.max_attempts")),
-        "threshold_nsfw_text": optional("number", "Detoxify threshold", "Empty: DataComp's 0.1.", "Thresholds",
+        "threshold_nsfw_text": optional("number", "Detoxify threshold", "Empty: the config's "
+                                        f"(DataComp's {config_default('thresholds.nsfw_text')}).", "Thresholds",
                                         **limits("thresholds.nsfw_text")),
-        "threshold_nsfw_image": optional("number", "NSFW image threshold", "DataComp's NSFW MLP. Empty: 0.5.",
+        "threshold_nsfw_image": optional("number", "NSFW image threshold", "DataComp's NSFW MLP. Empty: the "
+                                         f"config's (default {config_default('thresholds.nsfw_image')}).",
                                          "Thresholds", **limits("thresholds.nsfw_image")),
-        "threshold_eval_dedup": optional("number", "Eval dedup similarity", "ISC21 cosine similarity. Empty: "
-                                         "DataComp's 0.604169.", "Thresholds",
-                                         **limits("thresholds.eval_dedup_similarity")),
-        "threshold_face_detection": optional("number", "SCRFD score threshold", "Empty: DataComp's 0.3.",
+        "threshold_eval_dedup": optional("number", "Eval dedup similarity", "ISC21 cosine similarity. Empty: the "
+                                         f"config's (DataComp's {config_default('thresholds.eval_dedup_similarity')}).",
+                                         "Thresholds", **limits("thresholds.eval_dedup_similarity")),
+        "threshold_face_detection": optional("number", "SCRFD score threshold", "Empty: the config's "
+                                             f"(DataComp's {config_default('thresholds.face_detection')}).",
                                              "Thresholds", **limits("thresholds.face_detection")),
         "model_detoxify": optional("string", "Detoxify checkpoint", _MODEL, "Models"),
         "model_scrfd": optional("string", "SCRFD onnx", _MODEL, "Models"),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from airflow.sdk import Param
 
-from datacomp_ops.config import allowed
+from datacomp_ops.config import allowed, default
 from datacomp_ops.layout import NAME_PATTERN
 
 # Crawl ids, dataset names and pool versions: the pattern every entry point checks (datacomp_ops/layout.py).
@@ -14,6 +14,12 @@ NAME = NAME_PATTERN
 def optional(kind: str, title: str, description: str, section: str, **schema) -> Param:
     """A form field that may stay empty: empty means the config's value (or the default the description names)."""
     return Param(None, type=["null", kind], title=title, description=description, section=section, **schema)
+
+
+def config_default(key: str) -> str:
+    """How a field's help names config key `key`'s default: from the config itself, so the two cannot drift."""
+    value = default(key)
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def limits(key: str) -> dict:

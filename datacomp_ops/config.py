@@ -493,14 +493,23 @@ def _build(cls: type, data: Mapping[str, Any], prefix: str = "") -> Any:
     return cls(**kwargs)
 
 
-def allowed(key: str) -> Allowed:
-    """What the dotted `key` takes (DAG forms turn it into their fields' JSON schema)."""
+def _field(key: str) -> dataclasses.Field:
     cls: Any = PlatformConfig
     *sections, name = key.split(".")
     for section in sections:
         cls = typing.get_type_hints(cls)[section]
-    found = {f.name: f for f in dataclasses.fields(cls)}[name]
-    return found.metadata.get("allowed", Allowed())
+    return {f.name: f for f in dataclasses.fields(cls)}[name]
+
+
+def allowed(key: str) -> Allowed:
+    """What the dotted `key` takes (DAG forms turn it into their fields' JSON schema)."""
+    return _field(key).metadata.get("allowed", Allowed())
+
+
+def default(key: str) -> Any:
+    """The dotted `key`'s default (DAG forms name it where an empty field means the config's value)."""
+    found = _field(key)
+    return found.default_factory() if found.default is dataclasses.MISSING else found.default
 
 
 def _merge(base: dict[str, Any], dotted: Mapping[str, Any]) -> dict[str, Any]:
@@ -562,6 +571,7 @@ __all__ = [
     "Scale",
     "Thresholds",
     "allowed",
+    "default",
     "config_from_dict",
     "get_scale",
     "load_config",

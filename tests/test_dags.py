@@ -312,3 +312,18 @@ def test_training_and_evaluation_go_first_when_tasks_wait_for_a_slot(dagbag):
     chain = [t for d in ("train_clip", "evaluate_clip") for t in dagbag.dags[d].tasks]
     assert all(t.priority_weight == 10 for t in chain)
     assert all(t.priority_weight == 1 for t in dagbag.dags["filtering_baselines"].tasks)
+
+
+def test_the_build_forms_help_names_the_configs_defaults(dagbag):
+    """An empty field means the config's value; the help says which, from the config, so the two cannot drift."""
+    from datacomp_ops.config import config_from_dict
+
+    config = config_from_dict({})
+    params = dagbag.dags["commonpool_build"].params
+    expected = {"download_timeout": config.download.timeout, "max_attempts": config.download.max_attempts,
+                "threshold_nsfw_text": config.thresholds.nsfw_text, "threshold_nsfw_image": config.thresholds.nsfw_image,
+                "threshold_eval_dedup": config.thresholds.eval_dedup_similarity,
+                "threshold_face_detection": config.thresholds.face_detection}
+    for name, value in expected.items():
+        description = params.get_param(name).description
+        assert description.endswith(f" {value:g}).") and "Empty: the config's (" in description, (name, description)
