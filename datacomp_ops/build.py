@@ -251,8 +251,6 @@ def summarize(spec: BuildSpec, seconds: float | None = None) -> dict:
     return summary
 
 
-
-
 def format_summary(summary: dict) -> str:
     pool, accounts = summary["pool"], summary["ledger"]
     kind = summary.get("source_kind", "crawl")

@@ -30,11 +30,10 @@ from .stats import StageStats
 log = logging.getLogger(__name__)
 
 STAGE = "publish"
-SCALE_ORDER = tuple(SCALES)  # smallest first
 
 
 def pool_sizes(config: PlatformConfig) -> dict[str, int]:
-    sizes = {name: SCALES[name].pool_size for name in SCALE_ORDER}
+    sizes = {name: SCALES[name].pool_size for name in SCALES}
     sizes["tiny"] = config.publish.tiny_pool_size
     return sizes
 
@@ -176,7 +175,7 @@ def asset_extras(manifest: dict) -> dict[str, dict]:
     filtering form still filters any of them on request).
     """
     # the manifest's keys are sorted by name (large before small): take them smallest scale first
-    built = [(name, manifest["scales"][name]) for name in SCALE_ORDER
+    built = [(name, manifest["scales"][name]) for name in SCALES
              if name in manifest["scales"] and manifest["scales"][name]["built"]]
     incomplete = [name for name, info in built if not info["complete"]]
     return {
