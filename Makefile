@@ -13,9 +13,11 @@ demo: setup       ## the main job: Airflow standalone runs commonpool_build on a
 test: setup       ## the whole test suite, slow end-to-end tests included (chromium, PostgreSQL, Redis from Debian's packages)
 	bash scripts/system_deps.sh
 	bash scripts/services.sh
+	$(PY) -m ruff check .
 	source scripts/env.sh && $(PY) -m pytest -ra -n 2 --dist loadfile --no-loadscope-reorder --durations=25
 
 test-fast: setup  ## unit tests only
+	$(PY) -m ruff check .
 	source scripts/env.sh && $(PY) -m pytest -ra -m "not slow"
 
 airflow: setup    ## Airflow (standalone's components) with the UI on 127.0.0.1:8080, serving the synthetic crawl; Ctrl-C stops

@@ -31,13 +31,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from datacomp_ops import download as download_stage
-from datacomp_ops.config import load_config
-from datacomp_ops.download import Partition, img2dataset_kwargs, run_download
-from datacomp_ops.layout import PoolLayout
+from datacomp_ops.core.config import load_config
+from datacomp_ops.core.layout import PoolLayout
+from datacomp_ops.crawl.wat import parse_wat_file
+from datacomp_ops.download import partition as download_stage
+from datacomp_ops.download.partition import Partition, img2dataset_kwargs, run_download
 from datacomp_ops.synthetic.crawl import CONTENT, CrawlSpec, generate_crawl
 from datacomp_ops.synthetic.server import serving
-from datacomp_ops.wat import parse_wat_file
 
 # the image kinds that download at full speed (no deliberate delays or failures)
 FAST_KINDS = [*CONTENT, "unsafe_caption", "eval_duplicate", "redirect"]

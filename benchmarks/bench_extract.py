@@ -8,7 +8,7 @@ The first form prints records/s and pairs/s of
   reference  cc2dataset's extract_documents_from_wat: fastwarc over each gzip file, simdjson,
              IMG@/src links with alt, urljoin for links not absolute, md5 uids
              (the crawl has no broken gzip members here: fastwarc alone stops at the first one);
-  parser     datacomp_ops.wat.parse_wat_file in one process (member splitting, counters, uids, Arrow);
+  parser     datacomp_ops.crawl.wat.parse_wat_file in one process (member splitting, counters, uids, Arrow);
   spark      the whole stage on `--master`: parse, uid dedup, parquet parts, manifest;
 and the ratios parser/reference (goal: at least 1.5) and spark/parser (goal: at least 1.6 on
 local[2]), then two ceilings of the stage on the same master: its parse tasks handing their Arrow
@@ -37,11 +37,11 @@ from urllib.parse import urljoin
 import simdjson
 from fastwarc.warc import ArchiveIterator, WarcRecordType
 
-from datacomp_ops.config import load_config
-from datacomp_ops.extract import local_spark, parsed_pairs, resolve_inputs, run_extract_urls
-from datacomp_ops.layout import CrawlLayout
+from datacomp_ops.core.config import load_config
+from datacomp_ops.core.layout import CrawlLayout
+from datacomp_ops.crawl.extract import local_spark, parsed_pairs, resolve_inputs, run_extract_urls
+from datacomp_ops.crawl.wat import LinkRules, parse_wat_file
 from datacomp_ops.synthetic.crawl import CrawlSpec, generate_crawl
-from datacomp_ops.wat import LinkRules, parse_wat_file
 
 
 def reference(paths: list[str]) -> tuple[int, int]:
@@ -211,7 +211,7 @@ def compare(args) -> None:
 def _parse_in_child(paths: list[str]) -> tuple[float, int, int]:
     """Seconds, pairs and peak RSS (bytes) of parsing `paths` in a fresh process (VmHWM: getrusage's
     maximum would carry over the forking parent's across exec)."""
-    code = ("import re, sys, time; from datacomp_ops.wat import parse_wat_file\n"
+    code = ("import re, sys, time; from datacomp_ops.crawl.wat import parse_wat_file\n"
             "paths = sys.stdin.read().split()\nt = time.perf_counter(); n = 0\n"
             "for p in paths: n += parse_wat_file(p)[0].num_rows\n"
             "hwm = int(re.search(r'VmHWM:\\s+(\\d+) kB', open('/proc/self/status').read()).group(1))\n"

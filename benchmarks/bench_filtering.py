@@ -29,11 +29,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from datacomp_ops.config import load_config
+from datacomp_ops.core.config import load_config
+from datacomp_ops.core.schema import read_subset, write_subset
 from datacomp_ops.filtering import metaclip
 from datacomp_ops.filtering.baselines import FilterContext, parse_all
 from datacomp_ops.filtering.pool import MetadataPool
-from datacomp_ops.schema import read_subset, write_subset
 
 ROWS_PER_FILE = 100_000
 EN = ("a photo of the red car parked near an old house on the street at night with people walking "
@@ -194,10 +194,10 @@ def bench_baselines(files: list[str], rows: int, config, ctx: dict, out: str, sk
 
 
 def bench_reference(files: list[str], rows: int, config, ctx: dict, out: str, skip: set[str]) -> None:
+    import datacomp_reference as ref
     import fasttext
     import gcld3
 
-    import datacomp_reference as ref
     from datacomp_ops.filtering.language import bundled_fasttext_model
 
     model = fasttext.load_model(bundled_fasttext_model())
@@ -256,7 +256,7 @@ def check_resharded(out: str, subset: str) -> None:
 def bench_reshard(work: str, shards: int = 16, per_shard: int = 2000) -> None:
     import webdataset as wds
 
-    from datacomp_ops.reshard import reshard
+    from datacomp_ops.training.reshard import reshard
 
     rng = np.random.default_rng(1)
     src = os.path.join(work, "shards")
@@ -275,7 +275,7 @@ def bench_reshard(work: str, shards: int = 16, per_shard: int = 2000) -> None:
         pq.write_table(pa.Table.from_pylist(rows), os.path.join(src, f"{s:08d}.parquet"))
     tars = sorted(os.path.join(src, f) for f in os.listdir(src) if f.endswith(".tar"))
     size = sum(os.path.getsize(t) for t in tars)
-    from datacomp_ops.schema import uids_to_array
+    from datacomp_ops.core.schema import uids_to_array
 
     subset = os.path.join(work, "subset.npy")
     write_subset(subset, uids_to_array(sorted(rng.choice(uids_all, len(uids_all) * 3 // 10, replace=False))))

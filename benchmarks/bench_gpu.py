@@ -115,8 +115,8 @@ def _samples(n_unique: int) -> list[tuple[str, bytes]]:
     try:
         return samples(n_unique)
     except Exception as exc:  # noqa: BLE001 - the photographs ship in scikit-image; shapes alone if not
+        from datacomp_ops.embedded.images import CLASSES, encode, render_shape, seed_of
         from datacomp_ops.synthetic.crawl import TEMPLATES
-        from datacomp_ops.synthetic.images import CLASSES, encode, render_shape, seed_of
 
         say(f"  photographs unavailable ({type(exc).__name__}: {exc}): shapes only")
         return [(TEMPLATES[i % len(TEMPLATES)].format(c=CLASSES[i % len(CLASSES)]),
@@ -129,7 +129,7 @@ def _to_512(item: tuple[str, bytes]) -> tuple[str, bytes]:
 
     from PIL import Image
 
-    from datacomp_ops.synthetic.images import encode
+    from datacomp_ops.embedded.images import encode
 
     caption, jpg = item
     img = Image.open(io.BytesIO(jpg)).convert("RGB")
@@ -160,10 +160,10 @@ def write_raw_shard(root: str, version: str, data: list[tuple[str, bytes]], n: i
     import pyarrow.parquet as pq
     from PIL import Image
 
-    from datacomp_ops import storage
-    from datacomp_ops.layout import PoolLayout
-    from datacomp_ops.schema import compute_uid
-    from datacomp_ops.shard_io import write_tar
+    from datacomp_ops.core import storage
+    from datacomp_ops.core.layout import PoolLayout
+    from datacomp_ops.core.schema import compute_uid
+    from datacomp_ops.core.shard_io import write_tar
 
     pool = PoolLayout(root, version)
     sizes = [Image.open(io.BytesIO(jpg)).size for _, jpg in data]
@@ -224,7 +224,7 @@ class NoIndex:
 
 
 def _config(plan: dict, batch: int | None = None, threads: int | None = None, root: str | None = None):
-    from datacomp_ops.config import load_config
+    from datacomp_ops.core.config import load_config
 
     s = plan["sizes"]
     over = {"storage_root": root or plan["root"], "metadata.batch_size": batch or s["batch"],
@@ -237,9 +237,9 @@ def _config(plan: dict, batch: int | None = None, threads: int | None = None, ro
 
 def _pass_models(config, encoders: dict, device: str):
     """The pass's models: the platform's CLIP encoders and dedup thumbnail, the rest no-op stubs."""
-    from datacomp_ops.dedup import ThumbnailDescriptor
-    from datacomp_ops.metadata import PassModels
-    from datacomp_ops.models import choose_models
+    from datacomp_ops.pool.dedup import ThumbnailDescriptor
+    from datacomp_ops.pool.metadata import PassModels
+    from datacomp_ops.pool.models import choose_models
 
     choices = choose_models(config)
     return PassModels(choices=choices, device=device, text=NoOpText(), image=NoOpImage(), faces=NoFaces(),
@@ -250,8 +250,8 @@ def _pass_models(config, encoders: dict, device: str):
 def clip_pass(shard: dict, models, batch: int, threads: int, limit: int | None = None,
               encode: bool = True) -> dict:
     """The pass's CLIP path over a raw shard: its reader, its loader threads, its encoder calls."""
-    from datacomp_ops.metadata import _batches, _stack
-    from datacomp_ops.shard_io import iter_tar
+    from datacomp_ops.core.shard_io import iter_tar
+    from datacomp_ops.pool.metadata import _batches, _stack
 
     captions = shard["captions"]
     samples = iter_tar(shard["tar"])
@@ -342,7 +342,7 @@ class GpuDecodeCandidate:
 
         import torch
 
-        from datacomp_ops.shard_io import image_bytes, iter_tar
+        from datacomp_ops.core.shard_io import image_bytes, iter_tar
 
         cuda = self.device.startswith("cuda")
         stream = torch.cuda.Stream() if cuda else None
@@ -561,10 +561,10 @@ def _make_weights(plan: dict) -> None:
 def child_metadata(plan: dict, save) -> dict:
     import torch
 
-    from datacomp_ops.clip_features import ClipEncoder
-    from datacomp_ops.layout import PoolLayout
-    from datacomp_ops.metadata import run_metadata
-    from datacomp_ops.models import choose_models, resolve_device
+    from datacomp_ops.core.layout import PoolLayout
+    from datacomp_ops.pool.clip_features import ClipEncoder
+    from datacomp_ops.pool.metadata import run_metadata
+    from datacomp_ops.pool.models import choose_models, resolve_device
 
     s = plan["sizes"]
     res: dict = {"skipped": [], "errors": {}}
@@ -723,11 +723,11 @@ def child_metadata(plan: dict, save) -> dict:
 
 def make_training_data(plan: dict, shard: dict) -> dict:
     """The crawl shard as a pool shard, all of it as a subset, resharded where a run reads it."""
-    from datacomp_ops import training
-    from datacomp_ops.reshard import reshard
-    from datacomp_ops.schema import read_subset, uids_to_array, write_subset
-
     import pyarrow.parquet as pq
+
+    from datacomp_ops.core.schema import read_subset, uids_to_array, write_subset
+    from datacomp_ops.training import train as training
+    from datacomp_ops.training.reshard import reshard
 
     spec = training.TrainSpec.for_subset(os.path.join(plan["work"], "train_root"), "v0001", plan["sizes"]["scale"],
                                          "bench")
@@ -740,7 +740,7 @@ def make_training_data(plan: dict, shard: dict) -> dict:
 
 
 def _train_config(plan: dict, logs_root: str):
-    from datacomp_ops.config import load_config
+    from datacomp_ops.core.config import load_config
 
     s = plan["sizes"]
     batch = 4096 if s["scale"] in ("small", "medium") else 256
@@ -754,7 +754,7 @@ def child_train_platform(plan: dict) -> dict:
     """The platform's task body: run_training, which starts open_clip's trainer in a child of its own."""
     import torch
 
-    from datacomp_ops import training
+    from datacomp_ops.training import train as training
 
     spec = training.TrainSpec(**plan["train_spec"])
     config = _train_config(plan, os.path.join(plan["work"], "unused"))
@@ -771,13 +771,13 @@ def child_train_platform(plan: dict) -> dict:
 def run_direct(plan: dict, args: list[str], timeout: float) -> dict:
     """open_clip_train.main in a child, with the platform run's arguments (its logs elsewhere). The same
     two lines the platform's entry point adds: our model configs, and webdataset's end-of-shard fix."""
-    from datacomp_ops import training
+    from datacomp_ops.training import train as training
 
     logs = os.path.join(plan["work"], "direct")
     args = list(args)
     args[args.index("--logs") + 1] = logs
     code = ("import sys, open_clip; from open_clip_train.main import main; "
-            "from datacomp_ops.train_entry import _skip_end_of_shard_markers; _skip_end_of_shard_markers(); "
+            "from datacomp_ops.training.entry import _skip_end_of_shard_markers; _skip_end_of_shard_markers(); "
             f"open_clip.add_model_config({training.MODEL_CONFIGS!r}); main(sys.argv[1:])")
     stdout = os.path.join(plan["work"], "train_direct.stdout")
     t0 = time.perf_counter()
@@ -827,11 +827,11 @@ class _TaskTimes(logging.Handler):
 def child_evaluation(plan: dict) -> dict:
     import torch
 
-    from datacomp_ops.config import load_config
-    from datacomp_ops.evaluation import RESULTS, run_evaluation
+    from datacomp_ops.core.config import load_config
+    from datacomp_ops.evaluation.zero_shot import RESULTS, run_evaluation
 
     handler = _TaskTimes()
-    log = logging.getLogger("datacomp_ops.evaluation")
+    log = logging.getLogger("datacomp_ops.evaluation.zero_shot")
     log.addHandler(handler)
     log.setLevel(logging.INFO)
     log.propagate = False  # the lines are printed by the parent, once

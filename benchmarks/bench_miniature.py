@@ -106,8 +106,8 @@ def main() -> int:
     parser.add_argument("--json", default="", help="also write the figures to this file")
     args = parser.parse_args()
 
-    from datacomp_ops.config import load_config
-    from datacomp_ops.leaderboard import collect
+    from datacomp_ops.core.config import load_config
+    from datacomp_ops.evaluation.leaderboard import collect
 
     baselines = [b for b in args.baselines.split(",") if b]
     if "no_filter" not in baselines or set(baselines) - set(BASELINES):
@@ -124,7 +124,7 @@ def main() -> int:
                 f"extract:\n  urls_per_partition: 2000\n"
                 + (f"publish:\n  tiny_pool_size: {args.pool_size}\n" if args.pool_size else "")
                 + "training:\n  num_checkpoints: 1\n"
-                f"filtering:\n  baselines:\n" + "".join(f"    - {b}\n" for b in _specs(baselines)))
+                "filtering:\n  baselines:\n" + "".join(f"    - {b}\n" for b in _specs(baselines)))
     common = ["--config", config, "--storage-root", root]
     seconds = {}
     t = time.monotonic()
@@ -166,14 +166,14 @@ def main() -> int:
 
 
 def _specs(baselines: list[str]) -> list[str]:
-    from datacomp_ops.config import DATACOMP_BASELINES
+    from datacomp_ops.core.config import DATACOMP_BASELINES
 
     return [s for s in DATACOMP_BASELINES if s.split("=")[0].strip() in baselines]
 
 
 def _manifest(root: str) -> str:
-    from datacomp_ops import versions
-    from datacomp_ops.layout import PoolLayout
+    from datacomp_ops.core import versions
+    from datacomp_ops.core.layout import PoolLayout
 
     return PoolLayout(root, versions.latest(root)).manifest
 

@@ -34,13 +34,13 @@ import pyarrow.parquet as pq
 import webdataset as wds
 from PIL import Image
 
-from datacomp_ops import storage
-from datacomp_ops.config import load_config
-from datacomp_ops.layout import PoolLayout
-from datacomp_ops.models import choose_models
-from datacomp_ops.schema import compute_uid
+from datacomp_ops.core import storage
+from datacomp_ops.core.config import load_config
+from datacomp_ops.core.layout import PoolLayout
+from datacomp_ops.core.schema import compute_uid
+from datacomp_ops.embedded.images import CLASSES, PHOTOS, encode, photo, render_shape, seed_of
+from datacomp_ops.pool.models import choose_models
 from datacomp_ops.synthetic.crawl import PHOTO_CAPTIONS, TEMPLATES, UNSAFE_CAPTIONS
-from datacomp_ops.synthetic.images import CLASSES, PHOTOS, encode, photo, render_shape, seed_of
 
 
 def samples(n: int, seed: int = 0) -> list[tuple[str, bytes]]:
@@ -73,13 +73,13 @@ def row(name: str, n: int, ours: float, bare: float, unit: str) -> None:
 
 
 def cpu_table(args, work: str) -> None:
-    from datacomp_ops.clip_features import ClipEncoder
-    from datacomp_ops.dedup import ThumbnailDescriptor
-    from datacomp_ops.faces import load_face_detector
-    from datacomp_ops.metadata import PassModels, run_metadata
-    from datacomp_ops.nsfw_image import EXPOSED, load_image_classifier
-    from datacomp_ops.nsfw_text import load_text_classifier
-    from datacomp_ops.prepare_models import run_prepare_models
+    from datacomp_ops.pool.clip_features import ClipEncoder
+    from datacomp_ops.pool.dedup import ThumbnailDescriptor
+    from datacomp_ops.pool.faces import load_face_detector
+    from datacomp_ops.pool.metadata import PassModels, run_metadata
+    from datacomp_ops.pool.nsfw_image import EXPOSED, load_image_classifier
+    from datacomp_ops.pool.nsfw_text import load_text_classifier
+    from datacomp_ops.pool.prepare_models import run_prepare_models
     from datacomp_ops.synthetic.evalsuite import generate_eval_suite
 
     data = samples(args.images)
@@ -99,7 +99,7 @@ def cpu_table(args, work: str) -> None:
     print(f"  {'stage':<24}{'ours':>12}{'bare':>12}  {'unit':<11}{'ratio':>8}")
 
     # decode: ours decodes and converts once for every model; bare is PIL alone
-    from datacomp_ops.shard_io import decode_image
+    from datacomp_ops.core.shard_io import decode_image
 
     decode_s = timed(lambda: [Image.open(io.BytesIO(b)).convert("RGB") for _, b in data])
     row("decode", n, timed(lambda: [decode_image(b) for _, b in data]), decode_s, "images/s")
@@ -127,7 +127,7 @@ def cpu_table(args, work: str) -> None:
                             for g in gray], 1)
     row("faces (cascade)", n, timed(lambda: [faces.detect(a) for a in rgb], 1), face_s, "images/s")
 
-    from datacomp_ops.dedup import index_dir, load_eval_index
+    from datacomp_ops.pool.dedup import index_dir, load_eval_index
 
     index = load_eval_index(index_dir(config, choices["dedup"]))
     thumb = ThumbnailDescriptor()

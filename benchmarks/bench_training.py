@@ -26,18 +26,18 @@ import time
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from datacomp_ops import training
-from datacomp_ops.config import load_config
-from datacomp_ops.reshard import reshard
-from datacomp_ops.schema import uids_to_array, write_subset
+from datacomp_ops.core.config import load_config
+from datacomp_ops.core.schema import uids_to_array, write_subset
+from datacomp_ops.training import train as training
+from datacomp_ops.training.reshard import reshard
 
 
 def make_subset(work: str, n: int, image_size: int, scale: str) -> training.TrainSpec:
     """n synthetic shape pictures with captions, resharded where a training run reads them."""
     import webdataset as wds
 
+    from datacomp_ops.embedded.images import CLASSES, encode, render_shape
     from datacomp_ops.synthetic.crawl import TEMPLATES
-    from datacomp_ops.synthetic.images import CLASSES, encode, render_shape
 
     pool = os.path.join(work, "pool")
     os.makedirs(pool)
@@ -73,7 +73,7 @@ def run_direct(args: list[str], logs: str) -> float:
     args[args.index("--logs") + 1] = logs
     # open_clip_train fails on webdataset 0.2.100+'s end-of-shard markers: the same fix as our entry point
     code = ("import sys, open_clip; from open_clip_train.main import main; "
-            "from datacomp_ops.train_entry import _skip_end_of_shard_markers; _skip_end_of_shard_markers(); "
+            "from datacomp_ops.training.entry import _skip_end_of_shard_markers; _skip_end_of_shard_markers(); "
             f"open_clip.add_model_config({training.MODEL_CONFIGS!r}); main(sys.argv[1:])")
     t0 = time.perf_counter()
     subprocess.run([sys.executable, "-c", code, *args], check=True, capture_output=True)

@@ -19,7 +19,7 @@ import time
 import numpy as np
 from PIL import Image
 
-from datacomp_ops.dedup import ThumbnailDescriptor
+from datacomp_ops.pool.dedup import ThumbnailDescriptor
 from datacomp_ops.synthetic.crawl import KINDS, CrawlSpec, _kind_schedule, _link
 from datacomp_ops.synthetic.evalsuite import EVAL_IMAGES, image_at
 from datacomp_ops.synthetic.server import render

@@ -34,14 +34,15 @@ from pathlib import Path
 
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
 from airflow.sdk import Param, dag, task
-from datacomp_ops.config import SCALES
+
+from datacomp_ops.core.config import SCALES
 from form_fields import NAME, config_default, limits, optional
 from pool_tasks import DOWNLOAD_RETRIES, DOWNLOAD_RETRY_DELAY, finish_pool_build, pool_lease
 
 SPARK_JOB = str(Path(__file__).resolve().parents[1] / "spark_jobs" / "extract_urls.py")
 
 
-# Form fields -> the config keys they set (datacomp_ops.config); empty fields set nothing.
+# Form fields -> the config keys they set (datacomp_ops.core.config); empty fields set nothing.
 CONFIG_PARAMS = {
     "scale": "scale",
     "crawl_source": "crawl.source",
@@ -120,7 +121,7 @@ _MODEL = "Local path; empty: the config's path, or the embedded default when the
 def commonpool_build():
     @task
     def prepare(params=None, run_id=None, dag_run=None) -> dict:
-        from datacomp_ops.build import make_spec
+        from datacomp_ops.pool.build import make_spec
 
         overrides = {key: params[name] for name, key in CONFIG_PARAMS.items() if params.get(name) is not None}
         overrides |= params.get("config_overrides") or {}
@@ -148,7 +149,7 @@ def commonpool_build():
 
     @task
     def plan_download(spec: dict, run_id=None) -> list[dict]:
-        from datacomp_ops.build import BuildSpec, plan_download
+        from datacomp_ops.pool.build import BuildSpec, plan_download
 
         with pool_lease(spec, run_id):
             return plan_download(BuildSpec(**spec))
@@ -158,8 +159,8 @@ def commonpool_build():
     @task(max_active_tis_per_dag=2, retries=DOWNLOAD_RETRIES, retry_delay=DOWNLOAD_RETRY_DELAY,
           retry_exponential_backoff=True)
     def download(partition: dict, spec: dict, ti=None, run_id=None) -> dict:
-        from datacomp_ops.build import BuildSpec
-        from datacomp_ops.download import Partition, run_download
+        from datacomp_ops.download.partition import Partition, run_download
+        from datacomp_ops.pool.build import BuildSpec
 
         build = BuildSpec(**spec)
         last_try = ti is None or ti.try_number > ti.max_tries

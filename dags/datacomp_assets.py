@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from airflow.sdk import Asset
 
-from datacomp_ops.config import SCALES
+from datacomp_ops.core.config import SCALES
 
 # One Asset per DataComp scale; each event's extra names the pool version,
 # its subset file and sample count, for the filtering DAGs to schedule on.

@@ -16,6 +16,7 @@ from __future__ import annotations
 import datetime
 
 from airflow.sdk import Param, dag, task
+
 from datacomp_assets import SCALES, TRAINED, event_extras
 from form_fields import optional
 from pool_tasks import GPU, MODEL_CHAIN
@@ -45,7 +46,7 @@ from pool_tasks import GPU, MODEL_CHAIN
 def evaluate_clip():
     @task
     def prepare(params=None, triggering_asset_events=None) -> list[dict]:
-        from datacomp_ops.train_plan import plan_evaluation
+        from datacomp_ops.evaluation.plan import plan_evaluation
 
         return plan_evaluation(dict(params or {}), event_extras(triggering_asset_events))
 
@@ -53,15 +54,15 @@ def evaluate_clip():
     def evaluate(job: dict) -> dict:
         from airflow.sdk import get_current_context
 
-        from datacomp_ops.train_plan import run_evaluation_job
+        from datacomp_ops.evaluation.plan import run_evaluation_job
 
         get_current_context()["job_name"] = job["name"]
         return run_evaluation_job(job)
 
     @task
     def leaderboard(jobs: list[dict], results: list[dict]) -> list[dict]:
-        from datacomp_ops.leaderboard import write_leaderboard
-        from datacomp_ops.train_plan import storage_roots
+        from datacomp_ops.evaluation.leaderboard import write_leaderboard
+        from datacomp_ops.evaluation.plan import storage_roots
 
         return [write_leaderboard(root) for root in storage_roots(jobs)]
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import datetime
 
 from airflow.sdk import Param, dag, task
+
 from datacomp_assets import POOL_ASSETS, SCALES, SUBSETS, event_extras
 from form_fields import optional
 

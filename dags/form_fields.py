@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from airflow.sdk import Param
 
-from datacomp_ops.config import allowed, default
-from datacomp_ops.layout import NAME_PATTERN
+from datacomp_ops.core.config import allowed, default
+from datacomp_ops.core.layout import NAME_PATTERN
 
-# Crawl ids, dataset names and pool versions: the pattern every entry point checks (datacomp_ops/layout.py).
+# Crawl ids, dataset names and pool versions: the pattern every entry point checks (datacomp_ops/core/layout.py).
 NAME = NAME_PATTERN
 
 

@@ -22,7 +22,8 @@ from __future__ import annotations
 import datetime
 
 from airflow.sdk import Param, dag, task
-from datacomp_ops.config import SCALES
+
+from datacomp_ops.core.config import SCALES
 from form_fields import NAME, optional
 from pool_tasks import DOWNLOAD_RETRIES, DOWNLOAD_RETRY_DELAY, finish_pool_build, pool_lease
 
@@ -61,7 +62,7 @@ from pool_tasks import DOWNLOAD_RETRIES, DOWNLOAD_RETRY_DELAY, finish_pool_build
 def import_dataset():
     @task
     def prepare(params=None, run_id=None) -> dict:
-        from datacomp_ops.byod import make_import_spec
+        from datacomp_ops.pool.byod import make_import_spec
 
         overrides = {"scale": params["scale"]} | (params.get("config_overrides") or {})
         spec = make_import_spec(run_id, params.get("name") or "", params.get("sources") or [], params["kind"],
@@ -72,16 +73,16 @@ def import_dataset():
 
     @task
     def scan(spec: dict, run_id=None) -> dict:
-        from datacomp_ops.build import BuildSpec
-        from datacomp_ops.byod import run_scan
+        from datacomp_ops.pool.build import BuildSpec
+        from datacomp_ops.pool.byod import run_scan
 
         with pool_lease(spec, run_id):
             return run_scan(BuildSpec(**spec))["stats"]
 
     @task
     def plan_ingest(spec: dict, run_id=None) -> list[dict]:
-        from datacomp_ops.build import BuildSpec
-        from datacomp_ops.byod import plan_ingest
+        from datacomp_ops.pool.build import BuildSpec
+        from datacomp_ops.pool.byod import plan_ingest
 
         with pool_lease(spec, run_id):
             return plan_ingest(BuildSpec(**spec))
@@ -91,9 +92,9 @@ def import_dataset():
     def ingest(partition: dict, spec: dict, ti=None, run_id=None) -> dict:
         from airflow.sdk import get_current_context
 
-        from datacomp_ops.build import BuildSpec
-        from datacomp_ops.byod import run_ingest
-        from datacomp_ops.download import Partition
+        from datacomp_ops.download.partition import Partition
+        from datacomp_ops.pool.build import BuildSpec
+        from datacomp_ops.pool.byod import run_ingest
 
         get_current_context()["part_name"] = partition["path"].rsplit("/", 1)[-1]
         last_try = ti is None or ti.try_number > ti.max_tries

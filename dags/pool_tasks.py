@@ -1,7 +1,7 @@
 """The tasks a pool build shares, whatever fed it: the metadata pass, publish, Asset events, summary.
 
 `commonpool_build` (Common Crawl) and `import_dataset` (a dataset of your own) both end in these;
-each task takes the run's spec (datacomp_ops.build.BuildSpec as a dict). No DAG is declared here.
+each task takes the run's spec (datacomp_ops.pool.build.BuildSpec as a dict). No DAG is declared here.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import datetime
 import os
 
 from airflow.sdk import task
+
 from datacomp_assets import POOL_ASSETS
 
 # GPU stages: Airflow pool `gpu` (its slots bound the GPU tasks at once) and the
@@ -24,34 +25,34 @@ DOWNLOAD_RETRY_DELAY = datetime.timedelta(seconds=float(os.environ.get("DATACOMP
 
 
 def pool_lease(spec: dict, run_id: str, release: bool = False):
-    """The run's lease on its pool version while a task works in it (datacomp_ops.versions.holding).
+    """The run's lease on its pool version while a task works in it (datacomp_ops.core.versions.holding).
 
     Another build's lease fails the task, naming that build; summarize, the run's last task, releases it.
     """
-    from datacomp_ops.versions import holding
+    from datacomp_ops.core.versions import holding
 
     return holding(spec["config"]["storage_root"], spec["pool_version"], run_id, for_run=True, release=release)
 
 
 @task(**GPU)
 def prepare_models(spec: dict) -> dict:
-    from datacomp_ops.build import BuildSpec
-    from datacomp_ops.prepare_models import run_prepare_models
+    from datacomp_ops.pool.build import BuildSpec
+    from datacomp_ops.pool.prepare_models import run_prepare_models
 
     return run_prepare_models(BuildSpec(**spec).platform_config).to_dict()
 
 
 @task(trigger_rule="none_failed")  # also when nothing new gave partitions to download
 def plan_metadata(spec: dict) -> list[list[int]]:
-    from datacomp_ops.build import BuildSpec, plan_metadata
+    from datacomp_ops.pool.build import BuildSpec, plan_metadata
 
     return plan_metadata(BuildSpec(**spec))
 
 
 @task(retries=2, **GPU)
 def metadata(shards: list[int], spec: dict, run_id=None) -> dict:
-    from datacomp_ops.build import BuildSpec
-    from datacomp_ops.metadata import run_metadata
+    from datacomp_ops.pool.build import BuildSpec
+    from datacomp_ops.pool.metadata import run_metadata
 
     build = BuildSpec(**spec)
     with pool_lease(spec, run_id):
@@ -62,8 +63,8 @@ def metadata(shards: list[int], spec: dict, run_id=None) -> dict:
 def publish(spec: dict, run_id=None) -> dict:
     from airflow.exceptions import AirflowSkipException
 
-    from datacomp_ops.build import BuildSpec
-    from datacomp_ops.publish import run_publish
+    from datacomp_ops.pool.build import BuildSpec
+    from datacomp_ops.pool.publish import run_publish
 
     build = BuildSpec(**spec)
     with pool_lease(spec, run_id):
@@ -81,9 +82,9 @@ def announce(scale: str):
     def announce_scale(spec: dict, outlet_events=None) -> dict:
         from airflow.exceptions import AirflowSkipException
 
-        from datacomp_ops import storage
-        from datacomp_ops.build import BuildSpec
-        from datacomp_ops.publish import asset_extras
+        from datacomp_ops.core import storage
+        from datacomp_ops.pool.build import BuildSpec
+        from datacomp_ops.pool.publish import asset_extras
 
         extras = asset_extras(storage.read_json(BuildSpec(**spec).pool.manifest))
         if scale not in extras:
@@ -96,7 +97,7 @@ def announce(scale: str):
 
 @task(trigger_rule="none_failed")
 def summarize(spec: dict, dag_run=None, run_id=None) -> dict:
-    from datacomp_ops.build import BuildSpec, format_summary, summarize
+    from datacomp_ops.pool.build import BuildSpec, format_summary, summarize
 
     seconds = None
     if dag_run is not None and dag_run.start_date is not None:

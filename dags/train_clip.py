@@ -8,7 +8,7 @@ written there). Each subset is trained once per seed (`training.seeds`, or the f
 1. **prepare**: one job per subset and seed.
 2. **reshard**: the subset's samples into `{root}/runs/{version}/{scale}/{baseline}/shards`
    (DataComp's layout, meta.json), once per subset: its other seeds train on the same shards.
-3. **train**: open_clip with DataComp's arguments for the scale (`datacomp_ops/training.py`) and the
+3. **train**: open_clip with DataComp's arguments for the scale (`datacomp_ops/training/train.py`) and the
    job's seed, into `{root}/runs/{version}/{scale}/{baseline}` (seed 0) or `.../{baseline}+seed{k}`, in
    the Airflow pool `gpu` on the `gpu` queue, one process per GPU of the worker; a retry resumes from
    the last checkpoint. Emits an Asset event for evaluation.
@@ -19,6 +19,7 @@ from __future__ import annotations
 import datetime
 
 from airflow.sdk import Param, dag, task
+
 from datacomp_assets import SCALES, SUBSETS, TRAINED, event_extras
 from form_fields import item_limits, optional
 from pool_tasks import GPU, MODEL_CHAIN
@@ -51,7 +52,7 @@ from pool_tasks import GPU, MODEL_CHAIN
 def train_clip():
     @task
     def prepare(params=None, triggering_asset_events=None) -> list[dict]:
-        from datacomp_ops.train_plan import plan_training
+        from datacomp_ops.training.plan import plan_training
 
         return plan_training(dict(params or {}), event_extras(triggering_asset_events))
 
@@ -59,7 +60,7 @@ def train_clip():
     def reshard(job: dict) -> dict:
         from airflow.sdk import get_current_context
 
-        from datacomp_ops.train_plan import run_reshard_job
+        from datacomp_ops.training.plan import run_reshard_job
 
         get_current_context()["job_name"] = job["name"]
         run_reshard_job(job)
@@ -70,7 +71,7 @@ def train_clip():
     def train(job: dict, outlet_events=None) -> dict:
         from airflow.sdk import get_current_context
 
-        from datacomp_ops.train_plan import run_train_job
+        from datacomp_ops.training.plan import run_train_job
 
         get_current_context()["job_name"] = job["name"]
         record = run_train_job(job)

@@ -48,8 +48,8 @@ def _date(text: str):
 def _name(kind: str):
     """An argument type: a crawl id, dataset name or pool version (layout.NAME_PATTERN); empty is the default."""
     def check(text: str) -> str:
-        from .config import ConfigError
-        from .layout import check_name
+        from .core.config import ConfigError
+        from .core.layout import check_name
 
         try:
             return check_name(kind, text) if text else text
@@ -77,7 +77,7 @@ def _overrides(pairs: list[str]) -> dict[str, Any]:
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep:
-            from .config import ConfigError
+            from .core.config import ConfigError
 
             raise ConfigError(f"--set expects KEY=VALUE, got {pair!r}")
         out[key] = value
@@ -85,7 +85,7 @@ def _overrides(pairs: list[str]) -> dict[str, Any]:
 
 
 def _config(args):
-    from .config import load_config
+    from .core.config import load_config
 
     return load_config(args.config, _config_overrides(args))
 
@@ -117,15 +117,15 @@ def cmd_serve(args) -> None:
 
 
 def cmd_extract(args) -> None:
-    from .config import load_config
-    from .extract import run_extract_urls
-    from .layout import CrawlLayout
+    from .core.config import load_config
+    from .core.layout import CrawlLayout
+    from .crawl.extract import run_extract_urls
 
     config = load_config(args.config, _config_overrides(args))
     if args.input:
         inputs = args.input
     else:
-        from .crawls import listing
+        from .crawl.crawls import listing
 
         inputs = [listing(config.crawl_source, args.crawl_id)]
     report = run_extract_urls(inputs, CrawlLayout(config.storage_root, args.crawl_id), config)
@@ -142,9 +142,9 @@ def _config_overrides(args) -> dict[str, Any]:
 def cmd_download(args) -> None:
     import pyarrow.parquet as pq
 
-    from . import storage
-    from .download import Partition, run_download
-    from .layout import PoolLayout
+    from .core import storage
+    from .core.layout import PoolLayout
+    from .download.partition import Partition, run_download
 
     config = _config(args)
     with storage.open_file(args.partition) as f:
@@ -155,7 +155,7 @@ def cmd_download(args) -> None:
 
 
 def cmd_storage_init(args) -> None:
-    from . import storage
+    from .core import storage
 
     root = _config(args).storage_root
     storage.ensure_root(root)
@@ -163,14 +163,14 @@ def cmd_storage_init(args) -> None:
 
 
 def cmd_prepare_models(args) -> None:
-    from .prepare_models import run_prepare_models
+    from .pool.prepare_models import run_prepare_models
 
     print(json.dumps(run_prepare_models(_config(args)).to_dict(), indent=2))
 
 
 def cmd_metadata(args) -> None:
-    from .layout import PoolLayout
-    from .metadata import plan_metadata, run_metadata
+    from .core.layout import PoolLayout
+    from .pool.metadata import plan_metadata, run_metadata
 
     config = _config(args)
     pool = PoolLayout(config.storage_root, args.pool_version)
@@ -179,8 +179,8 @@ def cmd_metadata(args) -> None:
 
 
 def cmd_publish(args) -> None:
-    from .layout import PoolLayout
-    from .publish import run_publish
+    from .core.layout import PoolLayout
+    from .pool.publish import run_publish
 
     config = _config(args)
     print(json.dumps(run_publish(PoolLayout(config.storage_root, args.pool_version), config).to_dict(), indent=2))
@@ -188,10 +188,10 @@ def cmd_publish(args) -> None:
 
 def _finish_build(spec, start: float) -> None:
     """What a build does after its raw shards are in, as the DAGs' shared end does: metadata, publish, summary."""
-    from .build import format_summary, plan_metadata, summarize
-    from .metadata import PassModels, run_metadata
-    from .prepare_models import run_prepare_models
-    from .publish import run_publish
+    from .pool.build import format_summary, plan_metadata, summarize
+    from .pool.metadata import PassModels, run_metadata
+    from .pool.prepare_models import run_prepare_models
+    from .pool.publish import run_publish
 
     config = spec.platform_config
     run_prepare_models(config)
@@ -206,10 +206,10 @@ def _finish_build(spec, start: float) -> None:
 def cmd_build(args) -> None:
     import contextlib
 
-    from . import versions
-    from .build import make_spec, plan_download
-    from .download import Partition, run_download
-    from .extract import run_extract_urls
+    from .core import versions
+    from .crawl.extract import run_extract_urls
+    from .download.partition import Partition, run_download
+    from .pool.build import make_spec, plan_download
 
     start = time.monotonic()
     run_key = f"cli-{time.time_ns()}"
@@ -234,14 +234,14 @@ def cmd_build(args) -> None:
 
 def _root(config, args) -> str:
     """The CommonPool's storage root, or an imported dataset's (--dataset)."""
-    from .layout import dataset_root
+    from .core.layout import dataset_root
 
     return dataset_root(config.storage_root, args.dataset) if getattr(args, "dataset", "") else config.storage_root
 
 
 def cmd_ledger(args) -> None:
-    from . import versions
-    from .pool_report import lookup, version_summary
+    from .core import versions
+    from .ui.pool_report import lookup, version_summary
 
     config = _config(args)
     root = _root(config, args)
@@ -249,7 +249,7 @@ def cmd_ledger(args) -> None:
     if not version:
         raise versions.VersionError(f"no pool version under {root} yet")
     if args.uid or args.url:
-        from .schema import compute_uid
+        from .core.schema import compute_uid
 
         story = lookup(root, args.uid or args.url, version)
         if not story["found"]:
@@ -277,10 +277,10 @@ def cmd_ledger(args) -> None:
 
 
 def cmd_filter(args) -> None:
-    from . import versions
+    from .core import versions
+    from .core.layout import PoolLayout
     from .filtering.baselines import parse_all, uses_fasttext
     from .filtering.run import PoolSource, format_table, make_context, output_dir, run_baseline
-    from .layout import PoolLayout
 
     config = _config(args)
     root = _root(config, args)
@@ -303,11 +303,11 @@ def cmd_filter(args) -> None:
 
 
 def cmd_reshard(args) -> None:
-    from . import storage, versions
-    from .config import get_scale
-    from .layout import PoolLayout
-    from .reshard import reshard
-    from .training import TrainSpec
+    from .core import storage, versions
+    from .core.config import get_scale
+    from .core.layout import PoolLayout
+    from .training.reshard import reshard
+    from .training.train import TrainSpec
 
     config = _config(args)
     if args.subset:
@@ -339,7 +339,7 @@ def _overrides_of(args) -> dict:
 
 
 def cmd_train(args) -> None:
-    from .train_plan import plan_training, run_reshard_job, run_train_job
+    from .training.plan import plan_training, run_reshard_job, run_train_job
 
     params = {"dataset": args.dataset, "pool_version": args.pool_version, "scale": args.scale,
               "baselines": args.baseline, "seeds": args.seeds, "config_overrides": _overrides_of(args)}
@@ -351,8 +351,8 @@ def cmd_train(args) -> None:
 
 
 def cmd_evaluate(args) -> None:
-    from .leaderboard import write_leaderboard
-    from .train_plan import plan_evaluation, run_evaluation_job, storage_roots
+    from .evaluation.leaderboard import write_leaderboard
+    from .evaluation.plan import plan_evaluation, run_evaluation_job, storage_roots
 
     params = {"run_dirs": args.run_dir, "dataset": args.dataset, "pool_version": args.pool_version,
               "scale": args.scale, "config_overrides": _overrides_of(args)}
@@ -366,7 +366,7 @@ def cmd_evaluate(args) -> None:
 
 
 def cmd_leaderboard(args) -> None:
-    from .leaderboard import aggregate, collect, score_text, write_leaderboard
+    from .evaluation.leaderboard import aggregate, collect, score_text, write_leaderboard
 
     config = _config(args)
     paths = write_leaderboard(config.storage_root)
@@ -381,9 +381,9 @@ def cmd_leaderboard(args) -> None:
 def cmd_import(args) -> None:
     import contextlib
 
-    from . import versions
-    from .byod import make_import_spec, plan_ingest, run_ingest, run_scan
-    from .download import Partition
+    from .core import versions
+    from .download.partition import Partition
+    from .pool.byod import make_import_spec, plan_ingest, run_ingest, run_scan
 
     start = time.monotonic()
     run_key = f"cli-{time.time_ns()}"
@@ -404,7 +404,7 @@ def cmd_import(args) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from .config import SCALES
+    from .core.config import SCALES
 
     parser = argparse.ArgumentParser(prog="datacomp", description="DataComp platform stages without Airflow")
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -560,12 +560,12 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    from .config import ConfigError
-    from .crawls import CrawlNotFound
-    from .ledger import LedgerError
-    from .schema import SchemaError
-    from .storage import StorageError
-    from .versions import VersionError
+    from .core.config import ConfigError
+    from .core.ledger import LedgerError
+    from .core.schema import SchemaError
+    from .core.storage import StorageError
+    from .core.versions import VersionError
+    from .crawl.crawls import CrawlNotFound
 
     try:
         args.func(args)

@@ -2,7 +2,7 @@
 
 A FastAPI app served by Airflow's api-server under /datacomp, shown inside the UI (an external view in
 the navigation). Every request needs the Airflow login (the JWT of the `_token` cookie or a Bearer
-header), as the UI's own pages do; the page itself is rendered by datacomp_ops.platform_page.
+header), as the UI's own pages do; the page itself is rendered by datacomp_ops.ui.platform_page.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ app = FastAPI(title="DataComp platform", docs_url=None, redoc_url=None)
 
 @app.get("/", response_class=HTMLResponse)
 def platform_page(q: str = Query("", max_length=4096), user=Depends(get_user)) -> str:
-    from datacomp_ops.config import load_config
-    from datacomp_ops.platform_page import render
+    from datacomp_ops.core.config import load_config
+    from datacomp_ops.ui.platform_page import render
 
     storage_credentials.export_storage_credentials()  # a storage root on S3: the api-server reads it too
     return render(load_config().storage_root, q)

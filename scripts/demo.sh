@@ -82,11 +82,11 @@ python scripts/run_dag.py commonpool_build --timeout 1800
 echo "   build: $(( $(date +%s) - phase )) s"
 python - <<'PY'
 import glob, json, os
-from datacomp_ops import ledger
-from datacomp_ops.build import format_summary
+from datacomp_ops.core import ledger
+from datacomp_ops.pool.build import format_summary
 from datacomp_ops.synthetic.crawl import compare_with_truth
 root = os.environ["DATACOMP_STORAGE_ROOT"]
-from datacomp_ops import versions
+from datacomp_ops.core import versions
 # the run that published the newest pool version
 latest = versions.latest(root)
 (report,) = glob.glob(os.path.join(root, "pool", latest, "reports", "*.json"))
@@ -104,14 +104,14 @@ python scripts/run_dag.py filtering_baselines --after "$built_at" --timeout 900
 echo "   filtering: $(( $(date +%s) - phase )) s"
 python - <<'PY'
 import glob, json, os
-from datacomp_ops import versions
+from datacomp_ops.core import versions
 from datacomp_ops.filtering.run import format_table
 root = os.environ["DATACOMP_STORAGE_ROOT"]
 version = versions.latest(root)
 records = [json.load(open(p)) | {"pool_name": f"{version}/tiny"}
            for p in glob.glob(os.path.join(root, "subsets", version, "tiny", "*.json"))]
 order = {r["label"]: i for i, r in enumerate(records)}
-from datacomp_ops.config import load_config
+from datacomp_ops.core.config import load_config
 from datacomp_ops.filtering.baselines import parse_all
 labels = list(parse_all(load_config().filtering.baselines))
 records.sort(key=lambda r: labels.index(r["label"]) if r["label"] in labels else len(labels) + order[r["label"]])

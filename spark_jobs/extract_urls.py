@@ -13,10 +13,9 @@ import os
 
 from pyspark.sql import SparkSession
 
-from datacomp_ops.config import config_from_dict, load_config
-from datacomp_ops.extract import run_extract_urls
-from datacomp_ops.layout import CrawlLayout
-
+from datacomp_ops.core.config import config_from_dict, load_config
+from datacomp_ops.core.layout import CrawlLayout
+from datacomp_ops.crawl.extract import run_extract_urls
 
 STORAGE_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL",
                "AWS_DEFAULT_REGION")

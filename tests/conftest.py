@@ -94,17 +94,17 @@ def eval_suite(tmp_path_factory):
 @pytest.fixture(scope="session")
 def embedded_models():
     """The embedded CLIP stand-ins, trained once per machine and recipe, where the demo keeps them."""
-    from datacomp_ops.config import PlatformConfig
-    from datacomp_ops.synthetic.clip_models import ensure_trained
+    from datacomp_ops.core.config import PlatformConfig
+    from datacomp_ops.embedded.clip_models import ensure_trained, stand_ins_dir
 
     config = PlatformConfig()
-    ensure_trained(config.embedded_models_dir, config.metadata.embedded_clip_steps)
-    return config.embedded_models_dir
+    ensure_trained(stand_ins_dir(config), config.metadata.embedded_clip_steps)
+    return stand_ins_dir(config)
 
 
 @pytest.fixture(scope="session")
 def spark():
-    from datacomp_ops.extract import local_spark
+    from datacomp_ops.crawl.extract import local_spark
 
     session = local_spark("local[2]", "datacomp-tests")
     yield session
@@ -124,7 +124,7 @@ FAST_DOWNLOAD = {
 
 @pytest.fixture
 def fast_download_config(tmp_path):
-    from datacomp_ops.config import load_config
+    from datacomp_ops.core.config import load_config
 
     return load_config(overrides={"storage_root": str(tmp_path / "root"), **FAST_DOWNLOAD})
 

@@ -12,10 +12,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from datacomp_ops import ledger, versions
-from datacomp_ops.byod import DatasetImportError, make_import_spec, plan_ingest, resolve_sources, run_scan
 from datacomp_ops.cli import main
-from datacomp_ops.layout import dataset_root
+from datacomp_ops.core import ledger, versions
+from datacomp_ops.core.layout import dataset_root
+from datacomp_ops.pool.byod import DatasetImportError, make_import_spec, plan_ingest, resolve_sources, run_scan
 
 
 def _image(w: int, h: int, fmt: str = "JPEG", seed: int = 0) -> bytes:
@@ -221,7 +221,7 @@ def test_broken_sources_are_reported_and_an_unreadable_one_is_read_again_next_ti
 def test_a_staged_shard_is_imported_never_downloaded(tmp_path, shards):
     """Even when its URL part is already in urls/ (a task that died before its marker), a shard's part is no
     download partition: only the import writes it."""
-    from datacomp_ops.download_plan import plan_download
+    from datacomp_ops.download.plan import plan_download
 
     spec = make_import_spec("run", "d", [shards["src"]], overrides={"storage_root": str(tmp_path / "root")})
     report = run_scan(spec)

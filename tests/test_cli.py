@@ -39,7 +39,7 @@ def test_build_command_runs_the_stages_without_airflow(tmp_path, small_crawl, em
     assert counts["statuses"]["kept"] < counts["urls"] and "downloaded" not in counts["statuses"]
     assert counts["statuses"]["nsfw_text"] == small_crawl["kinds"]["unsafe_caption"]
     # one URL's story: where it came from, its statuses, why it left
-    from datacomp_ops import ledger, versions
+    from datacomp_ops.core import ledger, versions
 
     rows = ledger.latest(ledger.history(*versions.ledger_dirs(str(tmp_path), "v0001"))).to_pylist()
     dropped = next(r for r in rows if r["status"] == "nsfw_text")
@@ -101,8 +101,8 @@ def test_the_config_file_reaches_the_build_and_import_specs(tmp_path, monkeypatc
     """--config wins over $DATACOMP_CONFIG (the tests' loopback file) for build and import alike."""
     import tarfile
 
-    from datacomp_ops import build, byod
-    from datacomp_ops.config import ConfigError
+    from datacomp_ops.core.config import ConfigError
+    from datacomp_ops.pool import build, byod
 
     path = tmp_path / "mine.yaml"
     path.write_text("download:\n  timeout: 7\n  allowed_private_addresses: [127.0.0.1:9999]\n"
@@ -159,10 +159,10 @@ def test_a_crawl_id_taken_from_the_inputs_is_checked(tmp_path, capsys):
 
 def test_bad_names_are_refused_by_the_library(tmp_path):
     """The DAGs call make_spec and make_import_spec directly: the same checks, whatever the form let through."""
-    from datacomp_ops import versions
-    from datacomp_ops.build import make_spec
-    from datacomp_ops.byod import DatasetImportError, make_import_spec
-    from datacomp_ops.config import ConfigError
+    from datacomp_ops.core import versions
+    from datacomp_ops.core.config import ConfigError
+    from datacomp_ops.pool.build import make_spec
+    from datacomp_ops.pool.byod import DatasetImportError, make_import_spec
 
     overrides = {"storage_root": str(tmp_path / "root")}
     for crawl_id in ("../x", "a/b", ".."):
@@ -185,8 +185,7 @@ def test_a_run_with_the_image_host_down_publishes_nothing_and_the_next_run_publi
     published (no empty v0001); the next build, with the host up, downloads them again (attempt 2) into
     the still-open v0001 and publishes it."""
     from conftest import _free_port
-
-    from datacomp_ops import ledger, versions
+    from datacomp_ops.core import ledger, versions
 
     port = _free_port()  # nothing listens there yet
     world, root = tmp_path / "world", tmp_path / "root"
@@ -224,7 +223,7 @@ def test_a_run_with_the_image_host_down_publishes_nothing_and_the_next_run_publi
 
 
 def test_train_takes_seeds_and_trains_each_subset_once_per_seed(tmp_path, monkeypatch, capsys):
-    from datacomp_ops import train_plan
+    from datacomp_ops.training import plan as train_plan
 
     root = tmp_path / "root"
     manifest = root / "pool" / "v0001" / "manifest.json"
@@ -249,8 +248,8 @@ def test_train_takes_seeds_and_trains_each_subset_once_per_seed(tmp_path, monkey
 
 
 def test_leaderboard_prints_each_subsets_mean_and_spread(tmp_path, capsys):
-    from datacomp_ops.eval_tasks import GROUPS
-    from datacomp_ops.training import run_dir
+    from datacomp_ops.evaluation.tasks import GROUPS
+    from datacomp_ops.training.train import run_dir
 
     root = tmp_path / "root"
     for baseline, seed, avg in (("basic_filter", 0, 0.25), ("basic_filter", 1, 0.27), ("no_filter", 0, 0.2)):

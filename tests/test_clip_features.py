@@ -7,11 +7,11 @@ import shutil
 import numpy as np
 import pytest
 
-from datacomp_ops.clip_features import ClipEncoder, similarity
-from datacomp_ops.config import ConfigError, load_config
-from datacomp_ops.models import choose_models
+from datacomp_ops.core.config import ConfigError, load_config
+from datacomp_ops.embedded.images import CLASSES, render_shape, seed_of
+from datacomp_ops.pool.clip_features import ClipEncoder, similarity
+from datacomp_ops.pool.models import choose_models
 from datacomp_ops.synthetic.crawl import TEMPLATES
-from datacomp_ops.synthetic.images import CLASSES, render_shape, seed_of
 
 
 def encoders(models_dir, **overrides):
@@ -70,7 +70,7 @@ def test_a_stand_in_takes_every_core_once_the_ones_beside_it_are_trained(tmp_pat
     takes the machine's cores, rather than finish alone on one core."""
     import torch
 
-    from datacomp_ops.synthetic.clip_models import train_clip
+    from datacomp_ops.embedded.clip_models import train_clip
 
     sibling = tmp_path / "embedded-clip-b32"
     sibling.mkdir()

@@ -6,8 +6,15 @@ import typing
 import pytest
 import yaml
 
-from datacomp_ops.config import (SCALES, ConfigError, PlatformConfig, allowed, config_from_dict, get_scale,
-                                 load_config)
+from datacomp_ops.core.config import (
+    SCALES,
+    ConfigError,
+    PlatformConfig,
+    allowed,
+    config_from_dict,
+    get_scale,
+    load_config,
+)
 
 
 def test_datacomp_scales_are_the_benchmarks():
@@ -75,10 +82,11 @@ def test_storage_root_from_environment(monkeypatch):
 
 
 def test_example_config_lists_every_key_with_its_default():
-    import yaml
     from pathlib import Path
 
-    from datacomp_ops.config import PlatformConfig
+    import yaml
+
+    from datacomp_ops.core.config import PlatformConfig
 
     path = Path(__file__).resolve().parents[1] / "config" / "example.yaml"
     example = yaml.safe_load(path.read_text())
@@ -259,7 +267,7 @@ BAD_NAMES = ["..", "../x", "a/b", "a\\b", ".hidden", "a..b", "x\n", "", "a b", "
 
 @pytest.mark.parametrize("name", BAD_NAMES)
 def test_bad_names_are_refused_by_the_layout(tmp_path, name):
-    from datacomp_ops.layout import CrawlLayout, PoolLayout, check_name, dataset_root
+    from datacomp_ops.core.layout import CrawlLayout, PoolLayout, check_name, dataset_root
 
     rule = re.escape(f"{name!r}: use letters, digits, '.', '_' and '-'")
     with pytest.raises(ConfigError, match=f"crawl id {rule}"):
@@ -273,7 +281,7 @@ def test_bad_names_are_refused_by_the_layout(tmp_path, name):
 
 
 def test_good_names_pass():
-    from datacomp_ops.layout import CrawlLayout, check_name
+    from datacomp_ops.core.layout import CrawlLayout, check_name
 
     for name in ("CC-MAIN-2024-33", "CC-SYNTH-2026-47", "v0001", "laion-like", "my_set.v2", "x" * 128):
         assert check_name("crawl id", name) == name

@@ -148,7 +148,7 @@ def test_form_fields_set_config_keys():
     """Every form field that sets a config key names a key the config has."""
     import runpy
 
-    from datacomp_ops.config import load_config
+    from datacomp_ops.core.config import load_config
 
     if str(DAGS) not in sys.path:
         sys.path.append(str(DAGS))
@@ -193,8 +193,8 @@ def test_commonpool_build_runs_end_to_end(tmp_path, small_crawl, embedded_models
     import numpy as np
     from PIL import Image
 
-    from datacomp_ops import ledger
-    from datacomp_ops.schema import read_subset
+    from datacomp_ops.core import ledger
+    from datacomp_ops.core.schema import read_subset
     from datacomp_ops.synthetic.evalsuite import dedup_key
 
     home = tmp_path / "airflow"
@@ -222,7 +222,7 @@ def test_commonpool_build_runs_end_to_end(tmp_path, small_crawl, embedded_models
     assert [row["stage"] for row in report["stages"]] == [
         "extract_urls", "download", "decode", "nsfw_text", "nsfw_image", "eval_dedup", "faces", "clip_features", "write"]
     assert "nsfw_text" in out and "throughput" in out  # the table is printed in the task log
-    from datacomp_ops import versions
+    from datacomp_ops.core import versions
 
     final = ledger.final_statuses(*versions.ledger_dirs(str(root), "v0001"))
     got = dict(zip(final["uid"].to_pylist(), final["status"].to_pylist()))
@@ -300,8 +300,8 @@ def test_commonpool_build_runs_end_to_end(tmp_path, small_crawl, embedded_models
 
 def test_task_glue_imports_nothing_heavy():
     """Tasks import the glue first; torch and friends load only inside the task bodies that use them."""
-    code = ("import sys, datacomp_ops.build, datacomp_ops.metadata, datacomp_ops.publish, datacomp_ops.prepare_models\n"
-            "import datacomp_ops.train_plan, datacomp_ops.training, datacomp_ops.evaluation, datacomp_ops.leaderboard\n"
+    code = ("import sys, datacomp_ops.pool.build, datacomp_ops.pool.metadata, datacomp_ops.pool.publish, datacomp_ops.pool.prepare_models\n"
+            "import datacomp_ops.training.plan, datacomp_ops.training.train, datacomp_ops.evaluation.zero_shot, datacomp_ops.evaluation.leaderboard\n"
             f"print([m for m in {HEAVY + ('webdataset', 'faiss', 'nudenet', 'profanity_check')!r} if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
@@ -316,7 +316,7 @@ def test_training_and_evaluation_go_first_when_tasks_wait_for_a_slot(dagbag):
 
 def test_the_build_forms_help_names_the_configs_defaults(dagbag):
     """An empty field means the config's value; the help says which, from the config, so the two cannot drift."""
-    from datacomp_ops.config import config_from_dict
+    from datacomp_ops.core.config import config_from_dict
 
     config = config_from_dict({})
     params = dagbag.dags["commonpool_build"].params

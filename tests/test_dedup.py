@@ -7,13 +7,13 @@ import pytest
 import torch
 from PIL import Image
 
-from datacomp_ops import storage
-from datacomp_ops.config import ConfigError, load_config
-from datacomp_ops.dedup import index_dir, load_descriptor, load_eval_index, run_eval_index
-from datacomp_ops.models import choose_models
-from datacomp_ops.synthetic.fixture_models import isc_checkpoint
-from datacomp_ops.synthetic.images import CLASSES, EVAL_VARIANTS, eval_image, near_duplicate, render_shape, seed_of
+from datacomp_ops.core import storage
+from datacomp_ops.core.config import ConfigError, load_config
+from datacomp_ops.embedded.images import CLASSES, EVAL_VARIANTS, eval_image, near_duplicate, render_shape, seed_of
+from datacomp_ops.pool.dedup import index_dir, load_descriptor, load_eval_index, run_eval_index
+from datacomp_ops.pool.models import choose_models
 from datacomp_ops.synthetic.evalsuite import EVAL_IMAGES, LAYOUT, dedup_key, folder, image_at
+from fixture_models import isc_checkpoint
 
 
 def jpeg(img, quality=95):

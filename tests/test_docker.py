@@ -2,7 +2,6 @@
 setup, keeps its secrets out of the repository; the Dockerfile passes hadolint, and builds where a
 Docker daemon is available."""
 
-import os
 import re
 import shutil
 import subprocess
@@ -11,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from conftest import missing_service
 
 REPO = Path(__file__).resolve().parents[1]

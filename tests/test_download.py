@@ -8,11 +8,18 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from datacomp_ops import ledger
-from datacomp_ops.download import (Partition, TransientDownloadError, classify_failure, key_fraction,
-                                   next_free_shard, plan_partitions, run_download)
-from datacomp_ops.layout import PoolLayout
-from datacomp_ops.wat import parse_wat_file
+from datacomp_ops.core import ledger
+from datacomp_ops.core.layout import PoolLayout
+from datacomp_ops.crawl.wat import parse_wat_file
+from datacomp_ops.download.partition import (
+    Partition,
+    TransientDownloadError,
+    classify_failure,
+    key_fraction,
+    next_free_shard,
+    plan_partitions,
+    run_download,
+)
 
 
 def test_classify_failure_messages():
@@ -96,8 +103,8 @@ def test_download_statuses_match_the_truth(tmp_path, small_crawl, fast_download_
 
 @pytest.mark.slow
 def test_download_to_s3(s3_bucket, small_crawl, fast_download_config):
-    from datacomp_ops import storage
-    from datacomp_ops.config import load_config
+    from datacomp_ops.core import storage
+    from datacomp_ops.core.config import load_config
 
     # a partition as the extraction writes it: one row per uid (a WAT file repeats some pairs)
     shapes = [r for r in parse_wat_file(small_crawl["wat_files"][1])[0].to_pylist() if "/img/shape/" in r["url"]]
@@ -116,7 +123,7 @@ def test_download_to_s3(s3_bucket, small_crawl, fast_download_config):
 
 
 def _shape_rows(base_url: str, n: int, tag: str) -> list[dict]:
-    from datacomp_ops.schema import compute_uid
+    from datacomp_ops.core.schema import compute_uid
 
     rows = []
     for i in range(n):
@@ -129,8 +136,7 @@ def _shape_rows(base_url: str, n: int, tag: str) -> list[dict]:
 def test_host_down_fails_the_task_and_its_retry_succeeds(tmp_path, fast_download_config):
     """With the image host down nothing is committed, so the retry downloads every URL once the host is back."""
     from conftest import _free_port
-
-    from datacomp_ops import storage
+    from datacomp_ops.core import storage
     from datacomp_ops.synthetic.server import serving
 
     port = _free_port()

@@ -21,14 +21,13 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image, ImageOps
 
-from datacomp_ops import ledger
-from datacomp_ops.config import load_config
-from datacomp_ops.download import Partition, classify_failure, run_download
-from datacomp_ops.image_decode import UnsupportedImage, decode
-from datacomp_ops.layout import PoolLayout
-from datacomp_ops.schema import compute_uid
-from datacomp_ops.url_fetch import InvalidURL, request_url
-
+from datacomp_ops.core import ledger
+from datacomp_ops.core.config import load_config
+from datacomp_ops.core.layout import PoolLayout
+from datacomp_ops.core.schema import compute_uid
+from datacomp_ops.download.image_decode import UnsupportedImage, decode
+from datacomp_ops.download.partition import Partition, classify_failure, run_download
+from datacomp_ops.download.url_fetch import InvalidURL, request_url
 
 # -- images ---------------------------------------------------------------------------------------------------
 

@@ -10,8 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from datacomp_ops import eval_tasks, evaluation, leaderboard
-from datacomp_ops.config import load_config
+from datacomp_ops.core.config import load_config
+from datacomp_ops.evaluation import leaderboard
+from datacomp_ops.evaluation import tasks as eval_tasks
+from datacomp_ops.evaluation import zero_shot as evaluation
 
 
 def test_classification_metrics_by_hand():
@@ -152,9 +154,9 @@ def test_a_trained_tiny_checkpoint_scores_as_clip_benchmark_scores_it(tmp_path, 
     from clip_benchmark.metrics import zeroshot_classification as zsc
     from clip_benchmark.metrics import zeroshot_retrieval as zsr
     from sklearn.metrics import balanced_accuracy_score
-
-    from datacomp_ops import training
     from test_training import make_run
+
+    from datacomp_ops.training import train as training
 
     spec = make_run(tmp_path, n=384)
     config = load_config(overrides={"storage_root": str(tmp_path / "root"), "evaluation.sets_dir": suite,
@@ -223,7 +225,7 @@ def test_missing_datasets_are_reported_not_scored(tmp_path, suite, embedded_mode
 
     import webdataset as wds
 
-    from datacomp_ops.synthetic.images import CLASSES, encode, eval_image
+    from datacomp_ops.embedded.images import CLASSES, encode, eval_image
 
     fmow = tmp_path / "datacomp" / "wds_wilds-fmow_test"
     (fmow / "test").mkdir(parents=True)
@@ -340,7 +342,7 @@ def test_leaderboard_gives_each_subset_the_mean_and_spread_of_its_seeds(tmp_path
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
 
-    from datacomp_ops.training import run_dir
+    from datacomp_ops.training.train import run_dir
 
     root = tmp_path / "root"
     scores = {("clip_score_l14_30", 0): 0.40, ("clip_score_l14_30", 1): 0.43, ("clip_score_l14_30", 2): 0.47,

@@ -8,12 +8,13 @@ import shutil
 import pyarrow.parquet as pq
 import pytest
 
-from datacomp_ops import source_files, storage
-from datacomp_ops.config import load_config
-from datacomp_ops.extract import run_extract_urls
-from datacomp_ops.layout import CrawlLayout
+from datacomp_ops.core import storage
+from datacomp_ops.core.config import load_config
+from datacomp_ops.core.layout import CrawlLayout
+from datacomp_ops.crawl import source_files
+from datacomp_ops.crawl.extract import run_extract_urls
+from datacomp_ops.crawl.wat import parse_wat_file
 from datacomp_ops.synthetic.crawl import _envelope, _record
-from datacomp_ops.wat import parse_wat_file
 
 pytestmark = pytest.mark.slow
 

@@ -6,10 +6,10 @@ import shutil
 import pyarrow.parquet as pq
 import pytest
 
-from datacomp_ops import storage
-from datacomp_ops.extract import read_manifest, resolve_inputs, run_extract_urls
-from datacomp_ops.layout import CrawlLayout
-from datacomp_ops.wat import parse_wat_file
+from datacomp_ops.core import storage
+from datacomp_ops.core.layout import CrawlLayout
+from datacomp_ops.crawl.extract import read_manifest, resolve_inputs, run_extract_urls
+from datacomp_ops.crawl.wat import parse_wat_file
 
 pytestmark = pytest.mark.slow
 
@@ -92,7 +92,7 @@ def test_no_inputs_is_an_error(tmp_path, fast_download_config):
 
 
 def test_extraction_reads_and_writes_s3(s3_bucket, small_crawl, spark, fast_download_config):
-    from datacomp_ops.config import load_config
+    from datacomp_ops.core.config import load_config
 
     wat = small_crawl["wat_files"][1]
     remote_wat = storage.join(s3_bucket, "crawl-data", "CC-S3", "0.warc.wat.gz")

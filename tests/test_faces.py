@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 from skimage import data
 
-from datacomp_ops.config import ConfigError, load_config
-from datacomp_ops.faces import blur_faces, load_face_detector
-from datacomp_ops.models import choose_models
-from datacomp_ops.synthetic.fixture_models import scrfd_onnx
+from datacomp_ops.core.config import ConfigError, load_config
+from datacomp_ops.pool.faces import blur_faces, load_face_detector
+from datacomp_ops.pool.models import choose_models
+from fixture_models import scrfd_onnx
 
 
 def _detector(**overrides):

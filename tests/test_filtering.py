@@ -9,12 +9,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from datacomp_ops.config import ConfigError, load_config
+from datacomp_ops.core.config import ConfigError, load_config
+from datacomp_ops.core.schema import SchemaError, read_subset, uids_to_array, write_subset
 from datacomp_ops.filtering import language
 from datacomp_ops.filtering.baselines import BaselineSpec, FilterContext, parse_all
 from datacomp_ops.filtering.pool import MetadataPool, PoolError
 from datacomp_ops.filtering.run import PoolSource, run_baseline
-from datacomp_ops.schema import SchemaError, read_subset, uids_to_array, write_subset
 
 EN = "a photo of a red circle on the table"  # fastText and CLD3 both say English
 FR = "une photo d'un chat noir sur la table"

@@ -1,7 +1,7 @@
-import pytest
 import pyarrow.compute as pc
+import pytest
 
-from datacomp_ops import ledger
+from datacomp_ops.core import ledger
 
 
 def _part(uids, statuses):
@@ -57,8 +57,8 @@ def test_naming_a_published_or_bad_pool_version_is_refused(tmp_path):
     """A published version stays as it is; an open one must be finished first; names are checked."""
     import pytest
 
-    from datacomp_ops import storage, versions
-    from datacomp_ops.layout import PoolLayout
+    from datacomp_ops.core import storage, versions
+    from datacomp_ops.core.layout import PoolLayout
 
     root = str(tmp_path)
     assert versions.open_version(root, "run-1") == "v0001"

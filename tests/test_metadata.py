@@ -12,14 +12,14 @@ import webdataset as wds
 from PIL import Image
 from skimage import data
 
-from datacomp_ops import ledger, storage
-from datacomp_ops.config import load_config
-from datacomp_ops.layout import PoolLayout
-from datacomp_ops.metadata import PassModels, plan_metadata, run_metadata
-from datacomp_ops.prepare_models import run_prepare_models
-from datacomp_ops.publish import run_publish
-from datacomp_ops.schema import compute_uid, read_subset, uids_to_array, write_subset
-from datacomp_ops.synthetic.images import encode, eval_image, near_duplicate, render_shape, seed_of
+from datacomp_ops.core import ledger, storage
+from datacomp_ops.core.config import load_config
+from datacomp_ops.core.layout import PoolLayout
+from datacomp_ops.core.schema import compute_uid, read_subset, uids_to_array, write_subset
+from datacomp_ops.embedded.images import encode, eval_image, near_duplicate, render_shape, seed_of
+from datacomp_ops.pool.metadata import PassModels, plan_metadata, run_metadata
+from datacomp_ops.pool.prepare_models import run_prepare_models
+from datacomp_ops.pool.publish import run_publish
 
 CRAWL = "CC-UNIT"
 
@@ -191,7 +191,7 @@ def test_retry_is_a_no_op_and_publish_nests_the_scales(built):
 
 def test_production_loaders_run_in_the_pass(tmp_path, eval_suite, embedded_models):
     """Detoxify and SCRFD from local files (fixtures of their formats) through the same pass."""
-    from datacomp_ops.synthetic.fixture_models import detoxify_checkpoint, scrfd_onnx
+    from fixture_models import detoxify_checkpoint, scrfd_onnx
 
     ckpt, hf_dir = detoxify_checkpoint(tmp_path / "detoxify")
     config = load_config(overrides={

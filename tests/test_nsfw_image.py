@@ -5,11 +5,11 @@ import pytest
 import torch
 from skimage import data
 
-from datacomp_ops.config import ConfigError, load_config
-from datacomp_ops.models import choose_models
-from datacomp_ops.nsfw_image import datacomp_nsfw_mlp, load_image_classifier
-from datacomp_ops.synthetic.fixture_models import nsfw_mlp_state_dict
-from datacomp_ops.synthetic.images import CLASSES, render_shape, seed_of
+from datacomp_ops.core.config import ConfigError, load_config
+from datacomp_ops.embedded.images import CLASSES, render_shape, seed_of
+from datacomp_ops.pool.models import choose_models
+from datacomp_ops.pool.nsfw_image import datacomp_nsfw_mlp, load_image_classifier
+from fixture_models import nsfw_mlp_state_dict
 
 
 def _mlp_choice(path, tmp_path):
@@ -61,7 +61,7 @@ def test_nudenet_flags_nothing_in_the_synthetic_crawl_s_images():
 def test_nudenet_runs_only_where_skin_could_show(monkeypatch):
     """Every class nudenet counts is exposed skin: images without skin-toned pixels are scored 0 unseen,
     the others (and colourless ones, whose skin cannot be told by colour) go to the detector."""
-    from datacomp_ops.nsfw_image import may_show_skin
+    from datacomp_ops.pool.nsfw_image import may_show_skin
 
     astronaut = np.ascontiguousarray(data.astronaut()[..., ::-1])
     grey = np.repeat(data.camera()[..., None], 3, axis=2)

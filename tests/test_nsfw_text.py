@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from datacomp_ops.config import ConfigError, load_config
-from datacomp_ops.models import choose_models
-from datacomp_ops.nsfw_text import load_text_classifier
+from datacomp_ops.core.config import ConfigError, load_config
+from datacomp_ops.pool.models import choose_models
+from datacomp_ops.pool.nsfw_text import load_text_classifier
 from datacomp_ops.synthetic.crawl import UNSAFE_CAPTIONS
-from datacomp_ops.synthetic.fixture_models import DETOXIFY_CLASSES, detoxify_checkpoint
+from fixture_models import DETOXIFY_CLASSES, detoxify_checkpoint
 
 SAFE = ["a photo of a red circle.", "un cercle rouge", "a cup of coffee", "portrait of an astronaut in a space suit"]
 UNSAFE = [u.format(c="blue square") for u in UNSAFE_CAPTIONS]

@@ -10,15 +10,21 @@ from urllib.parse import urlsplit
 import pyarrow.parquet as pq
 import pytest
 
-from datacomp_ops import ledger
-from datacomp_ops.address_guard import (AddressPolicy, BlockedAddressError, GuardedProxyHandler, classify,
-                                        endpoint_allowances, parse_allowance)
-from datacomp_ops.config import ConfigError, load_config
-from datacomp_ops.download import Partition, classify_failure, run_download
-from datacomp_ops.layout import PoolLayout
+from datacomp_ops.core import ledger
+from datacomp_ops.core.address_guard import (
+    AddressPolicy,
+    BlockedAddressError,
+    GuardedProxyHandler,
+    classify,
+    endpoint_allowances,
+    parse_allowance,
+)
+from datacomp_ops.core.config import ConfigError, load_config
+from datacomp_ops.core.layout import PoolLayout
+from datacomp_ops.crawl.wat import parse_wat_file
+from datacomp_ops.download.partition import Partition, classify_failure, run_download
+from datacomp_ops.embedded.images import encode, render_shape
 from datacomp_ops.synthetic.crawl import _envelope, _record
-from datacomp_ops.synthetic.images import encode, render_shape
-from datacomp_ops.wat import parse_wat_file
 
 
 @pytest.mark.parametrize("address, status", [

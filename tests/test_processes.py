@@ -18,9 +18,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from datacomp_ops import lease, ledger, storage, versions
-from datacomp_ops.layout import PoolLayout
-from datacomp_ops.schema import compute_uid
+from datacomp_ops.core import lease, ledger, storage, versions
+from datacomp_ops.core.layout import PoolLayout
+from datacomp_ops.core.schema import compute_uid
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -54,8 +54,8 @@ def _rows(base_url: str, paths: list[str]) -> list[dict]:
 @pytest.mark.skipif(not Path("/proc/self").exists(), reason="reads /proc")
 def test_kill_9_of_a_download_takes_its_runner_along_and_a_rerun_accounts_for_every_url(tmp_path):
     """The runner and its download process die with the killed build; the rerun at once downloads afresh."""
-    from datacomp_ops.config import load_config
-    from datacomp_ops.download import Partition, run_download
+    from datacomp_ops.core.config import load_config
+    from datacomp_ops.download.partition import Partition, run_download
     from datacomp_ops.synthetic.server import serving
 
     root = tmp_path / "root"
@@ -67,9 +67,9 @@ def test_kill_9_of_a_download_takes_its_runner_along_and_a_rerun_accounts_for_ev
         settings = {"storage_root": str(root), "download.processes_count": 1, "download.thread_count": 8,
                     "download.retries": 0}
         build = _python(f"""
-            from datacomp_ops.config import load_config
-            from datacomp_ops.download import Partition, run_download
-            from datacomp_ops.layout import PoolLayout
+            from datacomp_ops.core.config import load_config
+            from datacomp_ops.download.partition import Partition, run_download
+            from datacomp_ops.core.layout import PoolLayout
             config = load_config(overrides={settings | {"download.timeout": 50}!r})
             run_download(Partition({str(part)!r}, {len(rows)}, 0), PoolLayout({str(root)!r}, "v1"), config)
         """)
@@ -102,7 +102,7 @@ def _contender(root: str, key: str, start_at: float) -> subprocess.Popen:
     """A build that opens a version at `start_at` and, having it, holds it until its stdin closes."""
     return _python(f"""
         import sys, time
-        from datacomp_ops import versions
+        from datacomp_ops.core import versions
         time.sleep(max(0.0, {start_at} - time.time()))
         try:
             print("GOT", versions.open_version({root!r}, {key!r}), flush=True)
@@ -135,7 +135,7 @@ def test_a_second_datacomp_build_exits_2_naming_the_build_that_holds_the_version
     root = str(tmp_path / "root")
     holder = _python(f"""
         import sys, time
-        from datacomp_ops import versions
+        from datacomp_ops.core import versions
         print(versions.open_version({root!r}, "cli-first"), flush=True)
         with versions.holding({root!r}, "v0001", "cli-first"):
             sys.stdin.read()
@@ -192,8 +192,9 @@ def test_a_build_waits_for_the_holder_and_then_carries_on_or_opens_the_next_vers
     for publish, expected in ((False, "v0001"), (True, "v0002")):
         holder = _python(f"""
             import time
-            from datacomp_ops import storage, versions
-            from datacomp_ops.layout import PoolLayout
+            from datacomp_ops.core import storage
+            from datacomp_ops.core import versions
+            from datacomp_ops.core.layout import PoolLayout
             version = versions.open_version({root!r}, "cli-first-{publish}")
             with versions.holding({root!r}, version, "cli-first-{publish}"):
                 print(version, flush=True)
@@ -255,7 +256,7 @@ def test_an_airflow_runs_tasks_hold_the_version_between_them_and_another_runs_ta
 
     def task(run: str, release: bool = False) -> str:
         proc = _python(f"""
-            from datacomp_ops import versions
+            from datacomp_ops.core import versions
             try:
                 with versions.holding({root!r}, "v0001", {run!r}, for_run=True, release={release}):
                     print("WORKED", flush=True)
@@ -275,7 +276,7 @@ def test_the_heartbeat_renews_the_lease_and_a_build_that_lost_it_stops(tmp_path)
     root = str(tmp_path / "root")
     holder = _python(f"""
         import time
-        from datacomp_ops import versions
+        from datacomp_ops.core import versions
         try:
             with versions.holding({root!r}, "v0001", "cli-slow"):
                 print("HOLDING", flush=True)

@@ -18,14 +18,13 @@ import secrets
 import signal
 import subprocess
 import time
-from pathlib import Path
 
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
-from conftest import _free_port, missing_service
 from test_dags import REPO, airflow_env
 
+from conftest import _free_port, missing_service
 from datacomp_ops.synthetic.crawl import CrawlSpec, generate_world
 from datacomp_ops.synthetic.evalsuite import generate_eval_suite
 
@@ -206,7 +205,7 @@ def celery_build(tmp_path_factory, image_server, embedded_models):
 
 
 def test_scheduled_build_runs_on_celery_workers_with_postgres(celery_build):
-    from datacomp_ops import ledger, versions
+    from datacomp_ops.core import ledger, versions
 
     pg, root = celery_build["pg"], celery_build["root"]
     # every task ran on a Celery worker: CPU stages from the default queue, GPU stages from the gpu queue
@@ -235,8 +234,8 @@ def test_scheduled_build_runs_on_celery_workers_with_postgres(celery_build):
 
 def test_a_killed_worker_s_task_is_retried_on_another(celery_build):
     """Worker A was killed while it ran a download; the task's next try ran on worker B."""
-    from datacomp_ops import ledger
-    from datacomp_ops.layout import PoolLayout
+    from datacomp_ops.core import ledger
+    from datacomp_ops.core.layout import PoolLayout
 
     pg, killed = celery_build["pg"], celery_build["killed"]
     assert killed["processes"] >= 2  # the worker and its task's processes, all killed

@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 from test_dags import airflow_env
 
-from datacomp_ops import ledger, versions
+from datacomp_ops.core import ledger, versions
 from datacomp_ops.synthetic.crawl import CrawlSpec, generate_crawl, generate_world
 from datacomp_ops.synthetic.evalsuite import generate_eval_suite
 
@@ -50,7 +50,6 @@ def image_server():
     """A server whose /slow/ delay lies far above week 45's client timeout, and that timeout far above a
     404's answer, so that only the slow URLs time out even on a loaded two-core CI machine."""
     from conftest import HANG_SECONDS
-
     from datacomp_ops.synthetic.server import serving
 
     with serving(hang_seconds=HANG_SECONDS, slow_seconds=SLOW_SECONDS) as server:
@@ -177,7 +176,6 @@ def test_image_host_down_fails_the_download_task_and_airflow_retries_it(tmp_path
     import threading
 
     from conftest import _free_port
-
     from datacomp_ops.synthetic.server import serving
 
     port = _free_port()  # nothing listens here yet

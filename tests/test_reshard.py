@@ -10,9 +10,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from datacomp_ops.core.schema import uids_to_array, write_subset
 from datacomp_ops.filtering.pool import PoolError
-from datacomp_ops.reshard import plan_reshard, reshard, run_reshard_task
-from datacomp_ops.schema import uids_to_array, write_subset
+from datacomp_ops.training.reshard import plan_reshard, reshard, run_reshard_task
 
 
 def make_shards(folder, n_shards=3, per_shard=7, failed_every=5):
@@ -173,7 +173,7 @@ def test_the_header_scan_finds_what_the_member_walk_finds(tmp_path):
     the member-by-member walk. Both give the same samples."""
     import webdataset as wds
 
-    from datacomp_ops.reshard import _plain_sample_spans, _samples, _walk_samples
+    from datacomp_ops.training.reshard import _plain_sample_spans, _samples, _walk_samples
 
     fake = bytes(tarfile.TarInfo("ghost.jpg").tobuf(tarfile.USTAR_FORMAT))  # a valid header, inside data
     cases = {"plain": [], "magic inside a member": [fake * 3], "pax path": []}
@@ -198,7 +198,7 @@ def test_the_header_scan_finds_what_the_member_walk_finds(tmp_path):
 
 
 def test_a_build_announces_its_complete_scales_and_the_smallest_incomplete_one():
-    from datacomp_ops.publish import asset_extras
+    from datacomp_ops.pool.publish import asset_extras
 
     scales = {name: {"built": True, "complete": name == "tiny", "samples": 60 if name != "tiny" else 50,
                      "path": f"/r/pool/v0001/scales/{name}.npy"} for name in sorted(["tiny", "small", "medium",

@@ -29,7 +29,7 @@ def _objects(s3, bucket: str) -> dict[str, tuple[str, object]]:
 
 
 def test_build_on_s3_then_the_same_run_again_writes_nothing(tmp_path, s3_bucket, small_crawl, embedded_models):
-    from datacomp_ops import ledger, storage, versions
+    from datacomp_ops.core import ledger, storage, versions
 
     bucket = s3_bucket.removeprefix("s3://")
     s3 = boto3.client("s3")

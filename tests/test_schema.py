@@ -3,8 +3,14 @@ import hashlib
 import numpy as np
 import pytest
 
-from datacomp_ops.schema import (
-    UID_DTYPE, SchemaError, array_to_uids, compute_uid, read_subset, uids_to_array, write_subset,
+from datacomp_ops.core.schema import (
+    UID_DTYPE,
+    SchemaError,
+    array_to_uids,
+    compute_uid,
+    read_subset,
+    uids_to_array,
+    write_subset,
 )
 
 

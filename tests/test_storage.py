@@ -2,7 +2,7 @@ import os
 
 import pytest
 
-from datacomp_ops import storage
+from datacomp_ops.core import storage
 
 
 def test_atomic_write_commits_on_success(tmp_path):

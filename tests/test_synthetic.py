@@ -10,10 +10,10 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from datacomp_ops.crawl.wat import parse_wat_file
+from datacomp_ops.embedded.images import CLASSES, eval_image, near_duplicate
 from datacomp_ops.synthetic.crawl import KINDS, CrawlSpec, generate_crawl
 from datacomp_ops.synthetic.evalsuite import generate_eval_suite
-from datacomp_ops.synthetic.images import CLASSES, eval_image, near_duplicate
-from datacomp_ops.wat import parse_wat_file
 
 
 def test_crawl_is_deterministic_and_parses(tmp_path):
@@ -118,10 +118,10 @@ def test_eval_suite_in_clip_benchmark_layout(tmp_path):
     them with their groups."""
     import webdataset as wds
 
-    from datacomp_ops.eval_tasks import tasks_from_suite
-    from datacomp_ops import hf_arrow
+    from datacomp_ops.core import hf_arrow
+    from datacomp_ops.embedded.images import COLORS
+    from datacomp_ops.evaluation.tasks import tasks_from_suite
     from datacomp_ops.synthetic.evalsuite import EVAL_IMAGES, LAYOUT, class_at, image_at
-    from datacomp_ops.synthetic.images import COLORS
 
     suite = generate_eval_suite(tmp_path, n_classification=24, n_retrieval=6, n_variant=8)
     cls_dir = tmp_path / "wds_synthetic_shapes"
@@ -169,7 +169,7 @@ def test_the_count_and_texture_tasks_show_what_their_class_names_say():
     import numpy as np
     from scipy import ndimage
 
-    from datacomp_ops.synthetic.images import COLORS, COUNTS, TEXTURES, variant_image
+    from datacomp_ops.embedded.images import COLORS, COUNTS, TEXTURES, variant_image
 
     def inked(img):
         pixels = np.asarray(img)
@@ -248,7 +248,7 @@ def test_small_pictures_hold_the_detail_of_their_size_at_the_models_scale():
     scaled to the miniature's 32 px); pictures of 224 px and more are served as drawn."""
     import numpy as np
 
-    from datacomp_ops.synthetic import images
+    from datacomp_ops.embedded import images
     from datacomp_ops.synthetic.server import render
 
     def detail_lost(img: Image.Image, side: int) -> float:  # what a round trip through `side` px changes

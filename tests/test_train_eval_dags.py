@@ -8,7 +8,6 @@ import json
 import subprocess
 
 import pytest
-
 from test_dags import airflow_env
 from test_training import make_run
 

@@ -17,10 +17,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from datacomp_ops import training
-from datacomp_ops.config import ConfigError, PlatformConfig, load_config
-from datacomp_ops.reshard import reshard
-from datacomp_ops.schema import uids_to_array, write_subset
+from datacomp_ops.core.config import ConfigError, PlatformConfig, load_config
+from datacomp_ops.core.schema import uids_to_array, write_subset
+from datacomp_ops.training import train as training
+from datacomp_ops.training.reshard import reshard
 
 
 def _config(tmp_path, **training_keys) -> PlatformConfig:
@@ -32,8 +32,8 @@ def make_run(tmp_path, n: int = 384, version: str = "v0001", baseline: str = "al
     """A resharded subset of synthetic shape pictures with their captions, where a run expects it."""
     import webdataset as wds
 
+    from datacomp_ops.embedded.images import CLASSES, encode, render_shape
     from datacomp_ops.synthetic.crawl import TEMPLATES
-    from datacomp_ops.synthetic.images import CLASSES, encode, render_shape
 
     pool = tmp_path / "pool"
     pool.mkdir(parents=True)
@@ -122,8 +122,8 @@ def test_a_killed_training_resumes_from_its_last_checkpoint(tmp_path):
     which --resume latest reads); the retry starts at that checkpoint, not at zero."""
     spec = make_run(tmp_path)
     config = _config(tmp_path, **{"training.samples_seen": 3072, "training.num_checkpoints": 3})
-    script = (f"import pickle, sys; from datacomp_ops import training; "
-              f"spec, config = pickle.loads(bytes.fromhex(sys.argv[1])); training.run_training(spec, config)")
+    script = ("import pickle, sys; from datacomp_ops.training import train as training; "
+              "spec, config = pickle.loads(bytes.fromhex(sys.argv[1])); training.run_training(spec, config)")
     child = subprocess.Popen([sys.executable, "-c", script, pickle.dumps((spec, config)).hex()],
                              start_new_session=True)
     first = os.path.join(spec.run_dir, "train", "checkpoints", "epoch_1.pt")
@@ -188,7 +188,7 @@ def test_several_gpus_train_under_torchrun_with_the_batch_split(tmp_path, monkey
     training._launch(args, 4, str(tmp_path))
     (command, env), = ran
     assert command[1:5] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=4"]
-    assert command[5:7] == ["-m", "datacomp_ops.train_entry"] and command[7:] == args
+    assert command[5:7] == ["-m", "datacomp_ops.training.entry"] and command[7:] == args
     assert args[args.index("--batch-size") + 1] == str(4096 // 4) and "--device" not in args
     assert env["DATACOMP_MODEL_CONFIGS"] == training.MODEL_CONFIGS
 
@@ -203,7 +203,7 @@ def test_a_datacomp_scale_on_the_cpu_is_refused_unless_a_trial_budget_is_set(tmp
 
 def test_subset_events_of_other_scales_are_not_trained(tmp_path):
     """Filtering runs on every published scale; a training run follows the config's scale."""
-    from datacomp_ops.train_plan import plan_training
+    from datacomp_ops.training.plan import plan_training
 
     spec = make_run(tmp_path, n=40, baseline="no_filter")
     manifest = tmp_path / "root" / "pool" / "v0001" / "manifest.json"
@@ -270,7 +270,7 @@ def _published(tmp_path, baselines: list[str]) -> dict:
 
 
 def test_each_subset_is_planned_once_per_seed(tmp_path):
-    from datacomp_ops.train_plan import plan_training, run_reshard_job
+    from datacomp_ops.training.plan import plan_training, run_reshard_job
 
     overrides = _published(tmp_path, ["basic_filter", "no_filter"]) | {"training.seeds": [0, 1]}
     params = {"pool_version": "v0001", "scale": "tiny", "config_overrides": overrides}
@@ -312,8 +312,8 @@ def test_the_tiny_scale_reshards_into_many_small_shards(tmp_path):
     import dataclasses
     import shutil
 
-    from datacomp_ops.config import SCALES
-    from datacomp_ops.train_plan import run_reshard_job
+    from datacomp_ops.core.config import SCALES
+    from datacomp_ops.training.plan import run_reshard_job
 
     spec = make_run(tmp_path, n=95)
     shutil.rmtree(spec.shards_dir)

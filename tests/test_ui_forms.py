@@ -22,9 +22,9 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from browser import Browser, _free_port, api_token, chromium
 from test_dags import REPO, airflow_env
 
+from browser import Browser, _free_port, api_token, chromium
 from datacomp_ops.synthetic.crawl import CrawlSpec, generate_world
 from datacomp_ops.synthetic.evalsuite import generate_eval_suite
 
@@ -337,7 +337,7 @@ def test_platform_page_shows_pools_ledger_lookup_and_leaderboard(airflow_ui):
     the ledger (its crawl, WAT file and statuses), and the leaderboard rows of the runs the forms made."""
     import urllib.error
 
-    from datacomp_ops import ledger, versions
+    from datacomp_ops.core import ledger, versions
 
     url, root = airflow_ui["url"], str(airflow_ui["root"])
     version = versions.latest(root)
@@ -381,7 +381,7 @@ def test_backfill_of_two_weeks_for_one_scale(airflow_ui, tmp_path, image_server)
     """`airflow backfill create` over two logical dates builds those weeks' crawls, only as far as the scale needs."""
     import pyarrow.parquet as pq
 
-    from datacomp_ops.schema import read_subset, scale_key, uids_to_array
+    from datacomp_ops.core.schema import read_subset, scale_key, uids_to_array
 
     api = Api(airflow_ui["url"], airflow_ui["token"])
     source, root = tmp_path / "source", tmp_path / "root"

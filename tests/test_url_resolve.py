@@ -5,7 +5,7 @@ from urllib.parse import urljoin
 
 import pytest
 
-from datacomp_ops.url_resolve import PageResolver
+from datacomp_ops.crawl.url_resolve import PageResolver
 
 BASES = [
     "http://example.com/a/b/page.html", "https://example.com/a/b/", "http://example.com", "http://example.com/",
@@ -66,7 +66,7 @@ def test_random_links_resolve_as_urljoin_resolves_them():
 
 def test_most_links_take_a_fast_path():
     """The forms links usually take do not call urljoin (the point of the module)."""
-    import datacomp_ops.url_resolve as module
+    import datacomp_ops.crawl.url_resolve as module
 
     calls = []
     real = module.urljoin

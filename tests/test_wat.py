@@ -5,11 +5,19 @@ from collections import Counter
 
 import pytest
 
-from datacomp_ops.schema import compute_uid
+from datacomp_ops.core.schema import compute_uid
+from datacomp_ops.crawl.url_resolve import PageResolver
+from datacomp_ops.crawl.wat import (
+    LinkRules,
+    PairColumns,
+    WatReadError,
+    extract_pairs,
+    file_status,
+    iter_wat_payloads,
+    parse_wat_file,
+    resolve_url,
+)
 from datacomp_ops.synthetic.crawl import _envelope, _record
-from datacomp_ops.url_resolve import PageResolver
-from datacomp_ops.wat import (LinkRules, PairColumns, WatReadError, extract_pairs, file_status, iter_wat_payloads,
-                               parse_wat_file, resolve_url)
 
 PAGE = "http://site.example/a/b/page.html"
 

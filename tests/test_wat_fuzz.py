@@ -10,12 +10,13 @@ import json
 from collections import Counter
 
 import pyarrow as pa
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from datacomp_ops.schema import compute_uid
-from datacomp_ops.source_files import PENDING
+from datacomp_ops.core.schema import compute_uid
+from datacomp_ops.crawl.source_files import PENDING
+from datacomp_ops.crawl.wat import WatReadError, file_status, parse_wat_file
 from datacomp_ops.synthetic.crawl import _envelope, _record
-from datacomp_ops.wat import WatReadError, file_status, parse_wat_file
 
 BUDGET = settings(max_examples=150, deadline=None, derandomize=True,
                   suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])

@@ -41,7 +41,7 @@ from typing import Any, Callable
 import numpy as np
 import pyarrow as pa
 
-from ..config import ConfigError
+from ..core.config import ConfigError
 from . import language
 from .hashing import mix64, seed_salt
 from .pool import MetadataPool, UidIndex, load_row_flags, save_row_flags

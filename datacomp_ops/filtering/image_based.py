@@ -16,8 +16,8 @@ import logging
 
 import numpy as np
 
-from .. import storage
-from ..config import ConfigError
+from ..core import storage
+from ..core.config import ConfigError
 from .pool import PoolError
 
 log = logging.getLogger(__name__)
@@ -92,3 +92,16 @@ def load_embeddings(url: str, what: str = "filtering.imagenet1k_embeddings") -> 
     if not parts:
         raise ConfigError(f"{what} is empty")
     return np.concatenate(parts)
+
+
+def embed_images(images: list, config, batch_size: int = 64) -> np.ndarray:
+    """Targets given as images, embedded with the pool's L/14 model (the embedded stand-in, or the L/14
+    the config names), so that targets and pool features share one space."""
+    from ..pool.clip_features import ClipEncoder
+    from ..pool.models import choose_models
+
+    encoder = ClipEncoder(choose_models(config)["clip_l14"])
+    out = [encoder.encode_images([encoder.preprocess(im) for im in images[i:i + batch_size]])
+           for i in range(0, len(images), batch_size)]
+    log.info("image-based targets: %d images embedded with %s", len(images), encoder.name)
+    return np.concatenate(out)

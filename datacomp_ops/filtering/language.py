@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..config import ConfigError
+from ..core.config import ConfigError
 from . import fasttext_columns
 
 # Python's str.split() separators (str.isspace), for RE2 character classes in pyarrow kernels

@@ -24,7 +24,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..config import ConfigError
+from ..core.config import ConfigError
 from . import language
 from .hashing import mix64, seed_salt
 

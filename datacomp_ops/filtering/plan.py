@@ -11,9 +11,9 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from .. import storage, versions
-from ..config import SCALES, config_from_dict, load_config
-from ..layout import PoolLayout, dataset_root
+from ..core import storage, versions
+from ..core.config import SCALES, config_from_dict, load_config
+from ..core.layout import PoolLayout, dataset_root
 from .baselines import BaselineSpec, parse_all, uses_fasttext
 from .pool import UidIndex
 from .run import PoolSource, make_context, output_dir, run_baseline

@@ -22,8 +22,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .. import storage
-from ..schema import SchemaError, read_subset, uid_strings_to_array
+from ..core import storage
+from ..core.schema import SchemaError, read_subset, uid_strings_to_array
 
 log = logging.getLogger(__name__)
 
@@ -236,7 +236,7 @@ class UidIndex:
         order = np.lexsort((uids["f1"], uids["f0"])) if len(uids) > 1 else np.arange(len(uids))
         index = cls(uids[order], order)
         index._uids = uids
-        from ..schema import _check_sorted_unique
+        from ..core.schema import _check_sorted_unique
 
         _check_sorted_unique(index.sorted, f"the pool's uids ({pool.parquets[0]}...)")
         if folder:

@@ -15,10 +15,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .. import storage
-from ..config import ConfigError, PlatformConfig
-from ..schema import write_subset
-from ..stats import StageStats
+from ..core import storage
+from ..core.config import ConfigError, PlatformConfig
+from ..core.schema import write_subset
+from ..core.stats import StageStats
 from .baselines import BaselineSpec, FilterContext, parse_all
 from .pool import MetadataPool
 
@@ -75,9 +75,9 @@ def make_context(pool: MetadataPool, config: PlatformConfig, index_dir: str | No
     def targets(dim: int) -> np.ndarray:
         if f.imagenet1k_embeddings:
             return image_based.load_embeddings(f.imagenet1k_embeddings)
-        from .synthetic_targets import embedded_targets
+        from ..embedded.filtering_targets import target_images
 
-        return embedded_targets(config)
+        return image_based.embed_images(target_images(config), config)
 
     def metaclip_entries() -> str:
         return f.metaclip_entries or f"{synthetic}/wordnet/metaclip_entries.txt"

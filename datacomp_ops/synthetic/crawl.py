@@ -24,10 +24,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..config import DEFAULT_CRAWL_ID
-from ..schema import compute_uid
+from ..core.config import DEFAULT_CRAWL_ID
+from ..core.schema import compute_uid
+from ..embedded.captions import LANGUAGES, PHOTO_CAPTIONS, TEMPLATES, translate
+from ..embedded.images import CLASSES, EVAL_VARIANTS, FACE_PHOTOS, PHOTOS
 from .evalsuite import EVAL_IMAGES, class_at
-from .images import CLASSES, EVAL_VARIANTS, FACE_PHOTOS, PHOTOS
 
 log = logging.getLogger(__name__)
 
@@ -112,19 +113,6 @@ def _kinds() -> dict[str, tuple[float, str]]:
 # kind -> (weight, ledger status the download must give it)
 KINDS: dict[str, tuple[float, str]] = _kinds()
 
-LANGUAGES = ("fr", "de", "es", "it", "pt")
-TRANSLATIONS = {
-    "red": {"fr": "rouge", "de": "rot", "es": "rojo", "it": "rosso", "pt": "vermelho"},
-    "green": {"fr": "vert", "de": "grün", "es": "verde", "it": "verde", "pt": "verde"},
-    "blue": {"fr": "bleu", "de": "blau", "es": "azul", "it": "blu", "pt": "azul"},
-    "yellow": {"fr": "jaune", "de": "gelb", "es": "amarillo", "it": "giallo", "pt": "amarelo"},
-    "circle": {"fr": "un cercle", "de": "ein Kreis", "es": "un círculo", "it": "un cerchio", "pt": "um círculo"},
-    "square": {"fr": "un carré", "de": "ein Quadrat", "es": "un cuadrado", "it": "un quadrato", "pt": "um quadrado"},
-    "triangle": {"fr": "un triangle", "de": "ein Dreieck", "es": "un triángulo", "it": "un triangolo",
-                 "pt": "um triângulo"},
-}
-TEMPLATES = ("a photo of a {c}.", "a {c} on a plain background", "{c} icon for your website",
-             "a picture showing a {c} on a plain background", "the {c} in this picture")
 NOISE_CAPTIONS = ("click here", "image", "logo", "IMG_{n}.jpg", "DSC{n}.JPG", "thumbnail {n}", "untitled",
                   "photo", "view", "image {n}")
 ICON_CAPTIONS = ("menu", "search", "facebook", "twitter", "cart", "next", "arrow", "close")
@@ -141,13 +129,6 @@ FOREIGN_SHORT = ("Bild", "imagen {n}", "foto", "immagine", "Abbildung {n}", "pho
 # explicit and abusive wording that Detoxify and alt-profanity-check both flag
 UNSAFE_CAPTIONS = ("horny sluts porn video {c}", "hot milf fucked hard {c}", "nude pussy pics xxx {c}",
                    "fuck this {c} shit")
-PHOTO_CAPTIONS = {
-    "astronaut": "portrait of an astronaut in a space suit",
-    "camera": "a man holding a camera",
-    "coffee": "a cup of coffee",
-    "chelsea": "a cat looking up",
-    "rocket": "a rocket on the launch pad",
-}
 
 
 @dataclass(frozen=True)
@@ -184,12 +165,6 @@ def _other(label: str, rng: np.random.Generator) -> str:
     return str(rng.choice([c for c in CLASSES if c != label]))
 
 
-def _translate(label: str, lang: str) -> str:
-    color, shape = label.split(" ")
-    noun, adj = TRANSLATIONS[shape][lang], TRANSLATIONS[color][lang]
-    return f"{noun}, {adj}" if lang == "de" else f"{noun} {adj}"
-
-
 def _link(kind: str, n: int, rng: np.random.Generator) -> tuple[str, str]:
     """(path on the server, alt text) of one image link of `kind`."""
     label = CLASSES[int(rng.integers(len(CLASSES)))]
@@ -215,9 +190,9 @@ def _link(kind: str, n: int, rng: np.random.Generator) -> tuple[str, str]:
     if kind == "icon":
         return f"/img/icon/{n}.png", str(rng.choice(ICON_CAPTIONS))
     if kind == "non_english":
-        return shape_path, _translate(label, str(rng.choice(LANGUAGES)))
+        return shape_path, translate(label, str(rng.choice(LANGUAGES)))
     if kind == "non_english_logo_match":
-        return f"/img/logo/{color}/{shape}/{n}.jpg", _translate(label, str(rng.choice(LANGUAGES)))
+        return f"/img/logo/{color}/{shape}/{n}.jpg", translate(label, str(rng.choice(LANGUAGES)))
     if kind == "non_english_short":
         return shape_path, str(rng.choice(FOREIGN_SHORT)).format(n=n)
     if kind == "unsafe_caption":
@@ -411,7 +386,7 @@ def weekly_crawl_ids(last: str, n: int) -> list[str]:
     """The ids of `n` weekly crawls ending with `last` (same prefix, one ISO week apart)."""
     import datetime
 
-    from ..crawls import crawl_id_for_week, crawl_week
+    from ..crawl.crawls import crawl_id_for_week, crawl_week
 
     monday = crawl_week(last)
     if monday is None:
@@ -439,12 +414,13 @@ def generate_world(out_dir: str | Path, spec: CrawlSpec, n_crawls: int, repeat_f
         summaries.append(generate_crawl(out_dir, crawl_spec, progress, previous))
         previous = pq.read_table(summaries[-1]["truth"])
     # the text-based filtering baseline's WordNet and class list, in miniature (synthetic/wordnet.py)
+    from ..core.layout import example_dataset
     from .own_data import write_own_data
     from .wordnet import write_wordnet
 
     write_wordnet(Path(out_dir) / "wordnet")
     # an example dataset of your own, for the import DAG (synthetic/own_data.py)
-    write_own_data(Path(out_dir) / "own_data")
+    write_own_data(example_dataset(str(out_dir)))
     return summaries
 
 

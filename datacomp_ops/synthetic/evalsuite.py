@@ -34,9 +34,21 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import hf_arrow
-from .images import (CLASSES, COLORS, COUNTS, POSITIONS, SHAPES, TEXTURES, encode, eval_image, render_shape, seed_of,
-                     train_image, variant_image)
+from ..core import hf_arrow
+from ..embedded.images import (
+    CLASSES,
+    COLORS,
+    COUNTS,
+    POSITIONS,
+    SHAPES,
+    TEXTURES,
+    encode,
+    eval_image,
+    render_shape,
+    seed_of,
+    train_image,
+    variant_image,
+)
 
 # Sizes that measure a model, not the draw of its test set: at 48 images a task's accuracy moved by
 # +-0.06 with the draw alone (binomial), and the 12-instance association task by +-0.15; these keep

@@ -12,9 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .images import COLORS, SHAPES, encode, render_shape, seed_of
-
-EXAMPLE_NAME = "example"
+from ..embedded.images import COLORS, SHAPES, encode, render_shape, seed_of
 
 
 def write_own_data(out_dir: str | Path, n_shards: int = 2, per_shard: int = 40, mismatched: float = 0.2) -> list[str]:

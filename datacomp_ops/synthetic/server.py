@@ -35,7 +35,8 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Iterator
 
-from . import evalsuite, images
+from ..embedded import images
+from . import evalsuite
 
 log = logging.getLogger(__name__)
 

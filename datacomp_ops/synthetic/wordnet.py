@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .images import CLASSES, COLORS, SHAPES
+from ..embedded.images import CLASSES, COLORS, SHAPES
 
 _POS_FILE = {"n": "noun", "v": "verb", "a": "adj", "r": "adv"}
 _LEXNAMES = ["adj.all", "adj.pert", "adv.all", "noun.Tops", "noun.act", "noun.animal", "noun.artifact",

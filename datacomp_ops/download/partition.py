@@ -1,0 +1,337 @@
+"""Download: img2dataset over one URL partition into webdataset shards, plus its ledger part.
+
+One call handles one partition (one mapped Airflow task). img2dataset writes
+into a temporary folder; we read its per-shard parquet (one row per input URL,
+with status and error message), write the ledger part, move the shards into
+the pool and write the completion marker last. A rerun of a committed
+partition returns the stats in its marker.
+
+A partition whose URLs, on their first attempt, mostly failed for transient
+reasons (the image hosts or the network were down) is not committed: the call raises, so that the task's
+retry downloads it again. Only the last try commits such a partition, with
+every URL's transient status, which later rebuilds retry.
+
+A scale-limited build gives a partition a key limit: URLs whose scale key is
+above it are not downloaded but recorded as deferred.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from ..core import ledger, storage
+from ..core.address_guard import ALLOWED_ENV, BLOCKED_STATUSES, PROXY_ENV
+from ..core.config import PlatformConfig
+from ..core.layout import PoolLayout
+from ..core.schema import scale_key
+from ..core.stats import StageStats
+
+log = logging.getLogger(__name__)
+
+STAGE = "download"
+SHARD_FILES = (".tar", ".parquet", "_stats.json")
+
+
+_HTTP_CODE = re.compile(r"^http error (\d{3})")
+# the address guard's refusal, as urllib wraps it: "<urlopen error blocked_loopback: 127.0.0.2 ...>"
+_BLOCKED = re.compile(r"\b(" + "|".join(BLOCKED_STATUSES) + r"): ")
+
+
+# what urllib and http.client say of a URL no request can be made for (url_fetch refuses most of these
+# before urllib sees them; a redirect's Location can still carry one): the URL's own fault, final
+_URL_FAULTS = ("can't contain control characters", "nonnumeric port", "no host given", "unknown url type",
+               "codec can't encode", "port must be 0-65535", "label empty or too long")
+
+
+class TransientDownloadError(RuntimeError):
+    """Most URLs of a partition failed for transient reasons; nothing was committed, a retry may succeed."""
+
+
+def classify_failure(message: str | None, i2d_status: str) -> str:
+    """Map an img2dataset error message onto a ledger status."""
+    msg = (message or "").lower()
+    blocked = _BLOCKED.search(msg)
+    if blocked:
+        return blocked.group(1)
+    if msg.startswith(("invalid_url:", "unsupported_image:")):  # url_fetch's and image_decode's refusals
+        return msg.split(":", 1)[0]
+    if "x-robots-tag" in msg:
+        return "opted_out"
+    if any(m in msg for m in _URL_FAULTS):
+        return "invalid_url"
+    code = _HTTP_CODE.match(msg)
+    if code:
+        status = int(code.group(1))
+        if status == 429:
+            return "rate_limited"
+        return "server_error" if status >= 500 else "http_error"
+    if "timed out" in msg or "timeout" in msg:
+        return "timeout"
+    if "incompleteread" in msg or "incomplete read" in msg:
+        return "truncated"
+    if "image area too large" in msg:
+        return "image_too_large"
+    if "image decoding error" in msg:
+        return "not_image"
+    if i2d_status == "failed_to_resize":
+        return "resize_error"
+    return "network_error"
+
+
+@dataclass(frozen=True)
+class Partition:
+    """One download task's input: a URL parquet file and the first shard id it may use.
+
+    `key_limit` (a fraction of the scale-key range) leaves the URLs above it
+    deferred; 1.0 downloads them all.
+    """
+
+    path: str
+    rows: int
+    first_shard: int
+    key_limit: float = 1.0
+
+    @property
+    def name(self) -> str:
+        """Unique within a pool: URL parts of several crawls may feed one pool version."""
+        return partition_name(self.path)
+
+
+def partition_name(path: str) -> str:
+    parts = path.rstrip("/").split("/")
+    stem = parts[-1].removesuffix(".parquet")
+    # {root}/crawls/{crawl_id}/urls/part-*.parquet, and an imported shard's staged part (byod.py) of that name
+    if len(parts) >= 3 and parts[-2] in ("urls", "staging"):
+        return f"{parts[-3]}-{stem}"
+    if len(parts) >= 2 and parts[-2] == "requeue":  # {root}/pool/{version}/requeue/part-*.parquet
+        return f"requeue-{stem}"
+    return stem
+
+
+def key_fraction(uids: pa.Array | list[str]) -> np.ndarray:
+    """Each uid's scale key as a fraction of the key range (see schema.scale_key)."""
+    return np.array([scale_key(u) for u in (uids.to_pylist() if hasattr(uids, "to_pylist") else uids)],
+                    dtype=np.float64) / 2.0**64
+
+
+def plan_partitions(partitions: list[dict], first_shard: int, samples_per_shard: int) -> list[Partition]:
+    """Give each partition its own dense range of shard ids, starting at `first_shard`."""
+    plan, nxt = [], first_shard
+    for part in partitions:
+        plan.append(Partition(part["path"], int(part["rows"]), nxt))
+        nxt += max(1, -(-int(part["rows"]) // samples_per_shard))
+    return plan
+
+
+def committed_markers(root: str) -> list[str]:
+    """The download markers of every pool version under `root`."""
+    return storage.ls(storage.join(root, "pool"), f"*/_markers/{STAGE}/*")
+
+
+def next_free_shard(pool: PoolLayout) -> int:
+    """One past the highest shard id any committed download task of any pool version used.
+
+    Shard ids are unique across the versions of a storage root, so a version
+    that lists its parent's shards beside its own never holds two of one name.
+    """
+    used = [max(storage.read_json(m).get("shards", [-1]), default=-1) for m in committed_markers(pool.root)]
+    return max(used, default=-1) + 1
+
+
+def img2dataset_kwargs(url_list: str, output_folder: str, config: PlatformConfig) -> dict:
+    """The arguments of ``img2dataset.download`` for one URL parquet: DataComp's settings."""
+    dl = config.download
+    return dict(
+        url_list=url_list,
+        input_format="parquet",
+        url_col="url",
+        caption_col="text",
+        save_additional_columns=["uid"],
+        output_folder=output_folder,
+        output_format="webdataset",
+        image_size=dl.image_size,
+        resize_mode=dl.resize_mode,
+        resize_only_if_bigger=dl.resize_only_if_bigger,
+        encode_format=dl.encode_format,
+        encode_quality=dl.encode_quality,
+        number_sample_per_shard=dl.number_sample_per_shard,
+        oom_shard_count=8,
+        compute_hash="sha256",
+        processes_count=dl.processes_count,
+        thread_count=dl.thread_count,
+        timeout=dl.timeout,
+        retries=dl.retries,
+        max_image_area=dl.max_image_area,
+        disallowed_header_directives=list(dl.disallowed_header_directives),
+        user_agent_token=dl.user_agent_token,
+        distributor="multiprocessing",
+        enable_wandb=False,
+    )
+
+
+def _run_img2dataset(partition: Partition, url_list: str, out_dir: str, config: PlatformConfig) -> None:
+    dl = config.download
+    if partition.first_shard > 0:
+        # img2dataset's "extend" mode numbers new shards after the highest existing
+        # stats file: seeding one makes this partition's shards start at first_shard.
+        seed = {"count": 0, "successes": 0, "failed_to_download": 0, "failed_to_resize": 0,
+                "start_time": time.time(), "end_time": time.time(), "status_dict": {}}
+        storage.write_json(storage.join(out_dir, f"{partition.first_shard - 1:08d}_stats.json"), seed)
+    else:
+        storage.makedirs(out_dir)
+    kwargs = img2dataset_kwargs(url_list, out_dir, config) | {"incremental_mode": "extend"}
+    env = dict(os.environ)
+    # OpenCV refuses to decode beyond this many pixels: a bomb costs no memory.
+    env.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(2 * dl.max_image_area))
+    env.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    env.setdefault("WANDB_MODE", "disabled")
+    env[ALLOWED_ENV] = json.dumps(list(dl.allowed_private_addresses))
+    env[PROXY_ENV] = dl.proxy  # the runner drops the environment's own proxies (download_runner.py)
+    # a child interpreter of its own: img2dataset's workers are spawned, and spawn re-runs the parent's
+    # __main__ (in Airflow, the airflow CLI, which must not start up inside a task); the runner's
+    # __main__ installs the address guard in each of them.
+    # In a session (process group) of its own, with its download processes: it kills that group when this
+    # process dies (download_runner's parent-death signal: kill -9 too, and the SIGKILL with which Airflow's
+    # supervisor ends a task), and this call kills it whenever it ends (Ctrl-C, which the terminal no longer
+    # sends to the group; a task's execution_timeout), so no runner outlives the attempt that started it.
+    proc = subprocess.Popen([sys.executable, "-m", "datacomp_ops.download.runner", json.dumps(kwargs),
+                             str(os.getpid())], env=env, start_new_session=True)
+    try:
+        returncode = proc.wait()
+    finally:
+        _kill_group(proc)
+    if returncode != 0:
+        raise RuntimeError(f"img2dataset failed on {partition.path} (exit code {returncode})")
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    """Kill the runner's process group: the runner and any download process left of it."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def _attempt_dir(pool: PoolLayout, partition: Partition) -> tuple[str, str]:
+    """(the partition's temporary folder, a fresh one inside it for this attempt).
+
+    Earlier attempts' folders go: the caller holds the pool version's lease (versions.py), so none of
+    them is still in use. Each attempt has its own, so that a runner left over from a killed attempt
+    (on another machine, or where no parent-death signal exists) never writes into this one.
+    """
+    base = storage.join(pool.base, "_tmp", f"{STAGE}-{partition.name}")
+    storage.remove(base)
+    return base, storage.join(base, f"attempt-{uuid.uuid4().hex[:12]}")
+
+
+def _split_by_key(partition: Partition, tmp: str) -> tuple[str | None, pa.Table, pa.Table]:
+    """(URL parquet for img2dataset or None, rows to download, rows deferred by the key limit)."""
+    with storage.open_file(partition.path) as f:
+        table = pq.read_table(f)
+    if "attempt" not in table.column_names:  # a crawl's URL part: first attempt
+        table = table.append_column("attempt", pa.array([1] * table.num_rows, pa.int32()))
+    if partition.key_limit >= 1.0:
+        return partition.path, table, table.slice(0, 0)
+    below = pa.array(key_fraction(table["uid"]) < partition.key_limit)
+    todo, deferred = table.filter(below), table.filter(pc.invert(below))
+    if not todo.num_rows:
+        return None, todo, deferred
+    path = storage.join(tmp, "_input", "urls.parquet")
+    with storage.atomic_write(path) as f:
+        pq.write_table(todo, f)
+    return path, todo, deferred
+
+
+def run_download(partition: Partition, pool: PoolLayout, config: PlatformConfig,
+                 last_try: bool = True) -> StageStats:
+    """Download one partition into ``pool``'s shards; every URL gets a ledger row.
+
+    With `last_try` false, a partition whose URLs failed mostly for transient
+    reasons (more than ``download.max_transient_fraction`` of them) raises
+    TransientDownloadError and commits nothing.
+    """
+    marker = pool.marker(STAGE, partition.name)
+    if storage.exists(marker):
+        log.info("partition %s already downloaded; nothing to do", partition.name)
+        return StageStats.from_dict(storage.read_json(marker))
+    start = time.monotonic()
+    tmp_base, tmp = _attempt_dir(pool, partition)
+    url_list, todo, deferred = _split_by_key(partition, tmp)
+    i2d_dir = storage.join(tmp, "out")
+    if url_list:
+        _run_img2dataset(partition, url_list, i2d_dir, config)
+
+    stats = StageStats(STAGE)
+    attempt_of = dict(zip(todo["uid"].to_pylist(), todo["attempt"].to_pylist()))
+    shard_ids, uids, urls, statuses, messages, attempts = [], [], [], [], [], []
+    for meta_path in storage.ls(i2d_dir, "*.parquet") if url_list else []:
+        shard_id = int(os.path.basename(meta_path).split(".")[0])
+        with storage.open_file(meta_path) as f:
+            meta = pq.read_table(f, columns=["uid", "url", "status", "error_message"]).to_pydict()
+        for uid, url, i2d_status, message in zip(meta["uid"], meta["url"], meta["status"], meta["error_message"]):
+            status = "downloaded" if i2d_status == "success" else classify_failure(message, i2d_status)
+            uids.append(uid)
+            urls.append(url)
+            statuses.append(status)
+            messages.append(None if status == "downloaded" else message)
+            attempts.append(attempt_of.get(uid))
+            stats.add(status)
+        shard_ids.append(shard_id)
+    for uid, url, attempt in zip(deferred["uid"].to_pylist(), deferred["url"].to_pylist(),
+                                 deferred["attempt"].to_pylist()):
+        uids.append(uid)
+        urls.append(url)
+        statuses.append(ledger.DEFERRED)
+        messages.append(f"scale key above {partition.key_limit:.6g}: not needed by this build's scale")
+        attempts.append(attempt - 1)  # not tried this time
+        stats.add(ledger.DEFERRED)
+    table = ledger.make_part(STAGE, uids, urls, statuses, messages, attempts, partition.path)
+    input_uids = todo["uid"].to_pylist() + deferred["uid"].to_pylist()
+    ledger.check_accounts_for(table, input_uids, where=f"download of {partition.path}")
+
+    # Judged on first attempts only: URLs that already failed transiently before
+    # (a requeue part) failing again says nothing about the hosts being down now.
+    first = {u for u, a in attempt_of.items() if a == 1}
+    transient = Counter(s for u, s in zip(uids, statuses) if s in ledger.TRANSIENT_FAILURES and u in first)
+    tried = todo.num_rows
+    if first and sum(transient.values()) > config.download.max_transient_fraction * len(first):
+        detail = ", ".join(f"{k} {v}" for k, v in transient.most_common())
+        if not last_try:
+            storage.remove(tmp_base)
+            raise TransientDownloadError(
+                f"partition {partition.name}: {sum(transient.values())} of {len(first)} URLs failed transiently "
+                f"({detail}); the image hosts or the network look down. Nothing was committed: the task's "
+                f"retry downloads the partition again.")
+        log.warning("partition %s: %d of %d URLs failed transiently (%s) on the last try; committing them as "
+                    "such, later rebuilds retry them", partition.name, sum(transient.values()), len(first), detail)
+
+    for shard_id in shard_ids:
+        for suffix in SHARD_FILES:
+            src = storage.join(i2d_dir, f"{shard_id:08d}{suffix}")
+            if storage.exists(src):
+                storage.move(src, storage.join(pool.downloads, f"{shard_id:08d}{suffix}"))
+    ledger.write_part(pool.ledger_part(STAGE, partition.name), table)
+    storage.remove(tmp_base)
+    stats.add("urls", len(input_uids))
+    stats.add("attempted", tried)
+    stats.seconds = time.monotonic() - start
+    stats.outputs = [pool.download(s) for s in shard_ids]
+    record = stats.to_dict() | {"shards": shard_ids, "partition": partition.path}
+    storage.write_json(marker, record)
+    log.info("partition %s: %s", partition.name, json.dumps(stats.to_dict()["counters"]))
+    return stats
