@@ -91,6 +91,7 @@ def _config(args):
 
 
 def cmd_synthetic(args) -> None:
+    from .core.layout import SyntheticWorld
     from .synthetic.crawl import CrawlSpec, generate_world
     from .synthetic.evalsuite import generate_eval_suite
 
@@ -98,7 +99,7 @@ def cmd_synthetic(args) -> None:
                      urls_per_file=args.urls_per_file, crawl_id=args.crawl_id, faults=not args.no_faults)
     with tqdm(total=spec.n_urls * args.crawls, desc="synthetic crawls", unit="URL") as bar:
         summaries = generate_world(args.out, spec, args.crawls, args.repeat_fraction, progress=bar.update)
-    generate_eval_suite(os.path.join(args.out, "eval"))
+    generate_eval_suite(SyntheticWorld(args.out).eval_sets)
     for summary in summaries:
         print(f"{summary['crawl_id']}: {summary['urls']} URLs in {len(summary['wat_files'])} WAT files "
               f"({summary['repeated_from_previous']} from the crawl before); listing: {summary['wat_listing']}")

@@ -110,3 +110,24 @@ def test_no_import_circle(graph):
         if v not in index:
             visit(v)
     assert circles == []
+
+
+def test_only_the_layout_names_the_storage_roots_folders():
+    """Every path on storage is built by core/layout.py: no other product module joins a top folder's
+    name (a renamed folder would otherwise be missed in one place and split the data)."""
+    from datacomp_ops.core import layout
+
+    folders = {layout.CRAWLS, layout.POOL, layout.SUBSETS, layout.RUNS, layout.DATASETS, layout.LEADERBOARD,
+               layout.EVAL_INDEX, layout.SYNTHETIC, layout.EXTERNAL, "requeue", "staging", "reports"}
+    found = []
+    for name, path in _modules().items():
+        if name == "datacomp_ops.core.layout" or _phase(name) == DEMO:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", "")) == "join":
+                found += [f"{name}:{node.lineno} joins {a.value!r}" for a in node.args
+                          if isinstance(a, ast.Constant) and a.value in folders]
+            if isinstance(node, ast.JoinedStr):  # f"{root}/subsets/..."
+                found += [f"{name}:{node.lineno} spells {v.value!r}" for v in node.values
+                          if isinstance(v, ast.Constant) and any(f"/{f}/" in f"{v.value}/" for f in folders)]
+    assert found == []

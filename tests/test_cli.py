@@ -248,8 +248,8 @@ def test_train_takes_seeds_and_trains_each_subset_once_per_seed(tmp_path, monkey
 
 
 def test_leaderboard_prints_each_subsets_mean_and_spread(tmp_path, capsys):
+    from datacomp_ops.core.layout import run_dir
     from datacomp_ops.evaluation.tasks import GROUPS
-    from datacomp_ops.training.train import run_dir
 
     root = tmp_path / "root"
     for baseline, seed, avg in (("basic_filter", 0, 0.25), ("basic_filter", 1, 0.27), ("no_filter", 0, 0.2)):

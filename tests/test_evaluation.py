@@ -342,7 +342,7 @@ def test_leaderboard_gives_each_subset_the_mean_and_spread_of_its_seeds(tmp_path
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
 
-    from datacomp_ops.training.train import run_dir
+    from datacomp_ops.core.layout import run_dir
 
     root = tmp_path / "root"
     scores = {("clip_score_l14_30", 0): 0.40, ("clip_score_l14_30", 1): 0.43, ("clip_score_l14_30", 2): 0.47,

@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from datacomp_ops.core import layout
 from datacomp_ops.core.config import ConfigError, PlatformConfig, load_config
 from datacomp_ops.core.schema import uids_to_array, write_subset
 from datacomp_ops.training import train as training
@@ -222,25 +223,25 @@ def test_subset_events_of_other_scales_are_not_trained(tmp_path):
 
 
 def test_run_names_keep_seed_0_where_runs_were_and_parse_back():
-    assert training.run_name("no_filter") == training.run_name("no_filter", 0) == "no_filter"
-    assert training.run_name("clip_score_l14_30", 3) == "clip_score_l14_30+seed3"
+    assert layout.run_name("no_filter") == layout.run_name("no_filter", 0) == "no_filter"
+    assert layout.run_name("clip_score_l14_30", 3) == "clip_score_l14_30+seed3"
     for baseline in ("no_filter", "clip_score_b32_30", "my.set-v2", "x"):
         for seed in (0, 1, 17, 2**32 - 1):
-            name = training.run_name(baseline, seed)
-            assert training.parse_run_name(name) == (baseline, seed)
-            place = training.parse_run_dir(training.run_dir("s3://b/root", "v0002", "small", baseline, seed))
+            name = layout.run_name(baseline, seed)
+            assert layout.parse_run_name(name) == (baseline, seed)
+            place = layout.parse_run_dir(layout.run_dir("s3://b/root", "v0002", "small", baseline, seed))
             assert (place.root, place.pool_version, place.scale, place.baseline, place.seed) == (
                 "s3://b/root", "v0002", "small", baseline, seed)
-    imported = training.parse_run_dir("/r/datasets/cc3m/runs/v0001/tiny/basic_filter+seed2/")
+    imported = layout.parse_run_dir("/r/datasets/cc3m/runs/v0001/tiny/basic_filter+seed2/")
     assert (imported.root, imported.baseline, imported.seed) == ("/r/datasets/cc3m", "basic_filter", 2)
     for bad in ("a+seed", "a+seed0", "a+seed01", "+seed1", "a+seedx", "a+seed1+seed2", "a+seed-1"):
         with pytest.raises(ConfigError, match="run folder"):
-            training.parse_run_name(bad)
+            layout.parse_run_name(bad)
     for baseline, seed in (("a+b", 1), ("a/b", 0), ("", 0), ("a", -1), ("a", True)):
         with pytest.raises(ConfigError, match="run of"):
-            training.run_name(baseline, seed)
+            layout.run_name(baseline, seed)
     with pytest.raises(ConfigError, match="not a run folder"):
-        training.parse_run_dir("/r/subsets/v0001/tiny/no_filter")
+        layout.parse_run_dir("/r/subsets/v0001/tiny/no_filter")
 
 
 def test_the_seeds_of_a_subset_share_its_shards_and_give_open_clip_their_seed(tmp_path):

@@ -21,12 +21,11 @@ from typing import Any, Mapping
 
 import yaml
 
+from .errors import ConfigError
+from .layout import SyntheticWorld
+
 # The crawl id of the embedded default's synthetic crawl, what a build reads when given none.
 DEFAULT_CRAWL_ID = "CC-SYNTH-2026-47"
-
-
-class ConfigError(ValueError):
-    """A configuration file or override is invalid; the message names the key."""
 
 
 @dataclass(frozen=True)
@@ -412,11 +411,11 @@ class PlatformConfig:
 
     @property
     def crawl_source(self) -> str:
-        return self.crawl.source or f"{self.storage_root.rstrip('/')}/synthetic"
+        return self.crawl.source or SyntheticWorld.under(self.storage_root).base
 
     @property
     def eval_sets_dir(self) -> str:
-        return self.evaluation.sets_dir or f"{self.storage_root.rstrip('/')}/synthetic/eval"
+        return self.evaluation.sets_dir or SyntheticWorld.under(self.storage_root).eval_sets
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

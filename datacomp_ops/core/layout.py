@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from .config import ConfigError
+from .errors import ConfigError
 from .storage import join
 
 # Crawl ids, dataset names and pool versions are folder names under the storage root: one rule for
@@ -26,18 +26,181 @@ def check_name(kind: str, name: object, error: type[Exception] = ConfigError) ->
     return name
 
 
+# The storage root's folders (DESIGN.md, "Data on storage"); only this module joins their names.
+CRAWLS, POOL, SUBSETS, RUNS, DATASETS = "crawls", "pool", "subsets", "runs", "datasets"
+LEADERBOARD, EVAL_INDEX, SYNTHETIC = "leaderboard", "eval_index", "synthetic"
+EXTERNAL = "external"  # subsets of a metadata folder that is no pool version: {root}/subsets/external/{name}
+
+
 def dataset_root(storage_root: str, name: str) -> str:
     """The storage root of an imported dataset (byod.py): a pool of its own, laid out as the CommonPool."""
-    return join(storage_root, "datasets", check_name("dataset name", name))
+    return join(storage_root, DATASETS, check_name("dataset name", name))
 
 
-# The embedded default's example of "your own" dataset (synthetic/own_data.py writes it beside the
-# synthetic crawl): what the import DAG's empty form imports, under this name.
+def parse_dataset_root(root: str) -> tuple[str, str]:
+    """`dataset_root`'s inverse: (the platform's storage root, the dataset's name) of an imported dataset's
+    root; (root, "") for any other root."""
+    base, sep, name = root.rstrip("/").rpartition(f"/{DATASETS}/")
+    return (base, name) if sep and base and is_name(name) else (root.rstrip("/"), "")
+
+
+def crawls_dir(storage_root: str) -> str:
+    return join(storage_root, CRAWLS)
+
+
+def pools_dir(storage_root: str) -> str:
+    """Every pool version's folder, and the versions' leases and run claims (core/versions.py)."""
+    return join(storage_root, POOL)
+
+
+def version_lease(storage_root: str, version: str) -> str:
+    return join(storage_root, POOL, "_leases", f"{version}.json")
+
+
+def run_claims_dir(storage_root: str) -> str:
+    return join(storage_root, POOL, "_runs")
+
+
+def datasets_dir(storage_root: str) -> str:
+    return join(storage_root, DATASETS)
+
+
+def leaderboard_dir(storage_root: str) -> str:
+    return join(storage_root, LEADERBOARD)
+
+
+def eval_index_dir(storage_root: str, slug: str) -> str:
+    """The evaluation sets' copy-detection descriptors, one folder per descriptor and set listing."""
+    return join(storage_root, EVAL_INDEX, slug)
+
+
+def subsets_dir(storage_root: str) -> str:
+    return join(storage_root, SUBSETS)
+
+
+def external_subsets(storage_root: str, name: str) -> str:
+    return join(storage_root, SUBSETS, EXTERNAL, name)
+
+
+@dataclass(frozen=True)
+class SubsetsLayout:
+    """The subset files of a pool version at a scale: {root}/subsets/{version}/{scale}/{label}.npy, each
+    with its stats record {label}.json."""
+
+    root: str
+    version: str
+    scale: str
+
+    @property
+    def base(self) -> str:
+        return join(self.root, SUBSETS, self.version, self.scale)
+
+    def subset(self, label: str) -> str:
+        return join(self.base, f"{label}.npy")
+
+    def record(self, label: str) -> str:
+        return join(self.base, f"{label}.json")
+
+
+def parse_subset(url: str) -> tuple[str, str, str]:
+    """(pool version, scale, label) of a subset file {root}/subsets/{version}/{scale}/{label}.npy."""
+    parts = url.rstrip("/").rsplit("/", 4)
+    if len(parts) != 5 or parts[1] != SUBSETS or not parts[4].endswith(".npy"):
+        raise ConfigError(f"{url}: not a subset file ({{root}}/{SUBSETS}/{{version}}/{{scale}}/{{label}}.npy)")
+    return parts[2], parts[3], parts[4][: -len(".npy")]
+
+
+def runs_dir(storage_root: str) -> str:
+    return join(storage_root, RUNS)
+
+
+LABEL = r"[A-Za-z0-9_.-]+"  # a subset's label (filtering/baselines.py)
+SEED_MARK = "+seed"  # '+' is in no label: the folder name parses back
+
+
+def run_name(baseline: str, seed: int = 0) -> str:
+    """A run's folder name under ``{root}/runs/{version}/{scale}/``: the baseline's label for seed 0 (the
+    folders of runs from before seeds), ``{baseline}+seed{k}`` for seed k > 0."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ConfigError(f"run of {baseline!r}: seed {seed!r} is not an integer >= 0")
+    if not re.fullmatch(LABEL, baseline):
+        raise ConfigError(f"run of {baseline!r}: a subset label has letters, digits, '.', '_' and '-' only")
+    return baseline if seed == 0 else f"{baseline}{SEED_MARK}{seed}"
+
+
+def parse_run_name(name: str) -> tuple[str, int]:
+    """(baseline, seed) of a run's folder name: `run_name`'s inverse."""
+    baseline, mark, seed = name.partition(SEED_MARK)
+    if not mark:
+        return name, 0
+    if not re.fullmatch(LABEL, baseline) or not re.fullmatch(r"[1-9][0-9]*", seed):
+        raise ConfigError(f"run folder {name!r}: expected {{baseline}} or {{baseline}}{SEED_MARK}{{k}} with k > 0")
+    return baseline, int(seed)
+
+
+def run_dir(root: str, version: str, scale: str, baseline: str, seed: int = 0) -> str:
+    return join(runs_dir(root), version, scale, run_name(baseline, seed))
+
+
+@dataclass(frozen=True)
+class RunPlace:
+    """Where a run folder sits: its storage root, pool version, scale, baseline and seed."""
+
+    root: str
+    pool_version: str
+    scale: str
+    baseline: str
+    seed: int
+
+
+def parse_run_dir(url: str) -> RunPlace:
+    """`run_dir`'s inverse: {root}/runs/{version}/{scale}/{run name}."""
+    parts = url.rstrip("/").rsplit("/", 4)
+    if len(parts) != 5 or parts[1] != RUNS:
+        raise ConfigError(f"{url}: not a run folder ({{root}}/runs/{{version}}/{{scale}}/{{run name}})")
+    return RunPlace(parts[0], parts[2], parts[3], *parse_run_name(parts[4]))
+
+
+# The embedded default's example of "your own" dataset (synthetic/own_data.py writes it in the synthetic
+# world): what the import DAG's empty form imports, under this name.
 EXAMPLE_DATASET = "example"
 
 
-def example_dataset(crawl_source: str) -> str:
-    return join(crawl_source, "own_data")
+@dataclass(frozen=True)
+class SyntheticWorld:
+    """The demo world's files (synthetic/ writes them; `datacomp synthetic`): its crawls, evaluation suite,
+    miniature WordNet and example dataset, which the config's defaults point at when it names no real ones."""
+
+    base: str
+
+    @classmethod
+    def under(cls, storage_root: str) -> "SyntheticWorld":
+        """The world `datacomp synthetic` writes by default, and the config's defaults read."""
+        return cls(join(storage_root, SYNTHETIC))
+
+    @property
+    def eval_sets(self) -> str:
+        return join(self.base, "eval")
+
+    @property
+    def wordnet(self) -> str:
+        return join(self.base, "wordnet")
+
+    @property
+    def wordnet_db(self) -> str:
+        return join(self.wordnet, "wordnet")
+
+    @property
+    def imagenet21k_ids(self) -> str:
+        return join(self.wordnet, "imagenet21k_wordnet_ids.txt")
+
+    @property
+    def metaclip_entries(self) -> str:
+        return join(self.wordnet, "metaclip_entries.txt")
+
+    @property
+    def example_dataset(self) -> str:
+        return join(self.base, "own_data")
 
 
 @dataclass(frozen=True)
@@ -50,7 +213,7 @@ class CrawlLayout:
 
     @property
     def base(self) -> str:
-        return join(self.root, "crawls", self.crawl_id)
+        return join(self.root, CRAWLS, self.crawl_id)
 
     @property
     def wat_manifest(self) -> str:
@@ -59,6 +222,21 @@ class CrawlLayout:
     @property
     def urls(self) -> str:
         return join(self.base, "urls")
+
+    def report(self, name: str) -> str:
+        """A build run's summary, kept with the crawl it read until the run publishes a version."""
+        return join(self.base, "reports", name)
+
+    @property
+    def staging(self) -> str:
+        """An import's URL parts staged from its source files (pool/byod.py)."""
+        return join(self.base, "staging")
+
+
+def crawl_of_url_part(path: str) -> str:
+    """The crawl id of a URL part {root}/crawls/{crawl_id}/urls/part-*.parquet, "" for any other path."""
+    parts = path.rstrip("/").split("/")
+    return parts[-3] if len(parts) >= 4 and parts[-2] == "urls" and parts[-4] == CRAWLS else ""
 
 
 @dataclass(frozen=True)
@@ -71,7 +249,7 @@ class PoolLayout:
 
     @property
     def base(self) -> str:
-        return join(self.root, "pool", self.version)
+        return join(self.root, POOL, self.version)
 
     @property
     def downloads(self) -> str:
@@ -100,6 +278,15 @@ class PoolLayout:
     def manifest(self) -> str:
         return join(self.base, "manifest.json")
 
+    def report(self, name: str) -> str:
+        """A build run's summary, kept beside the version it built."""
+        return join(self.base, "reports", name)
+
+    @property
+    def requeue(self) -> str:
+        """URL parts of the transient failures that a later run downloads again."""
+        return join(self.base, "requeue")
+
     @property
     def ledger(self) -> str:
         return join(self.base, "ledger")
@@ -121,3 +308,16 @@ class PoolLayout:
 
     def scale(self, name: str) -> str:
         return join(self.scales, f"{name}.npy")
+
+
+def partition_name(path: str) -> str:
+    """A download partition's name from its URL part's path, unique within a pool: URL parts of several
+    crawls may feed one pool version. {crawl}-part-N for a crawl's (or an import's staged) part,
+    requeue-part-N for a pool's requeued one."""
+    parts = path.rstrip("/").split("/")
+    stem = parts[-1].removesuffix(".parquet")
+    if len(parts) >= 3 and parts[-2] in ("urls", "staging"):
+        return f"{parts[-3]}-{stem}"
+    if len(parts) >= 2 and parts[-2] == "requeue":
+        return f"requeue-{stem}"
+    return stem

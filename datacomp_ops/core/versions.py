@@ -29,7 +29,7 @@ import time
 from typing import Iterator
 
 from . import lease, storage
-from .layout import PoolLayout, check_name
+from .layout import PoolLayout, check_name, pools_dir, run_claims_dir, version_lease
 
 
 class VersionError(ValueError):
@@ -45,11 +45,11 @@ def _info_path(root: str, version: str) -> str:
 
 
 def lease_path(root: str, version: str) -> str:
-    return storage.join(root, "pool", "_leases", f"{version}.json")
+    return version_lease(root, version)
 
 
 def _claim_path(root: str, run_key: str) -> str:
-    return storage.join(root, "pool", "_runs", re.sub(r"[^A-Za-z0-9_.-]+", "_", run_key) + ".json")
+    return storage.join(run_claims_dir(root), re.sub(r"[^A-Za-z0-9_.-]+", "_", run_key) + ".json")
 
 
 def is_published(root: str, version: str) -> bool:
@@ -58,7 +58,7 @@ def is_published(root: str, version: str) -> bool:
 
 def list_versions(root: str) -> list[dict]:
     """Every version under `root`, oldest first, with ``published`` set."""
-    infos = [storage.read_json(p) for p in storage.ls(storage.join(root, "pool"), "*/version.json")]
+    infos = [storage.read_json(p) for p in storage.ls(pools_dir(root), "*/version.json")]
     for info in infos:
         info["published"] = is_published(root, info["version"])
     return sorted(infos, key=lambda i: i["seq"])
@@ -76,7 +76,7 @@ def info(root: str, version: str) -> dict:
 
 def runs(root: str, version: str) -> list[str]:
     """The runs that have worked in `version` (more than one while it stayed open), by their claims."""
-    claims = [storage.read_json(p) for p in storage.ls(storage.join(root, "pool", "_runs"), "*.json")]
+    claims = [storage.read_json(p) for p in storage.ls(run_claims_dir(root), "*.json")]
     return sorted(c["run"] for c in claims if c["version"] == version)
 
 

@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 
 from ..core import storage
 from ..core.config import PlatformConfig
-from ..core.layout import CrawlLayout
+from ..core.layout import CrawlLayout, crawls_dir
 from ..core.schema import URLS_SCHEMA
 from ..core.stats import StageStats
 from .source_files import PROCESSED, FileRead, new_rows, not_read_whole, plan_reads, read_manifest, write_manifest
@@ -87,7 +87,7 @@ def _errors(counters: dict) -> int:
 
 
 def _known_uid_files(root: str) -> list[str]:
-    return storage.ls(storage.join(root, "crawls"), "*/urls/part-*.parquet")
+    return storage.ls(crawls_dir(root), "*/urls/part-*.parquet")
 
 
 # What the parsing tasks hand the JVM: the pairs, with their WAT file as its index in the batch's

@@ -38,7 +38,7 @@ import pyarrow.parquet as pq
 from ..core import ledger, storage
 from ..core.address_guard import ALLOWED_ENV, BLOCKED_STATUSES, PROXY_ENV
 from ..core.config import PlatformConfig
-from ..core.layout import PoolLayout
+from ..core.layout import PoolLayout, partition_name, pools_dir
 from ..core.schema import scale_key
 from ..core.stats import StageStats
 
@@ -113,17 +113,6 @@ class Partition:
         return partition_name(self.path)
 
 
-def partition_name(path: str) -> str:
-    parts = path.rstrip("/").split("/")
-    stem = parts[-1].removesuffix(".parquet")
-    # {root}/crawls/{crawl_id}/urls/part-*.parquet, and an imported shard's staged part (byod.py) of that name
-    if len(parts) >= 3 and parts[-2] in ("urls", "staging"):
-        return f"{parts[-3]}-{stem}"
-    if len(parts) >= 2 and parts[-2] == "requeue":  # {root}/pool/{version}/requeue/part-*.parquet
-        return f"requeue-{stem}"
-    return stem
-
-
 def key_fraction(uids: pa.Array | list[str]) -> np.ndarray:
     """Each uid's scale key as a fraction of the key range (see schema.scale_key)."""
     return np.array([scale_key(u) for u in (uids.to_pylist() if hasattr(uids, "to_pylist") else uids)],
@@ -141,7 +130,7 @@ def plan_partitions(partitions: list[dict], first_shard: int, samples_per_shard:
 
 def committed_markers(root: str) -> list[str]:
     """The download markers of every pool version under `root`."""
-    return storage.ls(storage.join(root, "pool"), f"*/_markers/{STAGE}/*")
+    return storage.ls(pools_dir(root), f"*/_markers/{STAGE}/*")
 
 
 def next_free_shard(pool: PoolLayout) -> int:

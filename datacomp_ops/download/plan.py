@@ -19,6 +19,7 @@ full build would pick; the URLs above the limit are recorded as deferred.
 from __future__ import annotations
 
 import logging
+import posixpath
 from collections import defaultdict
 
 import pyarrow as pa
@@ -27,10 +28,10 @@ import pyarrow.parquet as pq
 
 from ..core import ledger, storage, versions
 from ..core.config import PlatformConfig
-from ..core.layout import CrawlLayout, PoolLayout, is_name
+from ..core.layout import CrawlLayout, PoolLayout, crawls_dir, is_name, partition_name
 from ..core.schema import URLS_SCHEMA
 from ..crawl.source_files import read_manifest
-from .partition import Partition, committed_markers, key_fraction, next_free_shard, partition_name, plan_partitions
+from .partition import Partition, committed_markers, key_fraction, next_free_shard, plan_partitions
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +47,8 @@ def _rows(path: str) -> int:
 def url_parts(root: str) -> list[str]:
     """The URL parts of every crawl under `root` whose extraction batch committed."""
     out = []
-    for base in storage.ls(storage.join(root, "crawls"), "*"):
-        name = base.rstrip("/").rsplit("/", 1)[-1]
+    for base in storage.ls(crawls_dir(root), "*"):
+        name = posixpath.basename(base.rstrip("/"))
         if not is_name(name):  # a stray file beside the crawls (.DS_Store), never a crawl of ours
             continue
         crawl = CrawlLayout(root, name)
@@ -59,7 +60,7 @@ def url_parts(root: str) -> list[str]:
 
 def staged_names(root: str) -> set[str]:
     """Parts of imported webdataset shards (byod.py): their URL part is written by the import, never downloaded."""
-    return {partition_name(p) for p in storage.ls(storage.join(root, "crawls"), "*/staging/part-*.parquet")}
+    return {partition_name(p) for p in storage.ls(crawls_dir(root), "*/staging/part-*.parquet")}
 
 
 def committed_names(root: str) -> set[str]:
@@ -107,7 +108,7 @@ def write_requeue(pool: PoolLayout, config: PlatformConfig, limit: float, curren
 
     `current` and `attempts` are `current_statuses(pool)`, `done` the committed partition names.
     """
-    requeue_dir = storage.join(pool.base, "requeue")
+    requeue_dir = pool.requeue
     existing = storage.ls(requeue_dir, "part-*.parquet")
     for path in existing:
         if partition_name(path) not in done:

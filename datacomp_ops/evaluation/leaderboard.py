@@ -1,7 +1,7 @@
 """The leaderboard over every evaluated run: a table file and an HTML report, from the results alone.
 
 A run is a subset (pool version, scale, baseline) trained with one seed
-(training.py's `run_name`). `collect` gives one row per evaluated run;
+(core/layout.py's `run_name`). `collect` gives one row per evaluated run;
 `aggregate` one per (dataset, pool version, scale, baseline): the subset's
 size, the samples seen in training, DataComp's aggregates (ImageNet, ImageNet
 distribution shifts, VTAB, retrieval, the average) as the mean over the
@@ -19,6 +19,7 @@ import html
 import io
 import logging
 import math
+import posixpath
 import statistics
 
 import pyarrow as pa
@@ -27,7 +28,7 @@ import pyarrow.parquet as pq
 
 from ..core import storage
 from ..core.config import SCALES, ConfigError
-from ..training.train import parse_run_dir
+from ..core.layout import datasets_dir, leaderboard_dir, parse_dataset_root, parse_run_dir, runs_dir
 from .tasks import GROUP_TITLES, GROUPS
 
 log = logging.getLogger(__name__)
@@ -42,10 +43,10 @@ COLUMNS = (*SUBSET, "seeds", "dataset_size", "samples_seen", *SCORES, *(f"{c}_st
 
 def _runs(root: str) -> list[tuple[str, str]]:
     """(dataset, run folder) of every evaluated run: the CommonPool's and each imported dataset's."""
-    found = [("commonpool", u.rsplit("/", 1)[0]) for u in storage.ls(storage.join(root, "runs"), "*/*/*/eval_summary.json")]
-    for summary in storage.ls(storage.join(root, "datasets"), "*/runs/*/*/*/eval_summary.json"):
-        parts = summary.split("/")
-        found.append((parts[-6], summary.rsplit("/", 1)[0]))
+    found = [("commonpool", posixpath.dirname(u)) for u in storage.ls(runs_dir(root), "*/*/*/eval_summary.json")]
+    for summary in storage.ls(datasets_dir(root), "*/runs/*/*/*/eval_summary.json"):
+        run = posixpath.dirname(summary)
+        found.append((parse_dataset_root(parse_run_dir(run).root)[1], run))
     return found
 
 
@@ -122,7 +123,7 @@ def write_leaderboard(root: str) -> dict:
     returns their paths."""
     runs = collect(root)
     rows = aggregate(runs)
-    out = storage.join(root, "leaderboard")
+    out = leaderboard_dir(root)
     table = _table(rows, COLUMNS)
     buf = io.BytesIO()
     pq.write_table(table, buf)

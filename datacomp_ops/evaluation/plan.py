@@ -7,8 +7,7 @@ from typing import Any
 
 from ..core import storage, versions
 from ..core.config import ConfigError, config_from_dict, load_config
-from ..core.layout import dataset_root
-from ..training.train import parse_run_dir, run_name
+from ..core.layout import dataset_root, parse_dataset_root, parse_run_dir, run_name, runs_dir
 from .zero_shot import SUMMARY, run_evaluation
 
 
@@ -22,10 +21,11 @@ def plan_evaluation(params: dict[str, Any], events: list[dict]) -> list[dict]:
         root = dataset_root(config.storage_root, dataset) if dataset else config.storage_root
         version = params.get("pool_version") or versions.latest(root)
         scale = params.get("scale") or "tiny"
-        runs = [t.rsplit("/", 1)[0] for t in storage.ls(storage.join(root, "runs", version or "-", scale),
+        runs = [t.rsplit("/", 1)[0] for t in storage.ls(storage.join(runs_dir(root), version or "-", scale),
                                                          "*/training.json")]
         if not runs:
-            raise ConfigError(f"no trained runs under {root}/runs/{version}/{scale}: run train_clip first")
+            raise ConfigError(f"no trained runs under {storage.join(runs_dir(root), version or '-', scale)}: "
+                              "run train_clip first")
     places = [parse_run_dir(r) for r in runs]  # a folder that is no run is refused here
     return [{"run_dir": r, "config": config.to_dict(),
              "name": f"{p.pool_version}/{p.scale}/{run_name(p.baseline, p.seed)}"} for r, p in zip(runs, places)]
@@ -41,7 +41,6 @@ def storage_roots(jobs: list[dict]) -> list[str]:
     """The storage roots whose leaderboards a set of runs touches."""
     roots = set()
     for job in jobs:
-        root = parse_run_dir(job["run_dir"]).root
-        base, _, name = root.rpartition("/datasets/")
-        roots.add(base if base and "/" not in name else root)  # an imported dataset's runs: its base's board
+        # an imported dataset's runs are on its base's board
+        roots.add(parse_dataset_root(parse_run_dir(job["run_dir"]).root)[0])
     return sorted(roots)

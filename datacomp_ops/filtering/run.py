@@ -10,6 +10,7 @@ pool does nothing.
 from __future__ import annotations
 
 import logging
+import posixpath
 import time
 from dataclasses import dataclass
 
@@ -17,6 +18,7 @@ import numpy as np
 
 from ..core import storage
 from ..core.config import ConfigError, PlatformConfig
+from ..core.layout import SubsetsLayout, SyntheticWorld, external_subsets
 from ..core.schema import write_subset
 from ..core.stats import StageStats
 from .baselines import BaselineSpec, FilterContext, parse_all
@@ -54,23 +56,21 @@ def output_dir(config: PlatformConfig, source: PoolSource) -> str:
         return config.filtering.output_dir
     if source.manifest:  # beside the pool: an imported dataset's subsets stay under its own root
         manifest = storage.read_json(source.manifest)
-        return storage.join(manifest.get("storage_root", config.storage_root), "subsets", manifest["pool_version"],
-                            source.scale or "all")
-    name = source.metadata_dir.rstrip("/").rsplit("/", 1)[-1]
-    return storage.join(config.storage_root, "subsets", "external", name)
+        return SubsetsLayout(manifest.get("storage_root", config.storage_root), manifest["pool_version"],
+                             source.scale or "all").base
+    return external_subsets(config.storage_root, posixpath.basename(source.metadata_dir.rstrip("/")))
 
 
 def make_context(pool: MetadataPool, config: PlatformConfig, index_dir: str | None = None) -> FilterContext:
     from . import image_based
 
     f = config.filtering
-    synthetic = f"{config.storage_root.rstrip('/')}/synthetic"
+    world = SyntheticWorld.under(config.storage_root)
 
     def entities():
         from .text_entities import EntityMatcher
 
-        return EntityMatcher(f.wordnet_dir or f"{synthetic}/wordnet/wordnet",
-                             f.imagenet21k_ids or f"{synthetic}/wordnet/imagenet21k_wordnet_ids.txt")
+        return EntityMatcher(f.wordnet_dir or world.wordnet_db, f.imagenet21k_ids or world.imagenet21k_ids)
 
     def targets(dim: int) -> np.ndarray:
         if f.imagenet1k_embeddings:
@@ -80,7 +80,7 @@ def make_context(pool: MetadataPool, config: PlatformConfig, index_dir: str | No
         return image_based.embed_images(target_images(config), config)
 
     def metaclip_entries() -> str:
-        return f.metaclip_entries or f"{synthetic}/wordnet/metaclip_entries.txt"
+        return f.metaclip_entries or world.metaclip_entries
 
     return FilterContext(pool, f.fasttext_model, entities, targets, metaclip_entries, f.seed, index_dir)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime
 import logging
+import posixpath
 import re
 import textwrap
 from dataclasses import asdict, dataclass
@@ -97,7 +98,7 @@ def make_spec(run_key: str, crawl_id: str | None = None, pool_version: str | Non
         crawl_id=crawl_id,
         pool_version=version,
         inputs=inputs,
-        report=storage.join(CrawlLayout(config.storage_root, crawl_id).base, "reports", f"{safe_key}.json"),
+        report=CrawlLayout(config.storage_root, crawl_id).report(f"{safe_key}.json"),
         config=config.to_dict(),
     )
 
@@ -249,7 +250,7 @@ def summarize(spec: BuildSpec, seconds: float | None = None) -> dict:
     }
     if seconds is not None:
         summary["seconds"] = round(seconds, 1)
-    storage.write_json(storage.join(pool.base, "reports", spec.report.rsplit("/", 1)[-1]), summary)
+    storage.write_json(pool.report(posixpath.basename(spec.report)), summary)
     return summary
 
 

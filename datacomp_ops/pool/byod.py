@@ -50,13 +50,22 @@ import pyarrow.parquet as pq
 
 from ..core import ledger, storage
 from ..core.config import ConfigError, PlatformConfig, load_config
-from ..core.layout import EXAMPLE_DATASET, CrawlLayout, PoolLayout, check_name, dataset_root, example_dataset
+from ..core.layout import (
+    EXAMPLE_DATASET,
+    CrawlLayout,
+    PoolLayout,
+    SyntheticWorld,
+    check_name,
+    crawls_dir,
+    dataset_root,
+    partition_name,
+)
 from ..core.schema import URLS_SCHEMA, compute_uid
 from ..core.shard_io import TarReadResult, image_bytes, iter_tar, sample_json
 from ..core.stats import StageStats
 from ..crawl.source_files import PROCESSED, FileRead, new_rows, plan_reads, read_manifest, write_manifest
 from ..download.partition import STAGE as DOWNLOAD
-from ..download.partition import Partition, classify_failure, partition_name
+from ..download.partition import Partition, classify_failure
 from .build import BuildSpec
 
 log = logging.getLogger(__name__)
@@ -86,7 +95,7 @@ def make_import_spec(run_key: str, name: str, sources: list[str], kind: str = "a
 
     base = load_config(config_path, overrides)
     sources = [s for s in (sources or []) if s and s.strip()]
-    example = example_dataset(base.crawl_source)
+    example = SyntheticWorld(base.crawl_source).example_dataset
     if not sources and not base.crawl.source and storage.exists(example):
         # the embedded default's empty form: the synthetic world's example dataset
         name, sources = name or EXAMPLE_DATASET, [example]
@@ -110,7 +119,7 @@ def make_import_spec(run_key: str, name: str, sources: list[str], kind: str = "a
     safe_key = re.sub(r"[^A-Za-z0-9_.-]+", "_", run_key)
     crawl = CrawlLayout(root, name)
     return BuildSpec(crawl_id=name, pool_version=version, inputs=files,
-                     report=storage.join(crawl.base, "reports", f"{safe_key}.json"), config=config.to_dict(),
+                     report=crawl.report(f"{safe_key}.json"), config=config.to_dict(),
                      source={"kind": kind, "url_column": url_column, "caption_column": caption_column})
 
 
@@ -148,8 +157,8 @@ def resolve_sources(sources: list[str], kind: str = "auto") -> tuple[list[str], 
 
 def _known_uids(crawl: CrawlLayout) -> pa.Array:
     """Every uid an earlier import of the dataset holds: committed URL parts and staged ones."""
-    parts = storage.ls(storage.join(crawl.root, "crawls"), "*/urls/part-*.parquet") + \
-        storage.ls(storage.join(crawl.root, "crawls"), "*/staging/part-*.parquet")
+    parts = storage.ls(crawls_dir(crawl.root), "*/urls/part-*.parquet") + \
+        storage.ls(crawls_dir(crawl.root), "*/staging/part-*.parquet")
     arrays = []
     for path in parts:
         with storage.open_file(path) as f:
@@ -264,7 +273,7 @@ def run_scan(spec: BuildSpec) -> dict:
     config, crawl, kind = spec.platform_config, spec.crawl, spec.source["kind"]
     manifest = read_manifest(crawl)
     batch = max(manifest["batch"].to_pylist(), default=-1) + 1
-    staging = storage.join(crawl.base, "staging")
+    staging = crawl.staging
     for folder in (crawl.urls, staging):  # leftovers of a scan that never reached its manifest commit
         for part in storage.ls(folder, "part-*.parquet"):
             if int(part.rsplit("/", 1)[-1].split("-")[1]) >= batch:
@@ -346,7 +355,7 @@ def run_scan(spec: BuildSpec) -> dict:
 
 
 def staged_parts(root: str) -> list[str]:
-    return storage.ls(storage.join(root, "crawls"), "*/staging/part-*.parquet")
+    return storage.ls(crawls_dir(root), "*/staging/part-*.parquet")
 
 
 def plan_ingest(spec: BuildSpec) -> list[dict]:
@@ -437,7 +446,7 @@ def run_import_shard(partition: Partition, pool: PoolLayout, config: PlatformCon
     rows = staged.to_pydict()
     source = rows["wat_path"][0]
     crawl_dir = partition.path.rsplit("/staging/", 1)[0]
-    url_part = storage.join(crawl_dir, "urls", partition.path.rsplit("/", 1)[-1])
+    url_part = storage.join(crawl_dir, "urls", posixpath.basename(partition.path))
 
     dl = config.download
     per_shard = dl.number_sample_per_shard

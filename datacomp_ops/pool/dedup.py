@@ -35,6 +35,7 @@ import pyarrow.parquet as pq
 
 from ..core import hf_arrow, storage
 from ..core.config import ConfigError, PlatformConfig
+from ..core.layout import eval_index_dir
 from ..core.shard_io import TarReadResult, UnreadableImage, decode_image, image_bytes, iter_tar
 from ..core.stats import StageStats
 from .models import ModelChoice
@@ -199,7 +200,7 @@ def index_dir(config: PlatformConfig, choice: ModelChoice) -> str:
     dim = ThumbnailDescriptor.dim if choice.kind == "thumbnail" else ISCDescriptor.dim
     digest = hashlib.sha256(repr((choice.name, choice.path, dim, listing)).encode()).hexdigest()[:12]
     slug = choice.kind + "-" + digest
-    return storage.join(config.storage_root, "eval_index", slug)
+    return eval_index_dir(config.storage_root, slug)
 
 
 def run_eval_index(sets_dir: str, out_dir: str, config: PlatformConfig, choice: ModelChoice,

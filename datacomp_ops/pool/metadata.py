@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 
 from ..core import ledger, storage
 from ..core.config import PlatformConfig
-from ..core.layout import PoolLayout
+from ..core.layout import PoolLayout, crawl_of_url_part
 from ..core.schema import FEATURE_KEYS, POOL_METADATA_SCHEMA
 from ..core.shard_io import (
     TarReadResult,
@@ -334,8 +334,7 @@ def downloaded_shards(pool: PoolLayout) -> dict[int, str]:
     out = {}
     for path in storage.ls(storage.join(pool.markers, DOWNLOAD), "*"):
         record = storage.read_json(path)
-        parts = record.get("partition", "").rstrip("/").split("/")
-        crawl_id = parts[-3] if len(parts) >= 3 and parts[-2] == "urls" else ""
+        crawl_id = crawl_of_url_part(record.get("partition", ""))
         for shard in record.get("shards", []):
             out[int(shard)] = crawl_id
     return out

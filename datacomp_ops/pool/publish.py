@@ -176,7 +176,7 @@ def asset_extras(manifest: dict) -> dict[str, dict]:
     return {
         name: {"pool_version": manifest["pool_version"], "scale": name, "samples": info["samples"],
                "complete": info["complete"], "subset": info["path"], "pool_samples": manifest["samples"],
-               "manifest": storage.join(manifest["storage_root"], "pool", manifest["pool_version"], "manifest.json")}
+               "manifest": PoolLayout(manifest["storage_root"], manifest["pool_version"]).manifest}
         for name, info in built if info["complete"] or name == incomplete[0]
     }
 

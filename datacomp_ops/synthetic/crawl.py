@@ -414,13 +414,14 @@ def generate_world(out_dir: str | Path, spec: CrawlSpec, n_crawls: int, repeat_f
         summaries.append(generate_crawl(out_dir, crawl_spec, progress, previous))
         previous = pq.read_table(summaries[-1]["truth"])
     # the text-based filtering baseline's WordNet and class list, in miniature (synthetic/wordnet.py)
-    from ..core.layout import example_dataset
+    from ..core.layout import SyntheticWorld
     from .own_data import write_own_data
     from .wordnet import write_wordnet
 
-    write_wordnet(Path(out_dir) / "wordnet")
+    world = SyntheticWorld(str(out_dir))
+    write_wordnet(world.wordnet)
     # an example dataset of your own, for the import DAG (synthetic/own_data.py)
-    write_own_data(example_dataset(str(out_dir)))
+    write_own_data(world.example_dataset)
     return summaries
 
 

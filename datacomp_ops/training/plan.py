@@ -20,23 +20,18 @@ from typing import Any
 
 from ..core import storage, versions
 from ..core.config import ConfigError, config_from_dict, get_scale, load_config
-from ..core.layout import PoolLayout, dataset_root
+from ..core.layout import PoolLayout, SubsetsLayout, dataset_root, parse_dataset_root, run_name
 from .reshard import reshard
-from .train import TrainSpec, run_name, run_training
+from .train import TrainSpec, run_training
 
 log = logging.getLogger(__name__)
-
-
-def _dataset_of(root: str) -> str:
-    parts = root.rstrip("/").split("/")
-    return parts[-1] if len(parts) > 1 and parts[-2] == "datasets" else ""
 
 
 def _jobs(manifest_url: str, scale: str, baseline: str, seeds: list[int], config_dict: dict) -> list[dict]:
     """One job per seed of a subset; the first reshards it (into the folder every seed's spec reads)."""
     manifest = storage.read_json(manifest_url)
     root, version = manifest["storage_root"], manifest["pool_version"]
-    specs = [TrainSpec.for_subset(root, version, scale, baseline, _dataset_of(root), seed) for seed in seeds]
+    specs = [TrainSpec.for_subset(root, version, scale, baseline, parse_dataset_root(root)[1], seed) for seed in seeds]
     if not storage.exists(specs[0].subset):
         raise ConfigError(f"no subset {specs[0].subset}: run filtering_baselines for {version}/{scale} first")
     return [{"manifest": manifest_url, "spec": spec.__dict__, "config": config_dict, "reshards": i == 0,
@@ -63,11 +58,11 @@ def _announced_meanwhile(manifest_url: str, scale: str, labels: set[str]) -> set
     whose seed-0 run is not committed is one that no run has trained, or one whose training failed."""
     manifest = storage.read_json(manifest_url)
     root, version = manifest["storage_root"], manifest["pool_version"]
-    folder = storage.join(root, "subsets", version, scale)
+    folder = SubsetsLayout(root, version, scale).base
     present = {os.path.basename(r)[: -len(".json")] for r in storage.ls(folder, "*.json")}
     meanwhile = {label for label in present - labels
                  if not storage.exists(storage.join(TrainSpec.for_subset(root, version, scale, label,
-                                                                         _dataset_of(root)).run_dir,
+                                                                         parse_dataset_root(root)[1]).run_dir,
                                                     "training.json"))}
     if meanwhile:
         log.info("also training %s: written under %s since this run's events", ", ".join(sorted(meanwhile)), folder)
@@ -114,10 +109,10 @@ def plan_training(params: dict[str, Any], events: list[dict]) -> list[dict]:
         raise versions.VersionError(f"no published pool version under {root}")
     scale = params.get("scale") or "tiny"
     if not wanted:
-        records = storage.ls(storage.join(root, "subsets", version, scale), "*.json")
+        records = storage.ls(SubsetsLayout(root, version, scale).base, "*.json")
         wanted = sorted(os.path.basename(r)[: -len(".json")] for r in records)
         if not wanted:
-            raise ConfigError(f"no subsets under {root}/subsets/{version}/{scale}: run filtering_baselines first")
+            raise ConfigError(f"no subsets under {SubsetsLayout(root, version, scale).base}: run filtering_baselines first")
     return [job for b in wanted for job in _jobs(PoolLayout(root, version).manifest, scale, b, seeds, config_dict)]
 
 

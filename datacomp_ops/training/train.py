@@ -2,7 +2,7 @@
 
 A run is a subset (pool version, scale, baseline) trained with one seed. Its
 folder is ``{root}/runs/{version}/{scale}/{baseline}/`` for seed 0 and
-``.../{baseline}+seed{k}/`` for seed k > 0 (`run_name`; an imported dataset's
+``.../{baseline}+seed{k}/`` for seed k > 0 (`core.layout.run_name`; an imported dataset's
 runs live under its own root)::
 
     shards/                  the subset's samples, resharded (meta.json: DataComp's layout); the seed-0
@@ -27,7 +27,6 @@ import hashlib
 import logging
 import os
 import pickle
-import re
 import shutil
 import subprocess
 import sys
@@ -38,6 +37,7 @@ from pathlib import Path
 
 from ..core import storage
 from ..core.config import ConfigError, PlatformConfig, Scale, get_scale
+from ..core.layout import SubsetsLayout, run_dir
 from ..core.stats import StageStats
 
 log = logging.getLogger(__name__)
@@ -49,53 +49,6 @@ MODEL_CONFIGS = str(Path(__file__).parent / "model_configs")
 
 class TrainingError(RuntimeError):
     """open_clip's trainer failed or left no checkpoint; the message says where its log is."""
-
-
-LABEL = r"[A-Za-z0-9_.-]+"  # a subset's label (filtering/baselines.py)
-SEED_MARK = "+seed"  # '+' is in no label: the folder name parses back
-
-
-def run_name(baseline: str, seed: int = 0) -> str:
-    """A run's folder name under ``{root}/runs/{version}/{scale}/``: the baseline's label for seed 0 (the
-    folders of runs from before seeds), ``{baseline}+seed{k}`` for seed k > 0."""
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ConfigError(f"run of {baseline!r}: seed {seed!r} is not an integer >= 0")
-    if not re.fullmatch(LABEL, baseline):
-        raise ConfigError(f"run of {baseline!r}: a subset label has letters, digits, '.', '_' and '-' only")
-    return baseline if seed == 0 else f"{baseline}{SEED_MARK}{seed}"
-
-
-def parse_run_name(name: str) -> tuple[str, int]:
-    """(baseline, seed) of a run's folder name: `run_name`'s inverse."""
-    baseline, mark, seed = name.partition(SEED_MARK)
-    if not mark:
-        return name, 0
-    if not re.fullmatch(LABEL, baseline) or not re.fullmatch(r"[1-9][0-9]*", seed):
-        raise ConfigError(f"run folder {name!r}: expected {{baseline}} or {{baseline}}{SEED_MARK}{{k}} with k > 0")
-    return baseline, int(seed)
-
-
-def run_dir(root: str, version: str, scale: str, baseline: str, seed: int = 0) -> str:
-    return storage.join(root, "runs", version, scale, run_name(baseline, seed))
-
-
-@dataclass(frozen=True)
-class RunPlace:
-    """Where a run folder sits: its storage root, pool version, scale, baseline and seed."""
-
-    root: str
-    pool_version: str
-    scale: str
-    baseline: str
-    seed: int
-
-
-def parse_run_dir(url: str) -> RunPlace:
-    """`run_dir`'s inverse: {root}/runs/{version}/{scale}/{run name}."""
-    parts = url.rstrip("/").rsplit("/", 4)
-    if len(parts) != 5 or parts[1] != "runs":
-        raise ConfigError(f"{url}: not a run folder ({{root}}/runs/{{version}}/{{scale}}/{{run name}})")
-    return RunPlace(parts[0], parts[2], parts[3], *parse_run_name(parts[4]))
 
 
 @dataclass
@@ -116,7 +69,7 @@ class TrainSpec:
                    seed: int = 0) -> "TrainSpec":
         # the seeds of a subset train on the same samples: one reshard, in the seed-0 folder
         return cls(run_dir(root, version, scale, baseline, seed),
-                   storage.join(root, "subsets", version, scale, f"{baseline}.npy"),
+                   SubsetsLayout(root, version, scale).subset(baseline),
                    storage.join(run_dir(root, version, scale, baseline), "shards"), scale, baseline, version,
                    dataset, seed)
 

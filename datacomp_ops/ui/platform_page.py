@@ -4,9 +4,10 @@ their counts per stage and removal reason, a ledger lookup, and the leaderboard.
 from __future__ import annotations
 
 import html
+import posixpath
 
 from ..core import storage, versions
-from ..core.layout import dataset_root, is_name
+from ..core.layout import dataset_root, datasets_dir, is_name
 from ..evaluation import leaderboard
 from .pool_report import lookup, pool_versions
 
@@ -70,7 +71,7 @@ def _lookup_html(root: str, query: str) -> str:
 
 
 def render(root: str, query: str = "") -> str:
-    datasets = [name for name in (p.rstrip("/").rsplit("/", 1)[-1] for p in storage.ls(storage.join(root, "datasets"), "*"))
+    datasets = [name for name in (posixpath.basename(p.rstrip("/")) for p in storage.ls(datasets_dir(root), "*"))
                 if is_name(name)]
     pools = _versions_table(root, "CommonPool") + "".join(
         _versions_table(dataset_root(root, d), f"Imported dataset {d}") for d in sorted(datasets))

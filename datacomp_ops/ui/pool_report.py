@@ -17,6 +17,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..core import ledger, storage, versions
+from ..core.layout import crawl_of_url_part, parse_subset, subsets_dir
 from ..core.schema import uid_strings_to_array
 
 UID = re.compile(r"^[0-9a-f]{32}$")
@@ -60,8 +61,7 @@ def _origin(source: str, uid: str) -> dict:
     if not rows:
         return {}
     row = rows[0]
-    parts = source.split("/")
-    crawl = parts[parts.index("crawls") + 1] if "crawls" in parts else ""
+    crawl = crawl_of_url_part(source)
     return {"crawl": crawl, "wat_file": row.get("wat_path"), "page_url": row.get("page_url"),
             "caption": row.get("text"), "url_part": source}
 
@@ -69,12 +69,12 @@ def _origin(source: str, uid: str) -> dict:
 def _subsets_holding(root: str, uid: str) -> list[str]:
     key = uid_strings_to_array(pa.array([uid]))[0]
     found = []
-    for path in storage.ls(storage.join(root, "subsets"), "*/*/*.npy"):
+    for path in storage.ls(subsets_dir(root), "*/*/*.npy"):
         with storage.open_file(path) as f:
             subset = np.load(f)
         at = np.searchsorted(subset, key)
         if at < len(subset) and subset[at] == key:
-            found.append("/".join(path.split("/")[-3:])[: -len(".npy")])
+            found.append("/".join(parse_subset(path)))
     return found
 
 
