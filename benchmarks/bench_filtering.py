@@ -256,7 +256,7 @@ def check_resharded(out: str, subset: str) -> None:
 def bench_reshard(work: str, shards: int = 16, per_shard: int = 2000) -> None:
     import webdataset as wds
 
-    from datacomp_ops.training.reshard import reshard
+    from datacomp_ops.training.reshard import run_reshard
 
     rng = np.random.default_rng(1)
     src = os.path.join(work, "shards")
@@ -292,7 +292,7 @@ def bench_reshard(work: str, shards: int = 16, per_shard: int = 2000) -> None:
         copy_s = min(copy_s, time.perf_counter() - t0)
         os.sync()
         t0 = time.perf_counter()
-        reshard(subset, tars, out, shard_size=10_000, workers=os.cpu_count() or 1)
+        run_reshard(subset, tars, out, shard_size=10_000, workers=os.cpu_count() or 1)
         reshard_s = min(reshard_s, time.perf_counter() - t0)
         if attempt == 0:
             check_resharded(out, subset)

@@ -727,14 +727,14 @@ def make_training_data(plan: dict, shard: dict) -> dict:
 
     from datacomp_ops.core.schema import read_subset, uids_to_array, write_subset
     from datacomp_ops.training import train as training
-    from datacomp_ops.training.reshard import reshard
+    from datacomp_ops.training.reshard import run_reshard
 
     spec = training.TrainSpec.for_subset(os.path.join(plan["work"], "train_root"), "v0001", plan["sizes"]["scale"],
                                          "bench")
     os.makedirs(os.path.dirname(spec.subset), exist_ok=True)
     uids = pq.read_table(shard["tar"][:-4] + ".parquet", columns=["uid"])["uid"].to_pylist()
     write_subset(spec.subset, uids_to_array(sorted(uids)))
-    stats = reshard(spec.subset, [shard["tar"]], spec.shards_dir, shard_size=1000, workers=1)
+    stats = run_reshard(spec.subset, [shard["tar"]], spec.shards_dir, shard_size=1000, workers=1)
     assert len(read_subset(spec.subset)) == stats["samples"]
     return asdict(spec)
 

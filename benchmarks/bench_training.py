@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 from datacomp_ops.core.config import load_config
 from datacomp_ops.core.schema import uids_to_array, write_subset
 from datacomp_ops.training import train as training
-from datacomp_ops.training.reshard import reshard
+from datacomp_ops.training.reshard import run_reshard
 
 
 def make_subset(work: str, n: int, image_size: int, scale: str) -> training.TrainSpec:
@@ -54,7 +54,7 @@ def make_subset(work: str, n: int, image_size: int, scale: str) -> training.Trai
     spec = training.TrainSpec.for_subset(os.path.join(work, "root"), "v0001", scale, "bench")
     os.makedirs(os.path.dirname(spec.subset), exist_ok=True)
     write_subset(spec.subset, uids_to_array(sorted(r["uid"] for r in rows)))
-    reshard(spec.subset, [os.path.join(pool, "00000000.tar")], spec.shards_dir, shard_size=1000, workers=1)
+    run_reshard(spec.subset, [os.path.join(pool, "00000000.tar")], spec.shards_dir, shard_size=1000, workers=1)
     return spec
 
 

@@ -18,8 +18,9 @@ import datetime
 from airflow.sdk import Param, dag, task
 
 from datacomp_assets import SCALES, TRAINED, event_extras
+from datacomp_ops.stages import STAGES
 from form_fields import optional
-from pool_tasks import GPU, MODEL_CHAIN
+from pool_tasks import MODEL_CHAIN
 
 
 @dag(
@@ -50,7 +51,7 @@ def evaluate_clip():
 
         return plan_evaluation(dict(params or {}), event_extras(triggering_asset_events))
 
-    @task(retries=1, map_index_template="{{ job_name }}", **GPU)
+    @task(retries=1, map_index_template="{{ job_name }}", **STAGES["evaluate"].resources.airflow())
     def evaluate(job: dict) -> dict:
         from airflow.sdk import get_current_context
 

@@ -12,10 +12,8 @@ import os
 from airflow.sdk import task
 
 from datacomp_assets import POOL_ASSETS
+from datacomp_ops.stages import STAGES
 
-# GPU stages: Airflow pool `gpu` (its slots bound the GPU tasks at once) and the
-# Celery queue that GPU workers listen on; LocalExecutor ignores queues.
-GPU = {"pool": "gpu", "queue": os.environ.get("DATACOMP_GPU_QUEUE", "gpu")}
 # Training and evaluation go first when tasks wait for a worker slot: the model chain is a pipeline's
 # critical path, and the other scales' filtering is not (in the demo, training queued ~20 s behind
 # small's filtering tasks). Weights add up downstream, so a run's first task leads.
@@ -34,7 +32,7 @@ def pool_lease(spec: dict, run_id: str, release: bool = False):
     return holding(spec["config"]["storage_root"], spec["pool_version"], run_id, for_run=True, release=release)
 
 
-@task(**GPU)
+@task(**STAGES["prepare_models"].resources.airflow())
 def prepare_models(spec: dict) -> dict:
     from datacomp_ops.pool.build import BuildSpec
     from datacomp_ops.pool.prepare_models import run_prepare_models
@@ -49,7 +47,7 @@ def plan_metadata(spec: dict) -> list[list[int]]:
     return plan_metadata(BuildSpec(**spec))
 
 
-@task(retries=2, **GPU)
+@task(retries=2, **STAGES["metadata"].resources.airflow())
 def metadata(shards: list[int], spec: dict, run_id=None) -> dict:
     from datacomp_ops.pool.build import BuildSpec
     from datacomp_ops.pool.metadata import run_metadata

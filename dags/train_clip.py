@@ -21,8 +21,9 @@ import datetime
 from airflow.sdk import Param, dag, task
 
 from datacomp_assets import SCALES, SUBSETS, TRAINED, event_extras
+from datacomp_ops.stages import STAGES
 from form_fields import item_limits, optional
-from pool_tasks import GPU, MODEL_CHAIN
+from pool_tasks import MODEL_CHAIN
 
 
 @dag(
@@ -67,7 +68,7 @@ def train_clip():
         return job
 
     @task(retries=2, retry_delay=datetime.timedelta(seconds=30), outlets=[TRAINED],
-          map_index_template="{{ job_name }}", **GPU)
+          map_index_template="{{ job_name }}", **STAGES["train"].resources.airflow())
     def train(job: dict, outlet_events=None) -> dict:
         from airflow.sdk import get_current_context
 

@@ -307,7 +307,7 @@ def cmd_reshard(args) -> None:
     from .core import storage, versions
     from .core.config import get_scale
     from .core.layout import PoolLayout
-    from .training.reshard import reshard
+    from .training.reshard import run_reshard
     from .training.train import TrainSpec
 
     config = _config(args)
@@ -327,7 +327,7 @@ def cmd_reshard(args) -> None:
         subset, shards, out = spec.subset, manifest["shards"], args.out or spec.shards_dir
     # a baseline's shards are where its training reads them: in its scale's shard size, as training writes them
     size = args.shard_size or (10_000 if args.subset else get_scale(args.scale).shard_size)
-    stats = reshard(subset, shards, out, size, args.workers)
+    stats = run_reshard(subset, shards, out, size, args.workers)
     print(json.dumps(stats.to_dict(), indent=2))
     print(f"shards in {out} (meta.json: {storage.join(out, 'meta.json')})")
 

@@ -12,7 +12,7 @@ import pytest
 
 from datacomp_ops.core.schema import uids_to_array, write_subset
 from datacomp_ops.filtering.pool import PoolError
-from datacomp_ops.training.reshard import plan_reshard, reshard, run_reshard_task
+from datacomp_ops.training.reshard import plan_reshard, run_reshard, run_reshard_task
 
 
 def make_shards(folder, n_shards=3, per_shard=7, failed_every=5):
@@ -49,7 +49,7 @@ def test_reshard_keeps_exactly_the_subset_in_dense_shards(tmp_path):
     subset = tmp_path / "subset.npy"
     write_subset(str(subset), uids_to_array(chosen + ["f" * 32]))  # one uid is in no shard
     out = tmp_path / "out"
-    stats = reshard(str(subset), tars, str(out), shard_size=4, workers=2)
+    stats = run_reshard(str(subset), tars, str(out), shard_size=4, workers=2)
     meta = json.loads((out / "meta.json").read_text())
     assert meta["output_count"] == len(chosen) and meta["missing_from_shards"] == 1
     n = meta["output_shard_count"]
@@ -66,7 +66,7 @@ def test_reshard_keeps_exactly_the_subset_in_dense_shards(tmp_path):
     assert stats["samples"] == len(chosen)
     # committed: a rerun does nothing
     mtime = (out / "00000000.tar").stat().st_mtime_ns
-    reshard(str(subset), tars, str(out), shard_size=4, workers=2)
+    run_reshard(str(subset), tars, str(out), shard_size=4, workers=2)
     assert (out / "00000000.tar").stat().st_mtime_ns == mtime
 
 
@@ -89,7 +89,7 @@ def test_reshard_names_a_shard_without_its_parquet(tmp_path):
     subset = tmp_path / "subset.npy"
     write_subset(str(subset), uids_to_array(sorted(samples)[:2]))
     with pytest.raises(PoolError, match="00000001.parquet: missing"):
-        reshard(str(subset), tars, str(tmp_path / "out"))
+        run_reshard(str(subset), tars, str(tmp_path / "out"))
 
 
 def _pool_of(tmp_path, write_member):
@@ -138,7 +138,7 @@ def test_reshard_copies_members_with_extended_headers(tmp_path, writer):
     chosen = sorted(samples)[1:]
     subset = tmp_path / "subset.npy"
     write_subset(str(subset), uids_to_array(chosen))
-    reshard(str(subset), tars, str(tmp_path / "out"), shard_size=10, workers=1)
+    run_reshard(str(subset), tars, str(tmp_path / "out"), shard_size=10, workers=1)
     with tarfile.open(tmp_path / "out" / "00000000.tar") as tar:
         names = tar.getnames()
     got = {json.loads(s["json"])["uid"]: s for s in wds.WebDataset(str(tmp_path / "out" / "00000000.tar"),
@@ -164,7 +164,7 @@ def test_reshard_refuses_a_global_pax_header(tmp_path):
     subset = tmp_path / "subset.npy"
     write_subset(str(subset), uids_to_array(sorted(samples)))
     with pytest.raises(PoolError, match=r"00000000.tar: tar member type b'g'"):
-        reshard(str(subset), tars, str(tmp_path / "out"))
+        run_reshard(str(subset), tars, str(tmp_path / "out"))
 
 
 def test_the_header_scan_finds_what_the_member_walk_finds(tmp_path):

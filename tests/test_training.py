@@ -21,7 +21,7 @@ from datacomp_ops.core import layout
 from datacomp_ops.core.config import ConfigError, PlatformConfig, load_config
 from datacomp_ops.core.schema import uids_to_array, write_subset
 from datacomp_ops.training import train as training
-from datacomp_ops.training.reshard import reshard
+from datacomp_ops.training.reshard import run_reshard
 
 
 def _config(tmp_path, **training_keys) -> PlatformConfig:
@@ -53,7 +53,7 @@ def make_run(tmp_path, n: int = 384, version: str = "v0001", baseline: str = "al
     spec = training.TrainSpec.for_subset(str(tmp_path / "root"), version, "tiny", baseline)
     os.makedirs(os.path.dirname(spec.subset), exist_ok=True)
     write_subset(spec.subset, uids_to_array(sorted(uids)))
-    reshard(spec.subset, [str(pool / "00000000.tar")], spec.shards_dir, shard_size=100, workers=1)
+    run_reshard(spec.subset, [str(pool / "00000000.tar")], spec.shards_dir, shard_size=100, workers=1)
     return spec
 
 

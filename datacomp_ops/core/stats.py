@@ -60,3 +60,45 @@ class StageStats:
         for part in parts:
             out = out.merge(part)
         return out
+
+
+class UndeclaredCounter(KeyError):
+    """A stage counted, or a reader asked for, a counter the stage does not declare: a renamed counter
+    would otherwise read as zero."""
+
+    def __str__(self) -> str:  # KeyError quotes its message
+        return str(self.args[0])
+
+
+@dataclass(frozen=True)
+class Counters:
+    """The counters a stage declares (the stage registry lists them): exact names, and prefixes of the
+    counters that carry a reason (``skipped:bad_json``). Readers go through `get`, which refuses a name
+    the stage does not declare; `check` refuses stats holding one."""
+
+    stage: str
+    names: frozenset[str]
+    prefixes: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, stage: str, names: Iterable[str], prefixes: Iterable[str] = ()) -> "Counters":
+        return cls(stage, frozenset(names), tuple(prefixes))
+
+    def declares(self, key: str) -> bool:
+        return key in self.names or any(key.startswith(p) for p in self.prefixes)
+
+    def _refuse(self, keys: Iterable[str], what: str) -> None:
+        bad = sorted(k for k in keys if not self.declares(k))
+        if bad:
+            raise UndeclaredCounter(f"stage {self.stage} {what} {', '.join(bad)}, which it does not declare "
+                                    f"(declared: {', '.join(sorted(self.names) + [p + '*' for p in self.prefixes])})")
+
+    def get(self, counters: Mapping[str, int] | StageStats, key: str) -> int:
+        self._refuse([key], "has no counter")
+        found = counters.counters if isinstance(counters, StageStats) else counters
+        return int(found.get(key, 0))
+
+    def check(self, counters: Mapping[str, int] | StageStats) -> Mapping[str, int]:
+        found = counters.counters if isinstance(counters, StageStats) else counters
+        self._refuse(found, "counted")
+        return found

@@ -33,7 +33,7 @@ from ..core import storage
 from ..core.config import PlatformConfig
 from ..core.layout import CrawlLayout, crawls_dir
 from ..core.schema import URLS_SCHEMA
-from ..core.stats import StageStats
+from ..core.stats import Counters, StageStats
 from .source_files import PROCESSED, FileRead, new_rows, not_read_whole, plan_reads, read_manifest, write_manifest
 from .wat import LinkRules, WatReadError, file_status, parse_wat_file, read_wat_listing
 
@@ -43,6 +43,14 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 STAGE = "extract_urls"
+# What the extraction counts: the WAT records and links it read (crawl/wat.py), the files it took, and
+# the pairs it wrote; an import's scan (pool/byod.py) counts the same of its source files.
+COUNTERS = Counters.of(STAGE, (
+    "records", "records_with_html", "records_without_html", "image_links", "pairs", "truncated_at_end",
+    "wat_files_already_processed", "wat_files_changed_read_again", "wat_files_given_up_before",
+    "wat_files_left_for_later", "wat_files_processed", "wat_files_given_up",
+    "files_already_imported", "files_changed_read_again", "files_processed", "unreadable_files", "truncated_files",
+    "urls_written", "duplicates_in_batch", "already_known"), prefixes=("skipped:", "wat_files_pending:"))
 _COLUMNS = URLS_SCHEMA.names
 
 

@@ -40,12 +40,16 @@ from ..core.address_guard import ALLOWED_ENV, BLOCKED_STATUSES, PROXY_ENV
 from ..core.config import PlatformConfig
 from ..core.layout import PoolLayout, partition_name, pools_dir
 from ..core.schema import scale_key
-from ..core.stats import StageStats
+from ..core.stats import Counters, StageStats
 
 log = logging.getLogger(__name__)
 
 STAGE = "download"
 SHARD_FILES = (".tar", ".parquet", "_stats.json")
+
+
+# what run_download counts: each URL's status, and the partition's totals
+COUNTERS = Counters.of(STAGE, ("urls", "attempted", "downloaded", ledger.DEFERRED, *ledger.DOWNLOAD_FAILURES))
 
 
 _HTTP_CODE = re.compile(r"^http error (\d{3})")

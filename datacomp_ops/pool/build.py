@@ -127,42 +127,59 @@ def _row(stage: str, n_in: int, kept: int | None, removed: dict, seconds: float,
 def stage_table(extraction: dict, download: StageStats, metadata: StageStats) -> list[dict]:
     """In, kept, removed by reason, seconds and throughput of every stage of one run.
 
+    Every counter is read through the stage's declared set (its module's COUNTERS, listed in the stage
+    registry): a counter renamed on one side fails here, naming it, instead of printing zeros.
     The metadata pass computes every model over every decoded sample in one go;
     its rows follow DataComp's order of removal (a sample counts against the
     first filter that removes it), and throughput is what each model scored
     per second of its own time.
     """
-    c, d, m, t = extraction["counters"], download.counters, metadata.counters, metadata.timings
-    pairs = c.get("pairs", 0)
+    from ..crawl.extract import COUNTERS as EXTRACT
+    from ..download.partition import COUNTERS as DOWNLOADED
+    from .metadata import COUNTERS as METADATA
+    from .metadata import STEPS
+
+    c = EXTRACT.check(extraction["counters"])
+    DOWNLOADED.check(download)
+    METADATA.check(metadata)
+
+    def x(key: str) -> int:
+        return EXTRACT.get(c, key)
+
+    def d(key: str) -> int:
+        return DOWNLOADED.get(download, key)
+
+    def m(key: str) -> int:
+        return METADATA.get(metadata, key)
+
+    t = metadata.timings
+    pairs = x("pairs")
     stage = extraction.get("stage", "extract_urls")
     skipped = ", ".join(f"{k.split(':', 1)[1]} {v}" for k, v in sorted(c.items()) if k.startswith("skipped:"))
-    note = "" if stage == "extract_urls" else f"{c.get('records', 0)} read" + (f"; skipped {skipped}" if skipped else "") \
-        + (f"; {c['files_already_imported']} files imported before" if c.get("files_already_imported") else "")
-    rows = [_row(stage, pairs, c.get("urls_written", 0),
-                 {"duplicates_in_batch": c.get("duplicates_in_batch", 0), "already_known": c.get("already_known", 0)},
+    note = "" if stage == "extract_urls" else f"{x('records')} read" + (f"; skipped {skipped}" if skipped else "") \
+        + (f"; {x('files_already_imported')} files imported before" if x("files_already_imported") else "")
+    rows = [_row(stage, pairs, x("urls_written"),
+                 {"duplicates_in_batch": x("duplicates_in_batch"), "already_known": x("already_known")},
                  extraction.get("seconds", 0.0), pairs, "pairs/s", note)]
-    failures = {k: v for k, v in d.items() if k not in ("downloaded", "urls", "attempted")}
-    rows.append(_row("download", d.get("urls", 0), d.get("downloaded", 0), failures, download.seconds,
-                     d.get("urls", 0), "URLs/s"))
-    n = m.get("in", 0)
-    for step, reasons, unit, note in (
-            ("decode", ("corrupt_image", "missing_from_shard"), "images/s",
-             "one decode per image, preprocessed for every model"),
-            ("nsfw_text", ("nsfw_text",), "captions/s", ""),
-            ("nsfw_image", ("nsfw_image",), "images/s",
-             f"{m['nsfw_image.no_skin']} without skin-toned pixels, scored 0 unseen" if m.get("nsfw_image.no_skin")
-             else ""),
-            ("eval_dedup", ("eval_duplicate",), "images/s", "")):
-        removed = {r: m.get(f"removed:{r}", 0) for r in reasons}
-        rows.append(_row(step, n, n - sum(removed.values()), removed, t.get(step, 0.0),
-                         m.get(f"{step}.processed", 0), unit, note))
+    failures = {k: v for k, v in download.counters.items() if k not in ("downloaded", "urls", "attempted")}
+    rows.append(_row("download", d("urls"), d("downloaded"), failures, download.seconds, d("urls"), "URLs/s"))
+    n = m("in")
+    removes = {"decode": ("corrupt_image", "missing_from_shard"), "nsfw_text": ("nsfw_text",),
+               "nsfw_image": ("nsfw_image",), "eval_dedup": ("eval_duplicate",)}
+    units = {"nsfw_text": "captions/s"}
+    notes = {"decode": "one decode per image, preprocessed for every model",
+             "nsfw_image": f"{m('nsfw_image.no_skin')} without skin-toned pixels, scored 0 unseen"
+                           if m("nsfw_image.no_skin") else "",
+             "faces": f"{m('faces.with_faces')} with faces, {m('faces.blurred')} blurred",
+             "clip_features": "B/32 and L/14, image and text towers"}
+    for step in STEPS:
+        removed = {r: m(f"removed:{r}") for r in removes.get(step, ())}
+        kept = None if step == "clip_features" else n - sum(removed.values())
+        n_in = m("clip_features.processed") if step == "clip_features" else n
+        rows.append(_row(step, n_in, kept, removed, t.get(step, 0.0), m(f"{step}.processed"),
+                         units.get(step, "images/s"), notes.get(step, "")))
         n -= sum(removed.values())
-    rows.append(_row("faces", n, n, {}, t.get("faces", 0.0), m.get("faces.processed", 0), "images/s",
-                     f"{m.get('faces.with_faces', 0)} with faces, {m.get('faces.blurred', 0)} blurred"))
-    rows.append(_row("clip_features", m.get("clip_features.processed", 0), None, {}, t.get("clip_features", 0.0),
-                     m.get("clip_features.processed", 0), "images/s", "B/32 and L/14, image and text towers"))
-    rows.append(_row("write", m.get("kept", 0), m.get("kept", 0), {}, t.get("write", 0.0), m.get("kept", 0),
-                     "samples/s"))
+    rows.append(_row("write", m("kept"), m("kept"), {}, t.get("write", 0.0), m("kept"), "samples/s"))
     return rows
 
 

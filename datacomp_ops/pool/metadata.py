@@ -44,7 +44,7 @@ from ..core.shard_io import (
     sample_json,
     write_tar,
 )
-from ..core.stats import StageStats
+from ..core.stats import Counters, StageStats
 from ..download.partition import STAGE as DOWNLOAD
 from .clip_features import ClipEncoder, similarity
 from .dedup import index_dir, load_descriptor, load_eval_index
@@ -56,6 +56,12 @@ from .nsfw_text import load_text_classifier
 log = logging.getLogger(__name__)
 
 STAGE = "metadata"
+# The pass's steps in DataComp's order of removal; each counts what it scored ({step}.processed).
+STEPS = ("decode", "nsfw_text", "nsfw_image", "eval_dedup", "faces", "clip_features")
+# What run_metadata counts: each sample's final status (kept, or removed:{reason}), the steps' work, faces.
+COUNTERS = Counters.of(STAGE, ("in", "shards", "kept", "decode.in", "nsfw_image.no_skin", "faces.with_faces",
+                               "faces.boxes", "faces.blurred", *(f"{step}.processed" for step in STEPS),
+                               *(f"removed:{reason}" for reason in ledger.METADATA_REMOVALS)))
 
 
 @dataclass

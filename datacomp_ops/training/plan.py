@@ -21,7 +21,7 @@ from typing import Any
 from ..core import storage, versions
 from ..core.config import ConfigError, config_from_dict, get_scale, load_config
 from ..core.layout import PoolLayout, SubsetsLayout, dataset_root, parse_dataset_root, run_name
-from .reshard import reshard
+from .reshard import run_reshard
 from .train import TrainSpec, run_training
 
 log = logging.getLogger(__name__)
@@ -124,7 +124,7 @@ def run_reshard_job(job: dict) -> dict:
         log.info("%s: trains on the shards its subset's first job writes, %s", job["name"], spec.shards_dir)
         return {}
     shards = storage.read_json(job["manifest"])["shards"]
-    stats = reshard(spec.subset, shards, spec.shards_dir, shard_size=get_scale(spec.scale).shard_size,
+    stats = run_reshard(spec.subset, shards, spec.shards_dir, shard_size=get_scale(spec.scale).shard_size,
                     workers=min(os.cpu_count() or 1, 8))
     return stats.to_dict()
 

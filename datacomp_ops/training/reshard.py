@@ -398,7 +398,7 @@ def finalize_reshard(plan: list[ReshardTask], subset_url: str, out: str, shards:
     return meta
 
 
-def reshard(subset_url: str, shards: list[str], out: str, shard_size: int = 10_000, workers: int = 0) -> StageStats:
+def run_reshard(subset_url: str, shards: list[str], out: str, shard_size: int = 10_000, workers: int = 0) -> StageStats:
     """Plan, run the tasks in parallel processes, finalize. A folder with meta.json is done already."""
     stats = StageStats(STAGE)
     if storage.exists(storage.join(out, "meta.json")):
