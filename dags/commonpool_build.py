@@ -49,16 +49,20 @@ CONFIG_PARAMS = {
     "max_wat_files": "extract.max_wat_files",
     "download_timeout": "download.timeout",
     "max_attempts": "download.max_attempts",
-    "threshold_nsfw_text": "thresholds.nsfw_text",
-    "threshold_nsfw_image": "thresholds.nsfw_image",
-    "threshold_eval_dedup": "thresholds.eval_dedup_similarity",
-    "threshold_face_detection": "thresholds.face_detection",
     "model_detoxify": "models.detoxify",
     "model_scrfd": "models.scrfd",
     "model_clip_b32": "models.clip_b32",
     "model_clip_l14": "models.clip_l14",
     "model_dedup_descriptor": "models.dedup_descriptor",
     "model_nsfw_image_mlp": "models.nsfw_image_mlp",
+}
+# Threshold fields -> the role whose running model's threshold they set: DataComp's model's key when its
+# path is given, the embedded default's own key otherwise (datacomp_ops.pool.models.THRESHOLD_KEYS).
+THRESHOLD_PARAMS = {
+    "threshold_nsfw_text": "nsfw_text",
+    "threshold_nsfw_image": "nsfw_image",
+    "threshold_eval_dedup": "dedup",
+    "threshold_face_detection": "faces",
 }
 _MODEL = "Local path; empty: the config's path, or the embedded default when the config has none."
 
@@ -96,18 +100,30 @@ _MODEL = "Local path; empty: the config's path, or the embedded default when the
                                  "transient failures. Empty: the config's "
                                  f"(default {config_default('download.max_attempts')}).", "Limits",
                                  **limits("download.max_attempts")),
-        "threshold_nsfw_text": optional("number", "Detoxify threshold", "Empty: the config's "
-                                        f"(DataComp's {config_default('thresholds.nsfw_text')}).", "Thresholds",
-                                        **limits("thresholds.nsfw_text")),
-        "threshold_nsfw_image": optional("number", "NSFW image threshold", "DataComp's NSFW MLP. Empty: the "
-                                         f"config's (default {config_default('thresholds.nsfw_image')}).",
-                                         "Thresholds", **limits("thresholds.nsfw_image")),
-        "threshold_eval_dedup": optional("number", "Eval dedup similarity", "ISC21 cosine similarity. Empty: the "
-                                         f"config's (DataComp's {config_default('thresholds.eval_dedup_similarity')}).",
-                                         "Thresholds", **limits("thresholds.eval_dedup_similarity")),
-        "threshold_face_detection": optional("number", "SCRFD score threshold", "Empty: the config's "
-                                             f"(DataComp's {config_default('thresholds.face_detection')}).",
-                                             "Thresholds", **limits("thresholds.face_detection")),
+        "threshold_nsfw_text": optional(
+            "number", "NSFW caption threshold", "Sets the threshold of the model that runs: Detoxify's "
+            "thresholds.nsfw_text with models.detoxify, else alt-profanity-check's "
+            "thresholds.nsfw_text_profanity_check. Empty: the config's (DataComp's Detoxify "
+            f"{config_default('thresholds.nsfw_text')}, alt-profanity-check "
+            f"{config_default('thresholds.nsfw_text_profanity_check')}).", "Thresholds",
+            **limits("thresholds.nsfw_text")),
+        "threshold_nsfw_image": optional(
+            "number", "NSFW image threshold", "Sets the threshold of the model that runs: DataComp's NSFW MLP's "
+            "thresholds.nsfw_image with models.nsfw_image_mlp, else nudenet's thresholds.nsfw_image_nudenet. "
+            f"Empty: the config's (DataComp's MLP {config_default('thresholds.nsfw_image')}, nudenet "
+            f"{config_default('thresholds.nsfw_image_nudenet')}).", "Thresholds", **limits("thresholds.nsfw_image")),
+        "threshold_eval_dedup": optional(
+            "number", "Eval dedup similarity", "Cosine similarity of the descriptor that runs: ISC21's "
+            "thresholds.eval_dedup_similarity with models.dedup_descriptor, else the thumbnail descriptor's "
+            "thresholds.eval_dedup_similarity_thumbnail. Empty: the config's (DataComp's ISC21 "
+            f"{config_default('thresholds.eval_dedup_similarity')}, thumbnail "
+            f"{config_default('thresholds.eval_dedup_similarity_thumbnail')}).", "Thresholds",
+            **limits("thresholds.eval_dedup_similarity")),
+        "threshold_face_detection": optional(
+            "number", "SCRFD score threshold", "thresholds.face_detection, with models.scrfd (OpenCV's cascade, "
+            "the embedded default, takes none: a value without models.scrfd is refused). Empty: the config's "
+            f"(DataComp's {config_default('thresholds.face_detection')}).", "Thresholds",
+            **limits("thresholds.face_detection")),
         "model_detoxify": optional("string", "Detoxify checkpoint", _MODEL, "Models"),
         "model_scrfd": optional("string", "SCRFD onnx", _MODEL, "Models"),
         "model_clip_b32": optional("string", "CLIP ViT-B/32", _MODEL, "Models"),
@@ -121,10 +137,12 @@ _MODEL = "Local path; empty: the config's path, or the embedded default when the
 def commonpool_build():
     @task
     def prepare(params=None, run_id=None, dag_run=None) -> dict:
-        from datacomp_ops.pool.build import make_spec
+        from datacomp_ops.pool.build import form_overrides, make_spec
 
-        overrides = {key: params[name] for name, key in CONFIG_PARAMS.items() if params.get(name) is not None}
-        overrides |= params.get("config_overrides") or {}
+        fields = {name: (key, params[name]) for name, key in CONFIG_PARAMS.items() if params.get(name) is not None}
+        thresholds = {name: (role, params[name]) for name, role in THRESHOLD_PARAMS.items()
+                      if params.get(name) is not None}
+        overrides = form_overrides(fields, thresholds, params.get("config_overrides"))
         when = dag_run.logical_date or dag_run.run_after
         spec = make_spec(run_id, params.get("crawl_id"), params.get("pool_version"), params.get("wat_inputs"),
                          overrides, logical_date=when).to_dict()

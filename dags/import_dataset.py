@@ -62,9 +62,10 @@ from pool_tasks import DOWNLOAD_RETRIES, DOWNLOAD_RETRY_DELAY, finish_pool_build
 def import_dataset():
     @task
     def prepare(params=None, run_id=None) -> dict:
+        from datacomp_ops.pool.build import form_overrides
         from datacomp_ops.pool.byod import make_import_spec
 
-        overrides = {"scale": params["scale"]} | (params.get("config_overrides") or {})
+        overrides = form_overrides({"scale": ("scale", params["scale"])}, {}, params.get("config_overrides"))
         spec = make_import_spec(run_id, params.get("name") or "", params.get("sources") or [], params["kind"],
                                 params.get("url_column") or "", params.get("caption_column") or "",
                                 params.get("pool_version") or "", overrides).to_dict()

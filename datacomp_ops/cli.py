@@ -136,6 +136,10 @@ def cmd_extract(args) -> None:
 def _config_overrides(args) -> dict[str, Any]:
     overrides = _overrides(args.set)
     if args.storage_root:
+        if "storage_root" in overrides:
+            from .core.config import ConfigError
+
+            raise ConfigError("--set storage_root and --storage-root both name the storage root: keep one")
         overrides["storage_root"] = args.storage_root
     return overrides
 

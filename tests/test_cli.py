@@ -106,7 +106,7 @@ def test_the_config_file_reaches_the_build_and_import_specs(tmp_path, monkeypatc
 
     path = tmp_path / "mine.yaml"
     path.write_text("download:\n  timeout: 7\n  allowed_private_addresses: [127.0.0.1:9999]\n"
-                    "thresholds:\n  nsfw_text: 0.25\n")
+                    "thresholds:\n  nsfw_text_profanity_check: 0.25\n")
     specs = []
 
     def capture(real):
@@ -127,7 +127,7 @@ def test_the_config_file_reaches_the_build_and_import_specs(tmp_path, monkeypatc
     for spec in specs:
         assert spec.config["download"]["timeout"] == 7.0
         assert spec.config["download"]["allowed_private_addresses"] == ["127.0.0.1:9999"]
-        assert spec.config["thresholds"]["nsfw_text"] == 0.25
+        assert spec.config["thresholds"]["nsfw_text_profanity_check"] == 0.25
     assert len(specs) == 2
 
 

@@ -286,3 +286,46 @@ def test_good_names_pass():
     for name in ("CC-MAIN-2024-33", "CC-SYNTH-2026-47", "v0001", "laion-like", "my_set.v2", "x" * 128):
         assert check_name("crawl id", name) == name
     assert CrawlLayout("/r", "CC-MAIN-2024-33").base == "/r/crawls/CC-MAIN-2024-33"
+
+
+def test_a_threshold_of_a_model_that_will_not_run_is_refused_naming_the_key_and_the_model(tmp_path):
+    """On the embedded default alt-profanity-check, nudenet, the thumbnail descriptor and OpenCV's cascade
+    run: DataComp's thresholds for Detoxify, the NSFW MLP, ISC21 and SCRFD would be accepted and ignored."""
+    from datacomp_ops.pool.models import check_thresholds_apply
+
+    check_thresholds_apply(load_config(overrides={"thresholds.nsfw_text_profanity_check": 0.3}))
+    check_thresholds_apply(load_config(overrides={"thresholds.nsfw_text": 0.1}))  # the default: nothing set
+    for key, runs, fix in (
+            ("thresholds.nsfw_text", "alt-profanity-check", "set thresholds.nsfw_text_profanity_check"),
+            ("thresholds.nsfw_image", "nudenet", "set thresholds.nsfw_image_nudenet"),
+            ("thresholds.eval_dedup_similarity", "thumbnail-16px-rgb", "set thresholds.eval_dedup_similarity_thumbnail"),
+            ("thresholds.face_detection", "opencv haarcascade", "it takes no threshold, or give models.scrfd")):
+        with pytest.raises(ConfigError, match=rf"{key} = 0.42 .* runs {runs}.*{fix}"):
+            check_thresholds_apply(load_config(overrides={key: 0.42}))
+    # with DataComp's model given, its threshold applies and the embedded model's does not
+    ckpt, hf = tmp_path / "detoxify.ckpt", tmp_path / "xlmr"
+    ckpt.write_bytes(b"")
+    hf.mkdir()
+    with_detoxify = {"models.detoxify": str(ckpt), "models.detoxify_hf_dir": str(hf)}
+    check_thresholds_apply(load_config(overrides=with_detoxify | {"thresholds.nsfw_text": 0.42}))
+    with pytest.raises(ConfigError, match="thresholds.nsfw_text_profanity_check = 0.42 .* runs detoxify"):
+        check_thresholds_apply(load_config(overrides=with_detoxify | {"thresholds.nsfw_text_profanity_check": 0.42}))
+
+
+def test_a_build_forms_fields_set_the_running_models_threshold_and_never_race_config_overrides(tmp_path):
+    from datacomp_ops.pool.build import form_overrides
+
+    fields = {"download_timeout": ("download.timeout", 7.0)}
+    thresholds = {"threshold_nsfw_text": ("nsfw_text", 0.2), "threshold_eval_dedup": ("dedup", 0.9)}
+    # the embedded default: the threshold fields set the embedded models' keys
+    assert form_overrides(fields, thresholds, {"download.retries": 1}) == {
+        "download.timeout": 7.0, "thresholds.nsfw_text_profanity_check": 0.2,
+        "thresholds.eval_dedup_similarity_thumbnail": 0.9, "download.retries": 1}
+    with pytest.raises(ConfigError, match=r"config_overrides sets download.timeout \(the form field "
+                                          r"download_timeout sets it too\): keep one"):
+        form_overrides(fields, {}, {"download.timeout": 9})
+    with pytest.raises(ConfigError, match="threshold_nsfw_text sets it too"):
+        form_overrides({}, thresholds, {"thresholds.nsfw_text_profanity_check": 0.3})
+    with pytest.raises(ConfigError, match="form field threshold_face_detection: faces runs opencv .* takes no "
+                                          "threshold: give models.scrfd"):
+        form_overrides({}, {"threshold_face_detection": ("faces", 0.5)}, {})

@@ -320,10 +320,14 @@ def test_the_build_forms_help_names_the_configs_defaults(dagbag):
 
     config = config_from_dict({})
     params = dagbag.dags["commonpool_build"].params
-    expected = {"download_timeout": config.download.timeout, "max_attempts": config.download.max_attempts,
-                "threshold_nsfw_text": config.thresholds.nsfw_text, "threshold_nsfw_image": config.thresholds.nsfw_image,
-                "threshold_eval_dedup": config.thresholds.eval_dedup_similarity,
-                "threshold_face_detection": config.thresholds.face_detection}
-    for name, value in expected.items():
+    t = config.thresholds
+    # each threshold field names the default of every model that may run its role
+    expected = {"download_timeout": [config.download.timeout], "max_attempts": [config.download.max_attempts],
+                "threshold_nsfw_text": [t.nsfw_text, t.nsfw_text_profanity_check],
+                "threshold_nsfw_image": [t.nsfw_image, t.nsfw_image_nudenet],
+                "threshold_eval_dedup": [t.eval_dedup_similarity, t.eval_dedup_similarity_thumbnail],
+                "threshold_face_detection": [t.face_detection]}
+    for name, values in expected.items():
         description = params.get_param(name).description
-        assert description.endswith(f" {value:g}).") and "Empty: the config's (" in description, (name, description)
+        assert description.endswith(f" {values[-1]:g}).") and "Empty: the config's (" in description, (name, description)
+        assert all(f" {v:g}" in description.split("Empty: the config's (")[1] for v in values), (name, description)

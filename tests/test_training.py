@@ -270,10 +270,13 @@ def _published(tmp_path, baselines: list[str]) -> dict:
     return {"storage_root": str(root)}
 
 
-def test_each_subset_is_planned_once_per_seed(tmp_path):
+def test_each_subset_is_planned_once_per_seed(tmp_path, monkeypatch):
     from datacomp_ops.training.plan import plan_training, run_reshard_job
 
-    overrides = _published(tmp_path, ["basic_filter", "no_filter"]) | {"training.seeds": [0, 1]}
+    overrides = _published(tmp_path, ["basic_filter", "no_filter"])
+    config_file = tmp_path / "seeds.yaml"
+    config_file.write_text("training:\n  seeds: [0, 1]\n")
+    monkeypatch.setenv("DATACOMP_CONFIG", str(config_file))  # the config's seeds
     params = {"pool_version": "v0001", "scale": "tiny", "config_overrides": overrides}
     jobs = plan_training(params, [])
     assert [j["name"] for j in jobs] == ["v0001/tiny/basic_filter", "v0001/tiny/basic_filter+seed1",
@@ -294,6 +297,9 @@ def test_each_subset_is_planned_once_per_seed(tmp_path):
     assert [j["spec"]["seed"] for j in plan_training(params | {"seeds": []}, [])] == [0, 1, 0, 1]
     with pytest.raises(ConfigError, match=r"^training.seeds: 1 is in \[1, 1\] twice"):
         plan_training(params | {"seeds": [1, 1]}, [])
+    # the form's seeds and config_overrides' training.seeds together: neither silently wins
+    with pytest.raises(ConfigError, match="config_overrides sets training.seeds .*: keep one"):
+        plan_training(params | {"seeds": [3], "config_overrides": overrides | {"training.seeds": [0]}}, [])
     # Asset events: the same jobs per subset; the untrained subsets written beside the events' are
     # trained too (Airflow hands a deferred run only the events up to its trigger), committed runs are not
     manifest = str(tmp_path / "root" / "pool" / "v0001" / "manifest.json")

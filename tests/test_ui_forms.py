@@ -276,16 +276,22 @@ def _typed(param, text: str):
 def _check_build_spec(api: "Api", run_id: str, want: dict) -> None:
     """The edited values are what the run built with: its crawl and the config of its spec."""
     _dag_params("commonpool_build")  # puts dags/ on sys.path, as Airflow does
-    from commonpool_build import CONFIG_PARAMS
+    from commonpool_build import CONFIG_PARAMS, THRESHOLD_PARAMS
+
+    from datacomp_ops.core.config import config_from_dict
+    from datacomp_ops.pool.models import running_threshold_key
 
     spec = api(f"/dags/commonpool_build/dagRuns/{run_id}/taskInstances/prepare/xcomEntries/return_value")["value"]
     for field, value in want.items():
         if field == "crawl_id":
             assert spec["crawl_id"] == value
             continue
-        section, _, key = CONFIG_PARAMS[field].rpartition(".")
+        # a threshold field sets the threshold of the model that runs its role
+        dotted = CONFIG_PARAMS.get(field) or running_threshold_key(config_from_dict(spec["config"]),
+                                                                   THRESHOLD_PARAMS[field])
+        section, _, key = dotted.rpartition(".")
         got = spec["config"][section][key] if section else spec["config"][key]
-        assert got == value, f"{field} -> {CONFIG_PARAMS[field]}: {got!r} in the run's config, typed {value!r}"
+        assert got == value, f"{field} -> {dotted}: {got!r} in the run's config, typed {value!r}"
 
 
 @contextlib.contextmanager

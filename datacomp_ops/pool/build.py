@@ -76,6 +76,9 @@ def make_spec(run_key: str, crawl_id: str | None = None, pool_version: str | Non
     pool versions follow layout.NAME_PATTERN.
     """
     config = load_config(config_path, overrides)
+    from .models import check_thresholds_apply
+
+    check_thresholds_apply(config)  # a threshold of a model that will not run is refused, not ignored
     if crawl_id:
         check_name("crawl id", crawl_id)
     if pool_version:
@@ -101,6 +104,34 @@ def make_spec(run_key: str, crawl_id: str | None = None, pool_version: str | Non
         report=CrawlLayout(config.storage_root, crawl_id).report(f"{safe_key}.json"),
         config=config.to_dict(),
     )
+
+
+def form_overrides(fields: Mapping[str, tuple[str, Any]], thresholds: Mapping[str, tuple[str, float]],
+                   config_overrides: Mapping[str, Any] | None, config_path: str | None = None) -> dict[str, Any]:
+    """A build form's config overrides: `fields` (form field -> (config key, value)), `thresholds` (form field
+    -> (role, value)) as the threshold key of the model that runs each role, and the form's
+    config_overrides. A key that a field and config_overrides both set is an error naming both: neither
+    may silently win."""
+    from .models import running_threshold_key
+
+    extra = dict(config_overrides or {})
+    out: dict[str, Any] = {}
+    owner: dict[str, str] = {}
+    for name, (key, value) in fields.items():
+        out[key], owner[key] = value, name
+    if thresholds:
+        config = load_config(config_path, out | extra)  # the models the run will have
+        for name, (role, value) in thresholds.items():
+            try:
+                key = running_threshold_key(config, role)
+            except ConfigError as exc:
+                raise ConfigError(f"form field {name}: {exc}") from None
+            out[key], owner[key] = value, name
+    both = sorted(k for k in extra if k in owner)
+    if both:
+        raise ConfigError("config_overrides sets " + ", ".join(f"{k} (the form field {owner[k]} sets it too)"
+                                                               for k in both) + ": keep one")
+    return out | extra
 
 
 def plan_download(spec: BuildSpec) -> list[dict]:
@@ -196,6 +227,14 @@ def _transient_left(accounts: dict, max_attempts: int) -> tuple[int, int]:
     return again, gave_up
 
 
+def _thresholds(config: PlatformConfig) -> dict[str, dict]:
+    """Each role's threshold as this run's models used it: the key it came from and its value."""
+    from .models import choose_models, threshold_key
+
+    return {role: {"key": threshold_key(c), "value": c.threshold}
+            for role, c in choose_models(config).items() if threshold_key(c)}
+
+
 def summarize(spec: BuildSpec, seconds: float | None = None) -> dict:
     """What this run added, what the pool version holds, and the ledger's accounts over every run.
 
@@ -257,6 +296,7 @@ def summarize(spec: BuildSpec, seconds: float | None = None) -> dict:
         "final_statuses": own_counts,
         "stages": stage_table(report["stats"], download, metadata),
         "models": (manifest.get("models") or [{}])[-1],
+        "thresholds": _thresholds(config),
         "pool": {"version": manifest.get("pool_version"), "samples": manifest.get("samples"),
                  "crawls": manifest.get("crawls", []),
                  "scales": {k: v["samples"] for k, v in manifest.get("scales", {}).items()},
@@ -334,7 +374,9 @@ def format_summary(summary: dict) -> str:
             lines.append(f"    not built (URLs deferred by a smaller scale's build): {', '.join(pool['scales_not_built'])}")
     if summary.get("models"):
         lines.append("  models:")
-        lines += [f"    {role:<20}{name}" for role, name in summary["models"].items()]
+        used = summary.get("thresholds", {})
+        lines += [f"    {role:<20}{name}" + (f"  (threshold {used[role]['value']:g}, {used[role]['key']})"
+                                             if role in used else "") for role, name in summary["models"].items()]
     if "seconds" in summary:
         lines.append(f"  seconds: {summary['seconds']}")
     return "\n".join(lines)

@@ -94,6 +94,9 @@ def make_import_spec(run_key: str, name: str, sources: list[str], kind: str = "a
     from ..embedded.clip_models import stand_ins_dir
 
     base = load_config(config_path, overrides)
+    from .models import check_thresholds_apply
+
+    check_thresholds_apply(base)  # a threshold of a model that will not run is refused, not ignored
     sources = [s for s in (sources or []) if s and s.strip()]
     example = SyntheticWorld(base.crawl_source).example_dataset
     if not sources and not base.crawl.source and storage.exists(example):

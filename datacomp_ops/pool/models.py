@@ -21,6 +21,24 @@ ROLES = ("nsfw_text", "nsfw_image", "faces", "dedup", "clip_b32", "clip_l14")
 # shapes (synthetic/clip_models.py). Their names say what they stand in for.
 EMBEDDED_CLIP = {"clip_b32": "embedded-clip-b32", "clip_l14": "embedded-clip-l14"}
 L14_WIDTH = 768  # ViT-L/14's embedding size, the input of DataComp's NSFW MLP
+# Each threshold key belongs to one model (config.Thresholds): the kind of model that reads it.
+THRESHOLD_KEYS = {
+    "detoxify": ("thresholds.nsfw_text",),
+    "profanity_check": ("thresholds.nsfw_text_profanity_check",),
+    "mlp": ("thresholds.nsfw_image",),
+    "nudenet": ("thresholds.nsfw_image_nudenet", "thresholds.nsfw_image_nudenet_min_skin"),
+    "scrfd": ("thresholds.face_detection",),
+    "isc": ("thresholds.eval_dedup_similarity",),
+    "thumbnail": ("thresholds.eval_dedup_similarity_thumbnail",),
+}
+KIND_NAMES = {"detoxify": "Detoxify's", "profanity_check": "alt-profanity-check's", "mlp": "DataComp's NSFW MLP's",
+              "nudenet": "nudenet's", "scrfd": "SCRFD's", "isc": "the ISC21 descriptor's",
+              "thumbnail": "the thumbnail descriptor's"}
+THRESHOLD_ROLE = {"detoxify": "nsfw_text", "profanity_check": "nsfw_text", "mlp": "nsfw_image",
+                  "nudenet": "nsfw_image", "scrfd": "faces", "isc": "dedup", "thumbnail": "dedup"}
+# what selects the model that reads a threshold, for the error that names it
+SELECTED_BY = {"detoxify": "models.detoxify", "mlp": "models.nsfw_image_mlp", "scrfd": "models.scrfd",
+               "isc": "models.dedup_descriptor"}
 
 
 @dataclass(frozen=True)
@@ -112,6 +130,45 @@ def _embedded_clip(config: PlatformConfig, role: str) -> ModelChoice:
     stands_for = {"clip_b32": "ViT-B/32", "clip_l14": "ViT-L/14"}[role]
     return ModelChoice(role, "open_clip", f"{name} (fixture trained on synthetic shapes, stands in for {stands_for})",
                        os.path.join(stand_ins_dir(config), name), arch=name, embedded=True)
+
+
+def threshold_key(choice: ModelChoice) -> str:
+    """The config key of the threshold `choice` runs with ("" for a model without one)."""
+    return THRESHOLD_KEYS.get(choice.kind, ("",))[0]
+
+
+def running_threshold_key(config: PlatformConfig, role: str) -> str:
+    """The threshold key of the model that fills `role` on this config: what a form's per-role threshold
+    field sets. A role whose model takes no threshold is an error naming the model."""
+    choice = choose_models(config)[role]
+    key = threshold_key(choice)
+    if not key:
+        select = next((SELECTED_BY[k] for k, r in THRESHOLD_ROLE.items() if r == role and k in SELECTED_BY), "")
+        raise ConfigError(f"{role} runs {choice.name} on this config, which takes no threshold"
+                          + (f": give {select} to run the model that does" if select else ""))
+    return key
+
+
+def check_thresholds_apply(config: PlatformConfig) -> dict[str, ModelChoice]:
+    """The models of the run, after checking that every threshold set away from its default belongs to a
+    model that will run: one that does not would be accepted and ignored. The error names the key, the
+    model it belongs to, and the model of that role that runs with its own key."""
+    from ..core.config import default
+
+    choices = choose_models(config)
+    running = {key for c in choices.values() for key in THRESHOLD_KEYS.get(c.kind, ())}
+    for kind, keys in THRESHOLD_KEYS.items():
+        for key in keys:
+            value = getattr(config.thresholds, key.split(".", 1)[1])
+            if key in running or value == default(key):
+                continue
+            role = THRESHOLD_ROLE[kind]
+            ran = choices[role]
+            fix = f"set {threshold_key(ran)} for it" if threshold_key(ran) else "it takes no threshold"
+            select = f", or give {SELECTED_BY[kind]} to run the model the key is for" if kind in SELECTED_BY else ""
+            raise ConfigError(f"{key} = {value} is {KIND_NAMES[kind]} threshold, but {role} runs {ran.name} on this "
+                              f"config: {fix}{select}")
+    return choices
 
 
 def resolve_device(requested: str) -> str:

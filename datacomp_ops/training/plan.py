@@ -72,6 +72,8 @@ def _announced_meanwhile(manifest_url: str, scale: str, labels: set[str]) -> set
 def plan_training(params: dict[str, Any], events: list[dict]) -> list[dict]:
     overrides = dict(params.get("config_overrides") or {})
     if params.get("seeds"):  # the form's seeds are the config's, checked as the config checks them
+        if "training.seeds" in overrides:
+            raise ConfigError("config_overrides sets training.seeds (the form field seeds sets it too): keep one")
         overrides["training.seeds"] = list(params["seeds"])
     config = load_config(overrides=overrides)
     config_dict = config.to_dict()
