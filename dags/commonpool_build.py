@@ -36,6 +36,7 @@ from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOpe
 from airflow.sdk import Param, dag, task
 
 from datacomp_ops.core.config import SCALES
+from datacomp_ops.stages import STAGES
 from form_fields import NAME, config_default, limits, optional
 from pool_tasks import DOWNLOAD_RETRIES, DOWNLOAD_RETRY_DELAY, finish_pool_build, pool_lease
 
@@ -167,23 +168,24 @@ def commonpool_build():
 
     @task
     def plan_download(spec: dict, run_id=None) -> list[dict]:
-        from datacomp_ops.pool.build import BuildSpec, plan_download
+        from datacomp_ops.pool.build import BuildSpec
 
         with pool_lease(spec, run_id):
-            return plan_download(BuildSpec(**spec))
+            return STAGES["download"].planner()(BuildSpec(**spec))
 
     # A partition whose URLs mostly failed transiently (hosts or network down) fails
     # its try and is retried later; the last try commits what it got.
     @task(max_active_tis_per_dag=2, retries=DOWNLOAD_RETRIES, retry_delay=DOWNLOAD_RETRY_DELAY,
           retry_exponential_backoff=True)
     def download(partition: dict, spec: dict, ti=None, run_id=None) -> dict:
-        from datacomp_ops.download.partition import Partition, run_download
+        from datacomp_ops.download.partition import Partition
         from datacomp_ops.pool.build import BuildSpec
 
         build = BuildSpec(**spec)
         last_try = ti is None or ti.try_number > ti.max_tries
         with pool_lease(spec, run_id):
-            return run_download(Partition(**partition), build.pool, build.platform_config, last_try).to_dict()
+            return STAGES["download"].function()(Partition(**partition), build.pool, build.platform_config,
+                                                 last_try).to_dict()
 
     plan = plan_download(spec)
     spec >> extract_urls >> plan

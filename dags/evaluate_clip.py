@@ -47,25 +47,20 @@ from pool_tasks import MODEL_CHAIN
 def evaluate_clip():
     @task
     def prepare(params=None, triggering_asset_events=None) -> list[dict]:
-        from datacomp_ops.evaluation.plan import plan_evaluation
-
-        return plan_evaluation(dict(params or {}), event_extras(triggering_asset_events))
+        return STAGES["evaluate"].planner()(dict(params or {}), event_extras(triggering_asset_events))
 
     @task(retries=1, map_index_template="{{ job_name }}", **STAGES["evaluate"].resources.airflow())
     def evaluate(job: dict) -> dict:
         from airflow.sdk import get_current_context
 
-        from datacomp_ops.evaluation.plan import run_evaluation_job
-
         get_current_context()["job_name"] = job["name"]
-        return run_evaluation_job(job)
+        return STAGES["evaluate"].function()(job)
 
     @task
     def leaderboard(jobs: list[dict], results: list[dict]) -> list[dict]:
-        from datacomp_ops.evaluation.leaderboard import write_leaderboard
         from datacomp_ops.evaluation.plan import storage_roots
 
-        return [write_leaderboard(root) for root in storage_roots(jobs)]
+        return [STAGES["leaderboard"].function()(root) for root in storage_roots(jobs)]
 
     jobs = prepare()
     leaderboard(jobs, evaluate.expand(job=jobs))

@@ -21,6 +21,7 @@ import datetime
 from airflow.sdk import Param, dag, task
 
 from datacomp_assets import POOL_ASSETS, SCALES, SUBSETS, event_extras
+from datacomp_ops.stages import STAGES
 from form_fields import optional
 
 
@@ -51,18 +52,14 @@ from form_fields import optional
 def filtering_baselines():
     @task
     def prepare(params=None, triggering_asset_events=None) -> list[dict]:
-        from datacomp_ops.filtering.plan import plan_filtering
-
-        return plan_filtering(dict(params or {}), event_extras(triggering_asset_events))
+        return STAGES["filter_baseline"].planner()(dict(params or {}), event_extras(triggering_asset_events))
 
     @task(outlets=[SUBSETS], map_index_template="{{ baseline_label }}")
     def filter_baseline(job: dict, outlet_events=None) -> dict:
         from airflow.sdk import get_current_context
 
-        from datacomp_ops.filtering.plan import run_job
-
         get_current_context()["baseline_label"] = f"{job['label']} ({job['pool_name']})"
-        record = run_job(job)
+        record = STAGES["filter_baseline"].function()(job)
         outlet_events[SUBSETS].extra = record
         return record
 

@@ -24,6 +24,7 @@ import datetime
 from airflow.sdk import Param, dag, task
 
 from datacomp_ops.core.config import SCALES
+from datacomp_ops.stages import STAGES
 from form_fields import NAME, optional
 from pool_tasks import DOWNLOAD_RETRIES, DOWNLOAD_RETRY_DELAY, finish_pool_build, pool_lease
 
@@ -75,18 +76,16 @@ def import_dataset():
     @task
     def scan(spec: dict, run_id=None) -> dict:
         from datacomp_ops.pool.build import BuildSpec
-        from datacomp_ops.pool.byod import run_scan
 
         with pool_lease(spec, run_id):
-            return run_scan(BuildSpec(**spec))["stats"]
+            return STAGES["scan"].function()(BuildSpec(**spec))["stats"]
 
     @task
     def plan_ingest(spec: dict, run_id=None) -> list[dict]:
         from datacomp_ops.pool.build import BuildSpec
-        from datacomp_ops.pool.byod import plan_ingest
 
         with pool_lease(spec, run_id):
-            return plan_ingest(BuildSpec(**spec))
+            return STAGES["ingest"].planner()(BuildSpec(**spec))
 
     @task(max_active_tis_per_dag=2, retries=DOWNLOAD_RETRIES, retry_delay=DOWNLOAD_RETRY_DELAY,
           retry_exponential_backoff=True, map_index_template="{{ part_name }}")
@@ -95,12 +94,11 @@ def import_dataset():
 
         from datacomp_ops.download.partition import Partition
         from datacomp_ops.pool.build import BuildSpec
-        from datacomp_ops.pool.byod import run_ingest
 
         get_current_context()["part_name"] = partition["path"].rsplit("/", 1)[-1]
         last_try = ti is None or ti.try_number > ti.max_tries
         with pool_lease(spec, run_id):
-            return run_ingest(Partition(**partition), BuildSpec(**spec), last_try).to_dict()
+            return STAGES["ingest"].function()(Partition(**partition), BuildSpec(**spec), last_try).to_dict()
 
     spec = prepare()
     plan = plan_ingest(spec)

@@ -35,26 +35,24 @@ def pool_lease(spec: dict, run_id: str, release: bool = False):
 @task(**STAGES["prepare_models"].resources.airflow())
 def prepare_models(spec: dict) -> dict:
     from datacomp_ops.pool.build import BuildSpec
-    from datacomp_ops.pool.prepare_models import run_prepare_models
 
-    return run_prepare_models(BuildSpec(**spec).platform_config).to_dict()
+    return STAGES["prepare_models"].function()(BuildSpec(**spec).platform_config).to_dict()
 
 
 @task(trigger_rule="none_failed")  # also when nothing new gave partitions to download
 def plan_metadata(spec: dict) -> list[list[int]]:
-    from datacomp_ops.pool.build import BuildSpec, plan_metadata
+    from datacomp_ops.pool.build import BuildSpec
 
-    return plan_metadata(BuildSpec(**spec))
+    return STAGES["metadata"].planner()(BuildSpec(**spec))
 
 
 @task(retries=2, **STAGES["metadata"].resources.airflow())
 def metadata(shards: list[int], spec: dict, run_id=None) -> dict:
     from datacomp_ops.pool.build import BuildSpec
-    from datacomp_ops.pool.metadata import run_metadata
 
     build = BuildSpec(**spec)
     with pool_lease(spec, run_id):
-        return run_metadata(shards, build.pool, build.platform_config).to_dict()
+        return STAGES["metadata"].function()(shards, build.pool, build.platform_config).to_dict()
 
 
 @task(trigger_rule="none_failed")
@@ -62,11 +60,10 @@ def publish(spec: dict, run_id=None) -> dict:
     from airflow.exceptions import AirflowSkipException
 
     from datacomp_ops.pool.build import BuildSpec
-    from datacomp_ops.pool.publish import run_publish
 
     build = BuildSpec(**spec)
     with pool_lease(spec, run_id):
-        stats = run_publish(build.pool, build.platform_config)
+        stats = STAGES["publish"].function()(build.pool, build.platform_config)
     if stats["unchanged"]:
         raise AirflowSkipException(f"pool version {build.pool_version} adds no sample: not "
                                    f"published, no Asset events")

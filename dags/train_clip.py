@@ -53,18 +53,14 @@ from pool_tasks import MODEL_CHAIN
 def train_clip():
     @task
     def prepare(params=None, triggering_asset_events=None) -> list[dict]:
-        from datacomp_ops.training.plan import plan_training
-
-        return plan_training(dict(params or {}), event_extras(triggering_asset_events))
+        return STAGES["train"].planner()(dict(params or {}), event_extras(triggering_asset_events))
 
     @task(map_index_template="{{ job_name }}")
     def reshard(job: dict) -> dict:
         from airflow.sdk import get_current_context
 
-        from datacomp_ops.training.plan import run_reshard_job
-
         get_current_context()["job_name"] = job["name"]
-        run_reshard_job(job)
+        STAGES["reshard"].function()(job)
         return job
 
     @task(retries=2, retry_delay=datetime.timedelta(seconds=30), outlets=[TRAINED],
@@ -72,10 +68,8 @@ def train_clip():
     def train(job: dict, outlet_events=None) -> dict:
         from airflow.sdk import get_current_context
 
-        from datacomp_ops.training.plan import run_train_job
-
         get_current_context()["job_name"] = job["name"]
-        record = run_train_job(job)
+        record = STAGES["train"].function()(job)
         outlet_events[TRAINED].extra = record
         return record
 

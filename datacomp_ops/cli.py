@@ -191,30 +191,50 @@ def cmd_publish(args) -> None:
     print(json.dumps(run_publish(PoolLayout(config.storage_root, args.pool_version), config).to_dict(), indent=2))
 
 
-def _finish_build(spec, start: float) -> None:
-    """What a build does after its raw shards are in, as the DAGs' shared end does: metadata, publish, summary."""
-    from .pool.build import format_summary, plan_metadata, summarize
-    from .pool.metadata import PassModels, run_metadata
-    from .pool.prepare_models import run_prepare_models
-    from .pool.publish import run_publish
-
-    config = spec.platform_config
-    run_prepare_models(config)
-    groups = plan_metadata(spec)
-    models = PassModels.load(config) if groups else None
-    for group in tqdm(groups, desc="metadata pass", unit="task"):
-        run_metadata(group, spec.pool, config, models)
-    run_publish(spec.pool, config)
-    print(format_summary(summarize(spec, time.monotonic() - start)))
-
-
-def cmd_build(args) -> None:
+def _run_pool_build(dag_id: str, spec, run_key: str, start: float, serve=None) -> None:
+    """A pool build's stages as the registry lists them for `dag_id` (stages.PIPELINES), each with the
+    arguments its function takes; a mapped stage runs its plan's items one after another, as the DAG's
+    mapped tasks do side by side. The version's lease (taken by the spec) is held to the end."""
     import contextlib
 
     from .core import versions
-    from .crawl.extract import run_extract_urls
-    from .download.partition import Partition, run_download
-    from .pool.build import make_spec, plan_download
+    from .download.partition import Partition
+    from .pool.build import format_summary, summarize
+    from .stages import pipeline
+
+    config = spec.platform_config
+    loaded = {}  # the metadata pass's models, loaded once for all its tasks
+
+    def metadata(run, group):
+        from .pool.metadata import PassModels
+
+        if "models" not in loaded:
+            loaded["models"] = PassModels.load(config)
+        run(group, spec.pool, config, loaded["models"])
+
+    calls = {
+        "extract_urls": lambda run: run(spec.inputs, spec.crawl, config, spec.report),
+        "scan": lambda run: run(spec),
+        "download": lambda run, part: run(Partition(**part), spec.pool, config),
+        "ingest": lambda run, part: run(Partition(**part), spec),
+        "prepare_models": lambda run: run(config),
+        "metadata": metadata,
+        "publish": lambda run: run(spec.pool, config),
+    }
+    with versions.holding(spec.pool.root, spec.pool_version, run_key):
+        with serve or contextlib.nullcontext():
+            for stage in pipeline(dag_id):
+                run, plan = stage.function(), stage.planner()
+                if plan is None:
+                    calls[stage.name](run)
+                    continue
+                for item in tqdm(plan(spec), desc=stage.name, unit="task"):
+                    calls[stage.name](run, item)
+        print(format_summary(summarize(spec, time.monotonic() - start)))
+
+
+def cmd_build(args) -> None:
+    from .pool.build import make_spec
 
     start = time.monotonic()
     run_key = f"cli-{time.time_ns()}"
@@ -222,19 +242,12 @@ def cmd_build(args) -> None:
     # is refused there, naming this one (or waits, DATACOMP_LEASE_WAIT_S); this build holds it to its end
     spec = make_spec(run_key, args.crawl_id, args.pool_version, args.input,
                      {"scale": args.scale} | _config_overrides(args), logical_date=args.date, config_path=args.config)
-    config = spec.platform_config
-    ctx = contextlib.nullcontext()
+    serve = None
     if args.serve:
         from .synthetic.server import serving
 
-        ctx = serving(args.serve, hang_seconds=args.hang_seconds)
-    with versions.holding(spec.pool.root, spec.pool_version, run_key):
-        with ctx:
-            run_extract_urls(spec.inputs, spec.crawl, config, spec.report)
-            plan = plan_download(spec)
-            for part in tqdm(plan, desc="download partitions", unit="partition"):
-                run_download(Partition(**part), spec.pool, config)
-        _finish_build(spec, start)
+        serve = serving(args.serve, hang_seconds=args.hang_seconds)
+    _run_pool_build("commonpool_build", spec, run_key, start, serve)
 
 
 def _root(config, args) -> str:
@@ -336,19 +349,12 @@ def cmd_reshard(args) -> None:
     print(f"shards in {out} (meta.json: {storage.join(out, 'meta.json')})")
 
 
-def _overrides_of(args) -> dict:
-    """The config of a command whose jobs load it themselves (as DAG tasks do): file and overrides."""
-    if args.config:
-        os.environ["DATACOMP_CONFIG"] = os.path.abspath(args.config)
-    return _config_overrides(args)
-
-
 def cmd_train(args) -> None:
     from .training.plan import plan_training, run_reshard_job, run_train_job
 
     params = {"dataset": args.dataset, "pool_version": args.pool_version, "scale": args.scale,
-              "baselines": args.baseline, "seeds": args.seeds, "config_overrides": _overrides_of(args)}
-    for job in plan_training(params, []):
+              "baselines": args.baseline, "seeds": args.seeds, "config_overrides": _config_overrides(args)}
+    for job in plan_training(params, [], args.config):
         print(f"{job['name']}: {'resharding, then ' if job['reshards'] else ''}training")
         run_reshard_job(job)
         record = run_train_job(job)
@@ -360,8 +366,8 @@ def cmd_evaluate(args) -> None:
     from .evaluation.plan import plan_evaluation, run_evaluation_job, storage_roots
 
     params = {"run_dirs": args.run_dir, "dataset": args.dataset, "pool_version": args.pool_version,
-              "scale": args.scale, "config_overrides": _overrides_of(args)}
-    jobs = plan_evaluation(params, [])
+              "scale": args.scale, "config_overrides": _config_overrides(args)}
+    jobs = plan_evaluation(params, [], args.config)
     for job in jobs:
         result = run_evaluation_job(job)
         scores = {g: a["score"] for g, a in result["aggregates"].items()}
@@ -384,28 +390,20 @@ def cmd_leaderboard(args) -> None:
 
 
 def cmd_import(args) -> None:
-    import contextlib
-
-    from .core import versions
-    from .download.partition import Partition
-    from .pool.byod import make_import_spec, plan_ingest, run_ingest, run_scan
+    from .pool.byod import make_import_spec
 
     start = time.monotonic()
     run_key = f"cli-{time.time_ns()}"
+    # make_import_spec takes the version's lease, as make_spec does for cmd_build
     spec = make_import_spec(run_key, args.name, args.source, args.kind, args.url_column,
                             args.caption_column, args.pool_version, {"scale": args.scale} | _config_overrides(args),
                             config_path=args.config)
-    ctx = contextlib.nullcontext()
+    serve = None
     if args.serve:
         from .synthetic.server import serving
 
-        ctx = serving(args.serve)
-    with versions.holding(spec.pool.root, spec.pool_version, run_key):  # taken by make_import_spec, as in cmd_build
-        with ctx:
-            run_scan(spec)
-            for part in tqdm(plan_ingest(spec), desc="import and download", unit="part"):
-                run_ingest(Partition(**part), spec)
-        _finish_build(spec, start)
+        serve = serving(args.serve)
+    _run_pool_build("import_dataset", spec, run_key, start, serve)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -44,3 +44,34 @@ def test_the_configs_defaults_read_the_synthetic_world_where_datacomp_synthetic_
     world = layout.SyntheticWorld.under(config.storage_root)
     assert config.crawl_source == world.base == f"{tmp_path}/synthetic"
     assert config.eval_sets_dir == world.eval_sets
+
+
+def test_the_storage_layout_is_the_one_pools_were_built_with():
+    """Pools built before the library moved into packages by phase keep working: every path is the
+    one DESIGN.md's "Data on storage" lists and the earlier code wrote (the same strings, literally)."""
+    r = "/r"
+    pool, crawl = layout.PoolLayout(r, "v0002"), layout.CrawlLayout(r, "CC-MAIN-2024-10")
+    got = [crawl.wat_manifest, crawl.urls, crawl.report("k.json"), crawl.staging,
+           pool.downloads, pool.download(3), pool.shard(3), pool.shard(3, "parquet"), pool.metadata_file(3),
+           pool.metadata_file(3, "npz"), pool.manifest, pool.ledger_part("download", "p"), pool.marker("metadata", "m"),
+           pool.scale("small"), pool.report("k.json"), pool.requeue,
+           layout.SubsetsLayout(r, "v0002", "small").subset("basic_filter"),
+           layout.SubsetsLayout(r, "v0002", "small").record("basic_filter"), layout.external_subsets(r, "meta"),
+           layout.run_dir(r, "v0002", "small", "basic_filter"), layout.run_dir(r, "v0002", "small", "basic_filter", 2),
+           layout.leaderboard_dir(r), layout.eval_index_dir(r, "isc-0123"), layout.dataset_root(r, "cc3m"),
+           layout.version_lease(r, "v0002"), layout.run_claims_dir(r), layout.SyntheticWorld.under(r).eval_sets,
+           layout.SyntheticWorld.under(r).wordnet_db, layout.SyntheticWorld.under(r).example_dataset]
+    assert got == [
+        "/r/crawls/CC-MAIN-2024-10/wat_manifest.parquet", "/r/crawls/CC-MAIN-2024-10/urls",
+        "/r/crawls/CC-MAIN-2024-10/reports/k.json", "/r/crawls/CC-MAIN-2024-10/staging",
+        "/r/pool/v0002/downloads", "/r/pool/v0002/downloads/00000003.tar", "/r/pool/v0002/shards/00000003.tar",
+        "/r/pool/v0002/shards/00000003.parquet", "/r/pool/v0002/metadata/00000003.parquet",
+        "/r/pool/v0002/metadata/00000003.npz", "/r/pool/v0002/manifest.json", "/r/pool/v0002/ledger/download/p.parquet",
+        "/r/pool/v0002/_markers/metadata/m", "/r/pool/v0002/scales/small.npy", "/r/pool/v0002/reports/k.json",
+        "/r/pool/v0002/requeue",
+        "/r/subsets/v0002/small/basic_filter.npy", "/r/subsets/v0002/small/basic_filter.json",
+        "/r/subsets/external/meta",
+        "/r/runs/v0002/small/basic_filter", "/r/runs/v0002/small/basic_filter+seed2",
+        "/r/leaderboard", "/r/eval_index/isc-0123", "/r/datasets/cc3m",
+        "/r/pool/_leases/v0002.json", "/r/pool/_runs", "/r/synthetic/eval",
+        "/r/synthetic/wordnet/wordnet", "/r/synthetic/own_data"]

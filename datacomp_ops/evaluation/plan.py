@@ -11,10 +11,10 @@ from ..core.layout import dataset_root, parse_dataset_root, parse_run_dir, run_n
 from .zero_shot import SUMMARY, run_evaluation
 
 
-def plan_evaluation(params: dict[str, Any], events: list[dict]) -> list[dict]:
+def plan_evaluation(params: dict[str, Any], events: list[dict], config_path: str | None = None) -> list[dict]:
     """The runs to evaluate: those the triggering events name (trained models), or the form's run folders
     (every trained run of a pool version and scale when it names none)."""
-    config = load_config(overrides=dict(params.get("config_overrides") or {}))
+    config = load_config(config_path, dict(params.get("config_overrides") or {}))
     runs = [e["run_dir"] for e in events if e.get("run_dir")] or list(params.get("run_dirs") or [])
     if not runs:
         dataset = params.get("dataset") or ""

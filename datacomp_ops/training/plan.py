@@ -69,13 +69,14 @@ def _announced_meanwhile(manifest_url: str, scale: str, labels: set[str]) -> set
     return meanwhile
 
 
-def plan_training(params: dict[str, Any], events: list[dict]) -> list[dict]:
+def plan_training(params: dict[str, Any], events: list[dict], config_path: str | None = None) -> list[dict]:
+    """The run's jobs; the config is `config_path`'s (else $DATACOMP_CONFIG's) with the form's overrides."""
     overrides = dict(params.get("config_overrides") or {})
     if params.get("seeds"):  # the form's seeds are the config's, checked as the config checks them
         if "training.seeds" in overrides:
             raise ConfigError("config_overrides sets training.seeds (the form field seeds sets it too): keep one")
         overrides["training.seeds"] = list(params["seeds"])
-    config = load_config(overrides=overrides)
+    config = load_config(config_path, overrides)
     config_dict = config.to_dict()
     seeds = list(config.training.seeds)
     wanted = list(params.get("baselines") or []) or list(config.training.baselines)
