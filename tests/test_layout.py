@@ -26,6 +26,9 @@ def test_each_parse_function_inverts_its_path(root):
     assert layout.crawl_of_url_part(part) == "CC-MAIN-2024-10"
     assert layout.partition_name(part) == "CC-MAIN-2024-10-part-00007"
     assert layout.crawl_of_url_part(f"{root}/elsewhere/urls/part-1.parquet") == ""
+    staged = f"{layout.CrawlLayout(root, 'mine').staging}/part-00002.parquet"
+    assert layout.committed_part(staged) == f"{layout.CrawlLayout(root, 'mine').urls}/part-00002.parquet"
+    assert layout.partition_name(staged) == layout.partition_name(layout.committed_part(staged)) == "mine-part-00002"
     requeued = f"{layout.PoolLayout(root, 'v0003').requeue}/part-00001.parquet"
     assert layout.partition_name(requeued) == "requeue-part-00001"
 
@@ -33,6 +36,8 @@ def test_each_parse_function_inverts_its_path(root):
 def test_the_layout_refuses_what_is_not_its_path():
     with pytest.raises(ConfigError, match="not a subset file"):
         layout.parse_subset("/r/runs/v0001/tiny/no_filter.npy")
+    with pytest.raises(ConfigError, match="not a staged part"):
+        layout.committed_part("/r/crawls/mine/urls/part-1.parquet")
     with pytest.raises(ConfigError, match="not a run folder"):
         layout.parse_run_dir("/r/subsets/v0001/tiny/no_filter")
     # a dataset's name follows the names' rule, so a nested folder is no dataset root

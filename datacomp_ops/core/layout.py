@@ -233,6 +233,15 @@ class CrawlLayout:
         return join(self.base, "staging")
 
 
+def committed_part(staged_part: str) -> str:
+    """The URL part that an import's staged part {crawl}/staging/{name} becomes once its samples are in:
+    {crawl}/urls/{name}."""
+    base, sep, name = staged_part.rpartition("/staging/")
+    if not sep or "/" in name:
+        raise ConfigError(f"{staged_part}: not a staged part ({{root}}/{CRAWLS}/{{crawl}}/staging/{{name}})")
+    return join(base, "urls", name)
+
+
 def crawl_of_url_part(path: str) -> str:
     """The crawl id of a URL part {root}/crawls/{crawl_id}/urls/part-*.parquet, "" for any other path."""
     parts = path.rstrip("/").split("/")

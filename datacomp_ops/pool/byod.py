@@ -56,6 +56,7 @@ from ..core.layout import (
     PoolLayout,
     SyntheticWorld,
     check_name,
+    committed_part,
     crawls_dir,
     dataset_root,
     partition_name,
@@ -448,8 +449,7 @@ def run_import_shard(partition: Partition, pool: PoolLayout, config: PlatformCon
     wanted = {k: i for i, k in enumerate(staged["source_key"].to_pylist())}
     rows = staged.to_pydict()
     source = rows["wat_path"][0]
-    crawl_dir = partition.path.rsplit("/staging/", 1)[0]
-    url_part = storage.join(crawl_dir, "urls", posixpath.basename(partition.path))
+    url_part = committed_part(partition.path)
 
     dl = config.download
     per_shard = dl.number_sample_per_shard
