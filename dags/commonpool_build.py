@@ -58,7 +58,7 @@ CONFIG_PARAMS = {
     "model_nsfw_image_mlp": "models.nsfw_image_mlp",
 }
 # Threshold fields -> the role whose running model's threshold they set: DataComp's model's key when its
-# path is given, the embedded default's own key otherwise (datacomp_ops.pool.models.THRESHOLD_KEYS).
+# path is given, the embedded default's own key otherwise (datacomp_ops.pool.models.THRESHOLDS).
 THRESHOLD_PARAMS = {
     "threshold_nsfw_text": "nsfw_text",
     "threshold_nsfw_image": "nsfw_image",

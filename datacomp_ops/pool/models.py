@@ -21,24 +21,41 @@ ROLES = ("nsfw_text", "nsfw_image", "faces", "dedup", "clip_b32", "clip_l14")
 # shapes (synthetic/clip_models.py). Their names say what they stand in for.
 EMBEDDED_CLIP = {"clip_b32": "embedded-clip-b32", "clip_l14": "embedded-clip-l14"}
 L14_WIDTH = 768  # ViT-L/14's embedding size, the input of DataComp's NSFW MLP
-# Each threshold key belongs to one model (config.Thresholds): the kind of model that reads it.
-THRESHOLD_KEYS = {
-    "detoxify": ("thresholds.nsfw_text",),
-    "profanity_check": ("thresholds.nsfw_text_profanity_check",),
-    "mlp": ("thresholds.nsfw_image",),
-    "nudenet": ("thresholds.nsfw_image_nudenet", "thresholds.nsfw_image_nudenet_min_skin"),
-    "scrfd": ("thresholds.face_detection",),
-    "isc": ("thresholds.eval_dedup_similarity",),
-    "thumbnail": ("thresholds.eval_dedup_similarity_thumbnail",),
+
+
+@dataclass(frozen=True)
+class ThresholdOwner:
+    """The model that reads a threshold: its role, its name in messages, its keys (the threshold first)
+    and the model key that selects it ("" for the embedded default of its role)."""
+
+    role: str
+    name: str
+    keys: tuple[str, ...]
+    selected_by: str = ""
+
+
+# Each threshold key belongs to one model (config.Thresholds), by the kind of ModelChoice that reads it.
+# choose_models takes each model's threshold from here, so the key a model reads is written once.
+THRESHOLDS = {
+    "detoxify": ThresholdOwner("nsfw_text", "Detoxify's", ("thresholds.nsfw_text",), "models.detoxify"),
+    "profanity_check": ThresholdOwner("nsfw_text", "alt-profanity-check's", ("thresholds.nsfw_text_profanity_check",)),
+    "mlp": ThresholdOwner("nsfw_image", "DataComp's NSFW MLP's", ("thresholds.nsfw_image",), "models.nsfw_image_mlp"),
+    "nudenet": ThresholdOwner("nsfw_image", "nudenet's",
+                              ("thresholds.nsfw_image_nudenet", "thresholds.nsfw_image_nudenet_min_skin")),
+    "scrfd": ThresholdOwner("faces", "SCRFD's", ("thresholds.face_detection",), "models.scrfd"),
+    "isc": ThresholdOwner("dedup", "the ISC21 descriptor's", ("thresholds.eval_dedup_similarity",),
+                          "models.dedup_descriptor"),
+    "thumbnail": ThresholdOwner("dedup", "the thumbnail descriptor's", ("thresholds.eval_dedup_similarity_thumbnail",)),
 }
-KIND_NAMES = {"detoxify": "Detoxify's", "profanity_check": "alt-profanity-check's", "mlp": "DataComp's NSFW MLP's",
-              "nudenet": "nudenet's", "scrfd": "SCRFD's", "isc": "the ISC21 descriptor's",
-              "thumbnail": "the thumbnail descriptor's"}
-THRESHOLD_ROLE = {"detoxify": "nsfw_text", "profanity_check": "nsfw_text", "mlp": "nsfw_image",
-                  "nudenet": "nsfw_image", "scrfd": "faces", "isc": "dedup", "thumbnail": "dedup"}
-# what selects the model that reads a threshold, for the error that names it
-SELECTED_BY = {"detoxify": "models.detoxify", "mlp": "models.nsfw_image_mlp", "scrfd": "models.scrfd",
-               "isc": "models.dedup_descriptor"}
+
+
+def _value(config: PlatformConfig, key: str) -> float:
+    return getattr(config.thresholds, key.split(".", 1)[1])
+
+
+def _threshold(config: PlatformConfig, kind: str) -> float:
+    """The threshold the model of `kind` runs with."""
+    return _value(config, THRESHOLDS[kind].keys[0])
 
 
 @dataclass(frozen=True)
@@ -68,7 +85,7 @@ def _version(package: str) -> str:
 
 def choose_models(config: PlatformConfig) -> dict[str, ModelChoice]:
     """The model of every role; a configured path that does not exist is an error naming its key."""
-    m, t = config.models, config.thresholds
+    m = config.models
     out: dict[str, ModelChoice] = {}
 
     if m.detoxify:
@@ -77,11 +94,11 @@ def choose_models(config: PlatformConfig) -> dict[str, ModelChoice]:
                               "of xlm-roberta-base in a local directory (save_pretrained of both)")
         out["nsfw_text"] = ModelChoice("nsfw_text", "detoxify", f"detoxify {_version('detoxify')} "
                                        f"{os.path.basename(m.detoxify)}", config.model_path("detoxify"),
-                                       arch=config.model_path("detoxify_hf_dir"), threshold=t.nsfw_text)
+                                       arch=config.model_path("detoxify_hf_dir"), threshold=_threshold(config, "detoxify"))
     else:
         out["nsfw_text"] = ModelChoice("nsfw_text", "profanity_check",
                                        f"alt-profanity-check {_version('alt-profanity-check')}",
-                                       embedded=True, threshold=t.nsfw_text_profanity_check)
+                                       embedded=True, threshold=_threshold(config, "profanity_check"))
 
     if m.clip_l14:
         out["clip_l14"] = ModelChoice("clip_l14", "open_clip", f"{m.clip_l14_arch} {os.path.basename(m.clip_l14)}",
@@ -99,16 +116,16 @@ def choose_models(config: PlatformConfig) -> dict[str, ModelChoice]:
             raise ConfigError("models.nsfw_image_mlp needs models.clip_l14: DataComp's NSFW classifier "
                               "reads ViT-L/14 image features, not the embedded stand-in's")
         out["nsfw_image"] = ModelChoice("nsfw_image", "mlp", f"datacomp-nsfw-mlp {os.path.basename(m.nsfw_image_mlp)}",
-                                        config.model_path("nsfw_image_mlp"), threshold=t.nsfw_image)
+                                        config.model_path("nsfw_image_mlp"), threshold=_threshold(config, "mlp"))
     else:
         out["nsfw_image"] = ModelChoice("nsfw_image", "nudenet", f"nudenet {_version('nudenet')} 320n.onnx",
-                                        embedded=True, threshold=t.nsfw_image_nudenet,
-                                        min_skin=t.nsfw_image_nudenet_min_skin)
+                                        embedded=True, threshold=_threshold(config, "nudenet"),
+                                        min_skin=_value(config, THRESHOLDS["nudenet"].keys[1]))
 
     if m.scrfd:
         out["faces"] = ModelChoice("faces", "scrfd", f"scrfd {os.path.basename(m.scrfd)} "
                                    f"(insightface {_version('insightface')})", config.model_path("scrfd"),
-                                   threshold=t.face_detection)
+                                   threshold=_threshold(config, "scrfd"))
     else:
         out["faces"] = ModelChoice("faces", "cascade", "opencv haarcascade_frontalface_default "
                                    f"(opencv {_version('opencv-python-headless')})", embedded=True)
@@ -116,10 +133,10 @@ def choose_models(config: PlatformConfig) -> dict[str, ModelChoice]:
     if m.dedup_descriptor:
         out["dedup"] = ModelChoice("dedup", "isc", f"isc21 {os.path.basename(m.dedup_descriptor)}",
                                    config.model_path("dedup_descriptor"), arch=m.dedup_backbone,
-                                   threshold=t.eval_dedup_similarity)
+                                   threshold=_threshold(config, "isc"))
     else:
         out["dedup"] = ModelChoice("dedup", "thumbnail", "thumbnail-16px-rgb", embedded=True,
-                                   threshold=t.eval_dedup_similarity_thumbnail)
+                                   threshold=_threshold(config, "thumbnail"))
     return {role: out[role] for role in ROLES}
 
 
@@ -134,7 +151,8 @@ def _embedded_clip(config: PlatformConfig, role: str) -> ModelChoice:
 
 def threshold_key(choice: ModelChoice) -> str:
     """The config key of the threshold `choice` runs with ("" for a model without one)."""
-    return THRESHOLD_KEYS.get(choice.kind, ("",))[0]
+    owner = THRESHOLDS.get(choice.kind)
+    return owner.keys[0] if owner else ""
 
 
 def running_threshold_key(config: PlatformConfig, role: str) -> str:
@@ -143,7 +161,7 @@ def running_threshold_key(config: PlatformConfig, role: str) -> str:
     choice = choose_models(config)[role]
     key = threshold_key(choice)
     if not key:
-        select = next((SELECTED_BY[k] for k, r in THRESHOLD_ROLE.items() if r == role and k in SELECTED_BY), "")
+        select = next((o.selected_by for o in THRESHOLDS.values() if o.role == role and o.selected_by), "")
         raise ConfigError(f"{role} runs {choice.name} on this config, which takes no threshold"
                           + (f": give {select} to run the model that does" if select else ""))
     return key
@@ -156,18 +174,17 @@ def check_thresholds_apply(config: PlatformConfig) -> dict[str, ModelChoice]:
     from ..core.config import default
 
     choices = choose_models(config)
-    running = {key for c in choices.values() for key in THRESHOLD_KEYS.get(c.kind, ())}
-    for kind, keys in THRESHOLD_KEYS.items():
-        for key in keys:
-            value = getattr(config.thresholds, key.split(".", 1)[1])
+    running = {key for c in choices.values() for key in getattr(THRESHOLDS.get(c.kind), "keys", ())}
+    for owner in THRESHOLDS.values():
+        for key in owner.keys:
+            value = _value(config, key)
             if key in running or value == default(key):
                 continue
-            role = THRESHOLD_ROLE[kind]
-            ran = choices[role]
+            ran = choices[owner.role]
             fix = f"set {threshold_key(ran)} for it" if threshold_key(ran) else "it takes no threshold"
-            select = f", or give {SELECTED_BY[kind]} to run the model the key is for" if kind in SELECTED_BY else ""
-            raise ConfigError(f"{key} = {value} is {KIND_NAMES[kind]} threshold, but {role} runs {ran.name} on this "
-                              f"config: {fix}{select}")
+            select = f", or give {owner.selected_by} to run the model the key is for" if owner.selected_by else ""
+            raise ConfigError(f"{key} = {value} is {owner.name} threshold, but {owner.role} runs {ran.name} on "
+                              f"this config: {fix}{select}")
     return choices
 
 
