@@ -147,8 +147,8 @@ def start_spark(master: str, warm_wat: str, tmp: str):
 def spark_stage(spark, paths: list[str], root: str):
     config = load_config(overrides={"storage_root": root})
     start = time.perf_counter()
-    report = run_extract_urls(paths, CrawlLayout(root, "BENCH"), config, None, spark)
-    return report["stats"]["counters"], time.perf_counter() - start
+    stats = run_extract_urls(paths, CrawlLayout(root, "BENCH"), config, None, spark)
+    return dict(stats.counters), time.perf_counter() - start
 
 
 def spark_ceilings(spark, paths: list[str]) -> tuple[float, float]:

@@ -17,10 +17,11 @@ import datetime
 
 from airflow.sdk import Param, dag, task
 
-from datacomp_assets import SCALES, TRAINED, event_extras
+from datacomp_assets import SCALES, TRAINED
 from datacomp_ops.stages import STAGES
 from form_fields import optional
 from pool_tasks import MODEL_CHAIN
+from stage_tasks import job_task, plan_task
 
 
 @dag(
@@ -46,24 +47,13 @@ from pool_tasks import MODEL_CHAIN
 )
 def evaluate_clip():
     @task
-    def prepare(params=None, triggering_asset_events=None) -> list[dict]:
-        return STAGES["evaluate"].planner()(dict(params or {}), event_extras(triggering_asset_events))
-
-    @task(retries=1, map_index_template="{{ job_name }}", **STAGES["evaluate"].resources.airflow())
-    def evaluate(job: dict) -> dict:
-        from airflow.sdk import get_current_context
-
-        get_current_context()["job_name"] = job["name"]
-        return STAGES["evaluate"].function()(job)
-
-    @task
     def leaderboard(jobs: list[dict], results: list[dict]) -> list[dict]:
         from datacomp_ops.evaluation.plan import storage_roots
 
-        return [STAGES["leaderboard"].function()(root) for root in storage_roots(jobs)]
+        return [STAGES["leaderboard"].function()(root).to_dict() for root in storage_roots(jobs)]
 
-    jobs = prepare()
-    leaderboard(jobs, evaluate.expand(job=jobs))
+    jobs = plan_task("evaluate")()
+    leaderboard(jobs, job_task("evaluate", retries=1).expand(job=jobs))
 
 
 evaluate_clip()

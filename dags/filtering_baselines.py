@@ -20,9 +20,9 @@ import datetime
 
 from airflow.sdk import Param, dag, task
 
-from datacomp_assets import POOL_ASSETS, SCALES, SUBSETS, event_extras
-from datacomp_ops.stages import STAGES
+from datacomp_assets import POOL_ASSETS, SCALES, SUBSETS
 from form_fields import optional
+from stage_tasks import job_task, plan_task
 
 
 @dag(
@@ -51,19 +51,6 @@ from form_fields import optional
 )
 def filtering_baselines():
     @task
-    def prepare(params=None, triggering_asset_events=None) -> list[dict]:
-        return STAGES["filter_baseline"].planner()(dict(params or {}), event_extras(triggering_asset_events))
-
-    @task(outlets=[SUBSETS], map_index_template="{{ baseline_label }}")
-    def filter_baseline(job: dict, outlet_events=None) -> dict:
-        from airflow.sdk import get_current_context
-
-        get_current_context()["baseline_label"] = f"{job['label']} ({job['pool_name']})"
-        record = STAGES["filter_baseline"].function()(job)
-        outlet_events[SUBSETS].extra = record
-        return record
-
-    @task
     def summarize(jobs: list[dict]) -> str:
         from datacomp_ops.filtering.plan import job_records
         from datacomp_ops.filtering.run import format_table
@@ -72,8 +59,8 @@ def filtering_baselines():
         print(table)
         return table
 
-    jobs = prepare()
-    filter_baseline.expand(job=jobs) >> summarize(jobs)
+    jobs = plan_task("filter_baseline")()
+    job_task("filter_baseline", outlet=SUBSETS).expand(job=jobs) >> summarize(jobs)
 
 
 filtering_baselines()

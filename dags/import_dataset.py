@@ -78,7 +78,7 @@ def import_dataset():
         from datacomp_ops.pool.build import BuildSpec
 
         with pool_lease(spec, run_id):
-            return STAGES["scan"].function()(BuildSpec(**spec))["stats"]
+            return STAGES["scan"].function()(BuildSpec(**spec)).to_dict()
 
     @task
     def plan_ingest(spec: dict, run_id=None) -> list[dict]:

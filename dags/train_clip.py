@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import datetime
 
-from airflow.sdk import Param, dag, task
+from airflow.sdk import Param, dag
 
-from datacomp_assets import SCALES, SUBSETS, TRAINED, event_extras
-from datacomp_ops.stages import STAGES
+from datacomp_assets import SCALES, SUBSETS, TRAINED
 from form_fields import item_limits, optional
 from pool_tasks import MODEL_CHAIN
+from stage_tasks import job_task, plan_task
 
 
 @dag(
@@ -51,29 +51,11 @@ from pool_tasks import MODEL_CHAIN
     },
 )
 def train_clip():
-    @task
-    def prepare(params=None, triggering_asset_events=None) -> list[dict]:
-        return STAGES["train"].planner()(dict(params or {}), event_extras(triggering_asset_events))
-
-    @task(map_index_template="{{ job_name }}")
-    def reshard(job: dict) -> dict:
-        from airflow.sdk import get_current_context
-
-        get_current_context()["job_name"] = job["name"]
-        STAGES["reshard"].function()(job)
-        return job
-
-    @task(retries=2, retry_delay=datetime.timedelta(seconds=30), outlets=[TRAINED],
-          map_index_template="{{ job_name }}", **STAGES["train"].resources.airflow())
-    def train(job: dict, outlet_events=None) -> dict:
-        from airflow.sdk import get_current_context
-
-        get_current_context()["job_name"] = job["name"]
-        record = STAGES["train"].function()(job)
-        outlet_events[TRAINED].extra = record
-        return record
-
-    train.expand(job=reshard.expand(job=prepare()))
+    jobs = plan_task("train")()
+    # every reshard before any training: a subset's other seeds train on the shards its first job writes
+    resharded = job_task("reshard").expand(job=jobs)
+    resharded >> job_task("train", outlet=TRAINED, retries=2,
+                          retry_delay=datetime.timedelta(seconds=30)).expand(job=jobs)
 
 
 train_clip()

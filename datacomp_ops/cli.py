@@ -129,8 +129,8 @@ def cmd_extract(args) -> None:
         from .crawl.crawls import listing
 
         inputs = [listing(config.crawl_source, args.crawl_id)]
-    report = run_extract_urls(inputs, CrawlLayout(config.storage_root, args.crawl_id), config)
-    print(json.dumps(report, indent=2))
+    stats = run_extract_urls(inputs, CrawlLayout(config.storage_root, args.crawl_id), config)
+    print(json.dumps(stats.to_dict(), indent=2))
 
 
 def _config_overrides(args) -> dict[str, Any]:
@@ -298,7 +298,7 @@ def cmd_filter(args) -> None:
     from .core import versions
     from .core.layout import PoolLayout
     from .filtering.baselines import parse_all, uses_fasttext
-    from .filtering.run import PoolSource, format_table, make_context, output_dir, run_baseline
+    from .filtering.run import PoolSource, format_table, make_context, output_dir, read_record, run_baseline
 
     config = _config(args)
     root = _root(config, args)
@@ -315,9 +315,10 @@ def cmd_filter(args) -> None:
     ctx = make_context(source.open(), config, f"{out.rstrip('/')}/_index")
     if uses_fasttext(labels, parse_all(config.filtering.baselines)):
         ctx.build_language_index()
-    records = [run_baseline(label, source, config, out, ctx) for label in tqdm(labels, desc="baselines", unit="baseline")]
+    for label in tqdm(labels, desc="baselines", unit="baseline"):
+        run_baseline(label, source, config, out, ctx)
     print(f"subsets of {json.dumps(source.describe())} in {out}:")
-    print(format_table(records))
+    print(format_table([read_record(out, label) for label in labels]))
 
 
 def cmd_reshard(args) -> None:
@@ -350,30 +351,30 @@ def cmd_reshard(args) -> None:
 
 
 def cmd_train(args) -> None:
-    from .training.plan import plan_training, run_reshard_job, run_train_job
+    from .training.plan import plan_training, run_reshard_job, run_train_job, training_record
 
     params = {"dataset": args.dataset, "pool_version": args.pool_version, "scale": args.scale,
               "baselines": args.baseline, "seeds": args.seeds, "config_overrides": _config_overrides(args)}
     for job in plan_training(params, [], args.config):
         print(f"{job['name']}: {'resharding, then ' if job['reshards'] else ''}training")
         run_reshard_job(job)
-        record = run_train_job(job)
-        print(json.dumps(record, indent=2))
+        run_train_job(job)
+        print(json.dumps(training_record(job), indent=2))
 
 
 def cmd_evaluate(args) -> None:
-    from .evaluation.leaderboard import write_leaderboard
-    from .evaluation.plan import plan_evaluation, run_evaluation_job, storage_roots
+    from .evaluation.leaderboard import run_leaderboard
+    from .evaluation.plan import evaluation_record, plan_evaluation, run_evaluation_job, storage_roots
 
     params = {"run_dirs": args.run_dir, "dataset": args.dataset, "pool_version": args.pool_version,
               "scale": args.scale, "config_overrides": _config_overrides(args)}
     jobs = plan_evaluation(params, [], args.config)
     for job in jobs:
-        result = run_evaluation_job(job)
-        scores = {g: a["score"] for g, a in result["aggregates"].items()}
+        run_evaluation_job(job)
+        scores = {g: a["score"] for g, a in evaluation_record(job)["aggregates"].items()}
         print(f"{job['name']}: " + ", ".join(f"{g} {v:.3f}" if v is not None else f"{g} -" for g, v in scores.items()))
     for root in storage_roots(jobs):
-        print(f"leaderboard: {write_leaderboard(root)['html']}")
+        print(f"leaderboard: {run_leaderboard(root).outputs[-1]}")
 
 
 def cmd_leaderboard(args) -> None:

@@ -5,7 +5,10 @@ here: which functions run in which order, which of them map over a plan,
 where they run (a GPU stage goes to Airflow's pool ``gpu`` and the Celery
 queue the GPU workers listen on), and which counters each one reports (the
 run summary reads them through the declared set, see core/stats.Counters).
-Nothing heavy is imported: functions are named ``module:attribute`` and
+Every stage function returns core.stats.StageStats (its counters, seconds and
+outputs); what a stage commits for others to read (a batch report, a subset's
+record, a training record) is on storage, and `record` reads it back for a
+job. Nothing heavy is imported: functions are named ``module:attribute`` and
 imported when a stage runs, so DAG files import this module at parse time.
 
 Inputs and outputs name core/layout.py's entries (``PoolLayout.downloads``),
@@ -55,6 +58,8 @@ class Stage:
     outputs: tuple[str, ...] = ()  # and writes
     resources: Resources = CPU
     counters: str = ""  # "module:COUNTERS", the core.stats.Counters it reports
+    # "module:function" giving a job's committed record (what its Asset event tells the next DAG)
+    record: str = ""
     about: str = ""
 
     def function(self) -> Callable:
@@ -62,6 +67,9 @@ class Stage:
 
     def planner(self) -> Callable | None:
         return _resolve(self.plan) if self.plan else None
+
+    def record_of(self) -> Callable | None:
+        return _resolve(self.record) if self.record else None
 
     def declared(self):
         """The stage's core.stats.Counters, or None for a stage whose record is not a counter table."""
@@ -100,20 +108,22 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
     Stage("publish", "datacomp_ops.pool.publish:run_publish",
           inputs=("PoolLayout.metadata", "PoolLayout.ledger"), outputs=("PoolLayout.manifest", "PoolLayout.scales"),
           about="the version's per-scale pools and manifest, and the ledger's final accounts"),
-    Stage("filter_baseline", "datacomp_ops.filtering.plan:run_job", plan="datacomp_ops.filtering.plan:plan_filtering",
+    Stage("filter_baseline", "datacomp_ops.filtering.plan:run_filter_job",
+          plan="datacomp_ops.filtering.plan:plan_filtering", record="datacomp_ops.filtering.plan:job_record",
           inputs=("PoolLayout.manifest", "PoolLayout.metadata", "PoolLayout.scales"),
-          outputs=("SubsetsLayout.subset", "SubsetsLayout.record"),
+          outputs=("SubsetsLayout.subset", "SubsetsLayout.record"), counters="datacomp_ops.filtering.run:COUNTERS",
           about="one baseline over one pool's metadata: a DataComp subset file and its stats record"),
     Stage("reshard", "datacomp_ops.training.plan:run_reshard_job", plan="datacomp_ops.training.plan:plan_training",
           inputs=("SubsetsLayout.subset", "PoolLayout.shards"), outputs=("run_dir",),
           about="a subset's samples of the pool's shards, resharded into its seed-0 run folder"),
     Stage("train", "datacomp_ops.training.plan:run_train_job", plan="datacomp_ops.training.plan:plan_training",
-          inputs=("run_dir",), outputs=("run_dir",), resources=GPU,
+          record="datacomp_ops.training.plan:training_record", inputs=("run_dir",), outputs=("run_dir",), resources=GPU,
           about="CLIP with DataComp's recipe for the scale, once per seed"),
     Stage("evaluate", "datacomp_ops.evaluation.plan:run_evaluation_job",
-          plan="datacomp_ops.evaluation.plan:plan_evaluation", inputs=("run_dir",), outputs=("run_dir",),
+          plan="datacomp_ops.evaluation.plan:plan_evaluation", record="datacomp_ops.evaluation.plan:evaluation_record",
+          inputs=("run_dir",), outputs=("run_dir",),
           resources=GPU, about="zero-shot evaluation on DataComp's tasks"),
-    Stage("leaderboard", "datacomp_ops.evaluation.leaderboard:write_leaderboard",
+    Stage("leaderboard", "datacomp_ops.evaluation.leaderboard:run_leaderboard",
           inputs=("runs_dir", "datasets_dir"), outputs=("leaderboard_dir",),
           about="the table and HTML report over every evaluated run"),
 )}

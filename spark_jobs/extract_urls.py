@@ -44,10 +44,10 @@ def main(argv: list[str] | None = None) -> None:
             builder = builder.config(f"spark.executorEnv.{name}", os.environ[name])
     spark = builder.getOrCreate()
     try:
-        report = run_extract_urls(inputs, CrawlLayout(root, args.crawl_id), config, args.report, spark)
+        stats = run_extract_urls(inputs, CrawlLayout(root, args.crawl_id), config, args.report, spark)
     finally:
         spark.stop()
-    print(json.dumps(report["stats"]["counters"]))
+    print(json.dumps(stats.to_dict()["counters"]))
 
 
 if __name__ == "__main__":

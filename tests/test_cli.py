@@ -234,6 +234,7 @@ def test_train_takes_seeds_and_trains_each_subset_once_per_seed(tmp_path, monkey
     ran = []
     monkeypatch.setattr(train_plan, "run_reshard_job", lambda job: ran.append(("reshard", job["reshards"])))
     monkeypatch.setattr(train_plan, "run_train_job", lambda job: ran.append(("train", job["spec"]["run_dir"])) or {})
+    monkeypatch.setattr(train_plan, "training_record", lambda job: {"run_dir": job["spec"]["run_dir"]})
     main(["train", "--baseline", "no_filter", "--pool-version", "v0001", "--seeds", "0,2",
           "--storage-root", str(root)])
     out = capsys.readouterr().out

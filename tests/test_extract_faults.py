@@ -62,8 +62,11 @@ def test_bad_files_and_records_never_stop_a_batch_and_repaired_files_are_read_ag
                                     "extract.max_read_attempts": 2})
     crawl = CrawlLayout(config.storage_root, "CC-FAULTS")
 
-    def run(n: int) -> dict:
-        return run_extract_urls([str(listing)], crawl, config, str(tmp_path / f"report{n}.json"), spark)
+    def run(n: int) -> dict:  # the batch report the stage committed, whose stats it returns
+        stats = run_extract_urls([str(listing)], crawl, config, str(tmp_path / f"report{n}.json"), spark)
+        report = storage.read_json(str(tmp_path / f"report{n}.json"))
+        assert stats.to_dict() == report["stats"]
+        return report
 
     # 1: the batch goes on past every bad file; each bad one is named with its reason
     report = run(1)

@@ -18,6 +18,14 @@ def _uids(paths):
     return [u for p in paths for u in pq.read_table(p)["uid"].to_pylist()]
 
 
+def _extract(inputs, crawl, config, report, spark) -> dict:
+    """The stage, and the batch report it committed (its stats are the report's)."""
+    stats = run_extract_urls(inputs, crawl, config, report, spark)
+    committed = storage.read_json(report)
+    assert stats.to_dict() == committed["stats"] and stats.outputs == [p["path"] for p in committed["partitions"]]
+    return committed
+
+
 def test_extraction_matches_truth_and_is_incremental(tmp_path, small_crawl, spark, fast_download_config):
     cfg = fast_download_config
     crawl = CrawlLayout(str(tmp_path / "root"), "CC-TEST")
@@ -25,7 +33,7 @@ def test_extraction_matches_truth_and_is_incremental(tmp_path, small_crawl, spar
     truth = pq.read_table(small_crawl["truth"]).to_pydict()
     truth_uids = set(truth["uid"])
 
-    report = run_extract_urls([first_wat], crawl, cfg, str(tmp_path / "r1.json"), spark)
+    report = _extract([first_wat], crawl, cfg, str(tmp_path / "r1.json"), spark)
     parts = [p["path"] for p in report["partitions"]]
     first_uids = _uids(parts)
     assert len(first_uids) == len(set(first_uids)) == report["stats"]["counters"]["urls_written"]
@@ -44,11 +52,11 @@ def test_extraction_matches_truth_and_is_incremental(tmp_path, small_crawl, spar
     assert counters["pairs"] == counters["urls_written"] + counters["duplicates_in_batch"] + counters["already_known"]
 
     # the same report path again: a retried task after success does nothing
-    assert run_extract_urls([first_wat], crawl, cfg, str(tmp_path / "r1.json"), spark) == report
+    assert run_extract_urls([first_wat], crawl, cfg, str(tmp_path / "r1.json"), spark).to_dict() == report["stats"]
 
     # a new run over the listing: only the second WAT file is read; nothing seen before is repeated
     listing = small_crawl["wat_listing"]
-    report2 = run_extract_urls([listing], crawl, cfg, str(tmp_path / "r2.json"), spark)
+    report2 = _extract([listing], crawl, cfg, str(tmp_path / "r2.json"), spark)
     assert report2["batch"] == 1
     assert report2["stats"]["counters"]["wat_files_processed"] == 1
     assert report2["stats"]["counters"]["wat_files_already_processed"] == 1
@@ -60,7 +68,7 @@ def test_extraction_matches_truth_and_is_incremental(tmp_path, small_crawl, spar
     assert manifest["processed"] == [True, True]
 
     # nothing new: no batch at all
-    report3 = run_extract_urls([listing], crawl, cfg, str(tmp_path / "r3.json"), spark)
+    report3 = _extract([listing], crawl, cfg, str(tmp_path / "r3.json"), spark)
     assert report3["batch"] is None and report3["partitions"] == []
 
 
@@ -74,8 +82,7 @@ def test_dedup_against_other_crawls_and_leftover_cleanup(tmp_path, small_crawl, 
     storage.makedirs(b.urls)
     shutil.copy(storage.ls(a.urls, "part-*.parquet")[0], storage.join(b.urls, "part-0000-00099.parquet"))
     # the same WAT file under another crawl id: every pair is known already
-    report = run_extract_urls([first_wat], b, fast_download_config, None, spark)
-    counters = report["stats"]["counters"]
+    counters = run_extract_urls([first_wat], b, fast_download_config, None, spark).counters
     assert counters["urls_written"] == 0
     assert counters["already_known"] + counters["duplicates_in_batch"] == counters["pairs"] > 0
     assert storage.ls(b.urls, "part-*.parquet") == []
@@ -99,7 +106,7 @@ def test_extraction_reads_and_writes_s3(s3_bucket, small_crawl, spark, fast_down
     storage.write_bytes(remote_wat, storage.read_bytes(wat))
     config = load_config(overrides={"storage_root": s3_bucket, "extract.urls_per_partition": 150})
     crawl = CrawlLayout(config.storage_root, "CC-S3")
-    report = run_extract_urls([remote_wat], crawl, config, storage.join(crawl.base, "reports", "r.json"), spark)
+    report = _extract([remote_wat], crawl, config, storage.join(crawl.base, "reports", "r.json"), spark)
     parts = [p["path"] for p in report["partitions"]]
     assert parts and all(p.startswith(f"{s3_bucket}/crawls/CC-S3/urls/part-0000-") for p in parts)
     local_rows = parse_wat_file(wat)[0].to_pylist()
@@ -140,7 +147,7 @@ def test_unreadable_wat_file_stays_unprocessed_and_is_read_once_readable(tmp_pat
     crawl = CrawlLayout(str(tmp_path / "root"), "CC-LATE")
     inputs = [late_local, late_s3]
 
-    report = run_extract_urls(inputs, crawl, fast_download_config, str(tmp_path / "r1.json"), spark)
+    report = _extract(inputs, crawl, fast_download_config, str(tmp_path / "r1.json"), spark)
     assert report["partitions"] == [] and report["stats"]["counters"]["wat_files_pending:unreadable"] == 2
     assert report["stats"]["counters"]["wat_files_processed"] == 0
     errors = {u["wat_path"]: u["error"] for u in report["unreadable"]}
@@ -152,12 +159,12 @@ def test_unreadable_wat_file_stays_unprocessed_and_is_read_once_readable(tmp_pat
     (tmp_path / "late").mkdir()
     shutil.copy(first_wat, late_local)
     storage.write_bytes(late_s3, storage.read_bytes(second_wat))
-    report2 = run_extract_urls(inputs, crawl, fast_download_config, str(tmp_path / "r2.json"), spark)
+    report2 = _extract(inputs, crawl, fast_download_config, str(tmp_path / "r2.json"), spark)
     assert report2["stats"]["counters"]["wat_files_processed"] == 2 and report2["unreadable"] == []
     got = set(_uids(p["path"] for p in report2["partitions"]))
     assert got == set(pq.read_table(small_crawl["truth"])["uid"].to_pylist())
     # and a third run reads nothing
-    report3 = run_extract_urls(inputs, crawl, fast_download_config, str(tmp_path / "r3.json"), spark)
+    report3 = _extract(inputs, crawl, fast_download_config, str(tmp_path / "r3.json"), spark)
     assert report3["batch"] is None
 
 

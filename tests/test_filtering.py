@@ -14,7 +14,7 @@ from datacomp_ops.core.schema import SchemaError, read_subset, uids_to_array, wr
 from datacomp_ops.filtering import language
 from datacomp_ops.filtering.baselines import BaselineSpec, FilterContext, parse_all
 from datacomp_ops.filtering.pool import MetadataPool, PoolError
-from datacomp_ops.filtering.run import PoolSource, run_baseline
+from datacomp_ops.filtering.run import PoolSource, read_record, run_baseline
 
 EN = "a photo of a red circle on the table"  # fastText and CLD3 both say English
 FR = "une photo d'un chat noir sur la table"
@@ -291,7 +291,10 @@ def test_run_baseline_writes_a_datacomp_subset_and_its_record(tmp_path):
     config = load_config(overrides={"storage_root": str(tmp_path / "root"),
                                     "filtering.baselines": ["top = clip_score:arch=l14,fraction=0.5"]})
     source = PoolSource(manifest=str(manifest), scale="tiny")
-    record = run_baseline("top", source, config)
+    stats = run_baseline("top", source, config)
+    out = str(tmp_path / "root" / "subsets" / "v0001" / "tiny")
+    assert stats.outputs == [f"{out}/top.npy", f"{out}/top.json"] and stats["kept"] == 2
+    record = read_record(out, "top")
     # over the scale's 3 rows: int(3 * 0.5) = 1 -> the second highest score (0.4) is the threshold
     assert record["kept"] == 2 and record["pool_samples"] == 3 and record["decided_with"]["threshold"] == pytest.approx(0.4)
     path = tmp_path / "root" / "subsets" / "v0001" / "tiny" / "top.npy"

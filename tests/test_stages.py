@@ -27,10 +27,12 @@ def test_every_stage_resolves_to_its_function_planner_counters_and_layout_entrie
         assert not attribute or hasattr(target, attribute), entry
 
 
-def test_every_stage_runs_in_a_pipeline_and_the_stage_functions_report_stage_stats():
+def test_every_stage_runs_in_a_pipeline_and_every_stage_function_reports_stage_stats():
     assert {name for names in stages.PIPELINES.values() for name in names} == set(stages.STAGES)
-    for name in ("download", "ingest", "prepare_models", "metadata", "publish"):
-        assert inspect.signature(stages.STAGES[name].function()).return_annotation in ("StageStats", StageStats)
+    for name, stage in stages.STAGES.items():
+        assert inspect.signature(stage.function()).return_annotation in ("StageStats", StageStats), name
+        if stage.record:  # what its Asset event carries: a job's committed record, a dict
+            assert inspect.signature(stage.record_of()).return_annotation in ("dict", dict), name
 
 
 @pytest.fixture(scope="module")

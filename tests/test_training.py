@@ -288,7 +288,8 @@ def test_each_subset_is_planned_once_per_seed(tmp_path, monkeypatch):
     # one reshard per subset, into the folder both seeds read
     assert [j["reshards"] for j in jobs] == [True, False, True, False]
     assert jobs[0]["spec"]["shards_dir"] == jobs[1]["spec"]["shards_dir"] != jobs[2]["spec"]["shards_dir"]
-    assert run_reshard_job(jobs[1]) == {} and not os.path.exists(jobs[1]["spec"]["shards_dir"])
+    skipped = run_reshard_job(jobs[1])
+    assert not skipped.counters and not skipped.outputs and not os.path.exists(jobs[1]["spec"]["shards_dir"])
     # the form's (and the command line's) seeds replace the config's, under the config's rule
     jobs = plan_training(params | {"baselines": ["no_filter"], "seeds": [3, 1, 2]}, [])
     assert [j["name"] for j in jobs] == ["v0001/tiny/no_filter+seed3", "v0001/tiny/no_filter+seed1",

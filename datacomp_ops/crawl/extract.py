@@ -294,15 +294,16 @@ def local_spark(master: str = "local[*]", app_name: str = "datacomp") -> "SparkS
 
 
 def run_extract_urls(inputs: list[str], crawl: CrawlLayout, config: PlatformConfig,
-                     report: str | None = None, spark: "SparkSession | None" = None) -> dict:
-    """Stage entry point: WAT files or listings in, URL partitions and a batch report out.
+                     report: str | None = None, spark: "SparkSession | None" = None) -> StageStats:
+    """Stage entry point: WAT files or listings in, URL partitions out (the stats' outputs).
 
-    With `report` set, a committed report makes the call a no-op (a retried
-    task after success), and the new report is written there.
+    With `report` set, the batch report (partitions with their rows, WAT files
+    not read whole) is written there, and a committed report makes the call a
+    no-op that returns its stats (a retried task after success).
     """
     if report and storage.exists(report):
         log.info("report %s exists: extraction already committed", report)
-        return storage.read_json(report)
+        return StageStats.from_dict(storage.read_json(report)["stats"])
     storage.check_writable(crawl.base)
     wat_paths = resolve_inputs(inputs)
     if not wat_paths:
@@ -316,4 +317,4 @@ def run_extract_urls(inputs: list[str], crawl: CrawlLayout, config: PlatformConf
             spark.stop()
     if report:
         storage.write_json(report, result)
-    return result
+    return StageStats.from_dict(result["stats"])

@@ -21,6 +21,8 @@ import logging
 import math
 import posixpath
 import statistics
+import time
+from collections import Counter
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
@@ -29,9 +31,11 @@ import pyarrow.parquet as pq
 from ..core import storage
 from ..core.config import SCALES, ConfigError
 from ..core.layout import datasets_dir, leaderboard_dir, parse_dataset_root, parse_run_dir, runs_dir
+from ..core.stats import StageStats
 from .tasks import GROUP_TITLES, GROUPS
 
 log = logging.getLogger(__name__)
+STAGE = "leaderboard"
 
 SCORES = (*GROUPS, "average")
 SUBSET = ("dataset", "pool_version", "scale", "baseline")  # what a leaderboard row is
@@ -139,6 +143,14 @@ def write_leaderboard(root: str) -> dict:
     return {"rows": len(rows), "runs": len(runs), "parquet": storage.join(out, "leaderboard.parquet"),
             "csv": storage.join(out, "leaderboard.csv"), "runs_parquet": storage.join(out, "runs.parquet"),
             "html": storage.join(out, "index.html")}
+
+
+def run_leaderboard(root: str) -> StageStats:
+    """Stage entry point: the leaderboard of `root` written again over every evaluated run."""
+    start = time.perf_counter()
+    paths = write_leaderboard(root)
+    return StageStats(STAGE, Counter(subsets=paths["rows"], runs=paths["runs"]), time.perf_counter() - start,
+                      [paths[k] for k in ("parquet", "csv", "runs_parquet", "html")])
 
 
 # -- the report -------------------------------------------------------------------

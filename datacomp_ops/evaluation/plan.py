@@ -8,6 +8,7 @@ from typing import Any
 from ..core import storage, versions
 from ..core.config import ConfigError, config_from_dict, load_config
 from ..core.layout import dataset_root, parse_dataset_root, parse_run_dir, run_name, runs_dir
+from ..core.stats import StageStats
 from .zero_shot import SUMMARY, run_evaluation
 
 
@@ -31,8 +32,12 @@ def plan_evaluation(params: dict[str, Any], events: list[dict], config_path: str
              "name": f"{p.pool_version}/{p.scale}/{run_name(p.baseline, p.seed)}"} for r, p in zip(runs, places)]
 
 
-def run_evaluation_job(job: dict) -> dict:
-    run_evaluation(job["run_dir"], config_from_dict(job["config"]))
+def run_evaluation_job(job: dict) -> StageStats:
+    return run_evaluation(job["run_dir"], config_from_dict(job["config"]))
+
+
+def evaluation_record(job: dict) -> dict:
+    """The job's committed aggregates (ImageNet, VTAB, retrieval, the average...) with its run folder."""
     summary = storage.read_json(storage.join(job["run_dir"], SUMMARY))
     return {"run_dir": job["run_dir"], "aggregates": summary["aggregates"]}
 

@@ -14,9 +14,10 @@ from typing import Any
 from ..core import storage, versions
 from ..core.config import SCALES, config_from_dict, load_config
 from ..core.layout import PoolLayout, dataset_root
+from ..core.stats import StageStats
 from .baselines import BaselineSpec, parse_all, uses_fasttext
 from .pool import UidIndex
-from .run import PoolSource, make_context, output_dir, run_baseline
+from .run import PoolSource, make_context, output_dir, read_record, run_baseline
 
 
 def plan_filtering(params: dict[str, Any], events: list[dict]) -> list[dict]:
@@ -67,8 +68,8 @@ def plan_filtering(params: dict[str, Any], events: list[dict]) -> list[dict]:
         if uses_fasttext(labels, specs):
             make_context(pool, config, storage.join(out, "_index")).build_language_index()
         for label in labels:
-            jobs.append({"label": label, "pool_name": name, "source": source.describe(), "out": out,
-                         "config": config.to_dict()})
+            jobs.append({"label": label, "pool_name": name, "name": f"{label} ({name})",
+                         "source": source.describe(), "out": out, "config": config.to_dict()})
     return jobs
 
 
@@ -79,12 +80,14 @@ def smallest_scale_first(events: list[dict]) -> list[dict]:
     return sorted(events, key=lambda e: order.index(e["scale"]) if e.get("scale") in order else len(order))
 
 
-def run_job(job: dict) -> dict:
-    record = run_baseline(job["label"], PoolSource(**job["source"]), config_from_dict(job["config"]), job["out"])
-    return record | {"pool_name": job["pool_name"]}
+def run_filter_job(job: dict) -> StageStats:
+    return run_baseline(job["label"], PoolSource(**job["source"]), config_from_dict(job["config"]), job["out"])
+
+
+def job_record(job: dict) -> dict:
+    """The job's committed stats record (what its Asset event tells training), with its pool's name."""
+    return read_record(job["out"], job["label"]) | {"pool_name": job["pool_name"]}
 
 
 def job_records(jobs: list[dict]) -> list[dict]:
-    """The committed stats record of each job, read back from storage."""
-    return [storage.read_json(storage.join(j["out"], f"{j['label']}.json")) | {"pool_name": j["pool_name"]}
-            for j in jobs]
+    return [job_record(j) for j in jobs]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import posixpath
 import time
+from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,13 +21,15 @@ from ..core import storage
 from ..core.config import ConfigError, PlatformConfig
 from ..core.layout import SubsetsLayout, SyntheticWorld, external_subsets
 from ..core.schema import write_subset
-from ..core.stats import StageStats
+from ..core.stats import Counters, StageStats
 from .baselines import BaselineSpec, FilterContext, parse_all
 from .pool import MetadataPool
 
 log = logging.getLogger(__name__)
 
-STAGE = "filter"
+STAGE = "filter_baseline"
+# committed_before: a rerun found the baseline's record committed, and did nothing
+COUNTERS = Counters.of(STAGE, ["pool_samples", "kept", "committed_before"])
 
 
 @dataclass(frozen=True)
@@ -85,21 +88,33 @@ def make_context(pool: MetadataPool, config: PlatformConfig, index_dir: str | No
     return FilterContext(pool, f.fasttext_model, entities, targets, metaclip_entries, f.seed, index_dir)
 
 
+def record_path(out: str, label: str) -> str:
+    return storage.join(out, f"{label}.json")
+
+
+def read_record(out: str, label: str) -> dict:
+    """A baseline's committed stats record: kept count and fraction, what it decided with, spec, pool, seconds."""
+    return storage.read_json(record_path(out, label))
+
+
 def run_baseline(label: str, source: PoolSource, config: PlatformConfig, out: str | None = None,
-                 context: FilterContext | None = None) -> dict:
-    """Run the baseline `label` of filtering.baselines; returns its stats record."""
+                 context: FilterContext | None = None) -> StageStats:
+    """Run the baseline `label` of filtering.baselines: its subset file and stats record are the stats'
+    outputs (read_record reads the record back)."""
     specs = parse_all(config.filtering.baselines)
     if label not in specs:
         raise ConfigError(f"no baseline labelled {label!r} in filtering.baselines ({', '.join(specs)})")
     spec = specs[label]
     out = out or output_dir(config, source)
-    record_path, subset_path = storage.join(out, f"{label}.json"), storage.join(out, f"{label}.npy")
-    if storage.exists(record_path):
-        record = storage.read_json(record_path)
+    record_url, subset_path = record_path(out, label), storage.join(out, f"{label}.npy")
+    outputs = [subset_path, record_url]
+    if storage.exists(record_url):
+        record = storage.read_json(record_url)
         if record.get("spec") == _spec_text(config, label) and record.get("pool") == source.describe() \
                 and storage.exists(subset_path):
             log.info("%s: committed already (%d kept)", label, record["kept"])
-            return record
+            return StageStats(STAGE, Counter(pool_samples=record["pool_samples"], kept=record["kept"],
+                                             committed_before=1), outputs=outputs)
     start = time.perf_counter()
     ctx = context or make_context(source.open(), config, storage.join(out, "_index"))
     selection = spec.run(ctx, specs)
@@ -110,25 +125,9 @@ def run_baseline(label: str, source: PoolSource, config: PlatformConfig, out: st
         "kept": kept, "fraction": kept / total if total else 0.0, "subset": subset_path,
         "decided_with": selection.info, "seconds": round(time.perf_counter() - start, 3),
     }
-    storage.write_json(record_path, record)
+    storage.write_json(record_url, record)
     log.info("%s: kept %d of %d (%.1f%%) in %.1f s", label, kept, total, 100 * record["fraction"], record["seconds"])
-    return record
-
-
-def run_baselines(source: PoolSource, config: PlatformConfig, labels: list[str] | None = None,
-                  out: str | None = None) -> StageStats:
-    """Every baseline of filtering.baselines (or `labels`) over one pool, the columns read once."""
-    specs = parse_all(config.filtering.baselines)
-    stats = StageStats(STAGE)
-    start = time.perf_counter()
-    ctx = make_context(source.open(), config, storage.join(out or output_dir(config, source), "_index"))
-    for label in labels or list(specs):
-        record = run_baseline(label, source, config, out, ctx)
-        stats.add(f"kept:{label}", record["kept"])
-        stats.outputs.append(record["subset"])
-    stats.add("pool_samples", len(ctx))
-    stats.seconds = time.perf_counter() - start
-    return stats
+    return StageStats(STAGE, Counter(pool_samples=total, kept=kept), time.perf_counter() - start, outputs)
 
 
 def _spec_text(config: PlatformConfig, label: str) -> str:

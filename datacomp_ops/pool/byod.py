@@ -71,7 +71,7 @@ from .build import BuildSpec
 
 log = logging.getLogger(__name__)
 
-STAGE = "import"
+STAGE = "scan"
 KINDS = ("webdataset", "urls")
 # Column names tried in this order when the import names none (LAION writes URL and TEXT).
 URL_COLUMNS = ("url", "URL")
@@ -264,15 +264,16 @@ def _write(url: str, table: pa.Table) -> None:
         pq.write_table(table, f)
 
 
-def run_scan(spec: BuildSpec) -> dict:
-    """Stage entry point: read the source files no earlier import read; returns the batch report.
+def run_scan(spec: BuildSpec) -> StageStats:
+    """Stage entry point: read the source files no earlier import read, into URL or staged parts (the
+    stats' outputs); the batch report (parts with their rows, files not read whole) goes to spec.report.
 
     Commit order as the extraction's: parts, then the manifest (the commit
     point), then the report. A committed report makes a rerun a no-op.
     """
     if storage.exists(spec.report):
         log.info("report %s exists: the scan already committed", spec.report)
-        return storage.read_json(spec.report)
+        return StageStats.from_dict(storage.read_json(spec.report)["stats"])
     start = time.monotonic()
     config, crawl, kind = spec.platform_config, spec.crawl, spec.source["kind"]
     manifest = read_manifest(crawl)
@@ -291,7 +292,7 @@ def run_scan(spec: BuildSpec) -> dict:
     if not todo:
         log.info("dataset %s: all %d source files already imported", crawl.crawl_id, len(spec.inputs))
         storage.write_json(spec.report, report | {"stats": stats.to_dict()})
-        return report | {"stats": stats.to_dict()}
+        return stats
 
     tables, reads = [], []
     for path in todo:
@@ -352,7 +353,7 @@ def run_scan(spec: BuildSpec) -> dict:
     report |= {"batch": batch, "partitions": parts, "stats": stats.to_dict()}
     storage.write_json(spec.report, report)
     log.info("dataset %s batch %d: %s", crawl.crawl_id, batch, stats.to_dict()["counters"])
-    return report
+    return stats
 
 
 # -- planning: downloads of URL tables, imports of staged shards ----------------------------------------------

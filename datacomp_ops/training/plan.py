@@ -21,6 +21,8 @@ from typing import Any
 from ..core import storage, versions
 from ..core.config import ConfigError, config_from_dict, get_scale, load_config
 from ..core.layout import PoolLayout, SubsetsLayout, dataset_root, parse_dataset_root, run_name
+from ..core.stats import StageStats
+from .reshard import STAGE as RESHARD_STAGE
 from .reshard import run_reshard
 from .train import TrainSpec, run_training
 
@@ -119,20 +121,23 @@ def plan_training(params: dict[str, Any], events: list[dict], config_path: str |
     return [job for b in wanted for job in _jobs(PoolLayout(root, version).manifest, scale, b, seeds, config_dict)]
 
 
-def run_reshard_job(job: dict) -> dict:
+def run_reshard_job(job: dict) -> StageStats:
     """The job's subset of its pool's shards, resharded where its spec reads them (a no-op when done, and
     for the other seeds of a subset, whose first job reshards it)."""
     spec = TrainSpec(**job["spec"])
     if not job.get("reshards", True):
         log.info("%s: trains on the shards its subset's first job writes, %s", job["name"], spec.shards_dir)
-        return {}
+        return StageStats(RESHARD_STAGE)
     shards = storage.read_json(job["manifest"])["shards"]
-    stats = run_reshard(spec.subset, shards, spec.shards_dir, shard_size=get_scale(spec.scale).shard_size,
-                    workers=min(os.cpu_count() or 1, 8))
-    return stats.to_dict()
+    return run_reshard(spec.subset, shards, spec.shards_dir, shard_size=get_scale(spec.scale).shard_size,
+                       workers=min(os.cpu_count() or 1, 8))
 
 
-def run_train_job(job: dict) -> dict:
+def run_train_job(job: dict) -> StageStats:
+    return run_training(TrainSpec(**job["spec"]), config_from_dict(job["config"]))
+
+
+def training_record(job: dict) -> dict:
+    """The job's committed training record (what its Asset event tells evaluation), with its run folder."""
     spec = TrainSpec(**job["spec"])
-    run_training(spec, config_from_dict(job["config"]))
     return storage.read_json(storage.join(spec.run_dir, "training.json")) | {"run_dir": spec.run_dir}
