@@ -31,9 +31,11 @@ import os
 import signal
 import sys
 import time
-from typing import Any
+from typing import Any, Callable
 
 from tqdm import tqdm
+
+from .core.config import SCALES
 
 
 def _date(text: str):
@@ -90,6 +92,35 @@ def _config(args):
     return load_config(args.config, _config_overrides(args))
 
 
+# name -> (help, function, the function adding its arguments, whether it takes --config/--storage-root/--set);
+# each command is declared with its arguments by @command, in the order `datacomp --help` lists them
+COMMANDS: dict[str, tuple[str, Callable, Callable, bool]] = {}
+
+
+def command(name: str, help_text: str, arguments: Callable = lambda p: None, config: bool = True) -> Callable:
+    """Register the decorated function as the subcommand `name`; `arguments(p)` adds its own arguments."""
+
+    def register(run: Callable) -> Callable:
+        COMMANDS[name] = (help_text, run, arguments, config)
+        return run
+
+    return register
+
+
+def _args_synthetic(p) -> None:
+    p.add_argument("--out", required=True)
+    p.add_argument("--n-urls", type=int, default=2000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--base-url", default="http://127.0.0.1:8765")
+    p.add_argument("--urls-per-file", type=int, default=5000)
+    p.add_argument("--crawl-id", default="CC-SYNTH-2026-47", type=_name("crawl id"), help="the (last) crawl's id")
+    p.add_argument("--crawls", type=int, default=1, help="weekly crawls ending with --crawl-id")
+    p.add_argument("--repeat-fraction", type=float, default=0.1,
+                   help="pairs of the crawl before that each crawl links again")
+    p.add_argument("--no-faults", action="store_true", help="leave out the malformed records")
+
+
+@command("synthetic", "generate a synthetic crawl and evaluation suite", _args_synthetic, config=False)
 def cmd_synthetic(args) -> None:
     from .core.layout import SyntheticWorld
     from .synthetic.crawl import CrawlSpec, generate_world
@@ -105,6 +136,12 @@ def cmd_synthetic(args) -> None:
               f"({summary['repeated_from_previous']} from the crawl before); listing: {summary['wat_listing']}")
 
 
+def _args_serve(p) -> None:
+    p.add_argument("--port", type=_port, default=8765)
+    p.add_argument("--hang-seconds", type=float, default=30.0)
+
+
+@command("serve", "serve the synthetic crawl's images on 127.0.0.1", _args_serve, config=False)
 def cmd_serve(args) -> None:
     from .synthetic.server import SyntheticImageServer
 
@@ -117,6 +154,13 @@ def cmd_serve(args) -> None:
         server.server_close()
 
 
+def _args_extract(p) -> None:
+    p.add_argument("--crawl-id", default="CC-SYNTH-2026-47", type=_name("crawl id"))
+    p.add_argument("--input", action="append", default=[],
+                   help="WAT file or wat.paths.gz listing (default: the crawl's listing in the crawl source)")
+
+
+@command("extract", "URL extraction (Spark, local master)", _args_extract)
 def cmd_extract(args) -> None:
     from .core.config import load_config
     from .core.layout import CrawlLayout
@@ -144,6 +188,13 @@ def _config_overrides(args) -> dict[str, Any]:
     return overrides
 
 
+def _args_download(p) -> None:
+    p.add_argument("--partition", required=True)
+    p.add_argument("--pool-version", required=True, type=_name("pool version"))
+    p.add_argument("--first-shard", type=int, default=0)
+
+
+@command("download", "download one URL partition", _args_download)
 def cmd_download(args) -> None:
     import pyarrow.parquet as pq
 
@@ -159,6 +210,7 @@ def cmd_download(args) -> None:
     print(json.dumps(stats.to_dict(), indent=2))
 
 
+@command("storage-init", "create the storage root (its S3 bucket too) and check that it can be written")
 def cmd_storage_init(args) -> None:
     from .core import storage
 
@@ -167,12 +219,19 @@ def cmd_storage_init(args) -> None:
     print(f"storage root {root} is writable")
 
 
+@command("prepare-models", "check every model, train the embedded stand-ins, index the evaluation sets")
 def cmd_prepare_models(args) -> None:
     from .pool.prepare_models import run_prepare_models
 
     print(json.dumps(run_prepare_models(_config(args)).to_dict(), indent=2))
 
 
+def _args_metadata(p) -> None:
+    p.add_argument("--pool-version", required=True, type=_name("pool version"))
+    p.add_argument("--shard", type=int, action="append", default=[], help="raw shard id (default: all pending)")
+
+
+@command("metadata", "the metadata pass over raw shards of a pool", _args_metadata)
 def cmd_metadata(args) -> None:
     from .core.layout import PoolLayout
     from .pool.metadata import plan_metadata, run_metadata
@@ -183,6 +242,11 @@ def cmd_metadata(args) -> None:
     print(json.dumps(run_metadata(shards, pool, config).to_dict(), indent=2))
 
 
+def _args_publish(p) -> None:
+    p.add_argument("--pool-version", required=True, type=_name("pool version"))
+
+
+@command("publish", "per-scale pools and the manifest of a pool", _args_publish)
 def cmd_publish(args) -> None:
     from .core.layout import PoolLayout
     from .pool.publish import run_publish
@@ -233,6 +297,20 @@ def _run_pool_build(dag_id: str, spec, run_key: str, start: float, serve=None) -
         print(format_summary(summarize(spec, time.monotonic() - start)))
 
 
+def _args_build(p) -> None:
+    p.add_argument("--crawl-id", default="", type=_name("crawl id"),
+                   help="default: the newest crawl of the source at --date")
+    p.add_argument("--date", type=_date, help="YYYY-MM-DD: build the crawl of that week (default: today)")
+    p.add_argument("--pool-version", default="", type=_name("pool version"),
+                   help="default: the open version or the next one")
+    p.add_argument("--scale", default="xlarge", choices=list(SCALES),
+                   help="build what this scale needs (as the DAG's form; xlarge: the whole pool)")
+    p.add_argument("--input", action="append", default=[])
+    p.add_argument("--serve", type=_port, metavar="PORT", help="serve the synthetic images on PORT meanwhile")
+    p.add_argument("--hang-seconds", type=float, default=30.0)
+
+
+@command("build", "the CommonPool build end to end, without Airflow", _args_build)
 def cmd_build(args) -> None:
     from .pool.build import make_spec
 
@@ -257,6 +335,19 @@ def _root(config, args) -> str:
     return dataset_root(config.storage_root, args.dataset) if getattr(args, "dataset", "") else config.storage_root
 
 
+def _args_ledger(p) -> None:
+    p.add_argument("--pool-version", default="", type=_name("pool version"),
+                   help="default: the newest version (open ones included)")
+    p.add_argument("--stage", choices=["download", "metadata"], help="counts of one stage only")
+    p.add_argument("--dataset", default="", type=_name("dataset name"),
+                   help="an imported dataset's pool instead of the CommonPool")
+    who = p.add_mutually_exclusive_group()
+    who.add_argument("--uid", help="print this uid's status history across pool versions")
+    who.add_argument("--url", help="print this image URL's status history across pool versions")
+
+
+@command("ledger", "current status counts of a pool version, per version and stage; or the history of one URL",
+         _args_ledger)
 def cmd_ledger(args) -> None:
     from .core import versions
     from .ui.pool_report import lookup, version_summary
@@ -294,6 +385,17 @@ def cmd_ledger(args) -> None:
     print(json.dumps(out, indent=2))
 
 
+def _args_filter(p) -> None:
+    p.add_argument("--pool-version", default="", type=_name("pool version"),
+                   help="default: the newest published version")
+    p.add_argument("--scale", default="tiny", help="the scale's pool (default: tiny)")
+    p.add_argument("--metadata-dir", help="any folder of DataComp-format metadata instead of a pool version")
+    p.add_argument("--dataset", default="", type=_name("dataset name"),
+                   help="an imported dataset's pool instead of the CommonPool")
+    p.add_argument("--baseline", action="append", default=[], help="label of filtering.baselines (default: all)")
+
+
+@command("filter", "filtering baselines over a pool: DataComp subset files", _args_filter)
 def cmd_filter(args) -> None:
     from .core import versions
     from .core.layout import PoolLayout
@@ -321,6 +423,22 @@ def cmd_filter(args) -> None:
     print(format_table([read_record(out, label) for label in labels]))
 
 
+def _args_reshard(p) -> None:
+    p.add_argument("--baseline", help="a subset written by datacomp filter / the filtering DAG")
+    p.add_argument("--pool-version", default="", type=_name("pool version"),
+                   help="default: the newest published version")
+    p.add_argument("--scale", default="tiny")
+    p.add_argument("--dataset", default="", type=_name("dataset name"),
+                   help="an imported dataset's pool instead of the CommonPool")
+    p.add_argument("--subset", help="any DataComp subset file (u8,u8), with --shards-dir and --out")
+    p.add_argument("--shards-dir", help="folder of input shards (.tar with .parquet beside)")
+    p.add_argument("--out", help="default: {root}/runs/{version}/{scale}/{baseline}/shards")
+    p.add_argument("--shard-size", type=int, default=0, help="samples per output shard (default: DataComp's "
+                   "10,000; for --baseline, the scale's, as its training reshards: 10 at tiny)")
+    p.add_argument("--workers", type=int, default=0, help="parallel tasks (default: the cores)")
+
+
+@command("reshard", "a subset's samples of a pool in new shards (DataComp's layout)", _args_reshard)
 def cmd_reshard(args) -> None:
     from .core import storage, versions
     from .core.config import get_scale
@@ -350,6 +468,19 @@ def cmd_reshard(args) -> None:
     print(f"shards in {out} (meta.json: {storage.join(out, 'meta.json')})")
 
 
+def _args_train(p) -> None:
+    p.add_argument("--baseline", action="append", default=[], help="a subset's label (default: every subset)")
+    p.add_argument("--seeds", type=_seeds, default=[], metavar="0,1,2",
+                   help="train each subset once per seed (default: the config's training.seeds)")
+    p.add_argument("--pool-version", default="", type=_name("pool version"),
+                   help="default: the newest published version")
+    p.add_argument("--scale", default="tiny")
+    p.add_argument("--dataset", default="", type=_name("dataset name"),
+                   help="an imported dataset's pool instead of the CommonPool")
+
+
+@command("train", "CLIP on subsets with DataComp's recipe for the scale (reshards each first), once per seed: "
+                  "{root}/runs/{version}/{scale}/{baseline} (seed 0) or {baseline}+seed{k}", _args_train)
 def cmd_train(args) -> None:
     from .training.plan import plan_training, run_reshard_job, run_train_job, training_record
 
@@ -362,6 +493,17 @@ def cmd_train(args) -> None:
         print(json.dumps(training_record(job), indent=2))
 
 
+def _args_evaluate(p) -> None:
+    p.add_argument("--run-dir", action="append", default=[], help="a training run's folder (default: every "
+                                                                  "trained run of the version and scale)")
+    p.add_argument("--pool-version", default="", type=_name("pool version"),
+                   help="default: the newest published version")
+    p.add_argument("--scale", default="tiny")
+    p.add_argument("--dataset", default="", type=_name("dataset name"), help="an imported dataset's runs")
+
+
+@command("evaluate", "zero-shot evaluation of trained runs on DataComp's tasks (eval_results.jsonl), then the "
+                     "leaderboard", _args_evaluate)
 def cmd_evaluate(args) -> None:
     from .evaluation.leaderboard import run_leaderboard
     from .evaluation.plan import evaluation_record, plan_evaluation, run_evaluation_job, storage_roots
@@ -377,6 +519,7 @@ def cmd_evaluate(args) -> None:
         print(f"leaderboard: {run_leaderboard(root).outputs[-1]}")
 
 
+@command("leaderboard", "the leaderboard over every evaluated run (table + HTML)")
 def cmd_leaderboard(args) -> None:
     from .evaluation.leaderboard import aggregate, collect, score_text, write_leaderboard
 
@@ -390,6 +533,23 @@ def cmd_leaderboard(args) -> None:
     print(f"table: {paths['parquet']}  runs: {paths['runs_parquet']}  report: {paths['html']}")
 
 
+def _args_import(p) -> None:
+    p.add_argument("--name", required=True, type=_name("dataset name"),
+                   help="the dataset's name (letters, digits, . _ -)")
+    p.add_argument("--source", action="append", required=True,
+                   help="webdataset .tar files, .parquet files of URLs and captions, or folders of either")
+    p.add_argument("--kind", default="auto", choices=["auto", "webdataset", "urls"])
+    p.add_argument("--url-column", default="", help="URL tables: default url or URL")
+    p.add_argument("--caption-column", default="", help="URL tables: default caption, text, TEXT or alt")
+    p.add_argument("--pool-version", default="", type=_name("pool version"),
+                   help="default: the open version or the next one")
+    p.add_argument("--scale", default="xlarge", choices=list(SCALES),
+                   help="URL tables: download what this scale needs (xlarge: everything)")
+    p.add_argument("--serve", type=_port, metavar="PORT", help="serve the synthetic images on PORT meanwhile")
+
+
+@command("import", "an external image-text dataset as a pool of its own ({root}/datasets/NAME), with the "
+                   "CommonPool's metadata", _args_import)
 def cmd_import(args) -> None:
     from .pool.byod import make_import_spec
 
@@ -408,157 +568,18 @@ def cmd_import(args) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from .core.config import SCALES
-
     parser = argparse.ArgumentParser(prog="datacomp", description="DataComp platform stages without Airflow")
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
-
-    def with_config(p):
-        p.add_argument("--config", help="YAML config file (default: $DATACOMP_CONFIG)")
-        p.add_argument("--storage-root", help="overrides the config's storage_root")
-        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                       help="config override, e.g. --set download.timeout=5")
-        return p
-
-    p = sub.add_parser("synthetic", help="generate a synthetic crawl and evaluation suite")
-    p.add_argument("--out", required=True)
-    p.add_argument("--n-urls", type=int, default=2000)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--base-url", default="http://127.0.0.1:8765")
-    p.add_argument("--urls-per-file", type=int, default=5000)
-    p.add_argument("--crawl-id", default="CC-SYNTH-2026-47", type=_name("crawl id"), help="the (last) crawl's id")
-    p.add_argument("--crawls", type=int, default=1, help="weekly crawls ending with --crawl-id")
-    p.add_argument("--repeat-fraction", type=float, default=0.1,
-                   help="pairs of the crawl before that each crawl links again")
-    p.add_argument("--no-faults", action="store_true", help="leave out the malformed records")
-    p.set_defaults(func=cmd_synthetic)
-
-    p = sub.add_parser("serve", help="serve the synthetic crawl's images on 127.0.0.1")
-    p.add_argument("--port", type=_port, default=8765)
-    p.add_argument("--hang-seconds", type=float, default=30.0)
-    p.set_defaults(func=cmd_serve)
-
-    p = with_config(sub.add_parser("extract", help="URL extraction (Spark, local master)"))
-    p.add_argument("--crawl-id", default="CC-SYNTH-2026-47", type=_name("crawl id"))
-    p.add_argument("--input", action="append", default=[],
-                   help="WAT file or wat.paths.gz listing (default: the crawl's listing in the crawl source)")
-    p.set_defaults(func=cmd_extract)
-
-    p = with_config(sub.add_parser("download", help="download one URL partition"))
-    p.add_argument("--partition", required=True)
-    p.add_argument("--pool-version", required=True, type=_name("pool version"))
-    p.add_argument("--first-shard", type=int, default=0)
-    p.set_defaults(func=cmd_download)
-
-    p = with_config(sub.add_parser("storage-init", help="create the storage root (its S3 bucket too) and check "
-                                                      "that it can be written"))
-    p.set_defaults(func=cmd_storage_init)
-
-    p = with_config(sub.add_parser("prepare-models", help="check every model, train the embedded stand-ins, "
-                                                        "index the evaluation sets"))
-    p.set_defaults(func=cmd_prepare_models)
-
-    p = with_config(sub.add_parser("metadata", help="the metadata pass over raw shards of a pool"))
-    p.add_argument("--pool-version", required=True, type=_name("pool version"))
-    p.add_argument("--shard", type=int, action="append", default=[], help="raw shard id (default: all pending)")
-    p.set_defaults(func=cmd_metadata)
-
-    p = with_config(sub.add_parser("publish", help="per-scale pools and the manifest of a pool"))
-    p.add_argument("--pool-version", required=True, type=_name("pool version"))
-    p.set_defaults(func=cmd_publish)
-
-    p = with_config(sub.add_parser("build", help="the CommonPool build end to end, without Airflow"))
-    p.add_argument("--crawl-id", default="", type=_name("crawl id"),
-                   help="default: the newest crawl of the source at --date")
-    p.add_argument("--date", type=_date, help="YYYY-MM-DD: build the crawl of that week (default: today)")
-    p.add_argument("--pool-version", default="", type=_name("pool version"),
-                   help="default: the open version or the next one")
-    p.add_argument("--scale", default="xlarge", choices=list(SCALES),
-                   help="build what this scale needs (as the DAG's form; xlarge: the whole pool)")
-    p.add_argument("--input", action="append", default=[])
-    p.add_argument("--serve", type=_port, metavar="PORT", help="serve the synthetic images on PORT meanwhile")
-    p.add_argument("--hang-seconds", type=float, default=30.0)
-    p.set_defaults(func=cmd_build)
-
-    p = with_config(sub.add_parser("ledger", help="current status counts of a pool version, per version and "
-                                                  "stage; or the history of one URL"))
-    p.add_argument("--pool-version", default="", type=_name("pool version"),
-                   help="default: the newest version (open ones included)")
-    p.add_argument("--stage", choices=["download", "metadata"], help="counts of one stage only")
-    p.add_argument("--dataset", default="", type=_name("dataset name"),
-                   help="an imported dataset's pool instead of the CommonPool")
-    who = p.add_mutually_exclusive_group()
-    who.add_argument("--uid", help="print this uid's status history across pool versions")
-    who.add_argument("--url", help="print this image URL's status history across pool versions")
-    p.set_defaults(func=cmd_ledger)
-
-    p = with_config(sub.add_parser("filter", help="filtering baselines over a pool: DataComp subset files"))
-    p.add_argument("--pool-version", default="", type=_name("pool version"),
-                   help="default: the newest published version")
-    p.add_argument("--scale", default="tiny", help="the scale's pool (default: tiny)")
-    p.add_argument("--metadata-dir", help="any folder of DataComp-format metadata instead of a pool version")
-    p.add_argument("--dataset", default="", type=_name("dataset name"),
-                   help="an imported dataset's pool instead of the CommonPool")
-    p.add_argument("--baseline", action="append", default=[], help="label of filtering.baselines (default: all)")
-    p.set_defaults(func=cmd_filter)
-
-    p = with_config(sub.add_parser("reshard", help="a subset's samples of a pool in new shards (DataComp's layout)"))
-    p.add_argument("--baseline", help="a subset written by datacomp filter / the filtering DAG")
-    p.add_argument("--pool-version", default="", type=_name("pool version"),
-                   help="default: the newest published version")
-    p.add_argument("--scale", default="tiny")
-    p.add_argument("--dataset", default="", type=_name("dataset name"),
-                   help="an imported dataset's pool instead of the CommonPool")
-    p.add_argument("--subset", help="any DataComp subset file (u8,u8), with --shards-dir and --out")
-    p.add_argument("--shards-dir", help="folder of input shards (.tar with .parquet beside)")
-    p.add_argument("--out", help="default: {root}/runs/{version}/{scale}/{baseline}/shards")
-    p.add_argument("--shard-size", type=int, default=0, help="samples per output shard (default: DataComp's "
-                   "10,000; for --baseline, the scale's, as its training reshards: 10 at tiny)")
-    p.add_argument("--workers", type=int, default=0, help="parallel tasks (default: the cores)")
-    p.set_defaults(func=cmd_reshard)
-
-    p = with_config(sub.add_parser("train", help="CLIP on subsets with DataComp's recipe for the scale "
-                                                 "(reshards each first), once per seed: {root}/runs/{version}/"
-                                                 "{scale}/{baseline} (seed 0) or {baseline}+seed{k}"))
-    p.add_argument("--baseline", action="append", default=[], help="a subset's label (default: every subset)")
-    p.add_argument("--seeds", type=_seeds, default=[], metavar="0,1,2",
-                   help="train each subset once per seed (default: the config's training.seeds)")
-    p.add_argument("--pool-version", default="", type=_name("pool version"),
-                   help="default: the newest published version")
-    p.add_argument("--scale", default="tiny")
-    p.add_argument("--dataset", default="", type=_name("dataset name"),
-                   help="an imported dataset's pool instead of the CommonPool")
-    p.set_defaults(func=cmd_train)
-
-    p = with_config(sub.add_parser("evaluate", help="zero-shot evaluation of trained runs on DataComp's tasks "
-                                                    "(eval_results.jsonl), then the leaderboard"))
-    p.add_argument("--run-dir", action="append", default=[], help="a training run's folder (default: every "
-                                                                  "trained run of the version and scale)")
-    p.add_argument("--pool-version", default="", type=_name("pool version"),
-                   help="default: the newest published version")
-    p.add_argument("--scale", default="tiny")
-    p.add_argument("--dataset", default="", type=_name("dataset name"), help="an imported dataset's runs")
-    p.set_defaults(func=cmd_evaluate)
-
-    p = with_config(sub.add_parser("leaderboard", help="the leaderboard over every evaluated run (table + HTML)"))
-    p.set_defaults(func=cmd_leaderboard)
-
-    p = with_config(sub.add_parser("import", help="an external image-text dataset as a pool of its own "
-                                                  "({root}/datasets/NAME), with the CommonPool's metadata"))
-    p.add_argument("--name", required=True, type=_name("dataset name"),
-                   help="the dataset's name (letters, digits, . _ -)")
-    p.add_argument("--source", action="append", required=True,
-                   help="webdataset .tar files, .parquet files of URLs and captions, or folders of either")
-    p.add_argument("--kind", default="auto", choices=["auto", "webdataset", "urls"])
-    p.add_argument("--url-column", default="", help="URL tables: default url or URL")
-    p.add_argument("--caption-column", default="", help="URL tables: default caption, text, TEXT or alt")
-    p.add_argument("--pool-version", default="", type=_name("pool version"),
-                   help="default: the open version or the next one")
-    p.add_argument("--scale", default="xlarge", choices=list(SCALES),
-                   help="URL tables: download what this scale needs (xlarge: everything)")
-    p.add_argument("--serve", type=_port, metavar="PORT", help="serve the synthetic images on PORT meanwhile")
-    p.set_defaults(func=cmd_import)
+    for name, (help_text, run, arguments, config) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text)
+        if config:
+            p.add_argument("--config", help="YAML config file (default: $DATACOMP_CONFIG)")
+            p.add_argument("--storage-root", help="overrides the config's storage_root")
+            p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                           help="config override, e.g. --set download.timeout=5")
+        arguments(p)
+        p.set_defaults(func=run)
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,

@@ -289,7 +289,14 @@ def test_the_heartbeat_renews_the_lease_and_a_build_that_lost_it_stops(tmp_path)
     time.sleep(1.5)
     renewed = lease.read(versions.lease_path(root, "v0001"))
     assert renewed["holder"] == "cli-slow" and renewed["expires_at"] > first["expires_at"]
-    _forge(root, "v0001", holder="cli-other", pid=os.getpid())  # as if its lease had lapsed and another took it
+    # as if its lease had lapsed and another build took it. A real taker reads its write back after a settle
+    # and counts as having taken it only when it stuck: a renewal that read the file just before the forged
+    # write lands just after it and wins, so the forgery is written again until it sticks, as a taker's is.
+    for _ in range(20):
+        _forge(root, "v0001", holder="cli-other", pid=os.getpid())
+        time.sleep(0.1)
+        if lease.read(versions.lease_path(root, "v0001"))["holder"] == "cli-other":
+            break
     out, _ = holder.communicate(timeout=30)
     assert out.startswith("STOPPED pool version v0001 under ") and "build cli-slow lost its lease" in out
     assert "held by build cli-other" in out

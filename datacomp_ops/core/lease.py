@@ -220,7 +220,11 @@ def acquire(url: str, holder: str, *, bound_to_pid: bool = True, seconds: float 
 
 
 def renew(url: str, holder: str, *, bound_to_pid: bool, seconds: float) -> dict:
-    """Extend our lease; LeaseLost when the file names someone else."""
+    """Extend our lease; LeaseLost when the file names someone else.
+
+    A takeover written between this read and this write is overwritten: the taker, reading its write
+    back after `settle`, then finds ours and counts itself the loser (acquire), so one holder remains.
+    """
     current = read(url)
     if current is not None and current.get("holder") != holder:
         raise LeaseLost(f"lease {url} was taken over: {describe(current)}", current)
