@@ -204,6 +204,36 @@ def test_image_based_keeps_the_clusters_nearest_to_imagenet(tmp_path):
         select(tmp_path, f"image_based:{given}", image_targets=lambda dim: targets[:, :6])
 
 
+def test_image_based_reads_centroids_written_as_datacomps_code_writes_them_and_runs_no_code(tmp_path):
+    """DataComp's image_based_clustering.py saves its centroids with torch.save(numpy_array, path,
+    pickle_protocol=4), which torch's weights-only loader refuses; apply_filter.py reads them back with
+    torch.from_numpy(torch.load(path)). The same centroids as .npy and as such a file select the same rows;
+    a file pickling anything but an array is refused, naming it, and none of its code runs."""
+    import os
+
+    import torch
+
+    rng = np.random.default_rng(0)
+    centers = (np.eye(8)[:4] * 3).astype(np.float32)
+    write_pool(tmp_path, [{} for _ in range(40)], {"l14_img": _clusters(rng, centers, 10)})
+    targets = _clusters(rng, centers[[1, 3]], 5)
+    np.save(tmp_path / "centroids.npy", centers)
+    torch.save(centers, tmp_path / "small_centroids.pt", pickle_protocol=4)  # DataComp's writer, verbatim
+    assert torch.from_numpy(torch.load(tmp_path / "small_centroids.pt", weights_only=False)).shape == (4, 8)
+    by_npy = select(tmp_path, f"image_based:centroids={tmp_path / 'centroids.npy'}", image_targets=lambda d: targets)
+    by_pt = select(tmp_path, f"image_based:centroids={tmp_path / 'small_centroids.pt'}", image_targets=lambda d: targets)
+    assert by_pt == by_npy == set(range(10, 20)) | set(range(30, 40))
+
+    class Payload:
+        def __reduce__(self):
+            return (os.mkdir, (str(tmp_path / "ran"),))
+
+    torch.save(Payload(), tmp_path / "evil.pt", pickle_protocol=4)
+    with pytest.raises(PoolError, match=r"evil\.pt: .*it pickles posix\.mkdir.*none of its code was run"):
+        select(tmp_path, f"image_based:centroids={tmp_path / 'evil.pt'}", image_targets=lambda d: targets)
+    assert not (tmp_path / "ran").exists()
+
+
 def test_image_based_clusters_the_caption_filtered_pool_with_faiss(tmp_path):
     """Without given centroids, k-means finds two well-separated groups; the one near ImageNet is kept."""
     rng = np.random.default_rng(3)
@@ -406,6 +436,42 @@ def test_semdedup_keeps_the_least_prototypical_of_each_duplicate_group(tmp_path)
     assert select(tmp_path, "semdedup:epsilon=0.25,clusters=1") == {0, 2, 3, 4}
     assert 4 not in select(tmp_path, "semdedup:epsilon=0.3,clusters=1")
     assert select(tmp_path, "semdedup:epsilon=0.0001,clusters=1") == {0, 1, 2, 3, 4}
+
+
+def test_semdedup_removes_as_the_published_algorithm_does_and_keeps_the_kept_only_rule_by_name(tmp_path):
+    """Hand-worked: four unit vectors 10 degrees apart in a plane, least prototypical first. At epsilon 0.05
+    (threshold 0.95) neighbours are duplicates (cos 10 deg = 0.985), items two apart are not (cos 20 deg =
+    0.940). SemDeDup's semdedup.py removes j when max_{i<j} cos(i, j) > 0.95, whether or not i was removed:
+    items 1, 2, 3 all go. The kept-only rule lets removed items remove nothing: 1 goes (0 ~ 1), 2 stays
+    (kept before it: 0, at 0.940), 3 goes (2 ~ 3)."""
+    from datacomp_ops.filtering.semdedup import Clustered, semdedup_keep
+
+    angles = np.radians([0, 10, 20, 30])
+    x = np.stack([np.cos(angles), np.sin(angles)], axis=1).astype(np.float32)
+    cluster = Clustered(x, np.zeros(4, np.int64), x[:1], np.array([0.1, 0.2, 0.3, 0.4], np.float32))
+    assert semdedup_keep(cluster, 0.05).tolist() == [True, False, False, False]
+    assert semdedup_keep(cluster, 0.05, "published").tolist() == [True, False, False, False]
+    assert semdedup_keep(cluster, 0.05, "kept").tolist() == [True, False, True, False]
+    # the same by the reference's own arithmetic: column maxima of the strict upper triangle of x x^T
+    sims = x @ x.T
+    assert (np.triu(sims, 1).max(axis=0) <= 0.95).tolist() == [True, False, False, False]
+    # two clusters apart: each keeps its own first item; a singleton cluster keeps its item
+    two = Clustered(np.concatenate([x, -x[:1]]), np.array([0, 0, 1, 1, 2]), x[:3],
+                    np.array([0.1, 0.2, 0.1, 0.2, 1.0], np.float32))
+    assert semdedup_keep(two, 0.05).tolist() == [True, False, True, False, True]
+    # through the baseline, k-means choosing the order: with two more items at 60 and 70 degrees the centroid
+    # lies at 31.7 degrees, so the order from the least prototypical is 70, 0, 60, 10, 20, 30; 60 goes (70 ~ 60),
+    # and the chain 0, 10, 20, 30 goes as above. The published rule is the default, the kept-only rule a
+    # named option.
+    angles = np.radians([0, 10, 20, 30, 60, 70])
+    pool = np.stack([np.cos(angles), np.sin(angles)], axis=1).astype(np.float32)
+    write_pool(tmp_path, [{} for _ in pool], {"l14_img": pool})
+    assert select(tmp_path, "semdedup:epsilon=0.05,clusters=1") == {0, 5}
+    assert select(tmp_path, "semdedup:epsilon=0.05,clusters=1,rule=kept") == {0, 2, 5}
+    assert select(tmp_path, "dbp:fraction=1.0,epsilon=0.05,clusters=1") == {0, 5}
+    assert select(tmp_path, "dbp:fraction=1.0,epsilon=0.05,clusters=1,rule=kept") == {0, 2, 5}
+    with pytest.raises(ConfigError, match="semdedup: rule=all is not one of published, kept"):
+        select(tmp_path, "semdedup:clusters=1,rule=all")
 
 
 def test_dbp_gives_complex_clusters_more_and_keeps_their_least_prototypical_items(tmp_path):

@@ -254,29 +254,41 @@ def _clustered(ctx: FilterContext, key: str, clusters: int, iterations: int, see
     return ctx._features[cache]
 
 
+def _semdedup_rule(rule: str, name: str) -> str:
+    from .semdedup import RULES
+
+    if rule not in RULES:
+        raise ConfigError(f"{name}: rule={rule} is not one of {', '.join(RULES)} (published: SemDeDup's own "
+                          "rule, every earlier item counts; kept: only the items kept before)")
+    return rule
+
+
 def semdedup(ctx: FilterContext, epsilon: float = 0.05, clusters: int = 0, key: str = "l14_img",
-             iterations: int = 20, seed: int | None = None) -> Selection:
+             iterations: int = 20, seed: int | None = None, rule: str = "published") -> Selection:
     """SemDeDup (semdedup.py): one item of each group of semantic duplicates, cosine above 1 - epsilon."""
     from . import semdedup as sd
 
+    rule = _semdedup_rule(rule, "semdedup")
     c = _clustered(ctx, key, clusters, iterations, seed)
-    mask = sd.semdedup_keep(c, float(epsilon))
-    return Selection(mask, {"epsilon": float(epsilon), "clusters": len(c.centroids), "features": key,
+    mask = sd.semdedup_keep(c, float(epsilon), rule)
+    return Selection(mask, {"epsilon": float(epsilon), "rule": rule, "clusters": len(c.centroids), "features": key,
                             "duplicates_removed": int(len(mask) - mask.sum())})
 
 
 def dbp(ctx: FilterContext, fraction: float = 0.5, tau: float = 0.1, epsilon: float = 0.05, clusters: int = 0,
-        neighbours: int = 20, key: str = "l14_img", iterations: int = 20, seed: int | None = None) -> Selection:
+        neighbours: int = 20, key: str = "l14_img", iterations: int = 20, seed: int | None = None,
+        rule: str = "published") -> Selection:
     """Concept-complexity pruning (semdedup.py): SemDeDup, then per-cluster quotas from softmax(complexity / tau)
     for a dataset of `fraction` of the pool."""
     from . import semdedup as sd
 
     _fraction(fraction, "dbp")
+    rule = _semdedup_rule(rule, "dbp")
     c = _clustered(ctx, key, clusters, iterations, seed)
-    survivors = np.flatnonzero(sd.semdedup_keep(c, float(epsilon)))
+    survivors = np.flatnonzero(sd.semdedup_keep(c, float(epsilon), rule))
     target = int(round(len(ctx) * fraction))
     mask, info = sd.dbp_keep(c, survivors, target, float(tau), int(neighbours))
-    return Selection(mask, info | {"fraction": fraction, "epsilon": float(epsilon), "features": key,
+    return Selection(mask, info | {"fraction": fraction, "epsilon": float(epsilon), "rule": rule, "features": key,
                                    "after_semdedup": int(len(survivors))})
 
 

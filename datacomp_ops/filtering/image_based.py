@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import io
 import logging
+import pickle
+import warnings
+import zipfile
 
 import numpy as np
 
@@ -78,9 +81,7 @@ def load_embeddings(url: str, what: str = "filtering.imagenet1k_embeddings") -> 
             raise ConfigError(f"{what}: {path} does not exist")
         data = storage.read_bytes(path)
         if path.endswith(".pt"):
-            import torch
-
-            obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+            obj = load_torch_file(data, path)
             arr = obj["image_features"] if isinstance(obj, dict) else obj
             arr = arr.float().numpy() if hasattr(arr, "numpy") else np.asarray(arr)
         else:
@@ -92,6 +93,57 @@ def load_embeddings(url: str, what: str = "filtering.imagenet1k_embeddings") -> 
     if not parts:
         raise ConfigError(f"{what} is empty")
     return np.concatenate(parts)
+
+
+# What the pickle of a numpy array calls, and nothing else: numpy 1.x wrote numpy.core, numpy 2 numpy._core
+_ARRAY_GLOBALS = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+                  ("numpy", "ndarray"), ("numpy", "dtype")}
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickles a numpy array and refuses every other global, so that no code of the file runs."""
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in _ARRAY_GLOBALS:
+            raise pickle.UnpicklingError(f"it pickles {module}.{name}, which is no part of a numpy array")
+        if name == "_reconstruct":
+            return np.ndarray.__reduce__(np.empty(0))[0]  # this numpy's own, wherever it lives
+        return getattr(np, name)
+
+    def persistent_load(self, pid):
+        raise pickle.UnpicklingError("it holds torch storages")
+
+
+def load_torch_file(data: bytes, path: str):
+    """A torch file's tensors (torch's weights-only loader), or the numpy array DataComp's centroid files hold.
+
+    DataComp writes its pool centroids with ``torch.save(numpy_array, path, pickle_protocol=4)``, which
+    torch's weights-only loader refuses (protocol 4's framing, numpy's globals), and loading it without
+    weights_only would run whatever code the file pickles. Such a file's pickle is read here with an
+    unpickler that allows numpy's array reconstruction alone.
+    """
+    import torch
+
+    try:
+        with warnings.catch_warnings():  # "Detected pickle protocol 4": the fallback below is for those
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch.load fails in many ways: UnpicklingError, RuntimeError, KeyError...
+        refused = f"{type(exc).__name__}: {exc}"
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            name = next((n for n in archive.namelist() if n.endswith("/data.pkl")), None)
+            if name is None:
+                raise pickle.UnpicklingError("it is a zip without a pickled object (data.pkl)")
+            arr = _ArrayUnpickler(io.BytesIO(archive.read(name))).load()
+        if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "fiu":
+            what = f"an array of dtype {arr.dtype}" if isinstance(arr, np.ndarray) else f"a {type(arr).__name__}"
+            raise pickle.UnpicklingError(f"it holds {what}, not a numeric array")
+        return arr
+    except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, ValueError) as exc:
+        first = refused.split("WeightsUnpickler error:", 1)[-1].strip().splitlines()[0]  # its cause, not its advice
+        raise PoolError(f"{path}: neither tensors torch loads safely ({first}) nor a numpy array saved with "
+                        f"torch.save, as DataComp's centroid files are ({exc}); none of its code was run") from None
 
 
 def embed_images(images: list, config, batch_size: int = 64) -> np.ndarray:

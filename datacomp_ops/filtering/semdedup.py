@@ -3,8 +3,10 @@
 SemDeDup: spherical k-means (faiss) on unit image features; within each
 cluster the items are taken from the least prototypical (lowest cosine to
 the centroid) to the most, and an item is removed when its cosine similarity
-to an item kept before it exceeds 1 - epsilon. So of a group of semantic
-duplicates the one farthest from the cluster's centre stays.
+to an item before it exceeds 1 - epsilon (as SemDeDup's own semdedup.py does:
+kept or removed, every earlier item counts; ``rule=kept`` counts the kept ones
+only). So of a group of semantic duplicates the one farthest from the
+cluster's centre stays.
 
 DBP, after SemDeDup: per cluster, d_intra is the mean of 1 - cos(item,
 centroid) over its remaining items and d_inter the mean of 1 - cos(centroid,
@@ -57,16 +59,33 @@ def spherical_kmeans(features: np.ndarray, k: int, iterations: int = 20, seed: i
     return Clustered(x, labels[:, 0], centroids, sims[:, 0])
 
 
-def semdedup_keep(c: Clustered, epsilon: float) -> np.ndarray:
-    """Which items SemDeDup keeps (boolean over the rows of `c`)."""
+RULES = ("published", "kept")
+
+
+def semdedup_keep(c: Clustered, epsilon: float, rule: str = "published") -> np.ndarray:
+    """Which items SemDeDup keeps (boolean over the rows of `c`).
+
+    Within a cluster, from the least prototypical item to the most, ``published`` (SemDeDup's
+    semdedup.py, the paper's Algorithm 1) removes an item whose largest cosine similarity to any item
+    before it, kept or removed, exceeds 1 - epsilon; ``kept`` compares it with the items kept before it
+    only, so of a chain of near-duplicates (a~b, b~c, a and c apart) it keeps a and c where the published
+    rule keeps a alone.
+    """
+    if rule not in RULES:
+        raise ValueError(f"semdedup rule {rule!r}: use one of {', '.join(RULES)}")
     keep = np.zeros(len(c.features), bool)
     threshold = 1.0 - epsilon
     order = np.lexsort((np.arange(len(c.labels)), c.to_centroid, c.labels))  # per cluster, least prototypical first
     bounds = np.flatnonzero(np.diff(c.labels[order])) + 1
     for members in np.split(order, bounds):
         x = c.features[members]
-        alive = np.ones(len(members), bool)
         sims = x @ x.T
+        if rule == "published":
+            # each item's largest similarity to an item before it: the column maxima of the strict upper triangle
+            before = np.triu(sims, 1).max(axis=0) if len(members) > 1 else np.zeros(1, np.float32)
+            keep[members[before <= threshold]] = True
+            continue
+        alive = np.ones(len(members), bool)
         for i in range(len(members)):
             if alive[i]:
                 later = sims[i, i + 1:] > threshold
