@@ -196,3 +196,23 @@ def read_subset(url: str) -> np.ndarray:
         raise SchemaError(f"{url}: subset file must be one-dimensional, got shape {arr.shape}")
     _check_sorted_unique(arr, url)
     return arr
+
+
+def in_subset(uids: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+    """Which of `uids` (any order) are in `wanted` (a sorted subset array).
+
+    Searched on the high halves (uint64: faster than the structured compare); the uids whose high half
+    `wanted` holds more than once are searched in full.
+    """
+    out = np.zeros(len(uids), bool)
+    if len(wanted) == 0 or len(uids) == 0:
+        return out
+    high, key = np.ascontiguousarray(wanted["f0"]), np.ascontiguousarray(uids["f0"])
+    at = np.minimum(np.searchsorted(high, key), len(high) - 1)
+    out = (high[at] == key) & (wanted["f1"][at] == uids["f1"])
+    repeated = high[1:] == high[:-1]
+    if repeated.any():
+        again = np.flatnonzero(np.isin(key, high[1:][repeated]))
+        pos = np.minimum(np.searchsorted(wanted, uids[again]), len(wanted) - 1)
+        out[again] = wanted[pos] == uids[again]
+    return out

@@ -12,6 +12,7 @@ import contextlib
 import json
 import logging
 import posixpath
+import shutil
 import uuid
 from typing import IO, Any, Iterator
 
@@ -141,6 +142,12 @@ def atomic_write(url: str, mode: str = "wb") -> Iterator[IO]:
         with contextlib.suppress(Exception):
             fs.rm(tmp)
         raise
+
+
+def copy(src: str, dst: str, chunk: int = 16 << 20) -> None:
+    """Copy a file, across stores too (a local folder into s3://), landing whole at `dst` or not at all."""
+    with open_file(src) as reader, atomic_write(dst) as writer:
+        shutil.copyfileobj(reader, writer, chunk)
 
 
 def write_bytes(url: str, data: bytes) -> None:

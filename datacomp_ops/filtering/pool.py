@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..core import storage
-from ..core.schema import SchemaError, read_subset, uid_strings_to_array
+from ..core.schema import SchemaError, in_subset, read_subset, uid_strings_to_array
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +112,7 @@ class MetadataPool:
         if self._mask is None:
             wanted = read_subset(self.subset)
             uids = self.uids(restricted=False)
-            self._mask = _isin_sorted(uids, wanted)
+            self._mask = in_subset(uids, wanted)
             if self._mask.sum() != len(wanted):
                 raise PoolError(f"{self.subset}: {len(wanted) - int(self._mask.sum())} of its uids are not in the "
                                 f"pool's metadata")
@@ -173,26 +173,6 @@ class MetadataPool:
         out = np.concatenate(parts) if parts else np.zeros((0, dim or 0), dtype)
         mask = self._subset_mask() if restricted else None
         return out[mask] if mask is not None else out
-
-
-def _isin_sorted(uids: np.ndarray, wanted: np.ndarray) -> np.ndarray:
-    """Which of `uids` (any order) are in `wanted` (a sorted subset array).
-
-    Searched on the high halves (uint64: faster than the structured compare); the uids whose high half
-    `wanted` holds more than once are searched in full.
-    """
-    out = np.zeros(len(uids), bool)
-    if len(wanted) == 0 or len(uids) == 0:
-        return out
-    high, key = np.ascontiguousarray(wanted["f0"]), np.ascontiguousarray(uids["f0"])
-    at = np.minimum(np.searchsorted(high, key), len(high) - 1)
-    out = (high[at] == key) & (wanted["f1"][at] == uids["f1"])
-    repeated = high[1:] == high[:-1]
-    if repeated.any():
-        again = np.flatnonzero(np.isin(key, high[1:][repeated]))
-        pos = np.minimum(np.searchsorted(wanted, uids[again]), len(wanted) - 1)
-        out[again] = wanted[pos] == uids[again]
-    return out
 
 
 def bool_mask(values: pa.ChunkedArray | pa.Array) -> np.ndarray:

@@ -32,9 +32,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..core import storage
-from ..core.schema import read_subset, uid_strings_to_array
+from ..core.schema import in_subset, read_subset, uid_strings_to_array
 from ..core.stats import StageStats
-from ..filtering.pool import PoolError, _isin_sorted
+from ..filtering.pool import PoolError
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ def plan_reshard(subset_url: str, shards: list[str], shard_size: int = 10_000, t
     """Split the input shards into tasks of consecutive shards; number every task's outputs."""
     subset = read_subset(subset_url)
     def selected(tar: str) -> int:
-        return int(_isin_sorted(_shard_uids(tar, with_keys=False)[1], subset).sum())
+        return int(in_subset(_shard_uids(tar, with_keys=False)[1], subset).sum())
 
     with ThreadPoolExecutor(min(16, len(shards) or 1)) as ex:  # parquet reads release the GIL
         counts = list(ex.map(selected, shards))
@@ -115,7 +115,7 @@ def run_reshard_task(task: ReshardTask | dict, subset_url: str, out: str, shard_
     seen = 0
     for tar in task.inputs:
         keys, uids = _shard_uids(tar)
-        wanted = {k.encode() for k, c in zip(keys, _isin_sorted(uids, subset)) if c}
+        wanted = {k.encode() for k, c in zip(keys, in_subset(uids, subset)) if c}
         with _mapped(tar) as data:
             for blocks in _samples(data, wanted, tar):
                 writer.write(blocks)

@@ -1,0 +1,475 @@
+"""Pools from DataComp's published metadata: what download_upstream.py does, under the platform's ledger.
+
+DataComp publishes each pool (small, medium, large, xlarge, datacomp_1b) as metadata, one parquet
+per metadata shard: ``uid``, ``url``, ``text``, ``original_width``, ``original_height``,
+``clip_b32_similarity_score``, ``clip_l14_similarity_score``, ``face_bboxes`` and ``sha256``, with
+an npz of its four feature arrays beside (``b32_img``, ``b32_txt``, ``l14_img``, ``l14_txt``, row i
+of the npz for row i of the parquet; download_upstream.py fetches them with ``--download_npz``).
+
+Such a folder (local or ``s3://``; xlarge's ``part_*/`` subfolders too), or a chosen part of it,
+becomes a pool of its own under ``{storage_root}/datasets/{name}`` that stays as published: its uids,
+scores, features and face boxes are DataComp's, nothing is recomputed, and the metadata pass never
+runs. The scan (`run_scan_published`) checks each new file, copies it (and its npz, when asked) into
+the pool version's metadata folder as it is, and writes the URL parts the download reads (uid, url,
+text, face_bboxes, sha256). A row that cannot be downloaded safely (no http(s) URL; a face box that
+no blur could cover) is a counted skip with the ledger status ``invalid_metadata``. A file that cannot
+be taken as DataComp's (unreadable, a column missing or of another type, a uid that is not 32 hex
+digits, a uid twice, an npz whose rows do not match) stops the scan, naming the file and the problem,
+before anything of the batch is written. A subset file (DataComp's ``u8,u8`` .npy) limits the pool to
+its uids, as any subset of a published pool is one.
+
+`run_publish_published` publishes the version: its manifest lists every imported metadata file (the
+filtering baselines read them, so DataComp's baselines select on the published metadata before any
+image is fetched) and the shards downloaded so far; the scale's pool file holds every valid uid.
+"""
+
+from __future__ import annotations
+
+import datetime
+import io
+import logging
+import math
+import posixpath
+import re
+import time
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from ..core import ledger, storage, versions
+from ..core.config import SCALES, load_config, pool_sizes
+from ..core.layout import CrawlLayout, PoolLayout, check_name, dataset_root, pools_dir
+from ..core.schema import UID_DTYPE, in_subset, read_subset, uid_strings_to_array, write_subset
+from ..core.stats import Counters, StageStats
+from ..crawl.source_files import PROCESSED, FileRead, new_rows, plan_reads, read_manifest, write_manifest
+from ..download.partition import STAGE as DOWNLOAD
+from .build import BuildSpec
+from .byod import DatasetImportError
+
+log = logging.getLogger(__name__)
+
+STAGE = "scan_published"
+PUBLISH = "publish_published"
+INVALID = "invalid_metadata"
+
+# DataComp's published columns and the arrow type family each must have
+PUBLISHED_COLUMNS: dict[str, str] = {
+    "uid": "string", "url": "string", "text": "string", "original_width": "integer",
+    "original_height": "integer", "clip_b32_similarity_score": "floating", "clip_l14_similarity_score": "floating",
+    "face_bboxes": "boxes", "sha256": "string",
+}
+FEATURE_KEYS = ("b32_img", "b32_txt", "l14_img", "l14_txt")
+# what the download needs of a published row; the URL parts carry it
+URL_PART_SCHEMA = pa.schema([
+    pa.field("uid", pa.string(), nullable=False), pa.field("url", pa.string(), nullable=False),
+    pa.field("text", pa.string()), pa.field("page_url", pa.string()), pa.field("wat_path", pa.string()),
+    pa.field("face_bboxes", pa.list_(pa.list_(pa.float64()))), pa.field("sha256", pa.string()),
+])
+
+COUNTERS = Counters.of(STAGE, ("records", "pairs", "urls_written", "files_processed", "files_already_imported",
+                               "files_changed_read_again", "npz_copied"), ("skipped:",))
+
+_UID = re.compile(r"^[0-9a-f]{32}$")
+_RANGE = re.compile(r"^(\d+)(?:-(\d+))?$")
+
+
+def select_files(folder: str, shards: str = "") -> list[str]:
+    """The folder's metadata parquet files in name order (xlarge's part_*/ subfolders too), or those that
+    `shards` names: positions in that order ("0-9,12") or file names ("0a1b.parquet,...")."""
+    files = sorted(set(storage.ls(folder, "*.parquet") + storage.ls(folder, "*/*.parquet")),
+                   key=lambda p: (posixpath.basename(p), p))
+    if not files:
+        raise DatasetImportError(f"{folder}: no metadata .parquet files (DataComp's published layout: one parquet "
+                                 f"per metadata shard, its .npz beside)")
+    names = [posixpath.basename(p) for p in files]
+    twice = sorted(n for n, k in Counter(names).items() if k > 1)
+    if twice:
+        raise DatasetImportError(f"{folder}: two metadata files are named {twice[0]} (in different subfolders); "
+                                 f"a pool's metadata files need distinct names")
+    if not shards.strip():
+        return files
+    chosen: list[str] = []
+    for item in (s.strip() for s in shards.split(",") if s.strip()):
+        found = _RANGE.match(item)
+        if found:
+            first, last = int(found.group(1)), int(found.group(2) or found.group(1))
+            if last < first or last >= len(files):
+                raise DatasetImportError(f"shards {item!r}: {folder} holds {len(files)} metadata files, "
+                                         f"numbered 0-{len(files) - 1}")
+            chosen += files[first:last + 1]
+        elif item in names or f"{item}.parquet" in names:
+            chosen.append(files[names.index(item if item in names else f"{item}.parquet")])
+        else:
+            raise DatasetImportError(f"shards {item!r}: neither a position (0-{len(files) - 1}, ranges as 3-7) nor "
+                                     f"a metadata file of {folder}")
+    return list(dict.fromkeys(chosen))
+
+
+def npz_of(parquet: str) -> str:
+    return parquet[: -len(".parquet")] + ".npz"
+
+
+def make_published_spec(run_key: str, name: str, metadata: str, scale: str, shards: str = "", npz: bool = True,
+                        subset: str = "", pool_version: str = "", overrides: Mapping[str, Any] | None = None,
+                        config_path: str | None = None) -> BuildSpec:
+    """The import's spec: a build spec whose storage root is the pool's own, {storage_root}/datasets/{name}."""
+    from ..embedded.clip_models import stand_ins_dir
+
+    if not name:
+        raise DatasetImportError("name the pool (name): it lives under {storage_root}/datasets/{name}")
+    check_name("pool name", name, DatasetImportError)
+    if pool_version:
+        check_name("pool version", pool_version, versions.VersionError)
+    if scale not in SCALES:
+        raise DatasetImportError(f"scale {scale!r}: the published pool's scale is one of {', '.join(SCALES)}")
+    if not metadata:
+        raise DatasetImportError("name the folder of DataComp's published metadata (metadata)")
+    if subset and not storage.exists(subset):
+        raise DatasetImportError(f"subset file {subset} does not exist")
+    base = load_config(config_path, overrides)
+    root = dataset_root(base.storage_root, name)
+    config = load_config(config_path, dict(overrides or {}) | {
+        "storage_root": root, "scale": scale, "models.embedded_dir": stand_ins_dir(base),
+        "evaluation.sets_dir": base.eval_sets_dir})
+    storage.check_writable(root)
+    files = select_files(metadata, shards)
+    version = versions.open_version(root, run_key, pool_version)
+    safe_key = re.sub(r"[^A-Za-z0-9_.-]+", "_", run_key)
+    crawl = CrawlLayout(root, name)
+    return BuildSpec(crawl_id=name, pool_version=version, inputs=files, report=crawl.report(f"{safe_key}.json"),
+                     config=config.to_dict(),
+                     source={"kind": "published", "metadata": metadata, "scale": scale, "shards": shards,
+                             "npz": bool(npz), "subset": subset})
+
+
+# -- checking one published file ---------------------------------------------------------------------------
+
+
+def _family(t: pa.DataType) -> str:
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        return "string"
+    if pa.types.is_integer(t):
+        return "integer"
+    if pa.types.is_floating(t):
+        return "floating"
+    if (pa.types.is_list(t) or pa.types.is_large_list(t)) and \
+            (pa.types.is_list(t.value_type) or pa.types.is_large_list(t.value_type)) and \
+            (pa.types.is_floating(t.value_type.value_type) or pa.types.is_integer(t.value_type.value_type)):
+        return "boxes"
+    return str(t)
+
+
+def _check_schema(path: str, schema: pa.Schema) -> None:
+    names = schema.names
+    missing = [c for c in PUBLISHED_COLUMNS if c not in names]
+    if missing:
+        lower = {n.lower(): n for n in names}
+        hints = [f"{lower[c.lower()]!r} for {c!r}" for c in missing if c.lower() in lower]
+        raise DatasetImportError(
+            f"{path}: no column {', '.join(missing)} (DataComp's published metadata has "
+            f"{', '.join(PUBLISHED_COLUMNS)}; this file has {', '.join(names)})"
+            + (f"; misnamed? {', '.join(hints)}" if hints else ""))
+    wrong = [(c, schema.field(c).type, want) for c, want in PUBLISHED_COLUMNS.items()
+             if _family(schema.field(c).type) != want]
+    if wrong:
+        c, got, want = wrong[0]
+        want = "a list of [x1, y1, x2, y2] boxes" if want == "boxes" else want
+        raise DatasetImportError(f"{path}: column {c} is {got}, DataComp's is {want}")
+
+
+def _box_problem(boxes) -> str | None:
+    """Why a row's face boxes cannot be blurred (img2dataset clips a box to the image, so one partly outside
+    is blurred where it overlaps); None when they can."""
+    for box in boxes or ():
+        if box is None or len(box) != 4 or any(v is None or not math.isfinite(v) for v in box):
+            return f"face box {box} is not four finite numbers"
+        x1, y1, x2, y2 = box
+        if x2 <= x1 or y2 <= y1:
+            return f"face box {box} is empty (x2 <= x1 or y2 <= y1)"
+        if x2 <= 0 or y2 <= 0 or x1 >= 1 or y1 >= 1:
+            return f"face box {box} lies outside the image (boxes are fractions of its width and height)"
+    return None
+
+
+def _rows_with_bad_boxes(column: pa.ChunkedArray) -> np.ndarray:
+    """Per row, whether one of its face boxes cannot be blurred (see _box_problem), without a Python loop."""
+    rows = column.combine_chunks()
+    bad = np.zeros(len(rows), bool)
+    boxes = pc.list_flatten(rows)  # one entry per box; a row without boxes (empty or null) has none
+    if len(boxes) == 0:
+        return bad
+    box_row = pc.list_parent_indices(rows).to_numpy()
+    four = pc.fill_null(pc.equal(pc.list_value_length(boxes), 4), False).to_numpy(zero_copy_only=False)
+    coords = pc.list_flatten(boxes).cast(pa.float64()).to_numpy(zero_copy_only=False)  # nulls are NaN
+    coord_box = pc.list_parent_indices(boxes).to_numpy()
+    xy = coords[four[coord_box]].reshape(-1, 4)
+    ok = np.zeros(len(boxes), bool)
+    x1, y1, x2, y2 = xy.T
+    ok[four] = np.isfinite(xy).all(axis=1) & (x2 > x1) & (y2 > y1) & (x2 > 0) & (y2 > 0) & (x1 < 1) & (y1 < 1)
+    bad[box_row[~ok]] = True
+    return bad
+
+
+@dataclass
+class _Read:
+    """One published file, checked: its rows that enter the pool, those skipped (with why), its npz."""
+
+    path: str
+    valid: pa.Table
+    invalid: list[tuple[str, str, str]]  # (uid, url, why)
+    counters: Counter
+    npz_dims: dict[str, int]
+    size: int
+    fingerprint: str
+
+
+def _read_published(path: str, with_npz: bool, subset: np.ndarray | None) -> _Read:
+    try:
+        size, fingerprint = storage.fingerprint(path)
+        with storage.open_file(path) as f:
+            schema = pq.read_schema(f)
+            _check_schema(path, schema)
+            f.seek(0)
+            table = pq.read_table(f, columns=list(PUBLISHED_COLUMNS))
+    except DatasetImportError:
+        raise
+    except (OSError, pa.ArrowException, ValueError) as exc:
+        raise DatasetImportError(f"{path}: unreadable parquet: {type(exc).__name__}: {exc}") from None
+    n = table.num_rows
+    uids = table["uid"]
+    bad = pc.invert(pc.fill_null(pc.match_substring_regex(uids, _UID.pattern), False))
+    if pc.any(bad).as_py():
+        first = pc.index(bad, True).as_py()
+        raise DatasetImportError(f"{path}: row {first}: uid {uids[first].as_py()!r} is not 32 lowercase hex digits "
+                                 f"({pc.sum(bad).as_py()} rows like it); DataComp's uids are md5 hex digests")
+    if pc.count_distinct(uids).as_py() != n:
+        counts = pc.value_counts(uids)
+        twice = counts.filter(pc.greater(counts.field("counts"), 1))
+        raise DatasetImportError(f"{path}: uid {twice[0]['values'].as_py()} is on {twice[0]['counts'].as_py()} rows "
+                                 f"({len(twice)} uids repeat); a pool's uids are unique")
+    dims: dict[str, int] = {}
+    if with_npz:
+        npz = npz_of(path)
+        if not storage.exists(npz):
+            raise DatasetImportError(f"{path}: no npz beside it ({npz}); fetch the features (download_upstream.py "
+                                     f"--download_npz), or import without them")
+        try:
+            with np.load(io.BytesIO(storage.read_bytes(npz)), allow_pickle=False) as arrays:
+                absent = [k for k in FEATURE_KEYS if k not in arrays.files]
+                if absent:
+                    raise DatasetImportError(f"{npz}: no {', '.join(absent)} (DataComp's npz holds "
+                                             f"{', '.join(FEATURE_KEYS)}; this one {', '.join(arrays.files)})")
+                for key in FEATURE_KEYS:
+                    shape = arrays[key].shape
+                    if len(shape) != 2 or shape[0] != n:
+                        raise DatasetImportError(f"{npz}: {key} has shape {shape}, but {path} has {n} rows: row i of "
+                                                 f"the npz must be row i of the parquet")
+                    dims[key] = shape[1]
+        except DatasetImportError:
+            raise
+        except (OSError, ValueError, EOFError) as exc:
+            raise DatasetImportError(f"{npz}: unreadable npz: {type(exc).__name__}: {exc}") from None
+
+    counters = Counter(records=n)
+    keep = np.ones(n, bool)
+    if subset is not None:
+        keep = in_subset(uid_strings_to_array(uids, where=path), subset)
+        counters["skipped:not_in_subset"] = int(n - keep.sum())
+    http = pc.fill_null(pc.or_(pc.starts_with(table["url"], "http://"), pc.starts_with(table["url"], "https://")),
+                        False).to_numpy(zero_copy_only=False)
+    unblurrable = _rows_with_bad_boxes(table["face_bboxes"])
+    invalid: list[tuple[str, str, str]] = []
+    for i in np.flatnonzero(keep & (~http | unblurrable)):  # few: their reasons one by one
+        url = table["url"][int(i)].as_py()
+        why = "no http(s) URL" if not http[i] else _box_problem(table["face_bboxes"][int(i)].as_py())
+        invalid.append((uids[int(i)].as_py(), url or "", why))
+        counters["skipped:no_http_url" if not http[i] else "skipped:bad_face_box"] += 1
+    keep &= http & ~unblurrable
+    rows = table.filter(pa.array(keep))
+    valid = pa.table({
+        "uid": rows["uid"].cast(pa.string()), "url": rows["url"].cast(pa.string()),
+        "text": rows["text"].cast(pa.string()), "page_url": pa.nulls(rows.num_rows, pa.string()),
+        "wat_path": pa.array([path] * rows.num_rows, pa.string()),
+        "face_bboxes": rows["face_bboxes"].cast(pa.list_(pa.list_(pa.float64()))),
+        "sha256": rows["sha256"].cast(pa.string())}, schema=URL_PART_SCHEMA)
+    counters["pairs"] = valid.num_rows
+    return _Read(path, valid, invalid, counters, dims, size, fingerprint)
+
+
+# -- the scan: published files into the pool ------------------------------------------------------------------
+
+
+def _known_uids(crawl: CrawlLayout) -> pa.Array:
+    """Every uid an earlier import of the pool holds: its URL parts, and the rows it found invalid."""
+    arrays = []
+    for path in storage.ls(crawl.urls, "part-*.parquet"):
+        with storage.open_file(path) as f:
+            arrays.append(pq.read_table(f, columns=["uid"])["uid"].combine_chunks())
+    for path in storage.ls(pools_dir(crawl.root), f"*/ledger/{DOWNLOAD}/{crawl.crawl_id}-scan-*.parquet"):
+        arrays.append(ledger.read_part(path)["uid"].combine_chunks())
+    return pa.concat_arrays(arrays) if arrays else pa.array([], pa.string())
+
+
+def _copy_target(pool: PoolLayout, path: str) -> str:
+    return storage.join(pool.metadata, posixpath.basename(path))
+
+
+def run_scan_published(spec: BuildSpec) -> StageStats:
+    """Stage entry point: the published files no earlier import read, checked and copied into the pool, and
+    the URL parts of their rows (the stats' outputs); the batch report goes to spec.report.
+
+    Every new file is checked before anything is written; then the copies, the URL parts and the invalid
+    rows' ledger part, then the source-file manifest (the commit point), then the report.
+    """
+    if storage.exists(spec.report):
+        log.info("report %s exists: the scan already committed", spec.report)
+        return StageStats.from_dict(storage.read_json(spec.report)["stats"])
+    start = time.monotonic()
+    config, crawl, pool, source = spec.platform_config, spec.crawl, spec.pool, spec.source
+    manifest = read_manifest(crawl)
+    batch = max(manifest["batch"].to_pylist(), default=-1) + 1
+    for part in storage.ls(crawl.urls, "part-*.parquet"):  # leftovers of a scan that never committed
+        if int(part.rsplit("/", 1)[-1].split("-")[1]) >= batch:
+            storage.remove(part)
+    plan = plan_reads(manifest, spec.inputs)
+    stats = StageStats(STAGE)
+    stats.add("files_already_imported", plan.already_processed)
+    stats.add("files_changed_read_again", plan.changed)
+    report: dict[str, Any] = {"kind": "published", "batch": None, "partitions": [], "files": [], "unreadable": []}
+    if not plan.todo:
+        log.info("pool %s: all %d metadata files already imported", crawl.crawl_id, len(spec.inputs))
+        storage.write_json(spec.report, report | {"stats": stats.to_dict()})
+        return stats
+
+    subset = read_subset(source["subset"]) if source.get("subset") else None
+    reads = [_read_published(path, source.get("npz", True), subset) for path in plan.todo]
+    dims = {}
+    for read in reads:
+        for key, dim in read.npz_dims.items():
+            if dims.setdefault(key, (dim, read.path))[0] != dim:
+                raise DatasetImportError(f"{npz_of(read.path)}: {key} has {dim} dimensions, {npz_of(dims[key][1])} "
+                                         f"{dims[key][0]}: one pool's features come from one model")
+    found = pa.concat_arrays([r.valid["uid"].combine_chunks() for r in reads]
+                             + [pa.array([u for u, _, _ in r.invalid], pa.string()) for r in reads])
+    earlier = _known_uids(crawl)
+    if len(pc.unique(found)) != len(found) or (len(earlier) and pc.any(pc.is_in(found, earlier)).as_py()):
+        where = {}
+        for read in reads:
+            for uid in read.valid["uid"].to_pylist() + [u for u, _, _ in read.invalid]:
+                if uid in where:
+                    raise DatasetImportError(f"uid {uid} is in {where[uid]} and in {read.path}: a pool's uids "
+                                             f"are unique")
+                where[uid] = read.path
+        again = pc.filter(found, pc.is_in(found, earlier))[0].as_py()
+        raise DatasetImportError(f"uid {again} of {where[again]} was imported into pool {crawl.crawl_id} before "
+                                 f"(from another file): a pool's uids are unique")
+
+    # everything checked: write
+    for read in reads:
+        storage.copy(read.path, _copy_target(pool, read.path))
+        if source.get("npz", True):
+            storage.copy(npz_of(read.path), _copy_target(pool, npz_of(read.path)))
+            stats.add("npz_copied")
+        stats.counters.update(read.counters)
+        report["files"].append({"source": read.path, "copy": _copy_target(pool, read.path),
+                                "rows": read.counters["records"], "valid": read.valid.num_rows,
+                                "invalid": len(read.invalid)})
+    valid = pa.concat_tables([r.valid for r in reads]).sort_by("uid")
+    size = config.extract.urls_per_partition
+    for i, offset in enumerate(range(0, valid.num_rows, size)):
+        path = storage.join(crawl.urls, f"part-{batch:04d}-{i:05d}.parquet")
+        with storage.atomic_write(path) as f:
+            pq.write_table(valid.slice(offset, size), f)
+        report["partitions"].append({"path": path, "rows": min(size, valid.num_rows - offset)})
+    invalid = [(u, url, why, r.path) for r in reads for u, url, why in r.invalid]
+    if invalid:
+        part = ledger.make_part(DOWNLOAD, [u for u, *_ in invalid], [url for _, url, _, _ in invalid],
+                                [INVALID] * len(invalid), [f"{why} ({path})" for *_, why, path in invalid],
+                                [0] * len(invalid), None)
+        ledger.write_part(pool.ledger_part(DOWNLOAD, f"{crawl.crawl_id}-scan-{batch:04d}"), part)
+    write_manifest(crawl, manifest, new_rows(
+        [FileRead(r.path, PROCESSED, r.counters["records"], r.valid.num_rows, len(r.invalid), None, r.size,
+                  r.fingerprint) for r in reads], batch, plan, config.extract.max_read_attempts))
+    stats.add("files_processed", len(reads))
+    stats.add("urls_written", valid.num_rows)
+    stats.seconds = time.monotonic() - start
+    stats.outputs = [p["path"] for p in report["partitions"]]
+    report |= {"batch": batch, "stats": stats.to_dict()}
+    storage.write_json(spec.report, report)
+    log.info("pool %s batch %d: %s", crawl.crawl_id, batch, stats.to_dict()["counters"])
+    return stats
+
+
+# -- publishing a version of a published pool ---------------------------------------------------------------
+
+
+def imported_metadata(pool: PoolLayout, crawl: CrawlLayout) -> list[str]:
+    """The metadata copies of `pool`'s own batches: those of its folder whose source file is processed (a
+    copy left by a scan that never committed is not listed)."""
+    done = {posixpath.basename(r["wat_path"]) for r in read_manifest(crawl).to_pylist()
+            if r["status"] == PROCESSED}
+    return [p for p in storage.ls(pool.metadata, "*.parquet") if posixpath.basename(p) in done]
+
+
+def _url_part_uids(crawl: CrawlLayout) -> np.ndarray:
+    arrays = []
+    for path in storage.ls(crawl.urls, "part-*.parquet"):
+        with storage.open_file(path) as f:
+            arrays.append(uid_strings_to_array(pq.read_table(f, columns=["uid"])["uid"], where=path))
+    out = np.concatenate(arrays) if arrays else np.zeros(0, UID_DTYPE)
+    out.sort()
+    return out
+
+
+def run_publish_published(spec: BuildSpec) -> StageStats:
+    """Publish the version: every imported metadata file (the parent's, then its own), every downloaded
+    shard, and the scale's pool of every valid uid. A version that adds neither is not published
+    (counter ``unchanged``)."""
+    start = time.monotonic()
+    pool, crawl, scale = spec.pool, spec.crawl, spec.source["scale"]
+    stats = StageStats(PUBLISH)
+    if storage.exists(pool.manifest):
+        return StageStats.from_dict(storage.read_json(pool.manifest)["stats"])
+    parent_name = versions.info(pool.root, pool.version).get("parent")
+    parent = storage.read_json(PoolLayout(pool.root, parent_name).manifest) if parent_name else {}
+    own_metadata = [p for p in imported_metadata(pool, crawl) if p not in parent.get("metadata", [])]
+    markers = storage.ls(storage.join(pool.markers, DOWNLOAD), "*")
+    own_shards = sorted(pool.download(s) for m in markers for s in storage.read_json(m).get("shards", []))
+    if not own_metadata and not own_shards:
+        stats.add("unchanged")
+        log.info("pool %s adds nothing to %s: not published", pool.version, parent_name or "an empty pool")
+        return stats
+    uids = _url_part_uids(crawl)
+    write_subset(pool.scale(scale), uids)
+    size = pool_sizes(spec.platform_config)[scale]
+    history = ledger.history(*versions.ledger_dirs(pool.root, pool.version))
+    current = ledger.latest(history)
+    stats.add("samples", len(uids))
+    stats.add("metadata_files", len(parent.get("metadata", [])) + len(own_metadata))
+    stats.add("shards", len(parent.get("shards", [])) + len(own_shards))
+    stats.seconds = time.monotonic() - start
+    stats.outputs = [pool.manifest, pool.scale(scale)]
+    manifest = {
+        "pool_version": pool.version, "parent": parent_name, "chain": versions.chain(pool.root, pool.version),
+        "storage_root": pool.root, "kind": "published", "source": spec.source["metadata"],
+        "published_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "samples": len(uids),
+        "added": {"metadata_files": len(own_metadata), "shards": len(own_shards)},
+        "crawls": [crawl.crawl_id],
+        "shards": parent.get("shards", []) + own_shards,
+        "metadata": parent.get("metadata", []) + own_metadata,
+        "scales": {scale: {"samples": len(uids), "pool_size": size, "built": True, "complete": len(uids) >= size,
+                           "path": pool.scale(scale)}},
+        "ledger": {"urls": current.num_rows, "statuses": ledger.counts(current) if current.num_rows else {}},
+        "models": [], "thresholds": {},
+        "stats": stats.to_dict(),
+    }
+    storage.write_json(pool.manifest, manifest)
+    log.info("published pool %s of %s: %d samples, %d metadata files, %d shards", pool.version, crawl.crawl_id,
+             len(uids), len(manifest["metadata"]), len(manifest["shards"]))
+    return stats

@@ -1,0 +1,223 @@
+"""Pools from DataComp's published metadata: a folder in the published layout imported as a pool of its own,
+kept as published, filtered before any image is fetched; bad input named, nothing half-imported."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from datacomp_ops.core import ledger, storage, versions
+from datacomp_ops.core.layout import CrawlLayout, PoolLayout, dataset_root
+from datacomp_ops.core.schema import read_subset, uids_to_array, write_subset
+from datacomp_ops.pool.byod import DatasetImportError
+from datacomp_ops.pool.published import make_published_spec, run_publish_published, run_scan_published
+
+DIMS = {"b32_img": 8, "b32_txt": 8, "l14_img": 12, "l14_txt": 12}
+
+
+def published_rows(n: int, seed: int, start: int = 0) -> dict[str, list]:
+    """Rows as DataComp publishes them: uid = md5 hex, the sizes, both scores, face boxes (fractions), sha256."""
+    rng = np.random.default_rng(seed)
+    urls = [f"http://img{i % 7}.example.com/{start + i}.jpg" for i in range(n)]
+    texts = [f"a photo of thing {start + i}" for i in range(n)]
+    boxes = [[[0.1, 0.2, 0.3, 0.5]] if i % 5 == 0 else [] for i in range(n)]
+    return {
+        "uid": [hashlib.md5((t + u).encode()).hexdigest() for t, u in zip(texts, urls)],
+        "url": urls, "text": texts,
+        "original_width": rng.integers(100, 2000, n).tolist(), "original_height": rng.integers(100, 2000, n).tolist(),
+        "clip_b32_similarity_score": rng.random(n).tolist(), "clip_l14_similarity_score": rng.random(n).tolist(),
+        "face_bboxes": boxes, "sha256": [hashlib.sha256(u.encode()).hexdigest() for u in urls],
+    }
+
+
+def write_published(folder, files: int = 3, rows: int = 40, seed: int = 0, npz: bool = True) -> list[str]:
+    """A folder in DataComp's published layout: {name}.parquet per metadata shard, {name}.npz beside (float16)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    schema = pa.schema([("uid", pa.string()), ("url", pa.string()), ("text", pa.string()),
+                        ("original_width", pa.int64()), ("original_height", pa.int64()),
+                        ("clip_b32_similarity_score", pa.float32()), ("clip_l14_similarity_score", pa.float32()),
+                        ("face_bboxes", pa.list_(pa.list_(pa.float64()))), ("sha256", pa.string())])
+    rng = np.random.default_rng(seed)
+    paths = []
+    for f in range(files):
+        name = hashlib.md5(f"{seed}-{f}".encode()).hexdigest()[:12]  # DataComp names its files by a hash
+        pq.write_table(pa.table(published_rows(rows, seed * 1000 + f, start=f * rows), schema=schema),
+                       folder / f"{name}.parquet")
+        if npz:
+            np.savez(folder / f"{name}.npz", **{k: rng.standard_normal((rows, d)).astype(np.float16)
+                                                  for k, d in DIMS.items()})
+        paths.append(str(folder / f"{name}.parquet"))
+    return sorted(paths)
+
+
+def _import(tmp_path, metadata, run="run1", **kwargs):
+    spec = make_published_spec(run, kwargs.pop("name", "dc_small"), str(metadata), kwargs.pop("scale", "tiny"),
+                               overrides={"storage_root": str(tmp_path / "root")}, **kwargs)
+    scanned = run_scan_published(spec)
+    return spec, scanned, run_publish_published(spec)
+
+
+def test_a_published_folder_becomes_a_pool_kept_as_published_and_filtered_before_any_download(tmp_path):
+    files = write_published(tmp_path / "metadata")
+    spec, scanned, published = _import(tmp_path, tmp_path / "metadata")
+    root = dataset_root(str(tmp_path / "root"), "dc_small")
+    assert spec.pool_version == "v0001" and spec.config["storage_root"] == root
+    assert scanned["files_processed"] == 3 and scanned["urls_written"] == 120 and published["samples"] == 120
+    manifest = storage.read_json(PoolLayout(root, "v0001").manifest)
+    assert manifest["kind"] == "published" and manifest["shards"] == [] and len(manifest["metadata"]) == 3
+    for source, copy in zip(files, manifest["metadata"]):  # copied byte for byte, npz beside
+        assert storage.read_bytes(copy) == storage.read_bytes(source)
+        assert storage.read_bytes(copy[:-8] + ".npz") == storage.read_bytes(source[:-8] + ".npz")
+    published_uids = [u for f in files for u in pq.read_table(f)["uid"].to_pylist()]
+    assert read_subset(manifest["scales"]["tiny"]["path"]).tolist() == uids_to_array(published_uids).tolist()
+    # the URL parts the download reads carry the published boxes and hashes
+    parts = storage.ls(CrawlLayout(root, "dc_small").urls, "part-*.parquet")
+    urls = pa.concat_tables([pq.read_table(p) for p in parts])
+    assert urls.num_rows == 120 and {"face_bboxes", "sha256"} <= set(urls.column_names)
+    first = pq.read_table(files[0]).slice(0, 1).to_pylist()[0]  # a row with a face box (every fifth has one)
+    row = urls.filter(pa.compute.equal(urls["uid"], first["uid"])).to_pylist()[0]
+    assert row["face_bboxes"] == first["face_bboxes"] == [[0.1, 0.2, 0.3, 0.5]]
+    assert (row["url"], row["text"], row["sha256"]) == (first["url"], first["text"], first["sha256"])
+
+    # DataComp's CLIP-score baseline over the published metadata, as DataComp's code selects it
+    from benchmarks.datacomp_reference import clip_score as reference_clip_score
+    from datacomp_ops.core.config import load_config
+    from datacomp_ops.filtering.run import PoolSource, run_baseline
+
+    config = load_config(overrides={"storage_root": root,
+                                    "filtering.baselines": ["clip_score_l14_30 = clip_score:arch=l14,fraction=0.3"]})
+    stats = run_baseline("clip_score_l14_30", PoolSource(manifest=PoolLayout(root, "v0001").manifest, scale="tiny"),
+                         config)
+    ours = read_subset(stats.outputs[0])
+    theirs = np.sort(reference_clip_score(files, "clip_l14_similarity_score", 0.3))
+    assert ours.tolist() == theirs.tolist() and stats["kept"] == len(theirs) > 0
+
+
+def test_a_later_import_reads_only_new_files_and_a_subset_file_limits_the_pool(tmp_path):
+    files = write_published(tmp_path / "metadata", files=4)
+    _import(tmp_path, tmp_path / "metadata", shards="0,2")
+    spec, scanned, published = _import(tmp_path, tmp_path / "metadata", run="run2")
+    assert spec.pool_version == "v0002" and scanned["files_already_imported"] == 2 and scanned["files_processed"] == 2
+    manifest = storage.read_json(spec.pool.manifest)
+    assert manifest["parent"] == "v0001" and len(manifest["metadata"]) == 4 and manifest["samples"] == 160
+    # nothing new: not published again
+    again = make_published_spec("run3", "dc_small", str(tmp_path / "metadata"), "tiny",
+                                overrides={"storage_root": str(tmp_path / "root")})
+    assert run_scan_published(again)["files_already_imported"] == 4
+    assert run_publish_published(again)["unchanged"] == 1
+
+    # a DataComp subset file limits a pool to its uids
+    chosen = [u for u in pq.read_table(files[1])["uid"].to_pylist()[:10]]
+    write_subset(str(tmp_path / "subset.npy"), uids_to_array(chosen))
+    spec, scanned, _ = _import(tmp_path, tmp_path / "metadata", name="dc_subset", subset=str(tmp_path / "subset.npy"))
+    assert scanned["urls_written"] == 10 and scanned["skipped:not_in_subset"] == 150
+    scale = storage.read_json(spec.pool.manifest)["scales"]["tiny"]
+    assert scale["samples"] == 10 and read_subset(scale["path"]).tolist() == uids_to_array(chosen).tolist()
+
+
+def _rewrite(path, **changes):
+    table = pq.read_table(path)
+    for name, value in changes.items():
+        if value is None:
+            table = table.drop_columns([name])
+        elif callable(value):
+            table = value(table)
+        else:
+            table = table.set_column(table.column_names.index(name), name, value)
+    pq.write_table(table, path)
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("missing", r"no column sha256 \(DataComp's published metadata has uid, url, .*; this file has"),
+    ("misnamed", r"no column uid .*misnamed\? 'UID' for 'uid'"),
+    ("type", r"column original_width is string, DataComp's is integer"),
+    ("uid", r"row 3: uid 'not-a-uid' is not 32 lowercase hex digits"),
+    ("duplicate", r"uid [0-9a-f]{32} is on 2 rows"),
+    ("across", r"uid [0-9a-f]{32} is in .*\.parquet and in .*\.parquet"),
+    ("npz_rows", r"\.npz: b32_img has shape \(39, 8\), but .*\.parquet has 40 rows"),
+    ("npz_key", r"\.npz: no l14_txt"),
+    ("npz_missing", r"no npz beside it"),
+    ("unreadable", r"\.parquet: unreadable parquet"),
+])
+def test_bad_published_metadata_is_named_and_nothing_is_half_imported(tmp_path, damage, message):
+    files = write_published(tmp_path / "metadata")
+    target = files[1]
+    npz = target[:-8] + ".npz"
+    if damage == "missing":
+        _rewrite(target, sha256=None)
+    elif damage == "misnamed":
+        _rewrite(target, uid=lambda t: t.rename_columns(["UID"] + t.column_names[1:]))
+    elif damage == "type":
+        _rewrite(target, original_width=pa.array([str(i) for i in range(40)]))
+    elif damage == "uid":
+        uids = pq.read_table(target)["uid"].to_pylist()
+        _rewrite(target, uid=pa.array(uids[:3] + ["not-a-uid"] + uids[4:]))
+    elif damage == "duplicate":
+        uids = pq.read_table(target)["uid"].to_pylist()
+        _rewrite(target, uid=pa.array(uids[:5] + [uids[0]] + uids[6:]))
+    elif damage == "across":
+        uids = pq.read_table(target)["uid"].to_pylist()
+        _rewrite(target, uid=pa.array([pq.read_table(files[0])["uid"][7].as_py()] + uids[1:]))
+    elif damage == "npz_rows":
+        arrays = dict(np.load(npz))
+        np.savez(npz, **{k: v[:-1] for k, v in arrays.items()})
+    elif damage == "npz_key":
+        arrays = dict(np.load(npz))
+        np.savez(npz, **{k: v for k, v in arrays.items() if k != "l14_txt"})
+    elif damage == "npz_missing":
+        storage.remove(npz)
+    elif damage == "unreadable":
+        with open(target, "r+b") as f:
+            f.seek(100)
+            f.write(b"\x00" * 200)
+    with pytest.raises(DatasetImportError, match=message):
+        _import(tmp_path, tmp_path / "metadata")
+    root = dataset_root(str(tmp_path / "root"), "dc_small")
+    crawl = CrawlLayout(root, "dc_small")
+    assert storage.ls(crawl.urls, "*.parquet") == [] and not storage.exists(crawl.wat_manifest)
+    assert storage.ls(PoolLayout(root, "v0001").metadata, "*") == [] and versions.latest(root) is None
+
+
+def test_rows_that_cannot_be_downloaded_safely_are_counted_skips_with_a_ledger_status(tmp_path):
+    files = write_published(tmp_path / "metadata", files=1)
+    boxes = pq.read_table(files[0])["face_bboxes"].to_pylist()
+    boxes[1] = [[1.2, 0.1, 1.5, 0.4]]           # right of the image: no blur could cover it
+    boxes[2] = [[0.1, 0.1, float("nan"), 0.4]]  # not a number
+    boxes[3] = [[0.5, 0.5, 0.4, 0.6]]           # empty
+    boxes[4] = [[-0.05, 0.1, 0.3, 1.02]]        # partly outside: blurred where it overlaps, as img2dataset clips
+    urls = pq.read_table(files[0])["url"].to_pylist()
+    urls[6] = "ftp://img.example.com/6.jpg"
+    _rewrite(files[0], face_bboxes=pa.array(boxes, pa.list_(pa.list_(pa.float64()))), url=pa.array(urls))
+    spec, scanned, published = _import(tmp_path, tmp_path / "metadata")
+    assert scanned["skipped:bad_face_box"] == 3 and scanned["skipped:no_http_url"] == 1 and published["samples"] == 36
+    rows = ledger.read(spec.pool.ledger).to_pylist()
+    assert len(rows) == 4 and {r["status"] for r in rows} == {"invalid_metadata"}
+    uids = pq.read_table(files[0])["uid"].to_pylist()
+    why = {r["uid"]: r["message"] for r in rows}
+    assert "lies outside the image" in why[uids[1]] and "not four finite numbers" in why[uids[2]]
+    assert "is empty" in why[uids[3]] and why[uids[6]].startswith("no http(s) URL")
+    held = {tuple(x) for x in read_subset(spec.pool.scale("tiny")).tolist()}
+    assert tuple(uids_to_array([uids[4]])[0].tolist()) in held
+    assert not held & {tuple(x) for x in uids_to_array([uids[i] for i in (1, 2, 3, 6)]).tolist()}
+
+
+def test_files_are_chosen_by_position_or_name_and_bad_choices_are_named(tmp_path):
+    from datacomp_ops.pool.published import select_files
+
+    files = write_published(tmp_path / "metadata", files=5, npz=False)
+    assert select_files(str(tmp_path / "metadata"), "1-3") == files[1:4]
+    name = files[4].rsplit("/", 1)[-1]
+    assert select_files(str(tmp_path / "metadata"), f"0,{name}") == [files[0], files[4]]
+    with pytest.raises(DatasetImportError, match=r"holds 5 metadata files, numbered 0-4"):
+        select_files(str(tmp_path / "metadata"), "3-7")
+    with pytest.raises(DatasetImportError, match=r"no metadata .parquet files"):
+        select_files(str(tmp_path / "empty"), "")
+    # without features: the metadata alone (the CLIP-score baselines need no npz)
+    spec, scanned, _ = _import(tmp_path, tmp_path / "metadata", npz=False)
+    assert scanned["files_processed"] == 5 and "npz_copied" not in scanned.counters
+    assert json.loads(json.dumps(spec.source))["npz"] is False
