@@ -221,3 +221,121 @@ def test_files_are_chosen_by_position_or_name_and_bad_choices_are_named(tmp_path
     spec, scanned, _ = _import(tmp_path, tmp_path / "metadata", npz=False)
     assert scanned["files_processed"] == 5 and "npz_copied" not in scanned.counters
     assert json.loads(json.dumps(spec.source))["npz"] is False
+
+
+def _served_pool(folder, base_url: str) -> tuple[str, list[dict]]:
+    """A published pool whose URLs are the synthetic server's: real images (sha256 of the bytes served, one with
+    a face box), dead links, and images changed since publication (another sha256)."""
+    from datacomp_ops.synthetic.server import render
+
+    folder.mkdir(parents=True)
+    rows = []
+    for i in range(30):
+        path = f"/img/shape/{['red', 'blue', 'green'][i % 3]}/{['circle', 'square'][i % 2]}/{500 + i}.jpg" if i \
+            else "/img/photo/astronaut/1.jpg"  # a photograph of a face, its published box over it
+        dead = 20 <= i < 23
+        body = render(path)[0]
+        digest = hashlib.sha256(body).hexdigest()
+        if 23 <= i < 26:  # the image changed since DataComp hashed it
+            digest = hashlib.sha256(b"as published " + body).hexdigest()
+        url = f"{base_url}{'/missing' + path if dead else path}"
+        text = f"a picture number {i}"
+        rows.append({"uid": hashlib.md5((text + url).encode()).hexdigest(), "url": url, "text": text,
+                     "original_width": 300, "original_height": 300, "clip_b32_similarity_score": 0.3,
+                     "clip_l14_similarity_score": 0.01 * i, "sha256": digest, "path": path,
+                     "face_bboxes": [[0.25, 0.25, 0.75, 0.75]] if i == 0 else []})
+    schema = pa.schema([("uid", pa.string()), ("url", pa.string()), ("text", pa.string()),
+                        ("original_width", pa.int64()), ("original_height", pa.int64()),
+                        ("clip_b32_similarity_score", pa.float64()), ("clip_l14_similarity_score", pa.float64()),
+                        ("face_bboxes", pa.list_(pa.list_(pa.float64()))), ("sha256", pa.string())])
+    pq.write_table(pa.Table.from_pylist([{k: r[k] for k in schema.names} for r in rows], schema=schema),
+                   folder / "0001.parquet")
+    return str(folder), rows
+
+
+@pytest.mark.slow
+def test_a_download_limited_to_subsets_fetches_only_them_blurs_the_published_boxes_and_checks_hashes(
+        tmp_path, image_server):
+    import io
+
+    from PIL import Image
+
+    from datacomp_ops.download.partition import Partition, run_download
+    from datacomp_ops.pool.published import plan_published_download, write_download_limit
+    from datacomp_ops.synthetic.server import render
+
+    metadata, rows = _served_pool(tmp_path / "metadata", image_server.base_url)
+    overrides = {"storage_root": str(tmp_path / "root"), "download.timeout": 5, "download.processes_count": 1,
+                 "download.thread_count": 8, "download.number_sample_per_shard": 100}
+
+    def spec_of(run: str, **config):
+        return make_published_spec(run, "served", metadata, "tiny", npz=False, overrides=overrides | config)
+
+    first = spec_of("import")
+    run_scan_published(first)
+    run_publish_published(first)  # v0001: the metadata alone
+
+    chosen = [rows[i]["uid"] for i in list(range(10)) + [20, 23]]
+    write_subset(str(tmp_path / "chosen.npy"), uids_to_array(chosen))
+    spec = spec_of("download")
+    info = write_download_limit(spec, {"chosen": str(tmp_path / "chosen.npy")})
+    assert (info["urls"], info["pool_urls"], info["saved_urls"]) == (12, 30, 18)
+    assert info["saved_bytes"] == pytest.approx(18 * 450e9 / 12.8e6) and "DataComp's disk table" in info["basis"]
+    assert run_scan_published(spec)["files_already_imported"] == 1
+    seen = len(image_server.request_log)
+    for part in plan_published_download(spec, info["limit"]):
+        run_download(Partition(**part), spec.pool, spec.platform_config)
+    requested = {p for _, p in image_server.request_log[seen:]}  # a dead link is asked again (download.retries)
+    assert requested == {r["url"][len(image_server.base_url):] for r in rows if r["uid"] in chosen}
+    published = run_publish_published(spec)
+    assert spec.pool_version == "v0002" and published["shards"] == 1
+
+    status = {r["uid"]: r for r in ledger.latest(ledger.history(*versions.ledger_dirs(spec.pool.root, "v0002")))
+              .to_pylist()}
+    by_row = [status[r["uid"]]["status"] for r in rows]
+    assert by_row[:10] == ["downloaded"] * 10 and by_row[20] == "http_error" and by_row[23] == "hash_mismatch"
+    assert set(by_row[10:20] + by_row[21:23] + by_row[24:]) == {"deferred"}
+    assert "kept, flagged" in status[rows[23]["uid"]]["message"]
+    assert "not in the subsets this download is limited to" in status[rows[12]["uid"]]["message"]
+
+    # the face of row 0 is blurred inside its published box, the rest of the picture is as served
+    shard = storage.read_json(spec.pool.manifest)["shards"][0]
+    meta = pq.read_table(shard[:-4] + ".parquet").to_pylist()
+    key = next(m["key"] for m in meta if m["uid"] == rows[0]["uid"])
+    import tarfile
+
+    with tarfile.open(shard) as tar:
+        got = np.asarray(Image.open(io.BytesIO(tar.extractfile(f"{key}.jpg").read())).convert("RGB"), np.float32)
+        names = tar.getnames()
+    served = np.asarray(Image.open(io.BytesIO(render(rows[0]["path"])[0])).convert("RGB"), np.float32)
+    assert got.shape == served.shape
+    h, w = served.shape[:2]
+
+    def detail(image, rows, cols):  # mean absolute difference between neighbouring pixels
+        part = image[rows, cols]
+        return np.abs(np.diff(part, axis=0)).mean() + np.abs(np.diff(part, axis=1)).mean()
+
+    box, top = (slice(int(h * 0.3), int(h * 0.7)), slice(int(w * 0.3), int(w * 0.7))), (slice(0, h // 10), slice(None))
+    assert detail(got, *box) < 0.4 * detail(served, *box)  # blurred inside the box
+    assert abs(detail(got, *top) - detail(served, *top)) < 0.1 * detail(served, *top)  # as served outside it
+    assert np.abs(got - served)[top].mean() < 3
+    assert sum(n.endswith(".jpg") for n in names) == 11  # 10 downloaded, 1 changed (kept with its flag)
+
+    # the next run downloads the rest; with download.hash_mismatch=drop a changed image leaves its shard
+    rest = spec_of("rest", **{"download.hash_mismatch": "drop"})
+    seen = len(image_server.request_log)
+    for part in plan_published_download(rest):
+        run_download(Partition(**part), rest.pool, rest.platform_config)
+    assert {p for _, p in image_server.request_log[seen:]} == {  # only what the first download deferred
+        r["url"][len(image_server.base_url):] for r in rows if r["uid"] not in chosen}
+    run_publish_published(rest)
+    status = {r["uid"]: r["status"] for r in ledger.latest(ledger.history(*versions.ledger_dirs(rest.pool.root,
+                                                                                                 "v0003"))).to_pylist()}
+    assert [status[rows[i]["uid"]] for i in (23, 24, 25)] == ["hash_mismatch", "hash_mismatch_dropped",
+                                                              "hash_mismatch_dropped"]
+    assert sum(status[r["uid"]] == "downloaded" for r in rows) == 24  # 30, less 3 dead links and 3 changed
+    new_shard = [s for s in storage.read_json(rest.pool.manifest)["shards"] if s != shard][0]
+    kept = {m["uid"] for m in pq.read_table(new_shard[:-4] + ".parquet").to_pylist() if m["status"] == "success"}
+    assert rows[24]["uid"] not in kept and rows[11]["uid"] in kept
+    with tarfile.open(new_shard) as tar:
+        assert sum(n.endswith(".jpg") for n in tar.getnames()) == len(kept) == 14  # rows 10-19, 26-29

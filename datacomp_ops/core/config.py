@@ -196,6 +196,10 @@ class DownloadConfig:
     max_transient_fraction: float = setting(0.5, **UNIT)
     # PIL's decompression-bomb warning threshold: larger images are rejected.
     max_image_area: int = setting(89_478_485, ge=1)
+    # a published pool's image whose bytes' sha256 differs from the published one (pool/published.py):
+    # keep it, flagged hash_mismatch in the ledger, or drop it (hash_mismatch_dropped). Keeping is the
+    # default: DataComp's users found 14% of DataComp-1B's hashes never match, archived copies included.
+    hash_mismatch: str = setting("keep", choices=("keep", "drop"))
     disallowed_header_directives: list[str] = field(
         default_factory=lambda: ["noai", "noimageai", "noindex", "noimageindex"]
     )

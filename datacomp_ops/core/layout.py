@@ -312,6 +312,16 @@ class PoolLayout:
         return join(self.markers, stage, part)
 
     @property
+    def download_limit(self) -> str:
+        """A published pool's download limit: the union of the subsets a run downloads (pool/published.py)."""
+        return join(self.base, "download_limit.npy")
+
+    @property
+    def decay_report(self) -> str:
+        """What the pool holds of the URLs it was given, by reason, domain and version (pool/decay.py)."""
+        return join(self.base, "reports", "decay.json")
+
+    @property
     def scales(self) -> str:
         return join(self.base, "scales")
 

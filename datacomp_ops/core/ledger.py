@@ -48,10 +48,15 @@ PERMANENT_FAILURES = (
     "opted_out",  # X-Robots-Tag noai and friends
     "resize_error",
     "missing_from_source",  # an imported webdataset shard no longer holds a sample its scan listed
+    "invalid_metadata",  # a published pool's row that cannot be downloaded safely (no URL, a face box no blur covers)
+    "hash_mismatch_dropped",  # a published pool's image whose bytes differ from the published sha256, dropped
     # the address guard refused the host (datacomp_ops.core.address_guard): a crawl must not reach these
     *BLOCKED_STATUSES,
 )
 DOWNLOAD_FAILURES = TRANSIENT_FAILURES + PERMANENT_FAILURES
+# Downloaded, and held, but not as published: the bytes' sha256 differs from a published pool's
+# (download.hash_mismatch=keep). Final: fetching again gives the same bytes.
+HASH_MISMATCH = "hash_mismatch"
 # Not downloaded because the run's scale did not need it (a scale-limited
 # build); a build of a larger scale downloads it.
 DEFERRED = "deferred"

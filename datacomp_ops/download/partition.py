@@ -12,12 +12,21 @@ retry downloads it again. Only the last try commits such a partition, with
 every URL's transient status, which later rebuilds retry.
 
 A scale-limited build gives a partition a key limit: URLs whose scale key is
-above it are not downloaded but recorded as deferred.
+above it are not downloaded but recorded as deferred; a download limited to
+chosen subsets (a published pool's, pool/published.py) gives it a subset file,
+and the URLs outside it are deferred the same way.
+
+A published pool's URL part carries DataComp's face boxes and sha256: the
+faces are blurred at download from the published boxes (img2dataset's
+``bbox_col``, as download_upstream.py does), and an image whose bytes' sha256
+differs from the published one is ``hash_mismatch`` (kept, flagged) or
+``hash_mismatch_dropped`` (taken out of its shard), as download.hash_mismatch says.
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import logging
 import os
@@ -39,7 +48,7 @@ from ..core import ledger, storage
 from ..core.address_guard import ALLOWED_ENV, BLOCKED_STATUSES, PROXY_ENV
 from ..core.config import PlatformConfig
 from ..core.layout import PoolLayout, partition_name, pools_dir
-from ..core.schema import scale_key
+from ..core.schema import in_subset, read_subset, scale_key, uid_strings_to_array
 from ..core.stats import Counters, StageStats
 
 log = logging.getLogger(__name__)
@@ -49,7 +58,10 @@ SHARD_FILES = (".tar", ".parquet", "_stats.json")
 
 
 # what run_download counts: each URL's status, and the partition's totals
-COUNTERS = Counters.of(STAGE, ("urls", "attempted", "downloaded", ledger.DEFERRED, *ledger.DOWNLOAD_FAILURES))
+COUNTERS = Counters.of(STAGE, ("urls", "attempted", "downloaded", ledger.DEFERRED, ledger.HASH_MISMATCH,
+                               *ledger.DOWNLOAD_FAILURES))
+# a published pool's URL part (pool/published.py): the boxes img2dataset blurs, the hash the bytes must have
+BBOX_COLUMN, HASH_COLUMN = "face_bboxes", "sha256"
 
 
 _HTTP_CODE = re.compile(r"^http error (\d{3})")
@@ -110,6 +122,8 @@ class Partition:
     rows: int
     first_shard: int
     key_limit: float = 1.0
+    # a subset file (DataComp's u8,u8 .npy): only its URLs are downloaded, the others deferred; "" = all
+    only: str = ""
 
     @property
     def name(self) -> str:
@@ -147,11 +161,13 @@ def next_free_shard(pool: PoolLayout) -> int:
     return max(used, default=-1) + 1
 
 
-def img2dataset_kwargs(url_list: str, output_folder: str, config: PlatformConfig) -> dict:
-    """The arguments of ``img2dataset.download`` for one URL parquet: DataComp's settings."""
+def img2dataset_kwargs(url_list: str, output_folder: str, config: PlatformConfig, blur_faces: bool = False) -> dict:
+    """The arguments of ``img2dataset.download`` for one URL parquet: DataComp's settings (download_upstream.py's,
+    with the published face boxes blurred when `blur_faces`)."""
     dl = config.download
     return dict(
         url_list=url_list,
+        bbox_col=BBOX_COLUMN if blur_faces else None,
         input_format="parquet",
         url_col="url",
         caption_col="text",
@@ -178,7 +194,8 @@ def img2dataset_kwargs(url_list: str, output_folder: str, config: PlatformConfig
     )
 
 
-def _run_img2dataset(partition: Partition, url_list: str, out_dir: str, config: PlatformConfig) -> None:
+def _run_img2dataset(partition: Partition, url_list: str, out_dir: str, config: PlatformConfig,
+                     blur_faces: bool) -> None:
     dl = config.download
     if partition.first_shard > 0:
         # img2dataset's "extend" mode numbers new shards after the highest existing
@@ -188,7 +205,7 @@ def _run_img2dataset(partition: Partition, url_list: str, out_dir: str, config: 
         storage.write_json(storage.join(out_dir, f"{partition.first_shard - 1:08d}_stats.json"), seed)
     else:
         storage.makedirs(out_dir)
-    kwargs = img2dataset_kwargs(url_list, out_dir, config) | {"incremental_mode": "extend"}
+    kwargs = img2dataset_kwargs(url_list, out_dir, config, blur_faces) | {"incremental_mode": "extend"}
     env = dict(os.environ)
     # OpenCV refuses to decode beyond this many pixels: a bomb costs no memory.
     env.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(2 * dl.max_image_area))
@@ -232,22 +249,49 @@ def _attempt_dir(pool: PoolLayout, partition: Partition) -> tuple[str, str]:
     return base, storage.join(base, f"attempt-{uuid.uuid4().hex[:12]}")
 
 
-def _split_by_key(partition: Partition, tmp: str) -> tuple[str | None, pa.Table, pa.Table]:
-    """(URL parquet for img2dataset or None, rows to download, rows deferred by the key limit)."""
+def _split_by_key(partition: Partition, tmp: str) -> tuple[str | None, pa.Table, pa.Table, list[str]]:
+    """(URL parquet for img2dataset or None, rows to download, rows deferred, why each was deferred)."""
     with storage.open_file(partition.path) as f:
         table = pq.read_table(f)
     if "attempt" not in table.column_names:  # a crawl's URL part: first attempt
         table = table.append_column("attempt", pa.array([1] * table.num_rows, pa.int32()))
-    if partition.key_limit >= 1.0:
-        return partition.path, table, table.slice(0, 0)
-    below = pa.array(key_fraction(table["uid"]) < partition.key_limit)
-    todo, deferred = table.filter(below), table.filter(pc.invert(below))
+    if partition.key_limit >= 1.0 and not partition.only:
+        return partition.path, table, table.slice(0, 0), []
+    below = key_fraction(table["uid"]) < partition.key_limit
+    wanted = in_subset(uid_strings_to_array(table["uid"], where=partition.path), read_subset(partition.only)) \
+        if partition.only else np.ones(table.num_rows, bool)
+    todo, deferred = table.filter(pa.array(below & wanted)), table.filter(pa.array(~(below & wanted)))
+    why = [f"scale key above {partition.key_limit:.6g}: not needed by this build's scale" if not b else
+           f"not in the subsets this download is limited to ({partition.only})"
+           for b in below[~(below & wanted)]]
     if not todo.num_rows:
-        return None, todo, deferred
+        return None, todo, deferred, why
     path = storage.join(tmp, "_input", "urls.parquet")
     with storage.atomic_write(path) as f:
         pq.write_table(todo, f)
-    return path, todo, deferred
+    return path, todo, deferred, why
+
+
+def _drop_from_shard(tar_url: str, keys: set[str], status: str) -> None:
+    """Take `keys`' samples out of an img2dataset shard (its tar, and its parquet's status), in place."""
+    import tarfile
+
+    with storage.open_file(tar_url) as f:
+        data = f.read()
+    out = io.BytesIO()
+    with tarfile.open(fileobj=io.BytesIO(data)) as src, tarfile.open(fileobj=out, mode="w") as dst:
+        for member in src:
+            if member.name.split(".", 1)[0] not in keys:
+                dst.addfile(member, src.extractfile(member) if member.isfile() else None)
+    storage.write_bytes(tar_url, out.getvalue())
+    parquet = tar_url[: -len(".tar")] + ".parquet"
+    with storage.open_file(parquet) as f:
+        meta = pq.read_table(f)
+    dropped = pc.is_in(meta["key"], pa.array(sorted(keys)))
+    meta = meta.set_column(meta.column_names.index("status"), "status",
+                           pc.if_else(dropped, status, meta["status"]))
+    with storage.atomic_write(parquet) as f:
+        pq.write_table(meta, f)
 
 
 def run_download(partition: Partition, pool: PoolLayout, config: PlatformConfig,
@@ -264,33 +308,47 @@ def run_download(partition: Partition, pool: PoolLayout, config: PlatformConfig,
         return StageStats.from_dict(storage.read_json(marker))
     start = time.monotonic()
     tmp_base, tmp = _attempt_dir(pool, partition)
-    url_list, todo, deferred = _split_by_key(partition, tmp)
+    url_list, todo, deferred, deferred_why = _split_by_key(partition, tmp)
+    published = HASH_COLUMN in todo.column_names and BBOX_COLUMN in todo.column_names
     i2d_dir = storage.join(tmp, "out")
     if url_list:
-        _run_img2dataset(partition, url_list, i2d_dir, config)
+        _run_img2dataset(partition, url_list, i2d_dir, config, blur_faces=published)
 
     stats = StageStats(STAGE)
     attempt_of = dict(zip(todo["uid"].to_pylist(), todo["attempt"].to_pylist()))
+    expected = dict(zip(todo["uid"].to_pylist(), todo[HASH_COLUMN].to_pylist())) if published else {}
+    drop = config.download.hash_mismatch == "drop"
     shard_ids, uids, urls, statuses, messages, attempts = [], [], [], [], [], []
     for meta_path in storage.ls(i2d_dir, "*.parquet") if url_list else []:
         shard_id = int(os.path.basename(meta_path).split(".")[0])
         with storage.open_file(meta_path) as f:
-            meta = pq.read_table(f, columns=["uid", "url", "status", "error_message"]).to_pydict()
-        for uid, url, i2d_status, message in zip(meta["uid"], meta["url"], meta["status"], meta["error_message"]):
+            meta = pq.read_table(f, columns=["uid", "url", "status", "error_message", "key"]
+                                 + (["sha256"] if published else [])).to_pydict()
+        dropped: set[str] = set()
+        for i, (uid, url, i2d_status, message) in enumerate(zip(meta["uid"], meta["url"], meta["status"],
+                                                                meta["error_message"])):
             status = "downloaded" if i2d_status == "success" else classify_failure(message, i2d_status)
+            if status == "downloaded" and published and expected.get(uid) and meta["sha256"][i] != expected[uid]:
+                status = "hash_mismatch_dropped" if drop else ledger.HASH_MISMATCH
+                message = (f"sha256 {meta['sha256'][i]} of the bytes, {expected[uid]} published; "
+                           + ("dropped (download.hash_mismatch=drop)" if drop else "kept, flagged"))
+                if drop:
+                    dropped.add(meta["key"][i])
             uids.append(uid)
             urls.append(url)
             statuses.append(status)
             messages.append(None if status == "downloaded" else message)
             attempts.append(attempt_of.get(uid))
             stats.add(status)
+        if dropped:
+            _drop_from_shard(storage.join(i2d_dir, f"{shard_id:08d}.tar"), dropped, "hash_mismatch_dropped")
         shard_ids.append(shard_id)
-    for uid, url, attempt in zip(deferred["uid"].to_pylist(), deferred["url"].to_pylist(),
-                                 deferred["attempt"].to_pylist()):
+    for uid, url, attempt, why in zip(deferred["uid"].to_pylist(), deferred["url"].to_pylist(),
+                                      deferred["attempt"].to_pylist(), deferred_why):
         uids.append(uid)
         urls.append(url)
         statuses.append(ledger.DEFERRED)
-        messages.append(f"scale key above {partition.key_limit:.6g}: not needed by this build's scale")
+        messages.append(why)
         attempts.append(attempt - 1)  # not tried this time
         stats.add(ledger.DEFERRED)
     table = ledger.make_part(STAGE, uids, urls, statuses, messages, attempts, partition.path)

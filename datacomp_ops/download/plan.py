@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 from ..core import ledger, storage, versions
 from ..core.config import PlatformConfig
 from ..core.layout import CrawlLayout, PoolLayout, crawls_dir, is_name, partition_name
-from ..core.schema import URLS_SCHEMA
+from ..core.schema import in_subset, read_subset, uid_strings_to_array
 from ..crawl.source_files import read_manifest
 from .partition import Partition, committed_markers, key_fraction, next_free_shard, plan_partitions
 
@@ -88,7 +88,8 @@ def scale_key_limit(config: PlatformConfig, total_urls: int, current: pa.Table) 
     return min(1.0, limit)
 
 
-def _retriable(current: pa.Table, attempts: dict[str, int], config: PlatformConfig, limit: float) -> pa.Table:
+def _retriable(current: pa.Table, attempts: dict[str, int], config: PlatformConfig, limit: float,
+               only: str = "") -> pa.Table:
     if current.num_rows == 0:
         return current
     status = current["status"]
@@ -99,21 +100,25 @@ def _retriable(current: pa.Table, attempts: dict[str, int], config: PlatformConf
     candidates = current.filter(again)
     if limit < 1.0 and candidates.num_rows:
         candidates = candidates.filter(pa.array(key_fraction(candidates["uid"]) < limit))
+    if only and candidates.num_rows:  # a download limited to chosen subsets: the others stay deferred
+        candidates = candidates.filter(pa.array(in_subset(uid_strings_to_array(candidates["uid"]), read_subset(only))))
     return candidates
 
 
 def write_requeue(pool: PoolLayout, config: PlatformConfig, limit: float, current: pa.Table,
-                  attempts: dict[str, int], done: set[str]) -> list[str]:
+                  attempts: dict[str, int], done: set[str], only: str = "") -> list[str]:
     """Requeue parts of `pool` for the URLs to try again; the uncommitted ones of an earlier try are replaced.
 
-    `current` and `attempts` are `current_statuses(pool)`, `done` the committed partition names.
+    `current` and `attempts` are `current_statuses(pool)`, `done` the committed partition names; `only` a
+    subset file the download is limited to. A requeued row keeps every column of its URL part (a published
+    pool's face boxes and sha256 too).
     """
     requeue_dir = pool.requeue
     existing = storage.ls(requeue_dir, "part-*.parquet")
     for path in existing:
         if partition_name(path) not in done:
             storage.remove(path)
-    todo = _retriable(current, attempts, config, limit)
+    todo = _retriable(current, attempts, config, limit, only)
     if not todo.num_rows:
         return []
     by_source: dict[str, set[str]] = defaultdict(set)
@@ -124,11 +129,13 @@ def write_requeue(pool: PoolLayout, config: PlatformConfig, limit: float, curren
     tables = []
     for source, uids in sorted(by_source.items()):
         with storage.open_file(source) as f:
-            table = pq.read_table(f, columns=URLS_SCHEMA.names)
+            table = pq.read_table(f)
         table = table.filter(pc.is_in(table["uid"], pa.array(sorted(uids))))
+        if "attempt" in table.column_names:  # a requeue part's row: its attempt is counted again below
+            table = table.drop_columns(["attempt"])
         next_attempt = pa.array([attempts.get(u, 0) + 1 for u in table["uid"].to_pylist()], pa.int32())
         tables.append(table.append_column("attempt", next_attempt))
-    rows = pa.concat_tables(tables).sort_by("uid")
+    rows = pa.concat_tables(tables, promote_options="default").sort_by("uid")
     used = [int(p.rsplit("-", 1)[-1].split(".")[0]) for p in existing if partition_name(p) in done]
     first = max(used, default=-1) + 1
     size = config.extract.urls_per_partition
@@ -143,18 +150,20 @@ def write_requeue(pool: PoolLayout, config: PlatformConfig, limit: float, curren
     return paths
 
 
-def plan_download(pool: PoolLayout, config: PlatformConfig) -> list[Partition]:
-    """The partitions this run downloads, each with its own range of shard ids and the scale's key limit."""
+def plan_download(pool: PoolLayout, config: PlatformConfig, only: str = "", by_scale: bool = True) -> list[Partition]:
+    """The partitions this run downloads, each with its own range of shard ids and the scale's key limit
+    (`by_scale` false: none, as a published pool is its scale already), and `only`, a subset file the
+    download is limited to."""
     current, attempts = current_statuses(pool)
     rows = {p: _rows(p) for p in url_parts(pool.root)}
-    limit = scale_key_limit(config, sum(rows.values()), current)
+    limit = scale_key_limit(config, sum(rows.values()), current) if by_scale else 1.0
     if limit < 1.0:
         log.info("scale %s needs the URLs below %.4g of the scale-key range", config.scale, limit)
     done = committed_names(pool.root) | staged_names(pool.root)
     todo = [{"path": p, "rows": n} for p, n in rows.items() if partition_name(p) not in done]
-    todo += [{"path": p, "rows": _rows(p)} for p in write_requeue(pool, config, limit, current, attempts, done)]
+    todo += [{"path": p, "rows": _rows(p)} for p in write_requeue(pool, config, limit, current, attempts, done, only)]
     plan = plan_partitions(todo, next_free_shard(pool), config.download.number_sample_per_shard)
-    return [Partition(p.path, p.rows, p.first_shard, limit) for p in plan]
+    return [Partition(p.path, p.rows, p.first_shard, limit, only) for p in plan]
 
 
 def lineage_accounts(pool: PoolLayout) -> dict:

@@ -473,3 +473,57 @@ def run_publish_published(spec: BuildSpec) -> StageStats:
     log.info("published pool %s of %s: %d samples, %d metadata files, %d shards", pool.version, crawl.crawl_id,
              len(uids), len(manifest["metadata"]), len(manifest["shards"]))
     return stats
+
+
+# -- downloads: all of the pool, or the union of chosen subsets -------------------------------------------------
+
+# DataComp's disk table: the small pool's 12.8M samples take 450 GB of tars (medium's 128M, 4.5 TB)
+DATACOMP_BYTES_PER_SAMPLE = 450e9 / 12.8e6
+
+
+def bytes_per_sample(manifest: dict) -> tuple[float, str]:
+    """(mean bytes per held sample, where the figure comes from): the pool's own shards once it holds some,
+    DataComp's disk table before."""
+    shards = manifest.get("shards", [])
+    held = manifest.get("ledger", {}).get("statuses", {})
+    samples = held.get("downloaded", 0) + held.get(ledger.HASH_MISMATCH, 0)
+    if shards and samples:
+        total = sum(storage.fingerprint(s)[0] for s in shards)
+        return total / samples, f"this pool's {len(shards)} shards"
+    return DATACOMP_BYTES_PER_SAMPLE, "DataComp's disk table (450 GB for the small pool's 12.8M samples)"
+
+
+def write_download_limit(spec: BuildSpec, subsets: Mapping[str, str]) -> dict[str, Any]:
+    """The union of `subsets` (label -> DataComp subset file of the pool's scale) as the run's download
+    limit, and what it saves against downloading the whole pool."""
+    pool, scale = spec.pool, spec.source["scale"]
+    parent = versions.latest(pool.root)
+    if not parent:
+        raise DatasetImportError(f"pool {spec.crawl_id} has no published version: import its metadata first, filter "
+                                 f"it, then download the subsets")
+    manifest = storage.read_json(PoolLayout(pool.root, parent).manifest)
+    members = read_subset(manifest["scales"][scale]["path"])
+    union = np.unique(np.concatenate([read_subset(path) for path in subsets.values()])) if subsets else members[:0]
+    outside = len(union) - int(in_subset(union, members).sum())
+    if outside:
+        raise DatasetImportError(f"{outside} uids of the subsets {', '.join(subsets)} are not in pool "
+                                 f"{spec.crawl_id} {parent} at scale {scale}: were they drawn from another pool?")
+    write_subset(pool.download_limit, union)
+    per_sample, basis = bytes_per_sample(manifest)
+    saved = len(members) - len(union)
+    info = {"labels": sorted(subsets), "limit": pool.download_limit, "urls": int(len(union)),
+            "pool_urls": int(len(members)), "saved_urls": int(saved), "bytes_per_sample": per_sample,
+            "saved_bytes": saved * per_sample, "basis": basis}
+    log.info("downloading %s of %s URLs (the union of %s): %s URLs and about %.3g GB not fetched (%s)",
+             f"{len(union):,}", f"{len(members):,}", ", ".join(subsets), f"{saved:,}", saved * per_sample / 1e9, basis)
+    return info
+
+
+def plan_published_download(spec: BuildSpec, only: str = "") -> list[dict]:
+    """The run's download partitions: URL parts not downloaded yet and the URLs to try again, all of the pool
+    or those of `only` (write_download_limit's file)."""
+    from dataclasses import asdict
+
+    from ..download.plan import plan_download
+
+    return [asdict(p) for p in plan_download(spec.pool, spec.platform_config, only, by_scale=False)]

@@ -110,6 +110,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
         self.server.requests_served += 1  # under the GIL; read only as a rate
+        self.server.request_log.append((time.time(), self.path))  # list.append is atomic under the GIL
         path = self.path.split("?", 1)[0]
         head, _, rest = path.lstrip("/").partition("/")
         render = self.server.render
@@ -170,6 +171,8 @@ class SyntheticImageServer(ThreadingHTTPServer):
         self.hang_seconds = hang_seconds
         self.slow_seconds = slow_seconds
         self.requests_served = 0
+        # (arrival time, path) of every request: tests check what a download asked for
+        self.request_log: list[tuple[float, str]] = []
         # benchmarks keep every image made: timed downloads then measure the client, not the renderer
         self.render = functools.lru_cache(maxsize=None)(render) if cache_images else render
 
