@@ -339,3 +339,47 @@ def test_a_download_limited_to_subsets_fetches_only_them_blurs_the_published_box
     assert rows[24]["uid"] not in kept and rows[11]["uid"] in kept
     with tarfile.open(new_shard) as tar:
         assert sum(n.endswith(".jpg") for n in tar.getnames()) == len(kept) == 14  # rows 10-19, 26-29
+
+
+def test_the_decay_report_counts_held_lost_and_pending_by_status_domain_and_version(tmp_path):
+    """Hand-made ledgers over three versions: what the report says is counted from them directly."""
+    from datacomp_ops.pool.decay import decay_report, hosts
+
+    assert hosts(pa.array(["http://A.example.com:8080/x", "https://u:p@b.org/", "no url", None])).to_pylist() == [
+        "a.example.com", "b.org", "", ""]
+    files = write_published(tmp_path / "metadata", files=1, rows=10, npz=False)
+    _import(tmp_path, tmp_path / "metadata", npz=False)
+    rows = pq.read_table(files[0]).to_pylist()
+    uid = [r["uid"] for r in rows]
+    url = [r["url"] for r in rows]
+
+    def version(run: str, statuses: dict[int, tuple[str, int]]):
+        later = make_published_spec(run, "dc_small", str(tmp_path / "metadata"), "tiny", npz=False,
+                                    overrides={"storage_root": str(tmp_path / "root")})
+        run_scan_published(later)
+        part = ledger.make_part("download", [uid[i] for i in statuses], [url[i] for i in statuses],
+                                [s for s, _ in statuses.values()], [None] * len(statuses),
+                                [a for _, a in statuses.values()], None)
+        ledger.write_part(later.pool.ledger_part("download", f"hand-{run}"), part)
+        storage.write_json(later.pool.marker("download", f"hand-{run}"), {"shards": []})
+        run_publish_published(later)
+        return later
+
+    version("second", {0: ("downloaded", 1), 1: ("http_error", 1), 2: ("timeout", 1), 3: ("deferred", 0),
+                       4: ("hash_mismatch", 1)})
+    last = version("third", {2: ("timeout", 3), 3: ("downloaded", 1), 5: ("hash_mismatch_dropped", 1)})
+    report = decay_report(last.pool, storage.ls(CrawlLayout(last.pool.root, "dc_small").urls, "*.parquet"),
+                          ("downloaded", "hash_mismatch"), max_attempts=3)
+    now = report["now"]
+    # held: 0, 3 downloaded, 4 changed but kept; lost: 1 (404), 2 (timed out 3 times: no attempts left), 5
+    # (changed, dropped); pending: 6-9 never downloaded
+    assert (now["given"], now["held"], now["lost"], now["pending"]) == (10, 3, 3, 4)
+    assert now["lost_by_status"] == {"hash_mismatch_dropped": 1, "http_error": 1, "timeout": 1}
+    assert now["held_by_status"] == {"downloaded": 2, "hash_mismatch": 1}
+    assert report["held_fraction"] == pytest.approx(0.3)
+    assert [(v["version"], v["held"], v["lost"], v["pending"]) for v in report["over_time"]] == [
+        ("v0001", 0, 0, 10), ("v0002", 2, 1, 7), ("v0003", 3, 3, 4)]
+    lost_hosts = {d["host"]: d for d in report["top_domains_lost"]}
+    for i in (1, 2, 5):
+        assert lost_hosts[f"img{i % 7}.example.com"]["lost"] == 1
+    assert storage.read_json(last.pool.decay_report)["now"] == now  # written when the version is published

@@ -428,8 +428,8 @@ def _url_part_uids(crawl: CrawlLayout) -> np.ndarray:
 
 def run_publish_published(spec: BuildSpec) -> StageStats:
     """Publish the version: every imported metadata file (the parent's, then its own), every downloaded
-    shard, and the scale's pool of every valid uid. A version that adds neither is not published
-    (counter ``unchanged``)."""
+    shard, the scale's pool of every valid uid, and the decay report. A version that imported nothing
+    and downloaded nothing is not published (counter ``unchanged``)."""
     start = time.monotonic()
     pool, crawl, scale = spec.pool, spec.crawl, spec.source["scale"]
     stats = StageStats(PUBLISH)
@@ -440,7 +440,7 @@ def run_publish_published(spec: BuildSpec) -> StageStats:
     own_metadata = [p for p in imported_metadata(pool, crawl) if p not in parent.get("metadata", [])]
     markers = storage.ls(storage.join(pool.markers, DOWNLOAD), "*")
     own_shards = sorted(pool.download(s) for m in markers for s in storage.read_json(m).get("shards", []))
-    if not own_metadata and not own_shards:
+    if not own_metadata and not markers:  # a download that only failed still tells the decay: published
         stats.add("unchanged")
         log.info("pool %s adds nothing to %s: not published", pool.version, parent_name or "an empty pool")
         return stats
@@ -470,9 +470,22 @@ def run_publish_published(spec: BuildSpec) -> StageStats:
         "stats": stats.to_dict(),
     }
     storage.write_json(pool.manifest, manifest)
+    storage.write_json(pool.decay_report, published_decay(spec))
     log.info("published pool %s of %s: %d samples, %d metadata files, %d shards", pool.version, crawl.crawl_id,
              len(uids), len(manifest["metadata"]), len(manifest["shards"]))
     return stats
+
+
+# what a published pool holds of a uid: its image as published, or (download.hash_mismatch=keep) as it is now
+HELD = ("downloaded", ledger.HASH_MISMATCH)
+
+
+def published_decay(spec: BuildSpec) -> dict:
+    """The pool's decay report (pool/decay.py) as of the spec's version."""
+    from ..download.plan import url_parts
+    from .decay import decay_report
+
+    return decay_report(spec.pool, url_parts(spec.pool.root), HELD, spec.platform_config.download.max_attempts)
 
 
 # -- downloads: all of the pool, or the union of chosen subsets -------------------------------------------------
@@ -486,7 +499,7 @@ def bytes_per_sample(manifest: dict) -> tuple[float, str]:
     DataComp's disk table before."""
     shards = manifest.get("shards", [])
     held = manifest.get("ledger", {}).get("statuses", {})
-    samples = held.get("downloaded", 0) + held.get(ledger.HASH_MISMATCH, 0)
+    samples = sum(held.get(s, 0) for s in HELD)
     if shards and samples:
         total = sum(storage.fingerprint(s)[0] for s in shards)
         return total / samples, f"this pool's {len(shards)} shards"
