@@ -20,6 +20,8 @@
     datacomp import --name NAME --source DIR [--kind webdataset|urls] [--serve PORT]
                                                   an external dataset as a pool of its own
                                                   (filter, reshard and ledger take --dataset NAME)
+    datacomp import-published --name NAME --metadata DIR [--scale small] [--download-only LABEL ...]
+                                                  a pool from DataComp's published metadata, kept as published
 """
 
 from __future__ import annotations
@@ -118,6 +120,8 @@ def _args_synthetic(p) -> None:
     p.add_argument("--repeat-fraction", type=float, default=0.1,
                    help="pairs of the crawl before that each crawl links again")
     p.add_argument("--no-faults", action="store_true", help="leave out the malformed records")
+    p.add_argument("--published-rows", type=int, default=300, help="rows of the world's pool in DataComp's "
+                   "published layout (features from the embedded CLIP stand-ins, trained first if need be); 0: none")
 
 
 @command("synthetic", "generate a synthetic crawl and evaluation suite", _args_synthetic, config=False)
@@ -134,6 +138,16 @@ def cmd_synthetic(args) -> None:
     for summary in summaries:
         print(f"{summary['crawl_id']}: {summary['urls']} URLs in {len(summary['wat_files'])} WAT files "
               f"({summary['repeated_from_previous']} from the crawl before); listing: {summary['wat_listing']}")
+    if args.published_rows > 0:
+        from .core.config import load_config
+        from .embedded.clip_models import ensure_trained, stand_ins_dir
+        from .synthetic.published import write_published_pool
+
+        config = load_config()
+        ensure_trained(stand_ins_dir(config), config.metadata.embedded_clip_steps)
+        pool = write_published_pool(SyntheticWorld(args.out), args.base_url, config, args.published_rows)
+        print(f"a pool in DataComp's published layout: {pool['rows']} rows in {pool['files']} files "
+              f"({', '.join(f'{k} {v}' for k, v in pool['fates'].items())}): {pool['metadata']}")
 
 
 def _args_serve(p) -> None:
@@ -264,6 +278,7 @@ def _run_pool_build(dag_id: str, spec, run_key: str, start: float, serve=None) -
     from .core import versions
     from .download.partition import Partition
     from .pool.build import format_summary, summarize
+    from .pool.published import format_published_summary, summarize_published
     from .stages import pipeline
 
     config = spec.platform_config
@@ -284,7 +299,13 @@ def _run_pool_build(dag_id: str, spec, run_key: str, start: float, serve=None) -
         "prepare_models": lambda run: run(config),
         "metadata": metadata,
         "publish": lambda run: run(spec.pool, config),
+        "scan_published": lambda run: run(spec),
+        "limit_download": lambda run: run(spec),
+        "download_published": lambda run, part: run(Partition(**part), spec.pool, config),
+        "publish_published": lambda run: run(spec),
     }
+    summary, report = (summarize_published, format_published_summary) if dag_id == "import_published" else \
+        (summarize, format_summary)
     with versions.holding(spec.pool.root, spec.pool_version, run_key):
         with serve or contextlib.nullcontext():
             for stage in pipeline(dag_id):
@@ -294,7 +315,7 @@ def _run_pool_build(dag_id: str, spec, run_key: str, start: float, serve=None) -
                     continue
                 for item in tqdm(plan(spec), desc=stage.name, unit="task"):
                     calls[stage.name](run, item)
-        print(format_summary(summarize(spec, time.monotonic() - start)))
+        print(report(summary(spec, time.monotonic() - start)))
 
 
 def _args_build(p) -> None:
@@ -531,6 +552,56 @@ def cmd_leaderboard(args) -> None:
               f"{row['dataset_size'] or 0:>10,}  average {score_text(row, 'average', '-'):<13}  {seeds:<8}  "
               f"({row['tasks_scored']} of {row['tasks']} tasks)")
     print(f"table: {paths['parquet']}  runs: {paths['runs_parquet']}  report: {paths['html']}")
+
+
+def _args_import_published(p) -> None:
+    p.add_argument("--name", default="", type=_name("pool name"),
+                   help="the pool's name: it lives under {root}/datasets/NAME (filter it with --dataset NAME); "
+                        "with no --metadata on the embedded default: published_example")
+    p.add_argument("--metadata", default="",
+                   help="a folder of DataComp's published metadata (local or s3://): *.parquet, *.npz beside; "
+                        "empty on the embedded default: the synthetic world's published pool")
+    p.add_argument("--scale", default="small", choices=list(SCALES), help="the published pool's scale")
+    p.add_argument("--shards", default="", metavar="0-9,12", help="metadata files by position or name "
+                   "(default: all)")
+    p.add_argument("--no-npz", action="store_true", help="import the parquet files alone (no features)")
+    p.add_argument("--subset", default="", help="a DataComp subset file (.npy): only its uids enter the pool")
+    p.add_argument("--download", default="all", choices=["all", "none"],
+                   help="all (download_upstream.py's default) or none (the metadata alone, --skip_shards)")
+    p.add_argument("--download-only", action="append", default=[], metavar="LABEL",
+                   help="download only the union of these baselines' subsets of the pool's newest version")
+    p.add_argument("--hash-mismatch", choices=["keep", "drop"],
+                   help="an image whose sha256 differs from the published one (default: the config's, keep)")
+    p.add_argument("--pool-version", default="", type=_name("pool version"),
+                   help="default: the open version or the next one")
+    p.add_argument("--serve", type=_port, metavar="PORT", help="serve the synthetic images on PORT meanwhile")
+
+
+@command("import-published", "a pool from DataComp's published metadata ({root}/datasets/NAME), kept as "
+                             "published; downloaded as download_upstream.py does, or only chosen subsets",
+         _args_import_published)
+def cmd_import_published(args) -> None:
+    from .pool.published import make_published_spec
+
+    start = time.monotonic()
+    run_key = f"cli-{time.time_ns()}"
+    overrides = _config_overrides(args)
+    if args.hash_mismatch:
+        if "download.hash_mismatch" in overrides:
+            raise SystemExit("datacomp import-published: --hash-mismatch and --set download.hash_mismatch: keep one")
+        overrides["download.hash_mismatch"] = args.hash_mismatch
+    download = "subsets" if args.download_only else args.download
+    if args.download_only and args.download == "none":
+        raise SystemExit("datacomp import-published: --download none and --download-only: keep one")
+    spec = make_published_spec(run_key, args.name, args.metadata, args.scale, args.shards, not args.no_npz,
+                               args.subset, args.pool_version, overrides, config_path=args.config,
+                               download=download, download_only=args.download_only)
+    serve = None
+    if args.serve:
+        from .synthetic.server import serving
+
+        serve = serving(args.serve)
+    _run_pool_build("import_published", spec, run_key, start, serve)
 
 
 def _args_import(p) -> None:

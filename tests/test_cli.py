@@ -9,7 +9,8 @@ from datacomp_ops.cli import main
 
 
 def test_synthetic_command_writes_crawl_and_eval_suite(tmp_path, capsys):
-    main(["synthetic", "--out", str(tmp_path), "--n-urls", "60", "--base-url", "http://127.0.0.1:9"])
+    main(["synthetic", "--out", str(tmp_path), "--n-urls", "60", "--base-url", "http://127.0.0.1:9",
+          "--published-rows", "0"])  # test_published.py makes the published pool
     assert "60 URLs in 1 WAT files" in capsys.readouterr().out
     summary = json.loads((tmp_path / "crawl-data" / "CC-SYNTH-2026-47" / "crawl.json").read_text())
     assert summary["base_url"] == "http://127.0.0.1:9" and summary["urls"] == 60
@@ -189,7 +190,8 @@ def test_a_run_with_the_image_host_down_publishes_nothing_and_the_next_run_publi
 
     port = _free_port()  # nothing listens there yet
     world, root = tmp_path / "world", tmp_path / "root"
-    main(["synthetic", "--out", str(world), "--n-urls", "40", "--base-url", f"http://127.0.0.1:{port}"])
+    main(["synthetic", "--out", str(world), "--n-urls", "40", "--base-url", f"http://127.0.0.1:{port}",
+          "--published-rows", "0"])
     capsys.readouterr()
     # and a WAT file that arrived empty: pending, then given up, and the summary says so
     listing = world / "crawl-data" / "CC-SYNTH-2026-47" / "wat.paths.gz"

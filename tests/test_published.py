@@ -268,22 +268,23 @@ def test_a_download_limited_to_subsets_fetches_only_them_blurs_the_published_box
     overrides = {"storage_root": str(tmp_path / "root"), "download.timeout": 5, "download.processes_count": 1,
                  "download.thread_count": 8, "download.number_sample_per_shard": 100}
 
-    def spec_of(run: str, **config):
-        return make_published_spec(run, "served", metadata, "tiny", npz=False, overrides=overrides | config)
+    def spec_of(run: str, download: str = "all", labels=None, **config):
+        return make_published_spec(run, "served", metadata, "tiny", npz=False, overrides=overrides | config,
+                                   download=download, download_only=labels)
 
-    first = spec_of("import")
+    first = spec_of("import", "none")
     run_scan_published(first)
     run_publish_published(first)  # v0001: the metadata alone
 
     chosen = [rows[i]["uid"] for i in list(range(10)) + [20, 23]]
     write_subset(str(tmp_path / "chosen.npy"), uids_to_array(chosen))
-    spec = spec_of("download")
+    spec = spec_of("download", "subsets", ["chosen"])
     info = write_download_limit(spec, {"chosen": str(tmp_path / "chosen.npy")})
     assert (info["urls"], info["pool_urls"], info["saved_urls"]) == (12, 30, 18)
     assert info["saved_bytes"] == pytest.approx(18 * 450e9 / 12.8e6) and "DataComp's disk table" in info["basis"]
     assert run_scan_published(spec)["files_already_imported"] == 1
     seen = len(image_server.request_log)
-    for part in plan_published_download(spec, info["limit"]):
+    for part in plan_published_download(spec):
         run_download(Partition(**part), spec.pool, spec.platform_config)
     requested = {p for _, p in image_server.request_log[seen:]}  # a dead link is asked again (download.retries)
     assert requested == {r["url"][len(image_server.base_url):] for r in rows if r["uid"] in chosen}
@@ -383,3 +384,114 @@ def test_the_decay_report_counts_held_lost_and_pending_by_status_domain_and_vers
     for i in (1, 2, 5):
         assert lost_hosts[f"img{i % 7}.example.com"]["lost"] == 1
     assert storage.read_json(last.pool.decay_report)["now"] == now  # written when the version is published
+
+
+@pytest.mark.slow
+def test_the_command_imports_the_metadata_then_downloads_only_a_baselines_subset(tmp_path, image_server, capsys):
+    """`datacomp import-published`: the metadata alone first (v0001), then --download-only a DataComp baseline,
+    drawn on the published metadata by the run itself: only its URLs are requested, the summary says what the
+    limit saved and what the pool holds."""
+    from datacomp_ops.cli import main
+
+    metadata, rows = _served_pool(tmp_path / "metadata", image_server.base_url)
+    base = ["import-published", "--name", "served", "--metadata", metadata, "--scale", "tiny", "--no-npz",
+            "--storage-root", str(tmp_path / "root"), "--set", "download.timeout=5",
+            "--set", "download.processes_count=1", "--set", "download.thread_count=8"]
+    seen = len(image_server.request_log)
+    main(base + ["--download", "none"])
+    out = capsys.readouterr().out
+    assert "into its pool version v0001" in out and "download: none this run" in out
+    assert "decay: 0 of 30 given URLs held (0.0%), 0 lost, 30 pending" in out
+    assert len(image_server.request_log) == seen  # nothing fetched
+
+    main(base + ["--download-only", "clip_score_l14_30"])
+    out = capsys.readouterr().out
+    # DataComp's rule over the 30 published rows (L/14 scores 0.00-0.29): the threshold is the score at
+    # int(30 * 0.3) = 9 in descending order, 0.20, and every row at or above it is kept: rows 20-29. Of
+    # those, 20-22 are dead links, 23-25 changed images (kept, flagged), 26-29 download as published.
+    top = {r["url"][len(image_server.base_url):] for r in rows[20:]}
+    assert {p for _, p in image_server.request_log[seen:]} == top
+    assert "download limited to the union of clip_score_l14_30: 10 of 30 URLs; 20 URLs" in out
+    assert "downloaded 10 of 30 URLs: deferred 20, downloaded 4, hash_mismatch 3, http_error 3" in out
+    assert "decay: 7 of 30 given URLs held (23.3%), 3 lost, 20 pending" in out
+    root = dataset_root(str(tmp_path / "root"), "served")
+    assert storage.exists(f"{root}/subsets/v0001/tiny/clip_score_l14_30.npy")  # drawn by the run, where filter writes
+    manifest = storage.read_json(PoolLayout(root, "v0002").manifest)
+    assert manifest["kind"] == "published" and len(manifest["shards"]) == 1 and manifest["samples"] == 30
+
+
+@pytest.mark.slow
+def test_the_synthetic_published_pool_imports_downloads_and_decays_as_its_truth_says(tmp_path, image_server,
+                                                                                     embedded_models, capsys):
+    """The embedded default: the world's pool in DataComp's published layout (features from the embedded
+    stand-ins, faces found by the embedded detector, sha256 of the bytes served), imported from the empty
+    form's defaults and downloaded whole: every uid's status is the one its truth names."""
+    from datacomp_ops.cli import main
+    from datacomp_ops.core.config import load_config
+    from datacomp_ops.core.layout import SyntheticWorld
+    from datacomp_ops.synthetic.published import write_published_pool
+
+    root = tmp_path / "root"
+    world = SyntheticWorld.under(str(root))
+    config = load_config(overrides={"storage_root": str(root), "models.embedded_dir": embedded_models})
+    made = write_published_pool(world, image_server.base_url, config, rows=120)
+    assert made["fates"]["dead"] > 0 and made["fates"]["changed"] > 0 and made["fates"]["failing_host"] > 0
+    truth = pq.read_table(world.published_truth).to_pylist()
+    files = sorted(storage.ls(world.published_metadata, "*.parquet"))
+    table = pa.concat_tables([pq.read_table(f) for f in files])
+    assert table.num_rows == 120 and any(table["face_bboxes"].to_pylist())  # the photographs' faces were found
+    npz = np.load(files[0][:-8] + ".npz")
+    assert npz["l14_img"].dtype == np.float16 and len(npz["l14_img"]) == pq.read_metadata(files[0]).num_rows
+
+    args = ["import-published", "--storage-root", str(root), "--scale", "tiny", "--set",
+            f"models.embedded_dir={embedded_models}", "--set", "download.timeout=5", "--set", "download.retries=0",
+            "--set", "download.processes_count=1"]
+    main(args)  # name and metadata empty: the world's published pool
+    out = capsys.readouterr().out
+    assert "Import of DataComp's published pool published_example (scale tiny)" in out
+    proot = dataset_root(str(root), "published_example")
+    current = ledger.latest(ledger.history(*versions.ledger_dirs(proot, versions.latest(proot)))).to_pylist()
+    got = {r["uid"]: r["status"] for r in current}
+    assert got == {r["uid"]: r["expected_status"] for r in truth}
+    held = sum(r["expected_status"] in ("downloaded", "hash_mismatch") for r in truth)
+    assert f"decay: {held} of 120 given URLs held" in out
+
+
+@pytest.mark.slow
+def test_the_dag_imports_the_embedded_defaults_published_pool_and_its_ledger_is_the_truth(tmp_path, image_server,
+                                                                                         embedded_models):
+    """`airflow dags test import_published` with the empty form on the embedded default: the world's published
+    pool is imported and downloaded by the DAG's tasks, every uid's status is its truth's, the faces are
+    blurred inside the published boxes, and the version is announced for filtering."""
+    import subprocess
+
+    from test_dags import airflow_env
+
+    from datacomp_ops.core.config import load_config
+    from datacomp_ops.core.layout import SyntheticWorld
+    from datacomp_ops.synthetic.published import write_published_pool
+
+    root = tmp_path / "root"
+    world = SyntheticWorld.under(str(root))
+    write_published_pool(world, image_server.base_url,
+                         load_config(overrides={"storage_root": str(root), "models.embedded_dir": embedded_models}),
+                         rows=80)
+    config = tmp_path / "config.yaml"
+    config.write_text(json.dumps({"storage_root": str(root), "models": {"embedded_dir": embedded_models},
+                                  "download": {"allowed_private_addresses": ["127.0.0.1/32"], "timeout": 5,
+                                               "retries": 0, "processes_count": 1}}))
+    home = tmp_path / "airflow"
+    env = airflow_env(home, DATACOMP_CONFIG=str(config))
+    subprocess.run(["airflow", "db", "migrate"], env=env, check=True, capture_output=True)
+    run = subprocess.run(["airflow", "dags", "test", "import_published", "-c", json.dumps({"scale": "tiny"})],
+                         env=env, capture_output=True, text=True, timeout=900)
+    out = run.stdout + run.stderr
+    assert "state=success" in out or "DagRunState.SUCCESS" in out, out[-6000:]
+    assert "Import of DataComp's published pool published_example (scale tiny)" in out
+    proot = dataset_root(str(root), "published_example")
+    manifest = storage.read_json(PoolLayout(proot, "v0001").manifest)
+    assert manifest["kind"] == "published" and manifest["shards"]
+    truth = {r["uid"]: r["expected_status"] for r in pq.read_table(world.published_truth).to_pylist()}
+    current = ledger.latest(ledger.history(*versions.ledger_dirs(proot, "v0001"))).to_pylist()
+    assert {r["uid"]: r["status"] for r in current} == truth
+    assert "announce_tiny" in out and storage.exists(PoolLayout(proot, "v0001").decay_report)

@@ -25,8 +25,11 @@ import pytest
 from test_dags import REPO, airflow_env
 
 from browser import Browser, _free_port, api_token, chromium
+from datacomp_ops.core.config import load_config
+from datacomp_ops.core.layout import SyntheticWorld
 from datacomp_ops.synthetic.crawl import CrawlSpec, generate_world
 from datacomp_ops.synthetic.evalsuite import generate_eval_suite
+from datacomp_ops.synthetic.published import write_published_pool
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(chromium() is None, reason="needs Debian's chromium (.ci/run installs it)")]
@@ -40,15 +43,18 @@ EDITS = {
                             "pool_version": "v0001"},
     # sources stay empty: the embedded default's example dataset, imported under another name
     "import_dataset": {"name": "shapes", "pool_version": "p1"},
+    # metadata stays empty: the embedded default's published pool, two of its files under another name
+    "import_published": {"name": "published_two", "shards": "0-1"},
     "train_clip": {"baselines": "no_filter", "pool_version": "v0001"},
     "evaluate_clip": {"pool_version": "v0001"},
 }
 # A value each DAG's form must refuse, with the field named in the message
 INVALID = {"commonpool_build": ("crawl_id", "CC MAIN 2024/33"), "filtering_baselines": ("pool_version", "v 1!"),
            "import_dataset": ("name", "my data!"), "train_clip": ("pool_version", "v 1!"),
-           "evaluate_clip": ("dataset", "my data!")}
+           "evaluate_clip": ("dataset", "my data!"), "import_published": ("name", "my pool!")}
 # The order a person goes through the platform: each DAG's runs give the next its input
-PIPELINE = ["commonpool_build", "filtering_baselines", "train_clip", "evaluate_clip", "import_dataset"]
+PIPELINE = ["commonpool_build", "filtering_baselines", "train_clip", "evaluate_clip", "import_dataset",
+            "import_published"]
 
 
 class Api:
@@ -69,6 +75,9 @@ def airflow_ui(tmp_path_factory, image_server, embedded_models):
     root = base / "root"
     generate_world(root / "synthetic", CrawlSpec(n_urls=60, base_url=image_server.base_url, urls_per_file=30), 1)
     generate_eval_suite(root / "synthetic" / "eval")
+    write_published_pool(SyntheticWorld.under(str(root)), image_server.base_url,
+                         load_config(overrides={"storage_root": str(root), "models.embedded_dir": embedded_models}),
+                         rows=40)
     config = base / "config.yaml"
     config.write_text(json.dumps({
         "storage_root": str(root), "models": {"embedded_dir": embedded_models},

@@ -164,6 +164,8 @@ def parse_run_dir(url: str) -> RunPlace:
 # The embedded default's example of "your own" dataset (synthetic/own_data.py writes it in the synthetic
 # world): what the import DAG's empty form imports, under this name.
 EXAMPLE_DATASET = "example"
+# and what the published-pool import's empty form imports (the world's pool in DataComp's published layout)
+EXAMPLE_PUBLISHED = "published_example"
 
 
 @dataclass(frozen=True)
@@ -201,6 +203,19 @@ class SyntheticWorld:
     @property
     def example_dataset(self) -> str:
         return join(self.base, "own_data")
+
+    @property
+    def published_pool(self) -> str:
+        """A pool in DataComp's published layout whose URLs are the world's image server's."""
+        return join(self.base, "published")
+
+    @property
+    def published_metadata(self) -> str:
+        return join(self.published_pool, "metadata")
+
+    @property
+    def published_truth(self) -> str:
+        return join(self.published_pool, "truth.parquet")
 
 
 @dataclass(frozen=True)
@@ -315,6 +330,11 @@ class PoolLayout:
     def download_limit(self) -> str:
         """A published pool's download limit: the union of the subsets a run downloads (pool/published.py)."""
         return join(self.base, "download_limit.npy")
+
+    @property
+    def download_limit_record(self) -> str:
+        """Which subsets the limit unites, and what it saves (pool/published.py)."""
+        return join(self.base, "download_limit.json")
 
     @property
     def decay_report(self) -> str:

@@ -43,7 +43,15 @@ import pyarrow.parquet as pq
 
 from ..core import ledger, storage, versions
 from ..core.config import SCALES, load_config, pool_sizes
-from ..core.layout import CrawlLayout, PoolLayout, check_name, dataset_root, pools_dir
+from ..core.layout import (
+    EXAMPLE_PUBLISHED,
+    CrawlLayout,
+    PoolLayout,
+    SyntheticWorld,
+    check_name,
+    dataset_root,
+    pools_dir,
+)
 from ..core.schema import UID_DTYPE, in_subset, read_subset, uid_strings_to_array, write_subset
 from ..core.stats import Counters, StageStats
 from ..crawl.source_files import PROCESSED, FileRead, new_rows, plan_reads, read_manifest, write_manifest
@@ -114,12 +122,26 @@ def npz_of(parquet: str) -> str:
     return parquet[: -len(".parquet")] + ".npz"
 
 
+DOWNLOADS = ("all", "none", "subsets")
+
+
 def make_published_spec(run_key: str, name: str, metadata: str, scale: str, shards: str = "", npz: bool = True,
                         subset: str = "", pool_version: str = "", overrides: Mapping[str, Any] | None = None,
-                        config_path: str | None = None) -> BuildSpec:
-    """The import's spec: a build spec whose storage root is the pool's own, {storage_root}/datasets/{name}."""
+                        config_path: str | None = None, download: str = "all",
+                        download_only: list[str] | None = None) -> BuildSpec:
+    """The import's spec: a build spec whose storage root is the pool's own, {storage_root}/datasets/{name}.
+
+    `download`: ``all`` (download_upstream.py's default), ``none`` (the metadata alone, as its
+    --skip_shards), or ``subsets``: the union of the `download_only` baselines' subsets of the pool's
+    newest published version.
+    """
     from ..embedded.clip_models import stand_ins_dir
 
+    base = load_config(config_path, overrides)
+    example = SyntheticWorld(base.crawl_source).published_metadata
+    if not metadata and not base.crawl.source and storage.exists(example):
+        # the embedded default's empty form: the synthetic world's pool in DataComp's published layout
+        name, metadata = name or EXAMPLE_PUBLISHED, example
     if not name:
         raise DatasetImportError("name the pool (name): it lives under {storage_root}/datasets/{name}")
     check_name("pool name", name, DatasetImportError)
@@ -131,7 +153,12 @@ def make_published_spec(run_key: str, name: str, metadata: str, scale: str, shar
         raise DatasetImportError("name the folder of DataComp's published metadata (metadata)")
     if subset and not storage.exists(subset):
         raise DatasetImportError(f"subset file {subset} does not exist")
-    base = load_config(config_path, overrides)
+    labels = [label.strip() for label in download_only or [] if label.strip()]
+    if download not in DOWNLOADS:
+        raise DatasetImportError(f"download {download!r}: one of {', '.join(DOWNLOADS)}")
+    if (download == "subsets") != bool(labels):
+        raise DatasetImportError("download=subsets names the baselines whose subsets to download (download_only), "
+                                 "and download_only needs download=subsets")
     root = dataset_root(base.storage_root, name)
     config = load_config(config_path, dict(overrides or {}) | {
         "storage_root": root, "scale": scale, "models.embedded_dir": stand_ins_dir(base),
@@ -144,7 +171,7 @@ def make_published_spec(run_key: str, name: str, metadata: str, scale: str, shar
     return BuildSpec(crawl_id=name, pool_version=version, inputs=files, report=crawl.report(f"{safe_key}.json"),
                      config=config.to_dict(),
                      source={"kind": "published", "metadata": metadata, "scale": scale, "shards": shards,
-                             "npz": bool(npz), "subset": subset})
+                             "npz": bool(npz), "subset": subset, "download": download, "download_only": labels})
 
 
 # -- checking one published file ---------------------------------------------------------------------------
@@ -508,7 +535,7 @@ def bytes_per_sample(manifest: dict) -> tuple[float, str]:
 
 def write_download_limit(spec: BuildSpec, subsets: Mapping[str, str]) -> dict[str, Any]:
     """The union of `subsets` (label -> DataComp subset file of the pool's scale) as the run's download
-    limit, and what it saves against downloading the whole pool."""
+    limit, and what it saves against downloading the whole pool (also written beside it)."""
     pool, scale = spec.pool, spec.source["scale"]
     parent = versions.latest(pool.root)
     if not parent:
@@ -527,16 +554,95 @@ def write_download_limit(spec: BuildSpec, subsets: Mapping[str, str]) -> dict[st
     info = {"labels": sorted(subsets), "limit": pool.download_limit, "urls": int(len(union)),
             "pool_urls": int(len(members)), "saved_urls": int(saved), "bytes_per_sample": per_sample,
             "saved_bytes": saved * per_sample, "basis": basis}
+    storage.write_json(pool.download_limit_record, info)
     log.info("downloading %s of %s URLs (the union of %s): %s URLs and about %.3g GB not fetched (%s)",
              f"{len(union):,}", f"{len(members):,}", ", ".join(subsets), f"{saved:,}", saved * per_sample / 1e9, basis)
     return info
 
 
-def plan_published_download(spec: BuildSpec, only: str = "") -> list[dict]:
-    """The run's download partitions: URL parts not downloaded yet and the URLs to try again, all of the pool
-    or those of `only` (write_download_limit's file)."""
+def clear_download_limit(spec: BuildSpec) -> None:
+    """A run that downloads all of the pool (or nothing) has no limit, whatever an earlier try wrote."""
+    storage.remove(spec.pool.download_limit)
+    storage.remove(spec.pool.download_limit_record)
+
+
+def plan_published_download(spec: BuildSpec) -> list[dict]:
+    """The run's download partitions: none for a run of the metadata alone; else the URL parts not downloaded
+    yet and the URLs to try again, all of them or those of the run's download limit (write_download_limit)."""
     from dataclasses import asdict
 
     from ..download.plan import plan_download
 
+    if spec.source.get("download", "all") == "none":
+        return []
+    only = spec.pool.download_limit if spec.source.get("download") == "subsets" else ""
+    if only and not storage.exists(only):
+        raise DatasetImportError(f"{only}: no download limit; the run's limit_download step writes it first")
     return [asdict(p) for p in plan_download(spec.pool, spec.platform_config, only, by_scale=False)]
+
+
+# -- the run's summary ----------------------------------------------------------------------------------------
+
+
+def summarize_published(spec: BuildSpec, seconds: float | None = None) -> dict[str, Any]:
+    """What the run imported and downloaded, what the version holds, and the pool's decay."""
+    pool = spec.pool
+    scan = storage.read_json(spec.report)["stats"] if storage.exists(spec.report) else {"counters": {}}
+    markers = storage.ls(storage.join(pool.markers, DOWNLOAD), "*")
+    download = StageStats.total(DOWNLOAD, [StageStats.from_dict(storage.read_json(m)) for m in markers])
+    published = storage.exists(pool.manifest)
+    manifest = storage.read_json(pool.manifest) if published else {}
+    return {
+        "pool": spec.crawl_id, "pool_version": spec.pool_version, "scale": spec.source["scale"],
+        "root": pool.root, "metadata": spec.source["metadata"], "scan": scan["counters"],
+        "download_mode": spec.source.get("download", "all"),
+        "limit": storage.read_json(pool.download_limit_record) if storage.exists(pool.download_limit_record) else None,
+        "download": dict(download.counters), "published": published,
+        "samples": manifest.get("samples"), "shards": len(manifest.get("shards", [])),
+        "decay": published_decay(spec), "seconds": seconds,
+    }
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.3g} {unit}"
+        n /= 1000
+    return f"{n:.3g} TB"
+
+
+def format_published_summary(summary: dict) -> str:
+    from .decay import format_decay
+
+    scan, download = summary["scan"], summary["download"]
+    lines = [f"Import of DataComp's published pool {summary['pool']} (scale {summary['scale']}) into its pool "
+             f"version {summary['pool_version']}, from {summary['metadata']}"]
+    skipped = {k.split(":", 1)[1]: n for k, n in scan.items() if k.startswith("skipped:")}
+    lines.append(f"  metadata: {scan.get('files_processed', 0)} new files ({scan.get('records', 0):,} rows, "
+                 f"{scan.get('urls_written', 0):,} to download"
+                 + (f"; skipped: {', '.join(f'{k} {n:,}' for k, n in skipped.items())}" if skipped else "")
+                 + f"), {scan.get('files_already_imported', 0)} imported before"
+                 + ("; features copied" if scan.get("npz_copied") else ""))
+    limit = summary["limit"]
+    if summary["download_mode"] == "none":
+        lines.append("  download: none this run (the metadata alone, as download_upstream.py --skip_shards)")
+    elif limit:
+        lines.append(f"  download limited to the union of {', '.join(limit['labels'])}: {limit['urls']:,} of "
+                     f"{limit['pool_urls']:,} URLs; {limit['saved_urls']:,} URLs and about "
+                     f"{_size(limit['saved_bytes'])} not fetched (at {_size(limit['bytes_per_sample'])} per image, "
+                     f"{limit['basis']})")
+    if download.get("urls"):
+        statuses = {k: n for k, n in sorted(download.items()) if k not in ("urls", "attempted")}
+        lines.append(f"  downloaded {download.get('attempted', 0):,} of {download['urls']:,} URLs: "
+                     + ", ".join(f"{k} {n:,}" for k, n in statuses.items()))
+    if summary["published"]:
+        lines.append(f"  published {summary['pool_version']}: {summary['samples']:,} samples in the metadata, "
+                     f"{summary['shards']} shards")
+    else:
+        lines.append(f"  {summary['pool_version']} adds nothing: not published")
+    lines += format_decay(summary["decay"])
+    lines.append(f"  filter it: datacomp filter --dataset {summary['pool']} --scale {summary['scale']}  "
+                 f"(pool under {summary['root']})")
+    if summary.get("seconds") is not None:
+        lines.append(f"  {summary['seconds']:.0f} s")
+    return "\n".join(lines)
