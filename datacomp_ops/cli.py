@@ -122,6 +122,8 @@ def _args_synthetic(p) -> None:
     p.add_argument("--no-faults", action="store_true", help="leave out the malformed records")
     p.add_argument("--published-rows", type=int, default=300, help="rows of the world's pool in DataComp's "
                    "published layout (features from the embedded CLIP stand-ins, trained first if need be); 0: none")
+    p.add_argument("--published-only", action="store_true", help="write the published pool alone, into a world "
+                   "made before (once the stand-ins are trained, it takes seconds)")
 
 
 @command("synthetic", "generate a synthetic crawl and evaluation suite", _args_synthetic, config=False)
@@ -132,9 +134,11 @@ def cmd_synthetic(args) -> None:
 
     spec = CrawlSpec(n_urls=args.n_urls, seed=args.seed, base_url=args.base_url,
                      urls_per_file=args.urls_per_file, crawl_id=args.crawl_id, faults=not args.no_faults)
-    with tqdm(total=spec.n_urls * args.crawls, desc="synthetic crawls", unit="URL") as bar:
-        summaries = generate_world(args.out, spec, args.crawls, args.repeat_fraction, progress=bar.update)
-    generate_eval_suite(SyntheticWorld(args.out).eval_sets)
+    summaries = []
+    if not args.published_only:
+        with tqdm(total=spec.n_urls * args.crawls, desc="synthetic crawls", unit="URL") as bar:
+            summaries = generate_world(args.out, spec, args.crawls, args.repeat_fraction, progress=bar.update)
+        generate_eval_suite(SyntheticWorld(args.out).eval_sets)
     for summary in summaries:
         print(f"{summary['crawl_id']}: {summary['urls']} URLs in {len(summary['wat_files'])} WAT files "
               f"({summary['repeated_from_previous']} from the crawl before); listing: {summary['wat_listing']}")

@@ -30,8 +30,9 @@ rm -rf "$DATACOMP_STORAGE_ROOT/synthetic" "$DATACOMP_STORAGE_ROOT/crawls" \
  # GPU stages run in this pool; its slots bound how many run at once (one GPU here, or the CPU)
  airflow pools set gpu 1 "GPU stages of the pool build (metadata pass)" > /dev/null) &
 migrate=$!
+# (its pool in DataComp's published layout needs the CLIP stand-ins, which the build trains: it comes last)
 datacomp synthetic --out "$DATACOMP_STORAGE_ROOT/synthetic" --n-urls "$DEMO_URLS" \
-    --base-url "http://127.0.0.1:$DEMO_PORT" --urls-per-file 2000
+    --base-url "http://127.0.0.1:$DEMO_PORT" --urls-per-file 2000 --published-rows 0
 setsid datacomp serve --port "$DEMO_PORT" --hang-seconds 20 > var/log/image-server.log 2>&1 &
 pids+=($!)
 
@@ -127,6 +128,8 @@ echo "   training and evaluation: $(( $(date +%s) - phase )) s"
 echo "== leaderboard (one seed per baseline: benchmarks/bench_miniature.py runs three, README \"The miniature\")"
 datacomp leaderboard
 echo "   the platform's page: http://127.0.0.1:$AIRFLOW__API__PORT/plugin/datacomp"
+echo "== a pool in DataComp's published layout, for the import_published DAG's empty form (datacomp import-published)"
+datacomp synthetic --out "$DATACOMP_STORAGE_ROOT/synthetic" --published-only --base-url "http://127.0.0.1:$DEMO_PORT"
 echo "== done in $(( $(date +%s) - started )) s (pool under $DATACOMP_STORAGE_ROOT/pool, subsets under $DATACOMP_STORAGE_ROOT/subsets, runs under $DATACOMP_STORAGE_ROOT/runs)"
 if [ "$KEEP_RUNNING" = "1" ]; then
     echo "Airflow and the image server keep running; Ctrl-C stops them."
