@@ -24,6 +24,7 @@ import math
 import mmap
 import os
 import time
+from collections import Counter
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
@@ -103,12 +104,18 @@ def plan_reshard(subset_url: str, shards: list[str], shard_size: int = 10_000, t
     return plan
 
 
-def run_reshard_task(task: ReshardTask | dict, subset_url: str, out: str, shard_size: int = 10_000) -> dict:
-    """Copy the subset's samples of the task's input shards into its output shards."""
+def _task_stats(record: dict) -> StageStats:
+    return StageStats(STAGE, Counter({k: record[k] for k in ("samples", "output_shards", "input_shards")}),
+                      record["seconds"])
+
+
+def run_reshard_task(task: ReshardTask | dict, subset_url: str, out: str, shard_size: int = 10_000) -> StageStats:
+    """Copy the subset's samples of the task's input shards into its output shards; its record (the
+    task's marker, which finalize_reshard reads) commits it."""
     task = ReshardTask(**task) if isinstance(task, dict) else task
     marker = storage.join(out, "_tasks", f"{task.index:05d}.json")
     if storage.exists(marker):
-        return storage.read_json(marker)
+        return _task_stats(storage.read_json(marker))
     start = time.perf_counter()
     subset = read_subset(subset_url)
     writer = _Writer(out, task.first_output, shard_size)
@@ -129,7 +136,7 @@ def run_reshard_task(task: ReshardTask | dict, subset_url: str, out: str, shard_
     record = {"task": task.index, "samples": seen, "output_shards": written, "input_shards": len(task.inputs),
               "seconds": round(time.perf_counter() - start, 3)}
     storage.write_json(marker, record)
-    return record
+    return _task_stats(record)
 
 
 @contextlib.contextmanager
