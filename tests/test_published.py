@@ -394,6 +394,12 @@ def test_the_decay_report_counts_held_lost_and_pending_by_status_domain_and_vers
     for i in (1, 2, 5):
         assert lost_hosts[f"img{i % 7}.example.com"]["lost"] == 1
     assert storage.read_json(last.pool.decay_report)["now"] == now  # written when the version is published
+    # the platform page shows it beside the pool's versions
+    from datacomp_ops.ui.platform_page import render
+
+    page = render(str(tmp_path / "root"))
+    assert "Published pool dc_small" in page and "Decay of the published uids" in page
+    assert "held <b>3</b> of 10 (30.0%), pending 4, lost 3: " in page and "held <b>0</b> of 10 (0.0%)" in page
 
 
 @pytest.mark.slow

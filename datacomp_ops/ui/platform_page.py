@@ -7,7 +7,7 @@ import html
 import posixpath
 
 from ..core import storage, versions
-from ..core.layout import dataset_root, datasets_dir, is_name
+from ..core.layout import PoolLayout, dataset_root, datasets_dir, is_name
 from ..evaluation import leaderboard
 from .pool_report import lookup, pool_versions
 
@@ -23,20 +23,34 @@ def _e(value) -> str:
     return html.escape("" if value is None else str(value))
 
 
+def _decay_html(report: dict) -> str:
+    """A published pool version's decay (pool/decay.py): held of given, lost by status, the hosts that lost most."""
+    now = report["now"]
+    lost = ", ".join(f"{_e(k)} {n:,}" for k, n in sorted(now["lost_by_status"].items(), key=lambda kv: -kv[1]))
+    hosts = ", ".join(f"{_e(d['host'])} {d['lost']:,}" for d in report["top_domains_lost"][:3])
+    return (f"held <b>{now['held']:,}</b> of {now['given']:,} ({100 * report['held_fraction']:.1f}%), "
+            f"pending {now['pending']:,}, lost {now['lost']:,}" + (f": {lost}" if lost else "")
+            + (f"<br><span class='muted'>hosts that lost most: {hosts}</span>" if hosts else ""))
+
+
 def _versions_table(root: str, title: str) -> str:
     rows = pool_versions(root)
     if not rows:
         return f"<h3>{_e(title)}</h3><p class='muted'>No pool version yet.</p>"
+    decay = {v["pool_version"]: storage.read_json(PoolLayout(root, v["pool_version"]).decay_report) for v in rows
+             if storage.exists(PoolLayout(root, v["pool_version"]).decay_report)}
     out = [f"<h3>{_e(title)}</h3><table class='versions'><thead><tr><th>Version</th><th>Published</th>"
            "<th>URLs (chain)</th><th>Current status of each URL</th><th>This version's rows, per stage</th>"
-           "</tr></thead><tbody>"]
+           + ("<th>Decay of the published uids</th>" if decay else "") + "</tr></thead><tbody>"]
     for v in rows:
         statuses = ", ".join(f"{_e(k)} {n:,}" for k, n in sorted(v["statuses"].items(), key=lambda kv: -kv[1]))
         own = v["by_version"].get(v["pool_version"], {})
         stages = "<br>".join(f"<b>{_e(stage)}</b>: " + ", ".join(f"{_e(k)} {n:,}" for k, n in sorted(
             counts.items(), key=lambda kv: -kv[1])) for stage, counts in own.items())
+        cell = (f"<td class='decay'>{_decay_html(decay[v['pool_version']]) if v['pool_version'] in decay else '–'}"
+                "</td>") if decay else ""
         out.append(f"<tr><td>{_e(v['pool_version'])}</td><td>{'yes' if v['published'] else 'open'}</td>"
-                   f"<td class='n'>{v['urls']:,}</td><td>{statuses or '–'}</td><td>{stages or '–'}</td></tr>")
+                   f"<td class='n'>{v['urls']:,}</td><td>{statuses or '–'}</td><td>{stages or '–'}</td>{cell}</tr>")
     out.append("</tbody></table>")
     return "".join(out)
 
@@ -70,11 +84,18 @@ def _lookup_html(root: str, query: str) -> str:
         f"</tr></thead><tbody>{rows}</tbody></table></div>")
 
 
+def _kind(root: str) -> str:
+    """How the page names a pool of its own: a published DataComp pool, or an imported dataset."""
+    latest = versions.latest(root)
+    published = latest and storage.read_json(PoolLayout(root, latest).manifest).get("kind") == "published"
+    return "Published pool" if published else "Imported dataset"
+
+
 def render(root: str, query: str = "") -> str:
     datasets = [name for name in (posixpath.basename(p.rstrip("/")) for p in storage.ls(datasets_dir(root), "*"))
                 if is_name(name)]
     pools = _versions_table(root, "CommonPool") + "".join(
-        _versions_table(dataset_root(root, d), f"Imported dataset {d}") for d in sorted(datasets))
+        _versions_table(dataset_root(root, d), f"{_kind(dataset_root(root, d))} {d}") for d in sorted(datasets))
     rows = leaderboard.aggregate(leaderboard.collect(root))  # one row per subset: its seeds' mean ± spread
     return (
         "<!doctype html><html><head><meta charset='utf-8'><title>DataComp</title>"
