@@ -32,7 +32,9 @@ def pool_lease(spec: dict, run_id: str, release: bool = False):
     return holding(spec["config"]["storage_root"], spec["pool_version"], run_id, for_run=True, release=release)
 
 
-@task(**STAGES["prepare_models"].resources.airflow())
+# retried as the metadata tasks are: a GPU worker that dies (preempted, OOM-killed) takes it along, and a
+# second try finds what the first committed (trained stand-ins, the eval index)
+@task(retries=2, **STAGES["prepare_models"].resources.airflow())
 def prepare_models(spec: dict) -> dict:
     from datacomp_ops.pool.build import BuildSpec
 
