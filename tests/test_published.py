@@ -120,6 +120,17 @@ def test_a_later_import_reads_only_new_files_and_a_subset_file_limits_the_pool(t
                                 overrides={"storage_root": str(tmp_path / "root")})
     assert run_scan_published(again)["files_already_imported"] == 4
     assert run_publish_published(again)["unchanged"] == 1
+    # the same file under another name: its uids are the pool's already
+    import shutil
+
+    shutil.copy(files[0], tmp_path / "metadata" / "zz-copy.parquet")
+    shutil.copy(files[0][:-8] + ".npz", tmp_path / "metadata" / "zz-copy.npz")
+    copy = make_published_spec("run4", "dc_small", str(tmp_path / "metadata"), "tiny",
+                               overrides={"storage_root": str(tmp_path / "root")})
+    with pytest.raises(DatasetImportError, match=r"zz-copy.parquet was imported into pool dc_small before"):
+        run_scan_published(copy)
+    (tmp_path / "metadata" / "zz-copy.parquet").unlink()
+    (tmp_path / "metadata" / "zz-copy.npz").unlink()
 
     # a DataComp subset file limits a pool to its uids
     chosen = [u for u in pq.read_table(files[1])["uid"].to_pylist()[:10]]

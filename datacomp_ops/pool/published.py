@@ -331,15 +331,46 @@ def _read_published(path: str, with_npz: bool, subset: np.ndarray | None) -> _Re
 # -- the scan: published files into the pool ------------------------------------------------------------------
 
 
-def _known_uids(crawl: CrawlLayout) -> pa.Array:
-    """Every uid an earlier import of the pool holds: its URL parts, and the rows it found invalid."""
+def _known_uids(crawl: CrawlLayout) -> np.ndarray:
+    """Every uid an earlier import of the pool holds (its URL parts, and the rows it found invalid), as sorted
+    ``u8,u8`` pairs: 16 bytes a uid, so the check holds a medium pool's 128M in 2 GB."""
     arrays = []
     for path in storage.ls(crawl.urls, "part-*.parquet"):
         with storage.open_file(path) as f:
-            arrays.append(pq.read_table(f, columns=["uid"])["uid"].combine_chunks())
+            arrays.append(uid_strings_to_array(pq.read_table(f, columns=["uid"])["uid"], where=path))
     for path in storage.ls(pools_dir(crawl.root), f"*/ledger/{DOWNLOAD}/{crawl.crawl_id}-scan-*.parquet"):
-        arrays.append(ledger.read_part(path)["uid"].combine_chunks())
-    return pa.concat_arrays(arrays) if arrays else pa.array([], pa.string())
+        arrays.append(uid_strings_to_array(ledger.read_part(path)["uid"], where=path))
+    out = np.concatenate(arrays) if arrays else np.zeros(0, UID_DTYPE)
+    out.sort()
+    return out
+
+
+def _uid_pairs(read: "_Read") -> np.ndarray:
+    return np.concatenate([uid_strings_to_array(read.valid["uid"], where=read.path),
+                           uid_strings_to_array(pa.array([u for u, _, _ in read.invalid], pa.string()),
+                                                where=read.path)])
+
+
+def _check_unique(reads: list["_Read"], crawl: CrawlLayout) -> None:
+    """No uid twice across the batch's files, nor one an earlier import holds; each file was checked alone."""
+    found = np.concatenate([_uid_pairs(r) for r in reads])
+    found.sort()
+    earlier = _known_uids(crawl)
+    twice = bool(len(found) > 1 and (found[1:] == found[:-1]).any())
+    if not twice and not in_subset(found, earlier).any():
+        return
+    where: dict[str, str] = {}  # the rare failure: name the files, one Python pass
+    for read in reads:
+        for uid in read.valid["uid"].to_pylist() + [u for u, _, _ in read.invalid]:
+            if uid in where:
+                raise DatasetImportError(f"uid {uid} is in {where[uid]} and in {read.path}: a pool's uids are unique")
+            where[uid] = read.path
+    for read in reads:
+        again = np.flatnonzero(in_subset(_uid_pairs(read), earlier))
+        if len(again):
+            uid = (read.valid["uid"].to_pylist() + [u for u, _, _ in read.invalid])[int(again[0])]
+            raise DatasetImportError(f"uid {uid} of {read.path} was imported into pool {crawl.crawl_id} before "
+                                     f"(from another file): a pool's uids are unique")
 
 
 def _copy_target(pool: PoolLayout, path: str) -> str:
@@ -381,20 +412,7 @@ def run_scan_published(spec: BuildSpec) -> StageStats:
             if dims.setdefault(key, (dim, read.path))[0] != dim:
                 raise DatasetImportError(f"{npz_of(read.path)}: {key} has {dim} dimensions, {npz_of(dims[key][1])} "
                                          f"{dims[key][0]}: one pool's features come from one model")
-    found = pa.concat_arrays([r.valid["uid"].combine_chunks() for r in reads]
-                             + [pa.array([u for u, _, _ in r.invalid], pa.string()) for r in reads])
-    earlier = _known_uids(crawl)
-    if len(pc.unique(found)) != len(found) or (len(earlier) and pc.any(pc.is_in(found, earlier)).as_py()):
-        where = {}
-        for read in reads:
-            for uid in read.valid["uid"].to_pylist() + [u for u, _, _ in read.invalid]:
-                if uid in where:
-                    raise DatasetImportError(f"uid {uid} is in {where[uid]} and in {read.path}: a pool's uids "
-                                             f"are unique")
-                where[uid] = read.path
-        again = pc.filter(found, pc.is_in(found, earlier))[0].as_py()
-        raise DatasetImportError(f"uid {again} of {where[again]} was imported into pool {crawl.crawl_id} before "
-                                 f"(from another file): a pool's uids are unique")
+    _check_unique(reads, crawl)
 
     # everything checked: write
     for read in reads:
