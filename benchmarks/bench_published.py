@@ -82,27 +82,35 @@ def main() -> None:
           f"{time.perf_counter() - start:.1f} s ({work})")
 
     overrides = {"storage_root": os.path.join(work, "root"), "extract.urls_per_partition": 1_000_000,
-                 "filtering.baselines": ["clip_score_l14_30 = clip_score:arch=l14,fraction=0.3"]}
+                 "filtering.baselines": ["clip_score_l14_30 = clip_score:arch=l14,fraction=0.3",
+                                         "clip_score_l14_30_again = clip_score:arch=l14,fraction=0.3"]}
     start = time.perf_counter()
     spec = make_published_spec("bench", "bench", os.path.join(work, "metadata"), "small", npz=args.npz,
                                overrides=overrides, download="none")
     scanned = run_scan_published(spec)
     run_publish_published(spec)
     imported = time.perf_counter() - start
+    source = PoolSource(manifest=PoolLayout(spec.pool.root, spec.pool_version).manifest, scale="small")
     start = time.perf_counter()
-    stats = run_baseline("clip_score_l14_30", PoolSource(manifest=PoolLayout(spec.pool.root, spec.pool_version).manifest,
-                                                         scale="small"), load_config(overrides=overrides))
+    stats = run_baseline("clip_score_l14_30", source, load_config(overrides=overrides))
     filtered = time.perf_counter() - start
+    # the filtering DAG builds a pool's uid index once for all its baselines: the next one finds it
+    start = time.perf_counter()
+    run_baseline("clip_score_l14_30_again", source, load_config(overrides=overrides))
+    again = time.perf_counter() - start
     start = time.perf_counter()
     theirs = reference.clip_score(files, "clip_l14_similarity_score", 0.3)
     datacomp = time.perf_counter() - start
     same = read_subset(stats.outputs[0]).tolist() == np.sort(theirs).tolist()
     print(f"platform: import {imported:.1f} s ({scanned['records']:,} rows checked, {scanned['urls_written']:,} to "
-          f"download, {scanned['skipped:bad_face_box']} bad boxes), clip_score_l14_30 {filtered:.1f} s "
+          f"download, {scanned['skipped:bad_face_box']} bad boxes), clip_score_l14_30 {filtered:.2f} s "
           f"({stats['kept']:,} kept)")
-    print(f"DataComp's code path, clip_score_l14_30 on the same files: {datacomp:.1f} s ({len(theirs):,} kept)")
-    print(f"clip_score_l14_30: platform {filtered / datacomp:.2f}x DataComp's time; import and filter together "
-          f"{(imported + filtered) / datacomp:.2f}x; same subset: {same}")
+    print(f"  the same baseline again, the pool's uid index built (as for every baseline after a DAG's first): "
+          f"{again:.2f} s")
+    print(f"DataComp's code path, clip_score_l14_30 on the same files: {datacomp:.2f} s ({len(theirs):,} kept)")
+    print(f"clip_score_l14_30: platform {filtered / datacomp:.2f}x DataComp's time with its uid index built, "
+          f"{again / datacomp:.2f}x once built; import and filter together {(imported + filtered) / datacomp:.1f}x; "
+          f"same subset: {same}")
 
 
 if __name__ == "__main__":

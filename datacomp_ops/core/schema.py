@@ -104,6 +104,12 @@ def validate_uids(uids: Iterable[str], where: str = "input") -> list[str]:
     return out
 
 
+def sorted_uids(arr: np.ndarray) -> np.ndarray:
+    """``u8,u8`` uids in DataComp's order (high half, then low half): a lexsort of the halves, several
+    times faster than numpy's sort of the structured array."""
+    return arr[np.lexsort((arr["f1"], arr["f0"]))] if len(arr) > 1 else arr
+
+
 def uids_to_array(uids: Iterable[str], where: str = "input") -> np.ndarray:
     """uids -> sorted ``u8,u8`` array; duplicates are an error."""
     checked = validate_uids(uids, where)

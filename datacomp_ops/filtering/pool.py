@@ -48,6 +48,7 @@ class MetadataPool:
     dims: dict[str, int] = field(default_factory=dict)
     _mask: np.ndarray | None = field(default=None, repr=False)
     _rows: list[int] | None = field(default=None, repr=False)
+    _all_uids: np.ndarray | None = field(default=None, repr=False)
 
     @classmethod
     def from_dir(cls, url: str, subset: str | None = None) -> "MetadataPool":
@@ -67,7 +68,8 @@ class MetadataPool:
             scales = manifest.get("scales", {})
             if scale not in scales:
                 raise PoolError(f"{manifest_url}: no scale {scale!r} (scales: {', '.join(scales)})")
-            subset = scales[scale]["path"]
+            # a scale that holds every row of the metadata (a published pool without skipped rows) restricts nothing
+            subset = None if scales[scale].get("all_rows") else scales[scale]["path"]
         return cls(parquets, subset)
 
     @staticmethod
@@ -130,9 +132,12 @@ class MetadataPool:
         return table.filter(pa.array(mask)) if mask is not None else table
 
     def uids(self, restricted: bool = True) -> np.ndarray:
-        """The pool's uids as DataComp's ``u8,u8`` pairs, in pool order (not sorted)."""
-        table = self.columns(["uid"], restricted=False)
-        arr = uid_strings_to_array(table["uid"], where=self._where_uid(table))
+        """The pool's uids as DataComp's ``u8,u8`` pairs, in pool order (not sorted); read once (the scale's
+        mask and the uid index both need them)."""
+        if self._all_uids is None:
+            table = self.columns(["uid"], restricted=False)
+            self._all_uids = uid_strings_to_array(table["uid"], where=self._where_uid(table))
+        arr = self._all_uids
         mask = self._subset_mask() if restricted else None
         return arr[mask] if mask is not None else arr
 

@@ -26,12 +26,12 @@ image is fetched) and the shards downloaded so far; the scale's pool file holds 
 from __future__ import annotations
 
 import datetime
-import io
 import logging
 import math
 import posixpath
 import re
 import time
+import zipfile
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Mapping
@@ -52,7 +52,7 @@ from ..core.layout import (
     dataset_root,
     pools_dir,
 )
-from ..core.schema import UID_DTYPE, in_subset, read_subset, uid_strings_to_array, write_subset
+from ..core.schema import UID_DTYPE, in_subset, read_subset, sorted_uids, uid_strings_to_array, write_subset
 from ..core.stats import Counters, StageStats
 from ..crawl.source_files import PROCESSED, FileRead, new_rows, plan_reads, read_manifest, write_manifest
 from ..download.partition import STAGE as DOWNLOAD
@@ -242,6 +242,21 @@ def _rows_with_bad_boxes(column: pa.ChunkedArray) -> np.ndarray:
     return bad
 
 
+def npz_shapes(url: str) -> dict[str, tuple[int, ...]]:
+    """Each array's shape in an npz from its .npy header alone: a member is not read past its header (a
+    medium pool's features are 0.6 TB; the copy reads them once, the check need not)."""
+    headers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+    out = {}
+    with storage.open_file(url) as f, zipfile.ZipFile(f) as archive:
+        for name in archive.namelist():
+            with archive.open(name) as member:
+                version = np.lib.format.read_magic(member)
+                if version not in headers:
+                    raise ValueError(f"{name}: .npy format version {version}")
+                out[name.removesuffix(".npy")] = tuple(headers[version](member)[0])
+    return out
+
+
 @dataclass
 class _Read:
     """One published file, checked: its rows that enter the pool, those skipped (with why), its npz."""
@@ -286,21 +301,19 @@ def _read_published(path: str, with_npz: bool, subset: np.ndarray | None) -> _Re
             raise DatasetImportError(f"{path}: no npz beside it ({npz}); fetch the features (download_upstream.py "
                                      f"--download_npz), or import without them")
         try:
-            with np.load(io.BytesIO(storage.read_bytes(npz)), allow_pickle=False) as arrays:
-                absent = [k for k in FEATURE_KEYS if k not in arrays.files]
-                if absent:
-                    raise DatasetImportError(f"{npz}: no {', '.join(absent)} (DataComp's npz holds "
-                                             f"{', '.join(FEATURE_KEYS)}; this one {', '.join(arrays.files)})")
-                for key in FEATURE_KEYS:
-                    shape = arrays[key].shape
-                    if len(shape) != 2 or shape[0] != n:
-                        raise DatasetImportError(f"{npz}: {key} has shape {shape}, but {path} has {n} rows: row i of "
-                                                 f"the npz must be row i of the parquet")
-                    dims[key] = shape[1]
-        except DatasetImportError:
-            raise
-        except (OSError, ValueError, EOFError) as exc:
+            shapes = npz_shapes(npz)
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
             raise DatasetImportError(f"{npz}: unreadable npz: {type(exc).__name__}: {exc}") from None
+        absent = [k for k in FEATURE_KEYS if k not in shapes]
+        if absent:
+            raise DatasetImportError(f"{npz}: no {', '.join(absent)} (DataComp's npz holds "
+                                     f"{', '.join(FEATURE_KEYS)}; this one {', '.join(shapes)})")
+        for key in FEATURE_KEYS:
+            shape = shapes[key]
+            if len(shape) != 2 or shape[0] != n:
+                raise DatasetImportError(f"{npz}: {key} has shape {shape}, but {path} has {n} rows: row i of "
+                                         f"the npz must be row i of the parquet")
+            dims[key] = shape[1]
 
     counters = Counter(records=n)
     keep = np.ones(n, bool)
@@ -340,9 +353,7 @@ def _known_uids(crawl: CrawlLayout) -> np.ndarray:
             arrays.append(uid_strings_to_array(pq.read_table(f, columns=["uid"])["uid"], where=path))
     for path in storage.ls(pools_dir(crawl.root), f"*/ledger/{DOWNLOAD}/{crawl.crawl_id}-scan-*.parquet"):
         arrays.append(uid_strings_to_array(ledger.read_part(path)["uid"], where=path))
-    out = np.concatenate(arrays) if arrays else np.zeros(0, UID_DTYPE)
-    out.sort()
-    return out
+    return sorted_uids(np.concatenate(arrays)) if arrays else np.zeros(0, UID_DTYPE)
 
 
 def _uid_pairs(read: "_Read") -> np.ndarray:
@@ -353,8 +364,7 @@ def _uid_pairs(read: "_Read") -> np.ndarray:
 
 def _check_unique(reads: list["_Read"], crawl: CrawlLayout) -> None:
     """No uid twice across the batch's files, nor one an earlier import holds; each file was checked alone."""
-    found = np.concatenate([_uid_pairs(r) for r in reads])
-    found.sort()
+    found = sorted_uids(np.concatenate([_uid_pairs(r) for r in reads]))
     earlier = _known_uids(crawl)
     twice = bool(len(found) > 1 and (found[1:] == found[:-1]).any())
     if not twice and not in_subset(found, earlier).any():
@@ -424,7 +434,7 @@ def run_scan_published(spec: BuildSpec) -> StageStats:
         report["files"].append({"source": read.path, "copy": _copy_target(pool, read.path),
                                 "rows": read.counters["records"], "valid": read.valid.num_rows,
                                 "invalid": len(read.invalid)})
-    valid = pa.concat_tables([r.valid for r in reads]).sort_by("uid")
+    valid = pa.concat_tables([r.valid for r in reads])  # in the published order, as download_upstream.py fetches
     size = config.extract.urls_per_partition
     for i, offset in enumerate(range(0, valid.num_rows, size)):
         path = storage.join(crawl.urls, f"part-{batch:04d}-{i:05d}.parquet")
@@ -461,14 +471,20 @@ def imported_metadata(pool: PoolLayout, crawl: CrawlLayout) -> list[str]:
     return [p for p in storage.ls(pool.metadata, "*.parquet") if posixpath.basename(p) in done]
 
 
+def _metadata_rows(parquets: list[str]) -> int:
+    total = 0
+    for path in parquets:
+        with storage.open_file(path) as f:
+            total += pq.read_metadata(f).num_rows
+    return total
+
+
 def _url_part_uids(crawl: CrawlLayout) -> np.ndarray:
     arrays = []
     for path in storage.ls(crawl.urls, "part-*.parquet"):
         with storage.open_file(path) as f:
             arrays.append(uid_strings_to_array(pq.read_table(f, columns=["uid"])["uid"], where=path))
-    out = np.concatenate(arrays) if arrays else np.zeros(0, UID_DTYPE)
-    out.sort()
-    return out
+    return sorted_uids(np.concatenate(arrays)) if arrays else np.zeros(0, UID_DTYPE)
 
 
 def run_publish_published(spec: BuildSpec) -> StageStats:
@@ -499,6 +515,7 @@ def run_publish_published(spec: BuildSpec) -> StageStats:
     stats.add("shards", len(parent.get("shards", [])) + len(own_shards))
     stats.seconds = time.monotonic() - start
     stats.outputs = [pool.manifest, pool.scale(scale)]
+    manifest_metadata = parent.get("metadata", []) + own_metadata
     manifest = {
         "pool_version": pool.version, "parent": parent_name, "chain": versions.chain(pool.root, pool.version),
         "storage_root": pool.root, "kind": "published", "source": spec.source["metadata"],
@@ -507,9 +524,9 @@ def run_publish_published(spec: BuildSpec) -> StageStats:
         "added": {"metadata_files": len(own_metadata), "shards": len(own_shards)},
         "crawls": [crawl.crawl_id],
         "shards": parent.get("shards", []) + own_shards,
-        "metadata": parent.get("metadata", []) + own_metadata,
+        "metadata": manifest_metadata,
         "scales": {scale: {"samples": len(uids), "pool_size": size, "built": True, "complete": len(uids) >= size,
-                           "path": pool.scale(scale)}},
+                           "path": pool.scale(scale), "all_rows": len(uids) == _metadata_rows(manifest_metadata)}},
         "ledger": {"urls": current.num_rows, "statuses": ledger.counts(current) if current.num_rows else {}},
         "models": [], "thresholds": {},
         "stats": stats.to_dict(),
