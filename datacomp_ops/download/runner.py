@@ -71,9 +71,22 @@ def _die_with_parent(parent: int | None) -> None:
         _kill_group()
 
 
+class _WithoutTorch:
+    """A meta-path finder that makes ``import torch`` fail in the runner. img2dataset needs no torch, and
+    webdataset imports it only to subclass torch's dataset classes where it is installed (it falls back
+    without): that import was 1.2 s of each partition's ~2.7 s start, the platform's whole overhead over
+    one img2dataset call on a 10,000-URL partition (benchmarks/bench_download.py)."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" or name.startswith("torch."):
+            raise ModuleNotFoundError(f"No module named {name!r} (the download runner runs without torch)", name=name)
+        return None
+
+
 if __name__ == "__main__":
     import multiprocessing
 
+    sys.meta_path.insert(0, _WithoutTorch())
     _die_with_parent(int(sys.argv[2]) if len(sys.argv) > 2 else None)
     # img2dataset's CLI would start up inside a task and install signal handlers: call the function
     from img2dataset import distributor, download
