@@ -32,7 +32,7 @@ from airflow.sdk import Param, dag, task
 from datacomp_ops.core.config import SCALES
 from datacomp_ops.stages import STAGES
 from form_fields import NAME, optional
-from pool_tasks import DOWNLOAD_RETRIES, DOWNLOAD_RETRY_DELAY, announce, pool_lease
+from pool_tasks import DOWNLOAD_RETRIES, DOWNLOAD_RETRY_DELAY, announce, pool_lease, run_seconds
 
 
 @dag(
@@ -137,11 +137,8 @@ def import_published():
         from datacomp_ops.pool.build import BuildSpec
         from datacomp_ops.pool.published import format_published_summary, summarize_published
 
-        seconds = None
-        if dag_run is not None and dag_run.start_date is not None:
-            seconds = (datetime.datetime.now(datetime.timezone.utc) - dag_run.start_date).total_seconds()
         with pool_lease(spec, run_id, release=True):  # the run ends here, whatever the summary finds
-            summary = summarize_published(BuildSpec(**spec), seconds)
+            summary = summarize_published(BuildSpec(**spec), run_seconds(dag_run))
         print(format_published_summary(summary))
         return {k: v for k, v in summary.items() if k != "decay"} | {"held": summary["decay"]["now"]["held"]}
 

@@ -92,13 +92,18 @@ def announce(scale: str):
     return announce_scale
 
 
+def run_seconds(dag_run) -> float | None:
+    """How long the DAG run has taken so far (its summary prints it)."""
+    if dag_run is None or dag_run.start_date is None:
+        return None
+    return (datetime.datetime.now(datetime.timezone.utc) - dag_run.start_date).total_seconds()
+
+
 @task(trigger_rule="none_failed")
 def summarize(spec: dict, dag_run=None, run_id=None) -> dict:
     from datacomp_ops.pool.build import BuildSpec, format_summary, summarize
 
-    seconds = None
-    if dag_run is not None and dag_run.start_date is not None:
-        seconds = (datetime.datetime.now(datetime.timezone.utc) - dag_run.start_date).total_seconds()
+    seconds = run_seconds(dag_run)
     with pool_lease(spec, run_id, release=True):  # the run ends here, whatever the summary finds
         summary = summarize(BuildSpec(**spec), seconds)
     print(format_summary(summary))

@@ -634,7 +634,8 @@ def summarize_published(spec: BuildSpec, seconds: float | None = None) -> dict[s
         "limit": storage.read_json(pool.download_limit_record) if storage.exists(pool.download_limit_record) else None,
         "download": dict(download.counters), "published": published,
         "samples": manifest.get("samples"), "shards": len(manifest.get("shards", [])),
-        "decay": published_decay(spec), "seconds": seconds,
+        # the report publish wrote (it reads every URL part and the ledger's history); computed only when unpublished
+        "decay": storage.read_json(pool.decay_report) if published else published_decay(spec), "seconds": seconds,
     }
 
 
