@@ -22,6 +22,8 @@
                                                   (filter, reshard and ledger take --dataset NAME)
     datacomp import-published --name NAME --metadata DIR [--scale small] [--download-only LABEL ...]
                                                   a pool from DataComp's published metadata, kept as published
+    datacomp refresh-published [--name NAME]      published pools imported again as each recorded (new files,
+                                                  transient failures retried, one more point of decay)
 """
 
 from __future__ import annotations
@@ -608,6 +610,43 @@ def cmd_import_published(args) -> None:
     _run_pool_build("import_published", spec, run_key, start, serve)
 
 
+def _args_refresh_published(p) -> None:
+    p.add_argument("--name", action="append", default=[], type=_name("pool name"),
+                   help="refresh this published pool (repeatable; default: every published pool)")
+    p.add_argument("--serve", type=_port, metavar="PORT", help="serve the synthetic images on PORT meanwhile")
+
+
+@command("refresh-published", "every published pool imported again as its newest version recorded: new "
+                              "metadata files, transient download failures retried, one more point of decay",
+         _args_refresh_published)
+def cmd_refresh_published(args) -> None:
+    import contextlib
+
+    from .core.config import load_config
+    from .pool.published import make_published_spec
+    from .pool.published_refresh import refreshes
+
+    overrides = _config_overrides(args)
+    confs = refreshes(load_config(args.config, overrides).storage_root, args.name)
+    if not confs:
+        print("no published pool to refresh")
+    serve = contextlib.nullcontext()
+    if args.serve:
+        from .synthetic.server import serving
+
+        serve = serving(args.serve)
+    with serve:  # one server for every pool's run
+        for conf in confs:
+            start = time.monotonic()
+            run_key = f"cli-refresh-{time.time_ns()}"
+            spec = make_published_spec(run_key, conf["name"], conf["metadata"], conf["scale"], conf["shards"],
+                                       conf["npz"], conf["subset"], "",
+                                       overrides | {"download.hash_mismatch": conf["hash_mismatch"]},
+                                       config_path=args.config, download=conf["download"],
+                                       download_only=conf["download_only"])
+            _run_pool_build("import_published", spec, run_key, start)
+
+
 def _args_import(p) -> None:
     p.add_argument("--name", required=True, type=_name("dataset name"),
                    help="the dataset's name (letters, digits, . _ -)")
@@ -657,8 +696,10 @@ def main(argv: list[str] | None = None) -> None:
         p.set_defaults(func=run)
 
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+    # the platform's own INFO; other libraries' warnings (open_clip logs each model load at INFO on the root)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("datacomp_ops").setLevel(logging.DEBUG if args.verbose else logging.INFO)
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     from .core.config import ConfigError
     from .core.ledger import LedgerError

@@ -120,6 +120,18 @@ def test_import_dataset_structure(dagbag):
     assert all(p.schema.get("section") for p in (dag.params.get_param(k) for k in dag.params.keys()))
 
 
+def test_refresh_published_starts_one_import_per_published_pool_as_recorded(dagbag):
+    dag = dagbag.dags["refresh_published"]
+    assert "0 0 * * 0" in repr(dag.timetable) and not dag.catchup
+    again = dag.get_task("import_again")
+    assert again.partial_kwargs["trigger_dag_id"] == "import_published" and again.upstream_task_ids == {"pools"}
+    assert dagbag.dags["import_published"].params.keys() >= {"name", "metadata", "scale", "shards", "npz", "subset",
+                                                             "download", "download_only", "hash_mismatch"}
+    from datacomp_ops.pool.published_refresh import FIELDS
+
+    assert set(FIELDS) <= set(dagbag.dags["import_published"].params.keys())  # a recorded field is a form field
+
+
 def test_train_and_evaluate_structure(dagbag):
     """Training follows the filtering DAG's subsets, evaluation the trained models; GPU work in the gpu pool."""
     train = dagbag.dags["train_clip"]

@@ -204,6 +204,64 @@ def test_bad_published_metadata_is_named_and_nothing_is_half_imported(tmp_path, 
     assert storage.ls(PoolLayout(root, "v0001").metadata, "*") == [] and versions.latest(root) is None
 
 
+def test_the_uid_check_spills_by_prefix_beyond_its_memory_and_finds_what_the_in_memory_check_finds():
+    from datacomp_ops.pool.unique_uids import BYTES_IN_MEMORY, UidCheck
+
+    files = [uids_to_array([hashlib.md5(f"{i}-{j}".encode()).hexdigest() for j in range(5000)]) for i in range(4)]
+    repeated = files[1][1234]
+    files[3] = np.concatenate([files[3], [repeated]]).astype(files[3].dtype)
+    n = sum(len(f) for f in files)
+    uid = f"{int(repeated['f0']):016x}{int(repeated['f1']):016x}"
+    for memory, buckets in ((n * BYTES_IN_MEMORY, 1), (n * BYTES_IN_MEMORY // 16, 16)):
+        with UidCheck(n, memory) as check:
+            for i, uids in enumerate(files):
+                check.add(f"file{i}", uids)
+            assert check.buckets == buckets
+            if buckets > 1:  # each bucket on disk holds about its share, 20 bytes an entry
+                import os
+
+                sizes = [os.path.getsize(check._path(b)) // 20 for b in range(buckets)]
+                assert sum(sizes) == n and max(sizes) < 1.3 * n / buckets
+            repeat = check.first_repeat()
+            assert (repeat.uid, repeat.first, repeat.second) == (uid, "file1", "file3")
+        with UidCheck(n, memory) as check:
+            for i, uids in enumerate(files[:3]):
+                check.add(f"file{i}", uids)
+            assert check.first_repeat() is None
+
+
+def test_a_scan_whose_uids_spill_to_disk_imports_and_refuses_as_one_in_memory(tmp_path, monkeypatch):
+    from datacomp_ops.pool import published, unique_uids
+
+    monkeypatch.setattr(unique_uids, "BYTES_IN_MEMORY", 1 << 27)  # the default 2 GB holds 16 uids
+    buckets = []
+
+    class Recorded(unique_uids.UidCheck):
+        def first_repeat(self):
+            buckets.append(self.buckets)
+            return super().first_repeat()
+
+    monkeypatch.setattr(published, "UidCheck", Recorded)
+    files = write_published(tmp_path / "metadata", files=4)
+    spec, scanned, _ = _import(tmp_path, tmp_path / "metadata", shards="0,1")
+    assert scanned["urls_written"] == 80
+    spec, scanned, _ = _import(tmp_path, tmp_path / "metadata", run="run2")
+    assert scanned["urls_written"] == 80 and storage.read_json(spec.pool.manifest)["samples"] == 160
+    uids = pq.read_table(files[1])["uid"].to_pylist()
+    (new,) = write_published(tmp_path / "other", files=1, seed=9)
+    fresh = [hashlib.md5(f"fresh-{i}".encode()).hexdigest() for i in range(1, 40)]
+    _rewrite(new, uid=pa.array(uids[5:6] + fresh))  # one uid of files[1], the others new
+    import shutil
+
+    shutil.copy(new, tmp_path / "metadata" / "zz-new.parquet")
+    shutil.copy(new[:-8] + ".npz", tmp_path / "metadata" / "zz-new.npz")
+    with pytest.raises(DatasetImportError, match=rf"uid {uids[5]} of .*zz-new.parquet was imported into pool "
+                                                 r"dc_small before"):
+        _import(tmp_path, tmp_path / "metadata", run="run3")
+    assert buckets == [8, 16, 16]  # 80, 160 and 200 uids spilled by prefix
+    assert len(storage.ls(spec.crawl.urls, "*.parquet")) == 2  # nothing of the refused batch stays
+
+
 def test_rows_that_cannot_be_downloaded_safely_are_counted_skips_with_a_ledger_status(tmp_path):
     files = write_published(tmp_path / "metadata", files=1)
     boxes = pq.read_table(files[0])["face_bboxes"].to_pylist()
@@ -244,9 +302,10 @@ def test_files_are_chosen_by_position_or_name_and_bad_choices_are_named(tmp_path
     assert json.loads(json.dumps(spec.source))["npz"] is False
 
 
-def _served_pool(folder, base_url: str) -> tuple[str, list[dict]]:
+def _served_pool(folder, base_url: str, failing: frozenset[int] = frozenset()) -> tuple[str, list[dict]]:
     """A published pool whose URLs are the synthetic server's: real images (sha256 of the bytes served, one with
-    a face box), dead links, and images changed since publication (another sha256)."""
+    a face box), dead links, images changed since publication (another sha256), and the rows `failing` on a
+    server that answers 500 (a transient failure)."""
     from datacomp_ops.synthetic.server import render
 
     folder.mkdir(parents=True)
@@ -259,7 +318,7 @@ def _served_pool(folder, base_url: str) -> tuple[str, list[dict]]:
         digest = hashlib.sha256(body).hexdigest()
         if 23 <= i < 26:  # the image changed since DataComp hashed it
             digest = hashlib.sha256(b"as published " + body).hexdigest()
-        url = f"{base_url}{'/missing' + path if dead else path}"
+        url = f"{base_url}{'/missing' + path if dead else '/error' + path if i in failing else path}"
         text = f"a picture number {i}"
         rows.append({"uid": hashlib.md5((text + url).encode()).hexdigest(), "url": url, "text": text,
                      "original_width": 300, "original_height": 300, "clip_b32_similarity_score": 0.3,
@@ -420,10 +479,10 @@ def test_the_command_imports_the_metadata_then_downloads_only_a_baselines_subset
     limit saved and what the pool holds."""
     from datacomp_ops.cli import main
 
-    metadata, rows = _served_pool(tmp_path / "metadata", image_server.base_url)
-    base = ["import-published", "--name", "served", "--metadata", metadata, "--scale", "tiny", "--no-npz",
-            "--storage-root", str(tmp_path / "root"), "--set", "download.timeout=5",
-            "--set", "download.processes_count=1", "--set", "download.thread_count=8"]
+    metadata, rows = _served_pool(tmp_path / "metadata", image_server.base_url, failing=frozenset({29}))
+    settings = ["--storage-root", str(tmp_path / "root"), "--set", "download.timeout=5",
+                "--set", "download.processes_count=1", "--set", "download.thread_count=8"]
+    base = ["import-published", "--name", "served", "--metadata", metadata, "--scale", "tiny", "--no-npz"] + settings
     seen = len(image_server.request_log)
     main(base + ["--download", "none"])
     out = capsys.readouterr().out
@@ -435,16 +494,37 @@ def test_the_command_imports_the_metadata_then_downloads_only_a_baselines_subset
     out = capsys.readouterr().out
     # DataComp's rule over the 30 published rows (L/14 scores 0.00-0.29): the threshold is the score at
     # int(30 * 0.3) = 9 in descending order, 0.20, and every row at or above it is kept: rows 20-29. Of
-    # those, 20-22 are dead links, 23-25 changed images (kept, flagged), 26-29 download as published.
+    # those, 20-22 are dead links, 23-25 changed images (kept, flagged), 26-28 download as published, 29's
+    # server answers 500.
     top = {r["url"][len(image_server.base_url):] for r in rows[20:]}
     assert {p for _, p in image_server.request_log[seen:]} == top
     assert "download limited to the union of clip_score_l14_30: 10 of 30 URLs; 20 URLs" in out
-    assert "downloaded 10 of 30 URLs: deferred 20, downloaded 4, hash_mismatch 3, http_error 3" in out
-    assert "decay: 7 of 30 given URLs held (23.3%), 3 lost, 20 pending" in out
+    assert "downloaded 10 of 30 URLs: deferred 20, downloaded 3, hash_mismatch 3, http_error 3, server_error 1" in out
+    assert "decay: 6 of 30 given URLs held (20.0%), 3 lost, 21 pending" in out
     root = dataset_root(str(tmp_path / "root"), "served")
     assert storage.exists(f"{root}/subsets/v0001/tiny/clip_score_l14_30.npy")  # drawn by the run, where filter writes
     manifest = storage.read_json(PoolLayout(root, "v0002").manifest)
     assert manifest["kind"] == "published" and len(manifest["shards"]) == 1 and manifest["samples"] == 30
+    assert manifest["import"] == {"metadata": metadata, "scale": "tiny", "shards": "", "npz": False, "subset": "",
+                                  "download": "subsets", "download_only": ["clip_score_l14_30"],
+                                  "hash_mismatch": "keep"}
+
+    # the scheduled refresh: the same import as recorded, limited to the same subset; the transient failure
+    # alone is tried again, the deferred URLs stay deferred, and the decay gains a point
+    seen = len(image_server.request_log)
+    main(["refresh-published"] + settings)
+    out = capsys.readouterr().out
+    # (three requests: img2dataset's retries=2, as download_upstream.py sets)
+    assert [p for _, p in image_server.request_log[seen:]] == ["/error" + rows[29]["path"]] * 3
+    assert "into its pool version v0003" in out and "decay: 6 of 30 given URLs held (20.0%), 3 lost, 21 pending" in out
+    decay = storage.read_json(PoolLayout(root, "v0003").decay_report)
+    assert [(p["version"], p["held"]) for p in decay["over_time"]] == [("v0001", 0), ("v0002", 6), ("v0003", 6)]
+    current = ledger.latest(ledger.history(*versions.ledger_dirs(root, "v0003"))).to_pylist()
+    assert {r["uid"]: r["attempt"] for r in current if r["status"] == "server_error"} == {rows[29]["uid"]: 2}
+    assert storage.read_json(PoolLayout(root, "v0003").manifest)["import"] == manifest["import"]
+    with pytest.raises(SystemExit, match="2"):
+        main(["refresh-published", "--name", "nothing_here"] + settings)
+    assert "pool nothing_here: no published version" in capsys.readouterr().err
 
 
 @pytest.mark.slow

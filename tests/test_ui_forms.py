@@ -45,16 +45,18 @@ EDITS = {
     "import_dataset": {"name": "shapes", "pool_version": "p1"},
     # metadata stays empty: the embedded default's published pool, two of its files under another name
     "import_published": {"name": "published_two", "shards": "0-1"},
+    "refresh_published": {"names": "published_two"},
     "train_clip": {"baselines": "no_filter", "pool_version": "v0001"},
     "evaluate_clip": {"pool_version": "v0001"},
 }
 # A value each DAG's form must refuse, with the field named in the message
 INVALID = {"commonpool_build": ("crawl_id", "CC MAIN 2024/33"), "filtering_baselines": ("pool_version", "v 1!"),
            "import_dataset": ("name", "my data!"), "train_clip": ("pool_version", "v 1!"),
-           "evaluate_clip": ("dataset", "my data!"), "import_published": ("name", "my pool!")}
+           "evaluate_clip": ("dataset", "my data!"), "import_published": ("name", "my pool!"),
+           "refresh_published": ("names", "my pool!")}
 # The order a person goes through the platform: each DAG's runs give the next its input
 PIPELINE = ["commonpool_build", "filtering_baselines", "train_clip", "evaluate_clip", "import_dataset",
-            "import_published"]
+            "import_published", "refresh_published"]
 
 
 class Api:
@@ -265,8 +267,23 @@ def test_every_dag_trigger_form_submits_with_defaults_and_with_edits_and_the_run
             finally:
                 browser.screenshot(str(ARTIFACTS / f"{dag_id}-refused.png"))
         assert len(api(f"/dags/{dag_id}/dagRuns?limit=100")["dag_runs"]) == runs
+        if dag_id == "refresh_published":
+            _check_refreshes(api, airflow_ui["log"])
         # paused again: the Asset events of the later DAGs' runs start no more of its runs
         api(f"/dags/{dag_id}", "PATCH", {"is_paused": True})
+
+
+def _check_refreshes(api: Api, log) -> None:
+    """Each refresh_published run started one import_published run per pool it refreshed, named after it;
+    they queued while import_published was paused, and succeed once it runs."""
+    triggered = {r["dag_run_id"] for r in api("/dags/import_published/dagRuns?limit=100")["dag_runs"]}
+    for run in api("/dags/refresh_published/dagRuns?limit=100")["dag_runs"]:
+        names = (run["conf"] or {}).get("names") or ["published_example", "published_two"]
+        want = {f"{run['dag_run_id']}__{name}" for name in names}
+        assert want <= triggered, f"refresh run {run['dag_run_id']} started {triggered}, not {want}"
+    api("/dags/import_published", "PATCH", {"is_paused": False})
+    _wait_for_runs(api, "import_published", log, "the refreshes' runs")
+    api("/dags/import_published", "PATCH", {"is_paused": True})
 
 
 def _typed(param, text: str):
@@ -352,7 +369,8 @@ def test_platform_page_shows_pools_ledger_lookup_and_leaderboard(airflow_ui):
     the ledger (its crawl, WAT file and statuses), and the leaderboard rows of the runs the forms made."""
     import urllib.error
 
-    from datacomp_ops.core import ledger, versions
+    from datacomp_ops.core import ledger, storage, versions
+    from datacomp_ops.core.layout import PoolLayout
 
     url, root = airflow_ui["url"], str(airflow_ui["root"])
     version = versions.latest(root)
@@ -374,6 +392,18 @@ def test_platform_page_shows_pools_ledger_lookup_and_leaderboard(airflow_ui):
         board = browser.js("[...document.querySelectorAll('#leaderboard tbody tr')].map(r => r.innerText)")
         assert any("no_filter" in row and "tiny" in row for row in board), board
         assert browser.js("document.querySelectorAll('#leaderboard svg').length") == 2
+        # the published pool's versions, each with its decay as its report says (the refreshes added versions)
+        proot = airflow_ui["root"] / "datasets" / "published_example"
+        assert "Published pool published_example" in text
+        published = versions.latest(str(proot))
+        decay = storage.read_json(PoolLayout(str(proot), published).decay_report)
+        assert len(decay["over_time"]) >= 2, decay["over_time"]
+        cells = browser.js("[...document.querySelectorAll('h3')].filter(h => h.innerText === 'Published pool "
+                           "published_example').map(h => [...h.nextElementSibling.querySelectorAll('tr')]"
+                           ".map(r => r.innerText))[0]")
+        row = next(r for r in cells if r.startswith(published))
+        now = decay["now"]
+        assert f"held {now['held']:,} of {now['given']:,}" in row and f"pending {now['pending']:,}" in row, row
         browser.screenshot(str(ARTIFACTS / "platform-page.png"))
         for row, verdict in ((kept, "in the pool"), (dropped, f"left the pool: {dropped['status']}")):
             browser.type_into("document.querySelector('#lookup input[name=q]')", row["url"])

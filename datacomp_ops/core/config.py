@@ -161,6 +161,8 @@ class ExtractConfig:
     max_wat_files: int = setting(0, ge=0)  # new WAT files read per run at most; 0: all of them
     # reads of a WAT file that was empty, cut short, not WARC or unreadable, before it is given up
     max_read_attempts: int = setting(3, ge=1)
+    # what a published pool's scan holds to check its uids are unique; beyond it, uids spill to local disk
+    uid_check_memory_mb: int = setting(2048, ge=16)
 
 
 @dataclass

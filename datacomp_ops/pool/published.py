@@ -25,6 +25,7 @@ image is fetched) and the shards downloaded so far; the scale's pool file holds 
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import logging
 import math
@@ -58,6 +59,8 @@ from ..crawl.source_files import PROCESSED, FileRead, new_rows, plan_reads, read
 from ..download.partition import STAGE as DOWNLOAD
 from .build import BuildSpec
 from .byod import DatasetImportError
+from .published_refresh import import_settings
+from .unique_uids import UidCheck
 
 log = logging.getLogger(__name__)
 
@@ -344,16 +347,23 @@ def _read_published(path: str, with_npz: bool, subset: np.ndarray | None) -> _Re
 # -- the scan: published files into the pool ------------------------------------------------------------------
 
 
-def _known_uids(crawl: CrawlLayout) -> np.ndarray:
-    """Every uid an earlier import of the pool holds (its URL parts, and the rows it found invalid), as sorted
-    ``u8,u8`` pairs: 16 bytes a uid, so the check holds a medium pool's 128M in 2 GB."""
-    arrays = []
-    for path in storage.ls(crawl.urls, "part-*.parquet"):
+def _rows_in(path: str) -> int:
+    """A parquet's row count from its footer; 0 for one that cannot be read (its scan names it)."""
+    try:
         with storage.open_file(path) as f:
-            arrays.append(uid_strings_to_array(pq.read_table(f, columns=["uid"])["uid"], where=path))
-    for path in storage.ls(pools_dir(crawl.root), f"*/ledger/{DOWNLOAD}/{crawl.crawl_id}-scan-*.parquet"):
-        arrays.append(uid_strings_to_array(ledger.read_part(path)["uid"], where=path))
-    return sorted_uids(np.concatenate(arrays)) if arrays else np.zeros(0, UID_DTYPE)
+            return pq.read_metadata(f).num_rows
+    except (OSError, pa.ArrowException, ValueError):
+        return 0
+
+
+def _earlier_parts(crawl: CrawlLayout) -> list[str]:
+    """What earlier imports of the pool hold: their URL parts, and the parts of the rows they found invalid."""
+    return storage.ls(crawl.urls, "part-*.parquet") + storage.ls(pools_dir(crawl.root), f"*/ledger/{DOWNLOAD}/{crawl.crawl_id}-scan-*.parquet")
+
+
+def _read_uids(path: str) -> pa.ChunkedArray:
+    with storage.open_file(path) as f:
+        return pq.read_table(f, columns=["uid"])["uid"]
 
 
 def _uid_pairs(read: "_Read") -> np.ndarray:
@@ -362,25 +372,55 @@ def _uid_pairs(read: "_Read") -> np.ndarray:
                                                 where=read.path)])
 
 
-def _check_unique(reads: list["_Read"], crawl: CrawlLayout) -> None:
-    """No uid twice across the batch's files, nor one an earlier import holds; each file was checked alone."""
-    found = sorted_uids(np.concatenate([_uid_pairs(r) for r in reads]))
-    earlier = _known_uids(crawl)
-    twice = bool(len(found) > 1 and (found[1:] == found[:-1]).any())
-    if not twice and not in_subset(found, earlier).any():
+def _check_unique(check: UidCheck, earlier: int, crawl: CrawlLayout) -> None:
+    """No uid twice across the batch's files, nor one an earlier import holds (the check's first `earlier`
+    sources); each file was checked alone as it was read."""
+    repeat = check.first_repeat()
+    if repeat is None:
         return
-    where: dict[str, str] = {}  # the rare failure: name the files, one Python pass
-    for read in reads:
-        for uid in read.valid["uid"].to_pylist() + [u for u, _, _ in read.invalid]:
-            if uid in where:
-                raise DatasetImportError(f"uid {uid} is in {where[uid]} and in {read.path}: a pool's uids are unique")
-            where[uid] = read.path
-    for read in reads:
-        again = np.flatnonzero(in_subset(_uid_pairs(read), earlier))
-        if len(again):
-            uid = (read.valid["uid"].to_pylist() + [u for u, _, _ in read.invalid])[int(again[0])]
-            raise DatasetImportError(f"uid {uid} of {read.path} was imported into pool {crawl.crawl_id} before "
-                                     f"(from another file): a pool's uids are unique")
+    if check.sources.index(repeat.first) < earlier:
+        raise DatasetImportError(f"uid {repeat.uid} of {repeat.second} was imported into pool {crawl.crawl_id} "
+                                 f"before (from another file): a pool's uids are unique")
+    raise DatasetImportError(f"uid {repeat.uid} is in {repeat.first} and in {repeat.second}: a pool's uids "
+                             f"are unique")
+
+
+class _PartWriter:
+    """The batch's URL parts, written as the files are read: the valid rows in the published order (as
+    download_upstream.py fetches), `size` rows a part. Uncommitted until the source-file manifest lists
+    the batch; `discard` takes them back when a later check fails (and the next scan removes what a
+    process that died left)."""
+
+    def __init__(self, crawl: CrawlLayout, batch: int, size: int):
+        self.crawl, self.batch, self.size = crawl, batch, size
+        self.pending: list[pa.Table] = []
+        self.rows = 0
+        self.written: list[dict[str, Any]] = []
+
+    def add(self, table: pa.Table) -> None:
+        self.pending.append(table)
+        self.rows += table.num_rows
+        while self.rows >= self.size:
+            self._write(self.size)
+
+    def _write(self, n: int) -> None:
+        rows = pa.concat_tables(self.pending)
+        path = storage.join(self.crawl.urls, f"part-{self.batch:04d}-{len(self.written):05d}.parquet")
+        with storage.atomic_write(path) as f:
+            pq.write_table(rows.slice(0, n), f)
+        self.written.append({"path": path, "rows": n})
+        rest = rows.slice(n)
+        self.pending, self.rows = [rest], rest.num_rows
+
+    def close(self) -> list[dict[str, Any]]:
+        if self.rows:
+            self._write(self.rows)
+        return self.written
+
+    def discard(self) -> None:
+        for part in self.written:
+            storage.remove(part["path"])
+        self.written = []
 
 
 def _copy_target(pool: PoolLayout, path: str) -> str:
@@ -391,8 +431,10 @@ def run_scan_published(spec: BuildSpec) -> StageStats:
     """Stage entry point: the published files no earlier import read, checked and copied into the pool, and
     the URL parts of their rows (the stats' outputs); the batch report goes to spec.report.
 
-    Every new file is checked before anything is written; then the copies, the URL parts and the invalid
-    rows' ledger part, then the source-file manifest (the commit point), then the report.
+    Each new file is checked as it is read, its valid rows written to the batch's URL parts (uncommitted,
+    taken back when a check fails), then no uid twice across the files and the pool's earlier imports
+    (pool/unique_uids.py: bounded memory); then the copies and the invalid rows' ledger part, then the
+    source-file manifest (the commit point), then the report.
     """
     if storage.exists(spec.report):
         log.info("report %s exists: the scan already committed", spec.report)
@@ -415,16 +457,32 @@ def run_scan_published(spec: BuildSpec) -> StageStats:
         return stats
 
     subset = read_subset(source["subset"]) if source.get("subset") else None
-    reads = [_read_published(path, source.get("npz", True), subset) for path in plan.todo]
-    dims = {}
-    for read in reads:
-        for key, dim in read.npz_dims.items():
-            if dims.setdefault(key, (dim, read.path))[0] != dim:
-                raise DatasetImportError(f"{npz_of(read.path)}: {key} has {dim} dimensions, {npz_of(dims[key][1])} "
-                                         f"{dims[key][0]}: one pool's features come from one model")
-    _check_unique(reads, crawl)
+    earlier = _earlier_parts(crawl)  # after the leftovers' removal
+    expected = sum(_rows_in(p) for p in earlier + plan.todo)
+    writer = _PartWriter(crawl, batch, config.extract.urls_per_partition)
+    reads: list[_Read] = []  # each file's checks and counts; its rows go to the URL parts as it is read
+    dims: dict[str, tuple[int, str]] = {}
+    try:
+        with UidCheck(expected, config.extract.uid_check_memory_mb << 20) as check:
+            for path in earlier:
+                check.add(path, uid_strings_to_array(_read_uids(path), where=path))
+            for path in plan.todo:
+                read = _read_published(path, source.get("npz", True), subset)
+                for key, dim in read.npz_dims.items():
+                    if dims.setdefault(key, (dim, read.path))[0] != dim:
+                        raise DatasetImportError(f"{npz_of(read.path)}: {key} has {dim} dimensions, "
+                                                 f"{npz_of(dims[key][1])} {dims[key][0]}: one pool's features "
+                                                 f"come from one model")
+                check.add(read.path, _uid_pairs(read))
+                writer.add(read.valid)
+                reads.append(dataclasses.replace(read, valid=read.valid.slice(0, 0)))
+            _check_unique(check, len(earlier), crawl)
+        report["partitions"] = writer.close()
+    except BaseException:
+        writer.discard()
+        raise
 
-    # everything checked: write
+    # everything checked: the copies, the invalid rows' ledger part, then the manifest (the commit point)
     for read in reads:
         storage.copy(read.path, _copy_target(pool, read.path))
         if source.get("npz", True):
@@ -432,15 +490,8 @@ def run_scan_published(spec: BuildSpec) -> StageStats:
             stats.add("npz_copied")
         stats.counters.update(read.counters)
         report["files"].append({"source": read.path, "copy": _copy_target(pool, read.path),
-                                "rows": read.counters["records"], "valid": read.valid.num_rows,
+                                "rows": read.counters["records"], "valid": read.counters["pairs"],
                                 "invalid": len(read.invalid)})
-    valid = pa.concat_tables([r.valid for r in reads])  # in the published order, as download_upstream.py fetches
-    size = config.extract.urls_per_partition
-    for i, offset in enumerate(range(0, valid.num_rows, size)):
-        path = storage.join(crawl.urls, f"part-{batch:04d}-{i:05d}.parquet")
-        with storage.atomic_write(path) as f:
-            pq.write_table(valid.slice(offset, size), f)
-        report["partitions"].append({"path": path, "rows": min(size, valid.num_rows - offset)})
     invalid = [(u, url, why, r.path) for r in reads for u, url, why in r.invalid]
     if invalid:
         part = ledger.make_part(DOWNLOAD, [u for u, *_ in invalid], [url for _, url, _, _ in invalid],
@@ -448,10 +499,10 @@ def run_scan_published(spec: BuildSpec) -> StageStats:
                                 [0] * len(invalid), None)
         ledger.write_part(pool.ledger_part(DOWNLOAD, f"{crawl.crawl_id}-scan-{batch:04d}"), part)
     write_manifest(crawl, manifest, new_rows(
-        [FileRead(r.path, PROCESSED, r.counters["records"], r.valid.num_rows, len(r.invalid), None, r.size,
+        [FileRead(r.path, PROCESSED, r.counters["records"], r.counters["pairs"], len(r.invalid), None, r.size,
                   r.fingerprint) for r in reads], batch, plan, config.extract.max_read_attempts))
     stats.add("files_processed", len(reads))
-    stats.add("urls_written", valid.num_rows)
+    stats.add("urls_written", sum(p["rows"] for p in report["partitions"]))
     stats.seconds = time.monotonic() - start
     stats.outputs = [p["path"] for p in report["partitions"]]
     report |= {"batch": batch, "stats": stats.to_dict()}
@@ -520,6 +571,7 @@ def run_publish_published(spec: BuildSpec) -> StageStats:
         "pool_version": pool.version, "parent": parent_name, "chain": versions.chain(pool.root, pool.version),
         "storage_root": pool.root, "kind": "published", "source": spec.source["metadata"],
         "published_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "import": import_settings(spec.source, spec.platform_config),  # what a refresh runs again
         "samples": len(uids),
         "added": {"metadata_files": len(own_metadata), "shards": len(own_shards)},
         "crawls": [crawl.crawl_id],
