@@ -42,6 +42,8 @@ from urllib.parse import urlsplit
 ALLOWED_ENV = "DATACOMP_ALLOWED_PRIVATE_ADDRESSES"
 # and download.proxy ("" for none); not a *_proxy name, which urllib would read and the runner drops
 PROXY_ENV = "DATACOMP_DOWNLOAD_PROXY_URL"
+# and download.host_addresses (a JSON list of NAME=ADDRESS)
+HOSTS_ENV = "DATACOMP_HOST_ADDRESSES"
 
 # the resolver itself, whatever install() later puts in its place
 _system_getaddrinfo = socket.getaddrinfo
@@ -218,6 +220,36 @@ def endpoint_allowances(endpoint: str | None) -> list[str]:
     return sorted({f"[{i[4][0]}]:{port}" if ":" in i[4][0] else f"{i[4][0]}:{port}" for i in infos})
 
 
+class PinnedNames:
+    """download.host_addresses: names the download resolves to a given address, as curl's --resolve does
+    (``img.example.org=10.1.2.3``, ``*.polite.test=127.0.0.1`` for a name and its subdomains). The address
+    is judged by the guard like any other: a pinned private address still needs its allowance."""
+
+    def __init__(self, entries: Iterable[str] = ()):
+        self.exact: dict[str, str] = {}
+        self.suffixes: list[tuple[str, str]] = []
+        for entry in entries:
+            name, sep, address = str(entry).partition("=")
+            name = name.strip().lower().rstrip(".")
+            try:
+                ipaddress.ip_address(address.strip())
+            except ValueError:
+                raise ValueError(f"{entry!r} is not NAME=ADDRESS (img.example.org=10.1.2.3, "
+                                 f"*.polite.test=127.0.0.1)") from None
+            if not sep or not name or name == "*" or "*" in name.removeprefix("*."):
+                raise ValueError(f"{entry!r}: the name is a host name, or *.DOMAIN for its subdomains")
+            if name.startswith("*."):
+                self.suffixes.append((name[1:], address.strip()))
+            else:
+                self.exact[name] = address.strip()
+
+    def address(self, host) -> str | None:
+        if not isinstance(host, str):
+            return None
+        name = host.lower().rstrip(".")
+        return self.exact.get(name) or next((a for suffix, a in self.suffixes if name.endswith(suffix)), None)
+
+
 def _redacted(url: str) -> str:
     parts = urlsplit(url)
     if parts.password is None:
@@ -268,7 +300,7 @@ class GuardedProxyHandler(urllib.request.ProxyHandler):
         unresolved = None
         for host, port in _request_targets(req):
             try:
-                infos = _system_getaddrinfo(host, port, type=socket.SOCK_STREAM)
+                infos = _system_getaddrinfo(_pinned.address(host) or host, port, type=socket.SOCK_STREAM)
             except OSError as exc:  # fail closed: a name the guard cannot judge is not sent on
                 unresolved = unresolved or exc
                 continue
@@ -292,17 +324,22 @@ def drop_proxy_variables(environ: MutableMapping[str, str]) -> list[str]:
 _installed: AddressPolicy | None = None
 
 
-def install(allowed: Iterable[str] = (), proxy: str = "") -> AddressPolicy:
+_pinned = PinnedNames()
+
+
+def install(allowed: Iterable[str] = (), proxy: str = "", pinned: Iterable[str] = ()) -> AddressPolicy:
     """Guard every connection of this process (urllib's, hence img2dataset's) by `allowed`, and send
-    urllib's requests through `proxy` only ("" for none), each URL's host judged before it goes there."""
-    global _installed
+    urllib's requests through `proxy` only ("" for none), each URL's host judged before it goes there;
+    the names `pinned` (download.host_addresses) resolve to their given addresses."""
+    global _installed, _pinned
     allowed = list(allowed)
     proxy = parse_proxy(proxy)
     # the sockets may reach the proxy itself too; the URLs handed to it may not name it
     policy = AddressPolicy(allowed + endpoint_allowances(proxy))
+    _pinned = PinnedNames(pinned)
     if _installed is None:
         def guarded_getaddrinfo(host, port, *args, **kwargs):
-            infos = _system_getaddrinfo(host, port, *args, **kwargs)
+            infos = _system_getaddrinfo(_pinned.address(host) or host, port, *args, **kwargs)
             _installed.check(host, port, [info[4][0] for info in infos])
             return infos
 
@@ -310,5 +347,18 @@ def install(allowed: Iterable[str] = (), proxy: str = "") -> AddressPolicy:
     _installed = policy
     # img2dataset calls urllib.request.urlopen, which uses the installed opener
     proxies = {"http": proxy, "https": proxy} if proxy else {}
-    urllib.request.install_opener(urllib.request.build_opener(GuardedProxyHandler(proxies, AddressPolicy(allowed))))
+    global _proxy_handler
+    _proxy_handler = GuardedProxyHandler(proxies, AddressPolicy(allowed))
+    install_opener()
     return policy
+
+
+_proxy_handler: GuardedProxyHandler | None = None
+
+
+def install_opener(*handlers: urllib.request.BaseHandler) -> None:
+    """urllib's opener for this process: the guard's proxy handler, and `handlers` (polite_fetch's redirect
+    check); call after `install`."""
+    if _proxy_handler is None:
+        raise RuntimeError("address_guard.install comes first: the opener holds its proxy handler")
+    urllib.request.install_opener(urllib.request.build_opener(_proxy_handler, *handlers))

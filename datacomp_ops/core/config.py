@@ -217,10 +217,34 @@ class DownloadConfig:
     # environment, behind which the guard would see only the proxy. "http://host:port": the one
     # proxy it uses; each URL's host is judged by the guard before the proxy is sent it.
     proxy: str = ""
+    # Politeness (download/host_rules.py, polite_fetch.py). Before a partition downloads, each host's
+    # robots.txt (for user_agent_token) and TDMRep declaration are read, cached on the storage root for
+    # rules_max_age_hours: a URL they disallow or reserve is never requested.
+    robots_txt: bool = True
+    tdmrep: bool = True
+    rules_max_age_hours: float = setting(24.0, gt=0)
+    # requests to one host, summed over a partition's processes and threads: per second (the host's
+    # Crawl-delay where slower) and open at once; 0: no limit
+    per_host_rps: float = setting(5.0, ge=0)
+    per_host_connections: int = setting(4, ge=0)
+    # a 429/503 with Retry-After pauses its host at most this long; its URLs go to a later run
+    retry_after_max_s: float = setting(3600.0, gt=0)
+    # a host's repeated timeouts: its next request waits 1 s, 2 s, 4 s... at most this long
+    host_backoff_max_s: float = setting(60.0, gt=0)
+    # where hosts reach whoever runs the download: in every request's User-Agent
+    # ("datacomp-platform/0.1.0 (+CONTACT)"); set it to a page or mailto: of your own
+    contact_url: str = ""
+    # NAME=ADDRESS: names the download resolves to a given address, as curl's --resolve
+    # ("*.polite.test=127.0.0.1": a name and its subdomains); the guard still judges the address
+    host_addresses: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        from .address_guard import parse_allowance, parse_proxy
+        from .address_guard import PinnedNames, parse_allowance, parse_proxy
 
+        try:
+            PinnedNames(self.host_addresses)
+        except ValueError as exc:
+            raise ConfigError(f"download.host_addresses: {exc}") from None
         try:
             self.proxy = parse_proxy(self.proxy)
         except ValueError as exc:

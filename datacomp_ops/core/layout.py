@@ -27,7 +27,7 @@ def check_name(kind: str, name: object, error: type[Exception] = ConfigError) ->
 
 
 # The storage root's folders (DESIGN.md, "Data on storage"); only this module joins their names.
-CRAWLS, POOL, SUBSETS, RUNS, DATASETS = "crawls", "pool", "subsets", "runs", "datasets"
+CRAWLS, POOL, SUBSETS, RUNS, DATASETS, HOSTS = "crawls", "pool", "subsets", "runs", "datasets", "hosts"
 LEADERBOARD, EVAL_INDEX, SYNTHETIC = "leaderboard", "eval_index", "synthetic"
 EXTERNAL = "external"  # subsets of a metadata folder that is no pool version: {root}/subsets/external/{name}
 
@@ -63,6 +63,12 @@ def run_claims_dir(storage_root: str) -> str:
 
 def datasets_dir(storage_root: str) -> str:
     return join(storage_root, DATASETS)
+
+
+def host_rules_dir(root: str) -> str:
+    """The hosts' robots.txt and TDMRep answers (download/host_rules.py), one cache for the platform's
+    storage root: an imported dataset's downloads share it."""
+    return join(parse_dataset_root(root)[0], HOSTS, "rules")
 
 
 def leaderboard_dir(storage_root: str) -> str:

@@ -50,6 +50,8 @@ PERMANENT_FAILURES = (
     "missing_from_source",  # an imported webdataset shard no longer holds a sample its scan listed
     "invalid_metadata",  # a published pool's row that cannot be downloaded safely (no URL, a face box no blur covers)
     "hash_mismatch_dropped",  # a published pool's image whose bytes differ from the published sha256, dropped
+    "disallowed_robots",  # the host's robots.txt disallows it for the platform's agent: never requested
+    "tdm_reserved",  # the host reserves TDM rights (tdmrep.json, or the response's tdm-reservation header)
     # the address guard refused the host (datacomp_ops.core.address_guard): a crawl must not reach these
     *BLOCKED_STATUSES,
 )
@@ -60,6 +62,12 @@ HASH_MISMATCH = "hash_mismatch"
 # Not downloaded because the run's scale did not need it (a scale-limited
 # build); a build of a larger scale downloads it.
 DEFERRED = "deferred"
+# Not requested this run because of its host, not counted as an attempt nor as a failure: the host's
+# robots.txt or tdmrep.json could not be fetched (a 5xx or a timeout: RFC 9309 says try later), or the
+# host asked for a pause (429/503 with Retry-After). Every later run tries them again, as deferred URLs.
+POSTPONED = ("robots_unavailable", "host_paused")
+# what a later run downloads whatever its attempts: deferred and postponed URLs
+WAITING = (DEFERRED, *POSTPONED)
 
 METADATA_REMOVALS = (
     "corrupt_image",  # the downloaded bytes do not decode

@@ -45,11 +45,12 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..core import ledger, storage
-from ..core.address_guard import ALLOWED_ENV, BLOCKED_STATUSES, PROXY_ENV
+from ..core.address_guard import ALLOWED_ENV, BLOCKED_STATUSES, HOSTS_ENV, PROXY_ENV
 from ..core.config import PlatformConfig
-from ..core.layout import PoolLayout, partition_name, pools_dir
+from ..core.layout import PoolLayout, host_rules_dir, partition_name, pools_dir
 from ..core.schema import in_subset, read_subset, scale_key, uid_strings_to_array
 from ..core.stats import Counters, StageStats
+from .polite_fetch import user_agent
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,9 @@ SHARD_FILES = (".tar", ".parquet", "_stats.json")
 
 # what run_download counts: each URL's status, and the partition's totals
 COUNTERS = Counters.of(STAGE, ("urls", "attempted", "downloaded", ledger.DEFERRED, ledger.HASH_MISMATCH,
-                               *ledger.DOWNLOAD_FAILURES))
+                               *ledger.POSTPONED, *ledger.DOWNLOAD_FAILURES,
+                               # the hosts' rules (host_rules.py): origins judged, fetched now, from the cache, requests
+                               "hosts", "rules_fetched", "rules_cached", "rules_requests"))
 # a published pool's URL part (pool/published.py): the boxes img2dataset blurs, the hash the bytes must have
 BBOX_COLUMN, HASH_COLUMN = "face_bboxes", "sha256"
 
@@ -85,7 +88,9 @@ def classify_failure(message: str | None, i2d_status: str) -> str:
     blocked = _BLOCKED.search(msg)
     if blocked:
         return blocked.group(1)
-    if msg.startswith(("invalid_url:", "unsupported_image:")):  # url_fetch's and image_decode's refusals
+    # url_fetch's, image_decode's and polite_fetch's refusals
+    if msg.startswith(("invalid_url:", "unsupported_image:", "host_paused:", "tdm_reserved:", "disallowed_robots:",
+                       "robots_unavailable:")):
         return msg.split(":", 1)[0]
     if "x-robots-tag" in msg:
         return "opted_out"
@@ -194,8 +199,21 @@ def img2dataset_kwargs(url_list: str, output_folder: str, config: PlatformConfig
     )
 
 
+def polite_settings(config: PlatformConfig, pool: PoolLayout, tmp: str) -> dict:
+    """What the runner screens and paces the partition's hosts by (host_rules.py, polite_fetch.py), and
+    where it writes the URLs to download, those decided without a request, and what the rules cost."""
+    dl = config.download
+    return {"robots_txt": dl.robots_txt, "tdmrep": dl.tdmrep, "cache_dir": host_rules_dir(pool.root),
+            "user_agent": user_agent(dl.user_agent_token, dl.contact_url), "agent": dl.user_agent_token,
+            "timeout": dl.timeout, "max_age_s": dl.rules_max_age_hours * 3600, "threads": dl.thread_count,
+            "per_host_rps": dl.per_host_rps, "connections": dl.per_host_connections,
+            "retry_after_max_s": dl.retry_after_max_s, "backoff_max_s": dl.host_backoff_max_s,
+            "urls": storage.join(tmp, "_input", "screened.parquet"),
+            "decisions": storage.join(tmp, "decided.parquet"), "report": storage.join(tmp, "rules.json")}
+
+
 def _run_img2dataset(partition: Partition, url_list: str, out_dir: str, config: PlatformConfig,
-                     blur_faces: bool) -> None:
+                     blur_faces: bool, pool: PoolLayout, tmp: str) -> None:
     dl = config.download
     if partition.first_shard > 0:
         # img2dataset's "extend" mode numbers new shards after the highest existing
@@ -206,6 +224,7 @@ def _run_img2dataset(partition: Partition, url_list: str, out_dir: str, config: 
     else:
         storage.makedirs(out_dir)
     kwargs = img2dataset_kwargs(url_list, out_dir, config, blur_faces) | {"incremental_mode": "extend"}
+    job = {"img2dataset": kwargs, "polite": polite_settings(config, pool, tmp)}
     env = dict(os.environ)
     # OpenCV refuses to decode beyond this many pixels: a bomb costs no memory.
     env.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(2 * dl.max_image_area))
@@ -213,6 +232,7 @@ def _run_img2dataset(partition: Partition, url_list: str, out_dir: str, config: 
     env.setdefault("WANDB_MODE", "disabled")
     env[ALLOWED_ENV] = json.dumps(list(dl.allowed_private_addresses))
     env[PROXY_ENV] = dl.proxy  # the runner drops the environment's own proxies (download_runner.py)
+    env[HOSTS_ENV] = json.dumps(list(dl.host_addresses))
     # a child interpreter of its own: img2dataset's workers are spawned, and spawn re-runs the parent's
     # __main__ (in Airflow, the airflow CLI, which must not start up inside a task); the runner's
     # __main__ installs the address guard in each of them.
@@ -220,7 +240,7 @@ def _run_img2dataset(partition: Partition, url_list: str, out_dir: str, config: 
     # process dies (download_runner's parent-death signal: kill -9 too, and the SIGKILL with which Airflow's
     # supervisor ends a task), and this call kills it whenever it ends (Ctrl-C, which the terminal no longer
     # sends to the group; a task's execution_timeout), so no runner outlives the attempt that started it.
-    proc = subprocess.Popen([sys.executable, "-m", "datacomp_ops.download.runner", json.dumps(kwargs),
+    proc = subprocess.Popen([sys.executable, "-m", "datacomp_ops.download.runner", json.dumps(job),
                              str(os.getpid())], env=env, start_new_session=True)
     try:
         returncode = proc.wait()
@@ -312,7 +332,7 @@ def run_download(partition: Partition, pool: PoolLayout, config: PlatformConfig,
     published = HASH_COLUMN in todo.column_names and BBOX_COLUMN in todo.column_names
     i2d_dir = storage.join(tmp, "out")
     if url_list:
-        _run_img2dataset(partition, url_list, i2d_dir, config, blur_faces=published)
+        _run_img2dataset(partition, url_list, i2d_dir, config, published, pool, tmp)
 
     stats = StageStats(STAGE)
     attempt_of = dict(zip(todo["uid"].to_pylist(), todo["attempt"].to_pylist()))
@@ -338,7 +358,7 @@ def run_download(partition: Partition, pool: PoolLayout, config: PlatformConfig,
             urls.append(url)
             statuses.append(status)
             messages.append(None if status == "downloaded" else message)
-            attempts.append(attempt_of.get(uid))
+            attempts.append(attempt_of.get(uid) - (status in ledger.POSTPONED))  # a host's pause is no attempt
             stats.add(status)
         if dropped:
             _drop_from_shard(storage.join(i2d_dir, f"{shard_id:08d}.tar"), dropped, "hash_mismatch_dropped")
@@ -351,6 +371,23 @@ def run_download(partition: Partition, pool: PoolLayout, config: PlatformConfig,
         messages.append(why)
         attempts.append(attempt - 1)  # not tried this time
         stats.add(ledger.DEFERRED)
+    polite = polite_settings(config, pool, tmp)
+    decided_rows = []
+    if url_list and storage.exists(polite["decisions"]):  # decided by their hosts' rules, never requested
+        with storage.open_file(polite["decisions"]) as f:
+            decided = pq.read_table(f).to_pydict()
+        decided_rows = decided["uid"]
+        for uid, url, status, message in zip(decided["uid"], decided["url"], decided["status"], decided["message"]):
+            uids.append(uid)
+            urls.append(url)
+            statuses.append(status)
+            messages.append(message)
+            attempts.append(attempt_of[uid] - (status in ledger.POSTPONED))
+            stats.add(status)
+        report = storage.read_json(polite["report"])
+        for key, counter in (("origins", "hosts"), ("fetched", "rules_fetched"), ("cached", "rules_cached"),
+                             ("requests", "rules_requests")):
+            stats.add(counter, report[key])
     table = ledger.make_part(STAGE, uids, urls, statuses, messages, attempts, partition.path)
     input_uids = todo["uid"].to_pylist() + deferred["uid"].to_pylist()
     ledger.check_accounts_for(table, input_uids, where=f"download of {partition.path}")
@@ -359,7 +396,7 @@ def run_download(partition: Partition, pool: PoolLayout, config: PlatformConfig,
     # (a requeue part) failing again says nothing about the hosts being down now.
     first = {u for u, a in attempt_of.items() if a == 1}
     transient = Counter(s for u, s in zip(uids, statuses) if s in ledger.TRANSIENT_FAILURES and u in first)
-    tried = todo.num_rows
+    tried = len(uids) - len(deferred) - len(decided_rows)  # handed to img2dataset after the hosts' rules
     if first and sum(transient.values()) > config.download.max_transient_fraction * len(first):
         detail = ", ".join(f"{k} {v}" for k, v in transient.most_common())
         if not last_try:

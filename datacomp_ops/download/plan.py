@@ -81,7 +81,7 @@ def scale_key_limit(config: PlatformConfig, total_urls: int, current: pa.Table) 
         return 1.0
     needed = pool_sizes(config)[config.scale]
     counts = ledger.counts(current) if current.num_rows else {}
-    undecided = set(ledger.TRANSIENT_FAILURES) | {ledger.DEFERRED, "downloaded"}
+    undecided = set(ledger.TRANSIENT_FAILURES) | set(ledger.WAITING) | {"downloaded"}
     decided = sum(n for s, n in counts.items() if s not in undecided)
     kept_fraction = counts.get("kept", 0) / decided if decided >= _MIN_FOR_YIELD else config.publish.expected_yield
     limit = config.publish.scale_margin * needed / (max(kept_fraction, 1e-3) * total_urls)
@@ -96,7 +96,7 @@ def _retriable(current: pa.Table, attempts: dict[str, int], config: PlatformConf
     transient = pc.is_in(status, pa.array(ledger.TRANSIENT_FAILURES))
     tries = pa.array([attempts.get(u, 0) for u in current["uid"].to_pylist()], pa.int32())
     again = pc.or_(pc.and_(transient, pc.less(tries, config.download.max_attempts)),
-                   pc.equal(status, ledger.DEFERRED))
+                   pc.is_in(status, pa.array(ledger.WAITING)))
     candidates = current.filter(again)
     if limit < 1.0 and candidates.num_rows:
         candidates = candidates.filter(pa.array(key_fraction(candidates["uid"]) < limit))

@@ -1,6 +1,11 @@
-"""img2dataset in a process of its own, every connection guarded (datacomp_ops.core.address_guard).
+"""img2dataset in a process of its own, every connection guarded (datacomp_ops.core.address_guard),
+every host asked first and paced (host_rules.py, polite_fetch.py).
 
-Run as ``python -m datacomp_ops.download.runner KWARGS_JSON``. The guard is installed at
+Run as ``python -m datacomp_ops.download.runner JOB_JSON PARENT_PID``: JOB is ``{"img2dataset": its
+kwargs, "polite": settings}``. The partition's URLs are screened by their hosts' robots.txt and TDMRep
+first (those decided without a request are written to ``polite["decisions"]``,
+what the screening cost to ``polite["report"]``), the others downloaded from ``polite["urls"]``, hosts
+interleaved, through per-host gates. The guard is installed at
 this module's top level, before img2dataset starts its download processes, which fork
 from this one and so inherit it (were they spawned, they would run this top level again
 as ``__mp_main__`` and install it themselves). The allowed addresses come in
@@ -30,11 +35,12 @@ if _dropped:
         "each URL's own host; %s", ", ".join(_dropped),
         "it uses download.proxy" if _proxy else "set download.proxy to download through a proxy")
 address_guard.install(json.loads(os.environ.get(address_guard.ALLOWED_ENV) or "[]")
-                      + address_guard.endpoint_allowances(os.environ.get("AWS_ENDPOINT_URL")), proxy=_proxy)
+                      + address_guard.endpoint_allowances(os.environ.get("AWS_ENDPOINT_URL")), proxy=_proxy,
+                      pinned=json.loads(os.environ.get(address_guard.HOSTS_ENV) or "[]"))
 
 
-# Run as ``python -m datacomp_ops.download.runner KWARGS_JSON PARENT_PID`` (download.py), the runner dies
-# with that parent and takes its download processes along.
+# Started by partition.py with its own pid as PARENT_PID, the runner dies with that parent and takes its
+# download processes along.
 
 
 def _kill_group(signum=None, frame=None) -> None:
@@ -83,6 +89,29 @@ class _WithoutTorch:
         return None
 
 
+def _screen(url_list: str, polite: dict):
+    """The partition's URLs screened by their hosts' rules; the decisions and the report written for
+    partition.py, the URLs to download written where img2dataset reads them."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from ..core import storage
+    from . import host_rules
+
+    with storage.open_file(url_list) as f:
+        table = pq.read_table(f)
+    screened = host_rules.screen(table, polite)
+    decided = pa.table({k: pa.array([d[i] for d in screened.decided], pa.string())
+                        for i, k in enumerate(("uid", "url", "status", "message"))})
+    with storage.atomic_write(polite["decisions"]) as f:
+        pq.write_table(decided, f)
+    storage.write_json(polite["report"], screened.report)
+    if screened.todo.num_rows:
+        with storage.atomic_write(polite["urls"]) as f:
+            pq.write_table(screened.todo, f)
+    return screened
+
+
 if __name__ == "__main__":
     import multiprocessing
 
@@ -96,8 +125,16 @@ if __name__ == "__main__":
     # 10,000-URL partition's ~20 s on 2 cores. Forked, they start with this process's imports and guard.
     distributor.get_context = lambda method=None: multiprocessing.get_context("fork")
     # URLs requested as browsers encode them, deep and rotated images published as seen (the modules say why)
-    from . import image_decode, url_fetch
+    from . import image_decode, polite_fetch, url_fetch
 
     image_decode.install()
-    url_fetch.install()
-    download(**json.loads(sys.argv[1]))
+    job = json.loads(sys.argv[1])
+    kwargs, polite = job["img2dataset"], job["polite"]
+    screened = _screen(kwargs["url_list"], polite)
+    if not screened.todo.num_rows:
+        sys.exit(0)  # every URL decided by its host's rules: nothing to download
+    kwargs["url_list"] = polite["urls"]
+    # before img2dataset forks its processes: the gates live in memory they share
+    polite_fetch.install(screened, polite)
+    url_fetch.install()  # over polite_fetch's fetch: the URL is encoded before its host is asked
+    download(**kwargs)

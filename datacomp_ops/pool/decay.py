@@ -46,9 +46,9 @@ def given_urls(url_parts: list[str]) -> pa.Table:
 
 
 def _pending_mask(table: pa.Table, held: tuple[str, ...], max_attempts: int) -> pa.Array:
-    """Rows not decided yet: deferred, downloaded but not through a later stage that decides, or failed
-    transiently with attempts left (a later run tries them again)."""
-    waiting = pc.is_in(table["status"], pa.array([ledger.DEFERRED] + ([] if "downloaded" in held else ["downloaded"])))
+    """Rows not decided yet: deferred or postponed (their host), downloaded but not through a later stage
+    that decides, or failed transiently with attempts left (a later run tries them again)."""
+    waiting = pc.is_in(table["status"], pa.array(list(ledger.WAITING) + ([] if "downloaded" in held else ["downloaded"])))
     transient = pc.is_in(table["status"], pa.array(list(ledger.TRANSIENT_FAILURES)))
     retried = pc.and_(transient, pc.less(pc.fill_null(table["attempt"], 0), max_attempts))
     return pc.or_(waiting, retried)

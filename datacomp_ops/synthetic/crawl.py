@@ -29,6 +29,7 @@ from ..core.schema import compute_uid
 from ..embedded.captions import LANGUAGES, PHOTO_CAPTIONS, TEMPLATES, translate
 from ..embedded.images import CLASSES, EVAL_VARIANTS, FACE_PHOTOS, PHOTOS
 from .evalsuite import EVAL_IMAGES, class_at
+from .hosts import expected_status, host_base
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +144,9 @@ class CrawlSpec:
     first_image: int = 0
     # pairs of the previous crawl that this one links again, as a fraction of its own
     repeat_fraction: float = 0.0
+    # 0: every page and image on base_url's host; N: each page and its images on one of N hosts of the
+    # synthetic web (hosts.py: their robots.txt, TDMRep and rate limits decide some URLs' fates)
+    hosts: int = 0
 
 
 # The final status of a downloaded sample of each kind after the pool stages;
@@ -304,7 +308,8 @@ def generate_crawl(out_dir: str | Path, spec: CrawlSpec, progress: Callable[[int
                 f.write(bytes(broken))
             while i < end:
                 page_no += 1
-                page_url = f"{base}/site/{spec.first_image + page_no}/page.html"
+                site = host_base(base, (spec.first_image + page_no) % spec.hosts) if spec.hosts else base
+                page_url = f"{site}/site/{spec.first_image + page_no}/page.html"
                 links: list[dict] = []
                 for _ in range(min(int(rng.integers(1, 9)), end - i)):
                     if seen and rng.random() < 0.03:  # the same pair on another page: a uid duplicate
@@ -325,26 +330,27 @@ def generate_crawl(out_dir: str | Path, spec: CrawlSpec, progress: Callable[[int
                         kind, source_path, text, original = originals[int(rng.integers(len(originals)))]
                         path = f"/cdn/{spec.first_image + i}{source_path}"
                     elif kind in CONTENT:
-                        originals.append((kind, path, text, compute_uid(text, f"{base}{path}")))
+                        originals.append((kind, path, text, compute_uid(text, f"{site}{path}")))
                     style = rng.random()
                     if style < 0.4:
-                        link_url = f"{base}{path}"
+                        link_url = f"{site}{path}"
                     elif style < 0.7:
                         link_url = path
                     else:
                         link_url = "../.." + path
-                    url = f"{base}{path}"
+                    url = f"{site}{path}"
                     uid = compute_uid(text, url)
+                    status = expected_status(url, KINDS[kind][1])  # its host's rules first
                     truth["uid"].append(uid)
                     truth["url"].append(url)
                     truth["text"].append(text)
                     truth["kind"].append(kind)
-                    truth["expected_status"].append(KINDS[kind][1])
-                    truth["expected_final"].append(expected_final(kind))
+                    truth["expected_status"].append(status)
+                    truth["expected_final"].append(expected_final(kind) if status == KINDS[kind][1] else status)
                     truth["has_face"].append(any(f"/img/photo/{name}/" in path for name in FACE_PHOTOS))
                     truth["first_crawl"].append(spec.crawl_id)
                     truth["near_duplicate_of"].append(original)
-                    seen.append((link_url, text))
+                    seen.append((url if spec.hosts else link_url, text))  # a relative link: its own page's host
                     links.append({"path": "IMG@/src", "url": link_url, "alt": text})
                     i += 1
                 # links the extractor must drop

@@ -22,6 +22,11 @@ at DataComp's resolution, scaled to the miniature model's (`images.at_model_scal
     /missing/... /error/...                 404 and 500
     /html/...                               an HTML page where an image was promised
     /bomb/...                               a decompression-bomb PNG
+    /robots.txt, /.well-known/tdmrep.json   what the requested host (its Host header) says: hosts.py
+
+The server answers for every name of the synthetic web's hosts (hosts.py: s000.synthetic.test...), told
+apart by the Host header, each with its robots.txt, tdmrep.json, TDM header and rate limit; it logs
+every request with its arrival time, host and answer (`host_log`).
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Iterator
 
 from ..embedded import images
-from . import evalsuite
+from . import evalsuite, hosts
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +105,7 @@ class _Handler(BaseHTTPRequestHandler):
         log.debug(fmt, *args)
 
     def _send(self, status: int, body: bytes, content_type: str, headers: dict | None = None, length: int | None = None) -> None:
+        self.answered = status
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body) if length is None else length))
@@ -109,14 +115,38 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        arrival = time.time()
         self.server.requests_served += 1  # under the GIL; read only as a rate
-        self.server.request_log.append((time.time(), self.path))  # list.append is atomic under the GIL
+        self.server.request_log.append((arrival, self.path))  # list.append is atomic under the GIL
+        host = (self.headers.get("Host") or "").split(":")[0].lower()
+        self.answered = None
+        try:
+            self._answer(host, hosts.policy(host))
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client gave up (timeouts) before the answer: nothing to answer
+        finally:
+            self.server.host_log.append((arrival, host, self.path, self.answered))
+
+    def _answer(self, host: str, rules: "hosts.HostPolicy") -> None:
         path = self.path.split("?", 1)[0]
         head, _, rest = path.lstrip("/").partition("/")
         render = self.server.render
+        if rules.rate_limit and not self.server.admit(host, rules.rate_limit):
+            self._send(429, b"too many requests", "text/plain", headers={"Retry-After": str(hosts.RETRY_AFTER_S)})
+            return
         try:
-            if head == "img":
-                self._send(200, *render(path))
+            if path == "/robots.txt":
+                if rules.robots_hangs:
+                    time.sleep(self.server.hang_seconds)
+                if rules.robots is None:
+                    raise NotFound(path)
+                self._send(200, rules.robots.encode(), "text/plain")
+            elif path == "/.well-known/tdmrep.json":
+                if rules.tdmrep is None:
+                    raise NotFound(path)
+                self._send(200, rules.tdmrep.encode(), "application/json")
+            elif head == "img":
+                self._send(200, *render(path), headers={"tdm-reservation": "1"} if rules.tdm_header else None)
             elif head == "cdn":
                 self._send(200, *render("/" + rest.partition("/")[2]))
             elif head == "redirect":
@@ -173,8 +203,28 @@ class SyntheticImageServer(ThreadingHTTPServer):
         self.requests_served = 0
         # (arrival time, path) of every request: tests check what a download asked for
         self.request_log: list[tuple[float, str]] = []
+        # (arrival time, host, path, status answered) of every request: what each host saw, and when
+        self.host_log: list[tuple[float, str, str, int | None]] = []
+        self._rate_lock = threading.Lock()
+        self._arrivals: dict[str, list[float]] = {}  # a rate-limited host's arrivals in its last second
+        self._paused_until: dict[str, float] = {}
         # benchmarks keep every image made: timed downloads then measure the client, not the renderer
         self.render = functools.lru_cache(maxsize=None)(render) if cache_images else render
+
+    def admit(self, host: str, per_second: int) -> bool:
+        """Whether a rate-limited host serves a request now: under `per_second` in the last second and not
+        paused; a request over the limit pauses it for its Retry-After."""
+        with self._rate_lock:
+            now = time.monotonic()
+            if self._paused_until.get(host, 0.0) > now:
+                return False
+            recent = [t for t in self._arrivals.get(host, []) if now - t < 1.0]
+            if len(recent) >= per_second:
+                self._paused_until[host] = now + hosts.RETRY_AFTER_S
+                self._arrivals[host] = recent
+                return False
+            self._arrivals[host] = recent + [now]
+            return True
 
     @property
     def base_url(self) -> str:

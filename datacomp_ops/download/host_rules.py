@@ -1,0 +1,360 @@
+"""What each host says about being downloaded from, read before any of its images is requested.
+
+Per origin (scheme, host, port): its robots.txt for the platform's user agent (RFC 9309, parsed by
+Protego, Scrapy's parser: wildcards, ``$``, the longest match wins, Crawl-delay) and its TDMRep
+declaration (W3C TDM Reservation Protocol: ``/.well-known/tdmrep.json``, an array of rules
+``{"location": path pattern, "tdm-reservation": 0|1, "tdm-policy": URL}``, the first rule whose
+location matches a path applies; the ``tdm-reservation`` response header is checked at download,
+polite_fetch.py).
+
+How a fetch is read (RFC 9309 section 2.3.1): a 2xx body is the rules; a 4xx other than 429 means
+there are none (everything allowed); a 5xx, a 429, a timeout or a network error means the host
+cannot be judged now: its URLs are ``robots_unavailable``, postponed to a later run, never requested.
+A 3xx is followed by urllib (up to 10 hops, each through the address guard). The body is read up to
+500 KiB (the RFC's minimum a crawler must parse).
+
+What a URL's host says decides it before the download: ``disallowed_robots`` and ``tdm_reserved``
+(permanent: never requested), ``robots_unavailable`` (postponed), or nothing (it is downloaded, paced
+by polite_fetch.py at the host's rate, its Crawl-delay where that is slower).
+
+The answers are cached on the storage root, one small JSON per origin under ``hosts/rules/``, with
+their fetch time: a run fetches a host's files once, later partitions and runs read the cache until
+it is older than ``download.rules_max_age_hours`` (an unreachable host's after an hour).
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import logging
+import re
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from typing import Iterable
+from urllib.parse import urlsplit
+
+import pyarrow as pa
+
+log = logging.getLogger(__name__)
+
+DISALLOWED = "disallowed_robots"
+RESERVED = "tdm_reserved"
+UNAVAILABLE = "robots_unavailable"
+
+ROBOTS_PATH = "/robots.txt"
+TDMREP_PATH = "/.well-known/tdmrep.json"
+MAX_BYTES = 500 * 1024
+UNREACHABLE_TTL_S = 3600.0
+
+# requests to a host leave this much further apart than its pace asks (polite_fetch.py): the way to the
+# host adds jitter and a host counts arrivals, so requests paced exactly at the limit could arrive one too
+# many in some second
+PACE_MARGIN = 1.1
+
+# a fetch's outcome: the body to read, no rules at all, or no answer now
+FOUND, NONE, UNREACHABLE = "found", "none", "unreachable"
+
+
+def origin_of(url: str) -> str | None:
+    """``scheme://host[:port]`` of an http(s) URL, lower-cased, the default port left out; None for what no
+    request is made for (url_fetch refuses those unfetched)."""
+    try:
+        parts = urlsplit(url.strip())
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        return None
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https") or not host:
+        return None
+    default = 80 if scheme == "http" else 443
+    host = f"[{host}]" if ":" in host else host
+    return f"{scheme}://{host}" + (f":{port}" if port and port != default else "")
+
+
+def host_of(origin: str) -> str:
+    return urlsplit(origin).netloc
+
+
+@dataclass
+class Fetched:
+    """One well-known file of an origin as fetched: FOUND with its body, NONE, or UNREACHABLE with why."""
+
+    outcome: str
+    body: str = ""
+    status: int | None = None
+    why: str = ""
+
+
+@dataclass
+class HostRules:
+    origin: str
+    fetched_at: float
+    robots: Fetched
+    tdmrep: Fetched
+    _parsed: object = field(default=None, repr=False, compare=False)
+
+    def fresh(self, now: float, max_age_s: float) -> bool:
+        unreachable = UNREACHABLE in (self.robots.outcome, self.tdmrep.outcome)
+        return now - self.fetched_at < (min(max_age_s, UNREACHABLE_TTL_S) if unreachable else max_age_s)
+
+    def to_json(self) -> dict:
+        return {"origin": self.origin, "fetched_at": self.fetched_at,
+                "fetched": datetime.datetime.fromtimestamp(self.fetched_at, datetime.timezone.utc)
+                .isoformat(timespec="seconds"),
+                "robots": asdict(self.robots), "tdmrep": asdict(self.tdmrep)}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "HostRules":
+        return cls(data["origin"], float(data["fetched_at"]), Fetched(**data["robots"]), Fetched(**data["tdmrep"]))
+
+
+def _robots_parser(rules: HostRules):
+    """The origin's robots.txt parsed, once."""
+    from protego import Protego
+
+    if rules._parsed is None:
+        rules._parsed = Protego.parse(rules.robots.body if rules.robots.outcome == FOUND else "")
+    return rules._parsed
+
+
+# -- TDMRep ------------------------------------------------------------------------------------------------
+
+
+def _pattern(location: str) -> re.Pattern:
+    """A TDMRep location as robots.txt path patterns read: ``*`` any run of characters, a final ``$`` the end."""
+    anchored = location.endswith("$")
+    body = re.escape(location[:-1] if anchored else location).replace(r"\*", ".*")
+    return re.compile(body + ("$" if anchored else ""))
+
+
+def tdm_rules(rules: HostRules) -> list[tuple[re.Pattern, int, str]]:
+    """(location pattern, reservation, policy) of the origin's tdmrep.json; [] when it has none or it is not
+    TDMRep's JSON (a declaration that cannot be read reserves nothing: logged)."""
+    if rules.tdmrep.outcome != FOUND:
+        return []
+    try:
+        data = json.loads(rules.tdmrep.body)
+        out = []
+        for rule in data if isinstance(data, list) else []:
+            location = rule.get("location")
+            if isinstance(location, str) and location.startswith("/"):
+                out.append((_pattern(location), int(rule.get("tdm-reservation", 0)), str(rule.get("tdm-policy", ""))))
+        return out
+    except (ValueError, TypeError, AttributeError) as exc:
+        log.warning("%s%s is not TDMRep's JSON (%s): read as no reservation", rules.origin, TDMREP_PATH, exc)
+        return []
+
+
+# -- deciding a URL ------------------------------------------------------------------------------------------
+
+
+def _path(url: str) -> str:
+    parts = urlsplit(url.strip())
+    return (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+
+
+def decide(rules: HostRules, url: str, agent: str, tdm: list | None = None) -> tuple[str | None, str]:
+    """(status, why) of `url` by its origin's rules: DISALLOWED, RESERVED, UNAVAILABLE, or (None, "")."""
+    if rules.robots.outcome == UNREACHABLE:
+        return UNAVAILABLE, f"{rules.origin}{ROBOTS_PATH} could not be fetched ({rules.robots.why}): the host is " \
+                            f"tried again by a later run"
+    if rules.tdmrep.outcome == UNREACHABLE:
+        return UNAVAILABLE, f"{rules.origin}{TDMREP_PATH} could not be fetched ({rules.tdmrep.why}): the host is " \
+                            f"tried again by a later run"
+    if rules.robots.outcome == FOUND and not _robots_parser(rules).can_fetch(url, agent):
+        return DISALLOWED, f"{rules.origin}{ROBOTS_PATH} disallows it for {agent}"
+    path = _path(url)
+    for pattern, reservation, policy in tdm if tdm is not None else tdm_rules(rules):
+        if pattern.match(path):
+            if reservation == 1:
+                return RESERVED, f"{rules.origin}{TDMREP_PATH} reserves TDM rights for {pattern.pattern}" + \
+                                 (f" (policy {policy})" if policy else "")
+            break
+    return None, ""
+
+
+def crawl_delay(rules: HostRules, agent: str) -> float | None:
+    """Seconds between requests the host's robots.txt asks of `agent` (Crawl-delay, or Request-rate)."""
+    if rules.robots.outcome != FOUND:
+        return None
+    parser = _robots_parser(rules)
+    delay = parser.crawl_delay(agent)
+    rate = parser.request_rate(agent)
+    if rate is not None and rate.requests:
+        delay = max(delay or 0.0, rate.seconds / rate.requests)
+    return float(delay) if delay else None
+
+
+# -- fetching --------------------------------------------------------------------------------------------------
+
+
+def _get(url: str, user_agent: str, timeout: float) -> Fetched:
+    request = urllib.request.Request(url, headers={"User-Agent": user_agent, "Accept": "*/*"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            body = response.read(MAX_BYTES)
+            return Fetched(FOUND, body.decode("utf-8", "replace"), response.status)
+    except urllib.error.HTTPError as exc:
+        if exc.code == 429 or exc.code >= 500:
+            return Fetched(UNREACHABLE, status=exc.code, why=f"HTTP {exc.code}")
+        return Fetched(NONE, status=exc.code, why=f"HTTP {exc.code}")
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        text = str(reason)
+        if text.startswith("blocked_"):  # the address guard: the host's images are refused the same way
+            return Fetched(NONE, why=text.split(":", 1)[0])
+        return Fetched(UNREACHABLE, why=f"{type(reason).__name__}: {text}"[:200])
+
+
+NOT_ASKED = "not asked"
+
+
+def fetch_rules(origin: str, user_agent: str, timeout: float, robots_txt: bool = True, tdmrep: bool = True,
+                interval: float = 0.0, agent: str = "") -> HostRules:
+    """The origin's robots.txt and tdmrep.json (those asked for), fetched now, `interval` seconds apart (the
+    host's pace; its Crawl-delay for `agent` where robots.txt asks for a longer one)."""
+    robots = _get(origin + ROBOTS_PATH, user_agent, timeout) if robots_txt else Fetched(NONE, why=NOT_ASKED)
+    if tdmrep and robots_txt:
+        delay = crawl_delay(HostRules(origin, 0.0, robots, Fetched(NONE)), agent) or 0.0
+        time.sleep(max(interval, delay))
+    declaration = _get(origin + TDMREP_PATH, user_agent, timeout) if tdmrep else Fetched(NONE, why=NOT_ASKED)
+    if declaration.outcome == FOUND and not declaration.body.lstrip().startswith("["):
+        declaration = Fetched(NONE, status=declaration.status, why="not a JSON array")  # an HTML 'not found' page
+    return HostRules(origin, time.time(), robots, declaration)
+
+
+# -- the cache on the storage root ---------------------------------------------------------------------------
+
+
+def cache_path(cache_dir: str, origin: str) -> str:
+    from ..core import storage
+
+    digest = hashlib.sha1(origin.encode()).hexdigest()
+    safe = re.sub(r"[^A-Za-z0-9.-]+", "_", origin.split("://", 1)[1])[:80]
+    return storage.join(cache_dir, digest[:2], f"{safe}-{digest[:12]}.json")
+
+
+def _read_cached(cache_dir: str, origin: str) -> HostRules | None:
+    from ..core import storage
+
+    path = cache_path(cache_dir, origin)
+    try:
+        return HostRules.from_json(storage.read_json(path)) if storage.exists(path) else None
+    except (ValueError, KeyError, TypeError, OSError):
+        return None  # a torn or foreign file: fetched again
+
+
+@dataclass
+class RulesRun:
+    """The rules of a partition's origins, and what getting them cost."""
+
+    rules: dict[str, HostRules]
+    fetched: int = 0  # origins fetched now (two requests each with TDMRep)
+    cached: int = 0
+    requests: int = 0
+
+
+def _usable(rules: HostRules | None, now: float, max_age_s: float, robots_txt: bool, tdmrep: bool) -> bool:
+    return rules is not None and rules.fresh(now, max_age_s) and not (
+        (robots_txt and rules.robots.why == NOT_ASKED) or (tdmrep and rules.tdmrep.why == NOT_ASKED))
+
+
+def rules_for(origins: Iterable[str], cache_dir: str, user_agent: str, timeout: float, max_age_s: float,
+              robots_txt: bool = True, tdmrep: bool = True, threads: int = 32, interval: float = 0.0,
+              agent: str = "") -> RulesRun:
+    """Every origin's rules: from the cache when fresh, fetched (and cached) otherwise, `threads` origins at
+    once, each origin's two requests `interval` apart (see fetch_rules)."""
+    from ..core import storage
+
+    origins = sorted(set(origins))
+    now = time.time()
+    with ThreadPoolExecutor(max(1, min(threads, len(origins) or 1))) as pool:
+        cached = dict(zip(origins, pool.map(lambda o: _read_cached(cache_dir, o), origins)))
+        stale = [o for o in origins if not _usable(cached[o], now, max_age_s, robots_txt, tdmrep)]
+
+        def fetch(origin: str) -> HostRules:
+            rules = fetch_rules(origin, user_agent, timeout, robots_txt, tdmrep, interval, agent)
+            storage.write_json(cache_path(cache_dir, origin), rules.to_json())
+            return rules
+
+        fetched = dict(zip(stale, pool.map(fetch, stale)))
+    return RulesRun({o: fetched.get(o) or cached[o] for o in origins}, fetched=len(stale),
+                    cached=len(origins) - len(stale), requests=len(stale) * (int(robots_txt) + int(tdmrep)))
+
+
+# -- a partition's URLs screened by their hosts' rules ---------------------------------------------------------
+
+
+@dataclass
+class Screened:
+    """What `screen` decided: the rows to download (hosts interleaved), each host's request interval, and
+    per URL decided without a request its (uid, url, status, why)."""
+
+    todo: pa.Table
+    intervals: dict[str, float]
+    decided: list[tuple[str, str, str, str]]
+    report: dict
+    asked_now: set[str]  # hosts whose rules were fetched just now: their first image waits its turn
+    rules: dict[str, HostRules]  # per origin: what redirects within the partition are judged by
+
+
+def _spread(hosts: list[str]) -> list[int]:
+    """An order of the rows in which each host's rows are spread evenly over the whole list: a host's turn
+    comes back at its share of the list, so a large host does not hold every download thread at once."""
+    seen: dict[str, int] = {}
+    rank = []
+    for host in hosts:
+        rank.append(seen.get(host, 0))
+        seen[host] = rank[-1] + 1
+    keys = [((r + 0.5) / seen[h], i) for i, (h, r) in enumerate(zip(hosts, rank))]
+    return [i for _, i in sorted(keys)]
+
+
+def screen(table: pa.Table, settings: dict) -> Screened:
+    """`table`'s URLs (uid, url, ...) judged by their hosts' rules (`settings`: robots_txt, tdmrep,
+    cache_dir, user_agent, agent, timeout, max_age_s, per_host_rps, threads)."""
+    from .url_fetch import InvalidURL, request_url
+
+    started = time.time()
+    urls = table["url"].to_pylist()
+    origins = []
+    for url in urls:
+        try:
+            origins.append(origin_of(request_url(url)) if isinstance(url, str) else None)
+        except InvalidURL:
+            origins.append(None)  # refused unfetched by the download, with its reason
+    asked = settings["robots_txt"] or settings["tdmrep"]
+    agent = settings["agent"]
+    base = PACE_MARGIN / settings["per_host_rps"] if settings["per_host_rps"] else 0.0
+    run = rules_for([o for o in origins if o], settings["cache_dir"], settings["user_agent"], settings["timeout"],
+                    settings["max_age_s"], settings["robots_txt"], settings["tdmrep"], settings.get("threads", 32),
+                    base, agent) if asked else RulesRun({})
+    tdm = {o: tdm_rules(r) for o, r in run.rules.items()} if settings["tdmrep"] else {}
+    keep, decided, counts = [], [], {}
+    uids = table["uid"].to_pylist()
+    for i, (url, origin) in enumerate(zip(urls, origins)):
+        status, why = None, ""
+        if origin and asked:
+            status, why = decide(run.rules[origin], url, agent, tdm.get(origin, []))
+        if status:
+            decided.append((uids[i], url, status, why))
+            counts[status] = counts.get(status, 0) + 1
+        else:
+            keep.append(i)
+    base = 1.0 / settings["per_host_rps"] if settings["per_host_rps"] else 0.0
+    intervals: dict[str, float] = {}  # seconds between two requests to a host (the gates add PACE_MARGIN)
+    for i in keep:
+        if origins[i]:
+            host = urlsplit(origins[i]).hostname
+            delay = crawl_delay(run.rules[origins[i]], agent) if origins[i] in run.rules else None
+            intervals[host] = max(intervals.get(host, base), delay or 0.0)
+    todo = table.take(pa.array([keep[j] for j in _spread([urlsplit(origins[i]).hostname or "" if origins[i]
+                                                          else "" for i in keep])], pa.int64()))
+    report = {"origins": len(run.rules), "fetched": run.fetched, "cached": run.cached, "requests": run.requests,
+              "decided": counts, "crawl_delayed": sum(1 for v in intervals.values() if v > base)}
+    asked_now = {urlsplit(o).hostname for o, r in run.rules.items() if r.fetched_at >= started}
+    return Screened(todo, intervals, decided, report, asked_now, run.rules)

@@ -1,0 +1,214 @@
+"""Polite downloads: each host's robots.txt and TDMRep read before any of its images is requested, requests
+paced per host across a partition's processes, Retry-After and timeouts listened to; checked from what the
+synthetic web's hosts saw (the server's log)."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import time
+from collections import Counter, defaultdict
+from urllib.parse import urlsplit
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from datacomp_ops.core import ledger, storage
+from datacomp_ops.core.address_guard import PinnedNames
+from datacomp_ops.download import host_rules, polite_fetch
+from datacomp_ops.download.host_rules import FOUND, NONE, UNREACHABLE, Fetched, HostRules
+from datacomp_ops.synthetic import hosts
+
+AGENT = "datacomp-platform"
+
+
+def _rules(robots: str | None = None, tdmrep: str | None = None, robots_outcome: str | None = None) -> HostRules:
+    return HostRules("http://h.test", time.time(),
+                     Fetched(robots_outcome or (FOUND if robots is not None else NONE), robots or ""),
+                     Fetched(FOUND if tdmrep is not None else NONE, tdmrep or ""))
+
+
+def test_robots_txt_is_read_as_rfc_9309_says_for_the_platforms_agent():
+    rules = _rules("User-agent: *\nDisallow: /private/\nAllow: /private/ok/\nDisallow: /*.gif$\n\n"
+                   f"User-agent: {AGENT}\nDisallow: /no-ai/\nDisallow: /private/\nAllow: /private/ok/\n")
+    decide = lambda path: host_rules.decide(rules, f"http://h.test{path}", AGENT)[0]  # noqa: E731
+    # the group of the platform's agent applies, not '*': /*.gif$ is not in it
+    assert [decide(p) for p in ("/a.jpg", "/no-ai/a.jpg", "/private/a.jpg", "/private/ok/a.jpg", "/x.gif")] == \
+        [None, "disallowed_robots", "disallowed_robots", None, None]
+    assert host_rules.decide(rules, "http://h.test/no-ai/a.jpg", "otherbot")[0] is None
+    assert host_rules.decide(rules, "http://h.test/x.gif", "otherbot")[0] == "disallowed_robots"  # '*': the longest match
+    # 4xx: no rules; 5xx or a timeout: the host is tried later, none of its URLs requested now
+    assert host_rules.decide(_rules(robots_outcome=NONE), "http://h.test/no-ai/a", AGENT)[0] is None
+    why = host_rules.decide(_rules(robots_outcome=UNREACHABLE), "http://h.test/a", AGENT)
+    assert why[0] == "robots_unavailable" and "tried again by a later run" in why[1]
+    assert host_rules.crawl_delay(_rules("User-agent: *\nCrawl-delay: 2\n"), AGENT) == 2.0
+
+
+def test_tdmrep_reserves_what_its_first_matching_rule_says():
+    rules = _rules(tdmrep=json.dumps([{"location": "/free/*", "tdm-reservation": 0},
+                                      {"location": "/*.jpg$", "tdm-reservation": 1, "tdm-policy": "https://p"},
+                                      {"location": "/", "tdm-reservation": 0}]))
+    decide = lambda path: host_rules.decide(rules, f"http://h.test{path}", AGENT)  # noqa: E731
+    assert decide("/free/a.jpg")[0] is None and decide("/b.png")[0] is None
+    status, why = decide("/img/b.jpg")
+    assert status == "tdm_reserved" and "policy https://p" in why
+    # a declaration that is not TDMRep's JSON reserves nothing (and a fetch never takes an HTML page for one)
+    assert host_rules.decide(_rules(tdmrep="{not json"), "http://h.test/a.jpg", AGENT)[0] is None
+
+
+def test_origins_retry_after_and_pinned_names():
+    assert host_rules.origin_of("HTTP://Img.Example.COM:80/a.jpg") == "http://img.example.com"
+    assert host_rules.origin_of("https://img.example.com:8443/a") == "https://img.example.com:8443"
+    assert host_rules.origin_of("ftp://x/a") is None and host_rules.origin_of("not a url") is None
+    assert polite_fetch.retry_after("120") == 120.0
+    assert 59 <= polite_fetch.retry_after(time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(time.time() + 60))) <= 61
+    assert polite_fetch.retry_after("soon") is None and polite_fetch.retry_after(None) is None
+    pinned = PinnedNames(["*.synthetic.test=127.0.0.1", "img.example.org=10.0.0.7"])
+    assert pinned.address("S001.synthetic.test") == "127.0.0.1" and pinned.address("img.example.org") == "10.0.0.7"
+    assert pinned.address("synthetic.test.evil.com") is None and pinned.address("example.org") is None
+    for bad in ("*=127.0.0.1", "a.b=not-an-ip", "a.*.b=127.0.0.1", "no-address"):
+        with pytest.raises(ValueError):
+            PinnedNames([bad])
+
+
+def _hammer(gates, host, n, out):
+    import threading
+
+    def one():
+        for _ in range(n):
+            assert gates.acquire(host) is None
+            out.put(time.monotonic())
+            time.sleep(0.005)  # a request
+            gates.release(host, "answer")
+
+    threads = [threading.Thread(target=one) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
+def test_a_hosts_pace_and_connections_hold_across_forked_processes_and_their_threads():
+    gates = polite_fetch.HostGates({"a.test": 0.05, "b.test": 0.0}, connections=2, retry_after_max_s=10,
+                                   backoff_max_s=4)
+    ctx = multiprocessing.get_context("fork")
+    out = ctx.Queue()
+    procs = [ctx.Process(target=_hammer, args=(gates, "a.test", 5, out)) for _ in range(2)]  # 2 x 4 threads x 5
+    for p in procs:
+        p.start()
+    times = sorted(out.get(timeout=30) for _ in range(40))
+    for p in procs:
+        p.join()
+    gaps = [b - a for a, b in zip(times, times[1:])]
+    assert min(gaps) >= 0.05 * host_rules.PACE_MARGIN - 0.002, min(gaps)
+    # a pause: the host's URLs are refused at once, other hosts go on; a timeout streak backs off that host alone
+    assert gates.acquire("b.test") is None
+    gates.release("b.test", "pause", 30.0)
+    assert gates.acquire("b.test").startswith("host_paused: b.test asked to wait 30 s (Retry-After; paused 10 s)")
+    assert gates.paused_until[gates.index["b.test"]] - time.monotonic() <= 10  # capped: retry_after_max_s
+    for _ in range(3):
+        assert gates.acquire("a.test") is None
+        gates.release("a.test", "timeout")
+    start = time.monotonic()
+    assert gates.acquire("a.test") is None  # waited 2 s: the third timeout in a row
+    assert time.monotonic() - start >= 1.9
+    gates.release("a.test", "answer")
+
+
+def test_a_partition_is_spread_so_that_a_large_hosts_urls_come_back_at_its_share():
+    order = host_rules._spread(["big"] * 6 + ["small"] * 2)
+    picked = ["big" if i < 6 else "small" for i in order]
+    assert picked.count("small") == 2 and picked.index("small") <= 2 and picked[::-1].index("small") <= 2
+
+
+def _windows(times: list[float], width: float = 1.0) -> int:
+    """The most arrivals in any window of `width` seconds."""
+    times, most, j = sorted(times), 0, 0
+    for i, t in enumerate(times):
+        while times[j] <= t - width:
+            j += 1
+        most = max(most, i - j + 1)
+    return most
+
+
+@pytest.mark.slow
+def test_a_crawl_over_many_hosts_keeps_to_every_hosts_rules_pace_and_pauses(tmp_path, image_server):
+    """A crawl over 40 hosts of the synthetic web (hosts.py: robots.txt rules, a TDMRep reservation, the TDM
+    header, a rate-limited host answering 429 Retry-After, a robots.txt that times out, a Crawl-delay):
+    from the server's log, no URL that robots.txt disallows or tdmrep.json reserves was requested, no host saw
+    more than its pace in any second, a host that said Retry-After saw nothing until then, and after the
+    later runs that retry what was postponed every URL's status is the crawl's truth."""
+    from datacomp_ops.core import versions
+    from datacomp_ops.core.config import load_config
+    from datacomp_ops.core.layout import PoolLayout
+    from datacomp_ops.download.partition import Partition, run_download
+    from datacomp_ops.download.plan import current_statuses, write_requeue
+    from datacomp_ops.synthetic.crawl import CrawlSpec, generate_crawl
+
+    summary = generate_crawl(tmp_path / "crawl", CrawlSpec(n_urls=700, seed=3, base_url=image_server.base_url,
+                                                           urls_per_file=700, hosts=40, faults=False))
+    truth = pq.read_table(summary["truth"])
+    rps = 12  # above the rate-limited hosts' 8 a second: they answer 429 with Retry-After
+    config = load_config(overrides={
+        "storage_root": str(tmp_path / "root"), "download.host_addresses": [hosts.PINNED],
+        "download.per_host_rps": rps, "download.per_host_connections": 2, "download.timeout": 3,
+        "download.retries": 0, "download.processes_count": 2, "download.thread_count": 16,
+        "download.number_sample_per_shard": 1000})
+    urls = truth.select(["uid", "url", "text"]).append_column("page_url", pa.nulls(truth.num_rows, pa.string())) \
+        .append_column("wat_path", pa.array(["synthetic"] * truth.num_rows))
+    part = str(tmp_path / "urls" / "part-0000-00000.parquet")
+    storage.makedirs(str(tmp_path / "urls"))
+    pq.write_table(urls, part)
+    root = str(tmp_path / "root")
+    pool = PoolLayout(root, versions.open_version(root, "run0"))
+    seen = len(image_server.host_log)
+    stats = run_download(Partition(part, truth.num_rows, 0), pool, config)
+    log = image_server.host_log[seen:]
+
+    by_url = {r["url"]: r for r in truth.to_pylist()}
+    requested = [(t, h, p, s) for t, h, p, s in log if h.endswith(hosts.DOMAIN)]
+    images = [(t, h, p, s) for t, h, p, s in requested if p not in ("/robots.txt", "/.well-known/tdmrep.json")]
+    # 1. nothing robots.txt disallows, tdmrep.json reserves, or whose host's robots.txt timed out was requested
+    never = {"disallowed_robots", "robots_unavailable"}
+    for t, h, p, s in images:  # (a redirect's target too, before it is requested: the same host, its own path)
+        said = hosts.rules_say(hosts.policy(h), p)
+        assert said not in never and not (said == "tdm_reserved" and hosts.policy(h).tdmrep), (h, p, said)
+    # each host's rules were asked once
+    rules_asked = Counter((h, p) for _, h, p, _ in requested if p in ("/robots.txt", "/.well-known/tdmrep.json"))
+    assert set(rules_asked.values()) == {1} and len(rules_asked) == 2 * len({urlsplit(u).netloc for u in by_url})
+    assert stats["rules_requests"] == len(rules_asked) and stats["hosts"] == 40
+    # 2. no host saw more than its pace in any second (Crawl-delay: 1 on policy-8 hosts)
+    arrivals = defaultdict(list)
+    for t, h, p, s in requested:
+        arrivals[h].append(t)
+    for h, times in arrivals.items():
+        limit = 1 if hosts.policy(h).robots and "Crawl-delay" in hosts.policy(h).robots else rps
+        assert _windows(times) <= limit, (h, _windows(times), limit)
+    # 3. a host that answered 429 Retry-After: 2 saw nothing for 2 s (one request may have been on the way: 2
+    # connections), and its other URLs were postponed, not failed
+    paused = [(t, h) for t, h, p, s in images if s == 429]
+    assert paused, "the rate-limited hosts were asked faster than they serve"
+    for t, h in paused:
+        after = [u for u, g, _, _ in requested if g == h and t < u < t + hosts.RETRY_AFTER_S]
+        assert len(after) <= 1 and all(u - t < 0.2 for u in after), (h, [u - t for u in after])
+    current = ledger.latest(ledger.history(*versions.ledger_dirs(root, pool.version))).to_pylist()
+    got = {r["url"]: r for r in current}
+    assert stats["host_paused"] > 0 and all(got[u]["attempt"] == 0 for u in got if got[u]["status"] == "host_paused")
+    # 4. every other URL as its truth says; the postponed ones downloaded by the later runs
+    for url, row in by_url.items():
+        if got[url]["status"] != "host_paused":
+            assert got[url]["status"] == row["expected_status"], (url, got[url]["status"], row["expected_status"])
+    storage.write_json(pool.manifest, {"published_at": "run0"})
+    runs = 0
+    while any(r["status"] == "host_paused" for r in got.values()):  # later runs: what was postponed, again
+        runs += 1
+        assert runs <= 6, Counter(r["status"] for r in got.values())
+        time.sleep(hosts.RETRY_AFTER_S)
+        version = PoolLayout(root, versions.open_version(root, f"run{runs}"))
+        for again in write_requeue(version, config, 1.0, *current_statuses(version), set()):
+            run_download(Partition(again, pq.read_metadata(again).num_rows, 1000 * runs), version, config)
+        storage.write_json(version.manifest, {"published_at": f"run{runs}"})
+        got = {r["url"]: r for r in ledger.latest(ledger.history(*versions.ledger_dirs(root, version.version)))
+               .to_pylist()}
+    assert {u: r["status"] for u, r in got.items()} == {u: r["expected_status"] for u, r in by_url.items()}
