@@ -122,6 +122,10 @@ def _args_synthetic(p) -> None:
     p.add_argument("--repeat-fraction", type=float, default=0.1,
                    help="pairs of the crawl before that each crawl links again")
     p.add_argument("--no-faults", action="store_true", help="leave out the malformed records")
+    p.add_argument("--hosts", type=int, default=0, help="spread the pages and their images over this many hosts "
+                   "of the synthetic web (s000.synthetic.test...: some with robots.txt rules, TDMRep reservations, "
+                   "rate limits; download with download.host_addresses=*.synthetic.test=127.0.0.1); 0: the "
+                   "--base-url host alone")
     p.add_argument("--published-rows", type=int, default=300, help="rows of the world's pool in DataComp's "
                    "published layout (features from the embedded CLIP stand-ins, trained first if need be); 0: none")
     p.add_argument("--published-only", action="store_true", help="write the published pool alone, into a world "
@@ -135,7 +139,8 @@ def cmd_synthetic(args) -> None:
     from .synthetic.evalsuite import generate_eval_suite
 
     spec = CrawlSpec(n_urls=args.n_urls, seed=args.seed, base_url=args.base_url,
-                     urls_per_file=args.urls_per_file, crawl_id=args.crawl_id, faults=not args.no_faults)
+                     urls_per_file=args.urls_per_file, crawl_id=args.crawl_id, faults=not args.no_faults,
+                     hosts=args.hosts)
     summaries = []
     if not args.published_only:
         with tqdm(total=spec.n_urls * args.crawls, desc="synthetic crawls", unit="URL") as bar:

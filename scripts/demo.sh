@@ -20,7 +20,7 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-echo "== synthetic crawl: $DEMO_URLS URLs served from 127.0.0.1:$DEMO_PORT"
+echo "== synthetic crawl: $DEMO_URLS URLs on 200 hosts of the synthetic web, all served from 127.0.0.1:$DEMO_PORT"
 # a fresh crawl each time: the demo's crawls, pool versions and Airflow runs go (trained models stay)
 rm -rf "$DATACOMP_STORAGE_ROOT/synthetic" "$DATACOMP_STORAGE_ROOT/crawls" \
        "$DATACOMP_STORAGE_ROOT/pool" "$DATACOMP_STORAGE_ROOT/eval_index" "$DATACOMP_STORAGE_ROOT/subsets" \
@@ -32,7 +32,7 @@ rm -rf "$DATACOMP_STORAGE_ROOT/synthetic" "$DATACOMP_STORAGE_ROOT/crawls" \
 migrate=$!
 # (its pool in DataComp's published layout needs the CLIP stand-ins, which the build trains: it comes last)
 datacomp synthetic --out "$DATACOMP_STORAGE_ROOT/synthetic" --n-urls "$DEMO_URLS" \
-    --base-url "http://127.0.0.1:$DEMO_PORT" --urls-per-file 2000 --published-rows 0
+    --base-url "http://127.0.0.1:$DEMO_PORT" --urls-per-file 2000 --published-rows 0 --hosts 200
 setsid datacomp serve --port "$DEMO_PORT" --hang-seconds 20 > var/log/image-server.log 2>&1 &
 pids+=($!)
 
@@ -48,6 +48,8 @@ training:
 download:
   # the synthetic crawl is served from loopback, which a real crawl may never reach: allow that one port
   allowed_private_addresses: ["127.0.0.1:$DEMO_PORT"]
+  # its 200 hosts (s000.synthetic.test...) are names of that server: resolved as curl's --resolve would
+  host_addresses: ["*.synthetic.test=127.0.0.1"]
   timeout: 5
   processes_count: 1
   thread_count: 32

@@ -59,10 +59,19 @@ SHARD_FILES = (".tar", ".parquet", "_stats.json")
 
 
 # what run_download counts: each URL's status, and the partition's totals
+# the hosts' rules (host_rules.py): origins judged per partition, fetched now, read from the cache, requests made
+RULE_COUNTERS = ("hosts", "rules_fetched", "rules_cached", "rules_requests")
 COUNTERS = Counters.of(STAGE, ("urls", "attempted", "downloaded", ledger.DEFERRED, ledger.HASH_MISMATCH,
-                               *ledger.POSTPONED, *ledger.DOWNLOAD_FAILURES,
-                               # the hosts' rules (host_rules.py): origins judged, fetched now, from the cache, requests
-                               "hosts", "rules_fetched", "rules_cached", "rules_requests"))
+                               *ledger.POSTPONED, *ledger.DOWNLOAD_FAILURES, *RULE_COUNTERS))
+
+
+def format_rules(counters) -> str:
+    """What reading the hosts' rules cost, for a run's summary; "" when no host was asked."""
+    get = counters.get if hasattr(counters, "get") else counters.__getitem__
+    if not get("hosts"):
+        return ""
+    return (f"robots.txt/TDMRep of {get('hosts'):,} hosts (per partition): {get('rules_fetched'):,} fetched now "
+            f"({get('rules_requests'):,} requests), {get('rules_cached'):,} from the cache")
 # a published pool's URL part (pool/published.py): the boxes img2dataset blurs, the hash the bytes must have
 BBOX_COLUMN, HASH_COLUMN = "face_bboxes", "sha256"
 

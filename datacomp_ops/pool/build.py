@@ -167,6 +167,7 @@ def stage_table(extraction: dict, download: StageStats, metadata: StageStats) ->
     """
     from ..crawl.extract import COUNTERS as EXTRACT
     from ..download.partition import COUNTERS as DOWNLOADED
+    from ..download.partition import RULE_COUNTERS, format_rules
     from .metadata import COUNTERS as METADATA
     from .metadata import STEPS
 
@@ -192,8 +193,10 @@ def stage_table(extraction: dict, download: StageStats, metadata: StageStats) ->
     rows = [_row(stage, pairs, x("urls_written"),
                  {"duplicates_in_batch": x("duplicates_in_batch"), "already_known": x("already_known")},
                  extraction.get("seconds", 0.0), pairs, "pairs/s", note)]
-    failures = {k: v for k, v in download.counters.items() if k not in ("downloaded", "urls", "attempted")}
-    rows.append(_row("download", d("urls"), d("downloaded"), failures, download.seconds, d("urls"), "URLs/s"))
+    failures = {k: v for k, v in download.counters.items()
+                if k not in ("downloaded", "urls", "attempted", *RULE_COUNTERS)}
+    rows.append(_row("download", d("urls"), d("downloaded"), failures, download.seconds, d("urls"), "URLs/s",
+                     format_rules(download.counters)))
     n = m("in")
     removes = {"decode": ("corrupt_image", "missing_from_shard"), "nsfw_text": ("nsfw_text",),
                "nsfw_image": ("nsfw_image",), "eval_dedup": ("eval_duplicate",)}

@@ -720,9 +720,13 @@ def format_published_summary(summary: dict) -> str:
                      f"{_size(limit['saved_bytes'])} not fetched (at {_size(limit['bytes_per_sample'])} per image, "
                      f"{limit['basis']})")
     if download.get("urls"):
-        statuses = {k: n for k, n in sorted(download.items()) if k not in ("urls", "attempted")}
+        from ..download.partition import RULE_COUNTERS, format_rules
+
+        statuses = {k: n for k, n in sorted(download.items()) if k not in ("urls", "attempted", *RULE_COUNTERS)}
         lines.append(f"  downloaded {download.get('attempted', 0):,} of {download['urls']:,} URLs: "
                      + ", ".join(f"{k} {n:,}" for k, n in statuses.items()))
+        if format_rules(download):
+            lines.append(f"  {format_rules(download)}")
     if summary["published"]:
         lines.append(f"  published {summary['pool_version']}: {summary['samples']:,} samples in the metadata, "
                      f"{summary['shards']} shards")
