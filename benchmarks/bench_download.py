@@ -1,12 +1,25 @@
 """Download throughput: the platform's download stage against img2dataset called directly.
 
     python benchmarks/bench_download.py [--urls 10000] [--processes 2] [--threads 32] [--rounds 2]
+    python benchmarks/bench_download.py --published      # against download_upstream.py's img2dataset call
+    python benchmarks/bench_download.py --hosts 200      # politeness on against off, over 200 hosts
 
 Both download the same URL parquet, one partition of `--urls` URLs as DataComp's
 download tasks have (the synthetic crawl's images that answer at full speed,
 served from 127.0.0.1), with the same settings. The overhead is what the
 platform adds: its own interpreter for img2dataset with the address guard, the
-ledger, the moves and the marker.
+hosts' robots.txt and TDMRep (one host here: its per-host pace is off, as no
+pace can hold one host at a whole partition's rate), the ledger, the moves and
+the marker.
+
+With ``--hosts N`` the partition's URLs lie on N hosts of the synthetic web that
+say nothing (no robots.txt, no TDMRep, no rate limit: hosts.py's plain hosts,
+all names of the one server), and the platform downloads it twice per round:
+with the rules and limits on (the config's defaults: robots.txt and TDMRep read
+first, 5 requests a second and 4 connections per host) and with them off. When
+no host's limit binds (10,000 URLs over 200 hosts: 50 a host, under the pace at
+this machine's rate), the politeness costs at most 10%; the rules' own requests
+are printed.
 
 The server keeps every image it made, and is load-tested on its own first (two
 client processes, keep-alive connections): its requests/s, printed, bound what
@@ -19,6 +32,7 @@ img2dataset's child process and the rest (ledger, moves, marker).
 from __future__ import annotations
 
 import argparse
+import collections
 import hashlib
 import http.client
 import os
@@ -34,6 +48,7 @@ import pyarrow.parquet as pq
 
 from datacomp_ops.core.config import load_config
 from datacomp_ops.core.layout import PoolLayout
+from datacomp_ops.core.schema import compute_uids
 from datacomp_ops.crawl.wat import parse_wat_file
 from datacomp_ops.download import partition as download_stage
 from datacomp_ops.download.partition import Partition, img2dataset_kwargs, run_download
@@ -90,7 +105,12 @@ def main() -> None:
     parser.add_argument("--published", action="store_true",
                         help="a published pool's partition (face boxes, sha256) against download_upstream.py's "
                              "img2dataset call (target: at most +5%%)")
+    parser.add_argument("--hosts", type=int, default=0,
+                        help="the URLs over this many hosts: the platform with its rules and limits on against "
+                             "off (target: at most +10%% when no host's limit binds)")
     args = parser.parse_args()
+    if args.hosts:
+        return politeness(args)
     with tempfile.TemporaryDirectory(prefix="bench-download-") as tmp, serving(cache_images=True) as server:
         crawl = generate_crawl(os.path.join(tmp, "crawl"),
                                CrawlSpec(n_urls=int(args.urls * 1.5) + 100, base_url=server.base_url))
@@ -121,7 +141,9 @@ def main() -> None:
         config = load_config(overrides={"storage_root": os.path.join(tmp, "root"),
                                         "download.allowed_private_addresses": [server.base_url.split("//")[1]],
                                         "download.processes_count": args.processes,
-                                        "download.thread_count": args.threads})
+                                        "download.thread_count": args.threads,
+                                        # one host: no pace holds it at a partition's rate (--hosts measures it)
+                                        "download.per_host_rps": 0, "download.per_host_connections": 0})
         # the platform's img2dataset child, timed apart from the rest of run_download (ledger, moves, marker)
         child_seconds: list[float] = []
         run_child = download_stage._run_img2dataset
@@ -177,6 +199,92 @@ def main() -> None:
     print(f"platform overhead: {100 * (our_s - ref_s) / ref_s:+.1f}% of {reference_name} "
           f"(target at most {'+5' if args.published else '+10'}%); the server answers {warm / (n / ref_s):.1f}x the download's rate on its own, "
           f"and was busy {server_busy['reference'][best_ref]:.2f} of the one core it can use during it")
+
+
+def politeness(args) -> None:
+    """One partition over `args.hosts` plain hosts, downloaded by the platform with its rules and limits on and
+    off, alternated, best of `args.rounds` each."""
+    from datacomp_ops.synthetic import hosts
+
+    with tempfile.TemporaryDirectory(prefix="bench-polite-") as tmp, serving(cache_images=True) as server:
+        crawl = generate_crawl(os.path.join(tmp, "crawl"), CrawlSpec(
+            n_urls=int(args.urls * 1.5) + 100, base_url=server.base_url, hosts=args.hosts, plain_hosts=True))
+        truth = pq.read_table(crawl["truth"])
+        fast = truth.filter(pc.is_in(truth["kind"], value_set=pc.cast(FAST_KINDS, "string")))
+        table = fast.select(["url", "text"]).slice(0, args.urls)
+        # every host the same share, in turn (the crawl's pages hold 1 to 8 links each: uneven hosts)
+        port = urlsplit(server.base_url).port
+        spread = [f"http://{hosts.host_name(i % args.hosts, plain=True)}:{port}{urlsplit(u).path}"
+                  for i, u in enumerate(table["url"].to_pylist())]
+        table = pa.table({"uid": compute_uids(table["text"].to_pylist(), spread), "url": spread,
+                          "text": table["text"], "page_url": pa.nulls(table.num_rows, pa.string()),
+                          "wat_path": pa.array(["bench"] * table.num_rows)})
+        urls = os.path.join(tmp, "part-0000-00000.parquet")
+        pq.write_table(table, urls)
+        n = table.num_rows
+        per_host = list(collections.Counter(urlsplit(u).hostname for u in spread).values())
+        common = {"download.allowed_private_addresses": [server.base_url.split("//")[1]],
+                  "download.host_addresses": [hosts.PINNED], "download.processes_count": args.processes,
+                  "download.thread_count": args.threads}
+        off = {"download.robots_txt": False, "download.tdmrep": False, "download.per_host_rps": 0,
+               "download.per_host_connections": 0}
+        runs: dict[str, list[float]] = {"on": [], "off": []}
+        rules: list[dict] = []
+        # untimed: the server makes and keeps every image, so that no timed run pays for making them
+        config = load_config(overrides={"storage_root": os.path.join(tmp, "warm")} | common | off)
+        run_download(Partition(urls, n, 0), PoolLayout(config.storage_root, "v0001"), config)
+        for round_no in range(args.rounds):
+            order = ["on", "off"] if round_no % 2 == 0 else ["off", "on"]
+            for name in order:
+                # each round's "on" run on a fresh storage root: the hosts' rules fetched, not read from a cache
+                config = load_config(overrides={"storage_root": os.path.join(tmp, f"{name}{round_no}")} | common
+                                     | (off if name == "off" else {}))
+                os.sync()
+                seen = len(server.host_log)
+                start = time.perf_counter()
+                stats = run_download(Partition(urls, n, 0), PoolLayout(config.storage_root, "v0001"), config)
+                runs[name].append(time.perf_counter() - start)
+                if stats.counters.get("downloaded", 0) != n:
+                    raise SystemExit(f"{name}: downloaded {stats.counters.get('downloaded', 0)} of {n}: "
+                                     f"{stats.counters}")
+                if name == "on":
+                    asked = [p for _, _, p, _ in server.host_log[seen:] if p in ("/robots.txt",
+                                                                                   "/.well-known/tdmrep.json")]
+                    rules.append({"requests": stats["rules_requests"], "seen": len(asked), "hosts": stats["hosts"],
+                                  "seconds": stats.timings["rules"]})
+                    busiest = max(_most_in_a_second(server.host_log[seen:]).values())
+    on, off_s = min(runs["on"]), min(runs["off"])
+    cfg = load_config()
+    print(f"{n} URLs in one partition over {args.hosts} hosts ({min(per_host)}-{max(per_host)} URLs a host), "
+          f"{args.processes} processes x {args.threads} threads, best of {args.rounds}")
+    print(f"{'':44} {'images/s':>9} {'seconds':>8}")
+    print(f"{'rules and limits off':44} {n / off_s:9.1f} {off_s:8.2f}")
+    print(f"{'rules and limits on (the config defaults)':44} {n / on:9.1f} {on:8.2f}")
+    print(f"  on: robots.txt and tdmrep.json of {rules[-1]['hosts']} hosts, {rules[-1]['requests']} requests "
+          f"({rules[-1]['seen']} seen by the server) in {rules[-1]['seconds']:.2f} s before the first image, "
+          f"{cfg.download.per_host_rps:g} requests/s and "
+          f"{cfg.download.per_host_connections} connections per host; the busiest host saw {busiest} requests "
+          f"in one second")
+    print("all rounds (s): on " + ", ".join(f"{s:.2f}" for s in runs["on"]) + "; off "
+          + ", ".join(f"{s:.2f}" for s in runs["off"]))
+    print(f"politeness cost: {100 * (on - off_s) / off_s:+.1f}% (target at most +10% when no host's limit binds)")
+
+
+def _most_in_a_second(log) -> dict[str, int]:
+    """Per host, the most requests that arrived within one second."""
+    by_host: dict[str, list[float]] = {}
+    for t, host, _, _ in log:
+        by_host.setdefault(host, []).append(t)
+    out = {}
+    for host, times in by_host.items():
+        times.sort()
+        most, j = 0, 0
+        for i, t in enumerate(times):
+            while times[j] <= t - 1.0:
+                j += 1
+            most = max(most, i - j + 1)
+        out[host] = most
+    return out
 
 
 if __name__ == "__main__":

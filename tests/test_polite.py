@@ -152,7 +152,8 @@ def test_a_crawl_over_many_hosts_keeps_to_every_hosts_rules_pace_and_pauses(tmp_
     rps = 12  # above the rate-limited hosts' 8 a second: they answer 429 with Retry-After
     config = load_config(overrides={
         "storage_root": str(tmp_path / "root"), "download.host_addresses": [hosts.PINNED],
-        "download.per_host_rps": rps, "download.per_host_connections": 2, "download.timeout": 3,
+        # one connection a host: a redirect to its own host must take the host's next turn, not a second one
+        "download.per_host_rps": rps, "download.per_host_connections": 1, "download.timeout": 3,
         "download.retries": 0, "download.processes_count": 2, "download.thread_count": 16,
         "download.number_sample_per_shard": 1000})
     urls = truth.select(["uid", "url", "text"]).append_column("page_url", pa.nulls(truth.num_rows, pa.string())) \
@@ -185,13 +186,13 @@ def test_a_crawl_over_many_hosts_keeps_to_every_hosts_rules_pace_and_pauses(tmp_
     for h, times in arrivals.items():
         limit = 1 if hosts.policy(h).robots and "Crawl-delay" in hosts.policy(h).robots else rps
         assert _windows(times) <= limit, (h, _windows(times), limit)
-    # 3. a host that answered 429 Retry-After: 2 saw nothing for 2 s (one request may have been on the way: 2
-    # connections), and its other URLs were postponed, not failed
+    # 3. a host that answered 429 Retry-After: 2 saw nothing for 2 s (with one connection a host, no other
+    # request of it was on the way), and its other URLs were postponed, not failed
     paused = [(t, h) for t, h, p, s in images if s == 429]
     assert paused, "the rate-limited hosts were asked faster than they serve"
     for t, h in paused:
         after = [u for u, g, _, _ in requested if g == h and t < u < t + hosts.RETRY_AFTER_S]
-        assert len(after) <= 1 and all(u - t < 0.2 for u in after), (h, [u - t for u in after])
+        assert not after, (h, [u - t for u in after])
     current = ledger.latest(ledger.history(*versions.ledger_dirs(root, pool.version))).to_pylist()
     got = {r["url"]: r for r in current}
     assert stats["host_paused"] > 0 and all(got[u]["attempt"] == 0 for u in got if got[u]["status"] == "host_paused")

@@ -213,18 +213,11 @@ def _get(url: str, user_agent: str, timeout: float) -> Fetched:
 NOT_ASKED = "not asked"
 
 
-def fetch_rules(origin: str, user_agent: str, timeout: float, robots_txt: bool = True, tdmrep: bool = True,
-                interval: float = 0.0, agent: str = "") -> HostRules:
-    """The origin's robots.txt and tdmrep.json (those asked for), fetched now, `interval` seconds apart (the
-    host's pace; its Crawl-delay for `agent` where robots.txt asks for a longer one)."""
-    robots = _get(origin + ROBOTS_PATH, user_agent, timeout) if robots_txt else Fetched(NONE, why=NOT_ASKED)
-    if tdmrep and robots_txt:
-        delay = crawl_delay(HostRules(origin, 0.0, robots, Fetched(NONE)), agent) or 0.0
-        time.sleep(max(interval, delay))
-    declaration = _get(origin + TDMREP_PATH, user_agent, timeout) if tdmrep else Fetched(NONE, why=NOT_ASKED)
-    if declaration.outcome == FOUND and not declaration.body.lstrip().startswith("["):
-        declaration = Fetched(NONE, status=declaration.status, why="not a JSON array")  # an HTML 'not found' page
-    return HostRules(origin, time.time(), robots, declaration)
+def _declaration(origin: str, user_agent: str, timeout: float) -> Fetched:
+    fetched = _get(origin + TDMREP_PATH, user_agent, timeout)
+    if fetched.outcome == FOUND and not fetched.body.lstrip().startswith("["):
+        return Fetched(NONE, status=fetched.status, why="not a JSON array")  # an HTML 'not found' page
+    return fetched
 
 
 # -- the cache on the storage root ---------------------------------------------------------------------------
@@ -266,8 +259,8 @@ def _usable(rules: HostRules | None, now: float, max_age_s: float, robots_txt: b
 def rules_for(origins: Iterable[str], cache_dir: str, user_agent: str, timeout: float, max_age_s: float,
               robots_txt: bool = True, tdmrep: bool = True, threads: int = 32, interval: float = 0.0,
               agent: str = "") -> RulesRun:
-    """Every origin's rules: from the cache when fresh, fetched (and cached) otherwise, `threads` origins at
-    once, each origin's two requests `interval` apart (see fetch_rules)."""
+    """Every origin's rules: from the cache when fresh, fetched (and cached) otherwise, `threads` requests at
+    once, an origin's two requests at least `interval` apart (its Crawl-delay for `agent` where longer)."""
     from ..core import storage
 
     origins = sorted(set(origins))
@@ -276,12 +269,26 @@ def rules_for(origins: Iterable[str], cache_dir: str, user_agent: str, timeout: 
         cached = dict(zip(origins, pool.map(lambda o: _read_cached(cache_dir, o), origins)))
         stale = [o for o in origins if not _usable(cached[o], now, max_age_s, robots_txt, tdmrep)]
 
-        def fetch(origin: str) -> HostRules:
-            rules = fetch_rules(origin, user_agent, timeout, robots_txt, tdmrep, interval, agent)
+        def robots(origin: str) -> tuple[Fetched, float]:
+            got = _get(origin + ROBOTS_PATH, user_agent, timeout) if robots_txt else Fetched(NONE, why=NOT_ASKED)
+            return got, time.monotonic()
+
+        # every host's robots.txt, then every host's tdmrep.json: a host's second request comes after the
+        # others' first, its pace (or Crawl-delay) apart from its first without holding a thread meanwhile
+        first = dict(zip(stale, pool.map(robots, stale)))
+
+        def declaration(origin: str) -> HostRules:
+            got, at = first[origin]
+            second = Fetched(NONE, why=NOT_ASKED)
+            if tdmrep:
+                delay = crawl_delay(HostRules(origin, 0.0, got, Fetched(NONE)), agent) or 0.0
+                time.sleep(max(0.0, max(interval, delay) - (time.monotonic() - at)))
+                second = _declaration(origin, user_agent, timeout)
+            rules = HostRules(origin, time.time(), got, second)
             storage.write_json(cache_path(cache_dir, origin), rules.to_json())
             return rules
 
-        fetched = dict(zip(stale, pool.map(fetch, stale)))
+        fetched = dict(zip(stale, pool.map(declaration, stale)))
     return RulesRun({o: fetched.get(o) or cached[o] for o in origins}, fetched=len(stale),
                     cached=len(origins) - len(stale), requests=len(stale) * (int(robots_txt) + int(tdmrep)))
 
@@ -354,7 +361,7 @@ def screen(table: pa.Table, settings: dict) -> Screened:
             intervals[host] = max(intervals.get(host, base), delay or 0.0)
     todo = table.take(pa.array([keep[j] for j in _spread([urlsplit(origins[i]).hostname or "" if origins[i]
                                                           else "" for i in keep])], pa.int64()))
-    report = {"origins": len(run.rules), "fetched": run.fetched, "cached": run.cached, "requests": run.requests,
+    report = {"origins": len(run.rules), "fetched": run.fetched, "seconds": round(time.time() - started, 3), "cached": run.cached, "requests": run.requests,
               "decided": counts, "crawl_delayed": sum(1 for v in intervals.values() if v > base)}
     asked_now = {urlsplit(o).hostname for o, r in run.rules.items() if r.fetched_at >= started}
     return Screened(todo, intervals, decided, report, asked_now, run.rules)

@@ -214,7 +214,9 @@ def polite_settings(config: PlatformConfig, pool: PoolLayout, tmp: str) -> dict:
     dl = config.download
     return {"robots_txt": dl.robots_txt, "tdmrep": dl.tdmrep, "cache_dir": host_rules_dir(pool.root),
             "user_agent": user_agent(dl.user_agent_token, dl.contact_url), "agent": dl.user_agent_token,
-            "timeout": dl.timeout, "max_age_s": dl.rules_max_age_hours * 3600, "threads": dl.thread_count,
+            "timeout": dl.timeout, "max_age_s": dl.rules_max_age_hours * 3600,
+            # the rules' requests wait on the network only: as many at once as the download's threads together
+            "threads": max(64, dl.processes_count * dl.thread_count),
             "per_host_rps": dl.per_host_rps, "connections": dl.per_host_connections,
             "retry_after_max_s": dl.retry_after_max_s, "backoff_max_s": dl.host_backoff_max_s,
             "urls": storage.join(tmp, "_input", "screened.parquet"),
@@ -397,6 +399,7 @@ def run_download(partition: Partition, pool: PoolLayout, config: PlatformConfig,
         for key, counter in (("origins", "hosts"), ("fetched", "rules_fetched"), ("cached", "rules_cached"),
                              ("requests", "rules_requests")):
             stats.add(counter, report[key])
+        stats.timings["rules"] += report["seconds"]  # before the first request of the partition
     table = ledger.make_part(STAGE, uids, urls, statuses, messages, attempts, partition.path)
     input_uids = todo["uid"].to_pylist() + deferred["uid"].to_pylist()
     ledger.check_accounts_for(table, input_uids, where=f"download of {partition.path}")

@@ -14,6 +14,7 @@ asks the gate before every request (retries included):
   never counted as a failure (the URL that got the answer too);
 - **redirects**: a redirect's target is judged by its host's rules (fetched then for a host the partition
   did not hold) before it is requested: ``disallowed_robots`` or ``tdm_reserved`` as for the URL itself;
+  and it waits for its host's turn like any request;
 - **timeouts**: a host's second timeout in a row makes its next request wait 1 s, the third 2 s, then
   4, 8... up to ``download.host_backoff_max_s``; any answer resets it. Other hosts are not slowed.
 
@@ -29,6 +30,7 @@ import io
 import math
 import multiprocessing
 import socket
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -156,13 +158,25 @@ def judge(url: str) -> tuple[str | None, str]:
     return host_rules.decide(_rules[origin], url, _settings["agent"])
 
 
+_held = threading.local()  # the host whose turn the thread's request holds now (a redirect moves it)
+
+
 class _RedirectCheck(urllib.request.HTTPRedirectHandler):
-    """urllib's redirects, each target judged by its host's rules before it is requested."""
+    """urllib's redirects, each target judged by its host's rules, then paced by its host's gate, before it
+    is requested."""
 
     def redirect_request(self, req, fp, code, msg, headers, newurl):
         status, why = judge(newurl)
         if status:
             raise RuleRefusal(f"{status}: redirected to {newurl}, which {why}")
+        # the redirect's answer is in: its host's turn ends there, the target's host gives the next one
+        _gates.release(_held.host, "answer")
+        _held.host = None
+        host = hostname(newurl)
+        refused = _gates.acquire(host)
+        if refused:
+            raise RuleRefusal(refused)
+        _held.host = host
         return super().redirect_request(req, fp, code, msg, headers, newurl)
 
 
@@ -182,6 +196,7 @@ def fetch(row, timeout, user_agent_token, disallowed_header_directives):
     if refused:
         return key, None, refused
     outcome, pause = "answer", None
+    _held.host = host
     try:
         request = urllib.request.Request(url, data=None, headers={"User-Agent": _user_agent})
         with urllib.request.urlopen(request, timeout=timeout) as response:
@@ -195,15 +210,16 @@ def fetch(row, timeout, user_agent_token, disallowed_header_directives):
         said = retry_after(err.headers.get("Retry-After") if err.headers else None)
         if err.code == 429 or (err.code == 503 and said is not None):
             outcome, pause = "pause", DEFAULT_PAUSE_S if said is None else said
-            return key, None, (f"{PAUSED}: HTTP {err.code}, Retry-After {err.headers.get('Retry-After')!r}: {host} "
-                               f"paused; its URLs are tried again by a later run")
+            return key, None, (f"{PAUSED}: HTTP {err.code}, Retry-After {err.headers.get('Retry-After')!r}: "
+                               f"{_held.host or host} paused; its URLs are tried again by a later run")
         return key, None, str(err)
     except Exception as err:  # noqa: BLE001 - as img2dataset: every failure is the URL's recorded error
         if _timed_out(err):
             outcome = "timeout"
         return key, None, str(err)
     finally:
-        _gates.release(host, outcome, pause)
+        if _held.host is not None:
+            _gates.release(_held.host, outcome, pause)
 
 
 def install(screened, settings: dict) -> HostGates:

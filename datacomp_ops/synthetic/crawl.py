@@ -147,6 +147,7 @@ class CrawlSpec:
     # 0: every page and image on base_url's host; N: each page and its images on one of N hosts of the
     # synthetic web (hosts.py: their robots.txt, TDMRep and rate limits decide some URLs' fates)
     hosts: int = 0
+    plain_hosts: bool = False  # hosts that say nothing (no robots.txt, TDMRep or rate limit): benchmarks
 
 
 # The final status of a downloaded sample of each kind after the pool stages;
@@ -308,7 +309,8 @@ def generate_crawl(out_dir: str | Path, spec: CrawlSpec, progress: Callable[[int
                 f.write(bytes(broken))
             while i < end:
                 page_no += 1
-                site = host_base(base, (spec.first_image + page_no) % spec.hosts) if spec.hosts else base
+                site = host_base(base, (spec.first_image + page_no) % spec.hosts, spec.plain_hosts) if spec.hosts \
+                    else base
                 page_url = f"{site}/site/{spec.first_image + page_no}/page.html"
                 links: list[dict] = []
                 for _ in range(min(int(rng.integers(1, 9)), end - i)):

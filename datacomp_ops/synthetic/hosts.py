@@ -37,6 +37,8 @@ RATE_LIMIT = 8
 RETRY_AFTER_S = 2
 ROBOTS_HANG_HOST = 6
 _NAME = re.compile(rf"^s(\d{{3}})\.{re.escape(DOMAIN)}$")
+# hosts that say nothing at all, whatever their number (a benchmark's web where no host's rules bind)
+PLAIN_PREFIX = "p"
 
 
 @dataclass(frozen=True)
@@ -60,14 +62,15 @@ POLICIES = {
 }
 
 
-def host_name(i: int) -> str:
-    return f"s{i:03d}.{DOMAIN}"
+def host_name(i: int, plain: bool = False) -> str:
+    return f"{PLAIN_PREFIX if plain else 's'}{i:03d}.{DOMAIN}"
 
 
-def host_base(base_url: str, i: int) -> str:
-    """The URL base of host i of a world whose server is `base_url` (its scheme and port)."""
+def host_base(base_url: str, i: int, plain: bool = False) -> str:
+    """The URL base of host i of a world whose server is `base_url` (its scheme and port); `plain`: one of the
+    hosts that say nothing."""
     parts = urlsplit(base_url)
-    return f"{parts.scheme}://{host_name(i)}" + (f":{parts.port}" if parts.port else "")
+    return f"{parts.scheme}://{host_name(i, plain)}" + (f":{parts.port}" if parts.port else "")
 
 
 def index_of(host: str) -> int | None:
