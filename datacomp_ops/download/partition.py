@@ -67,11 +67,15 @@ COUNTERS = Counters.of(STAGE, ("urls", "attempted", "downloaded", ledger.DEFERRE
 
 def format_rules(counters) -> str:
     """What reading the hosts' rules cost, for a run's summary; "" when no host was asked."""
-    get = counters.get if hasattr(counters, "get") else counters.__getitem__
+    def get(key: str) -> int:
+        return counters.get(key, 0) if isinstance(counters, dict) else counters[key]
+
     if not get("hosts"):
         return ""
     return (f"robots.txt/TDMRep of {get('hosts'):,} hosts (per partition): {get('rules_fetched'):,} fetched now "
             f"({get('rules_requests'):,} requests), {get('rules_cached'):,} from the cache")
+
+
 # a published pool's URL part (pool/published.py): the boxes img2dataset blurs, the hash the bytes must have
 BBOX_COLUMN, HASH_COLUMN = "face_bboxes", "sha256"
 
