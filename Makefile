@@ -35,8 +35,8 @@ bench-extract: setup  ## parser and Spark stage against cc2dataset's extractor, 
 bench-extract-scaling: setup  ## seconds and peak memory of extraction at 100k, 1M and 10M URLs (Spark up to 1M)
 	source scripts/env.sh && $(PY) benchmarks/bench_extract.py --scaling 100000,1000000,10000000
 
-bench-download: setup  ## the download stage against img2dataset called directly, one 10,000-URL partition
-	source scripts/env.sh && $(PY) benchmarks/bench_download.py
+bench-download: setup  ## the download stage against img2dataset called directly, one 10,000-URL partition; then politeness on against off over 200 hosts
+	source scripts/env.sh && $(PY) benchmarks/bench_download.py && $(PY) benchmarks/bench_download.py --hosts 200
 
 bench-filtering: setup  ## every baseline on 1.28M and 12.8M generated rows, against reading its columns and DataComp's code
 	source scripts/env.sh && $(PY) benchmarks/bench_filtering.py

@@ -213,3 +213,25 @@ def test_a_crawl_over_many_hosts_keeps_to_every_hosts_rules_pace_and_pauses(tmp_
         got = {r["url"]: r for r in ledger.latest(ledger.history(*versions.ledger_dirs(root, version.version)))
                .to_pylist()}
     assert {u: r["status"] for u, r in got.items()} == {u: r["expected_status"] for u, r in by_url.items()}
+
+
+def test_a_remote_roots_answers_are_read_once_per_machine_and_refetched_when_old(tmp_path, monkeypatch):
+    """memory:// stands for s3://: a machine reads a host's answers from the storage root once, then from its
+    copy; answers older than download.rules_max_age_hours are fetched again (here: an unreachable host)."""
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "gettempdir", lambda: str(tmp_path))
+    cache = "memory://root/hosts/rules"
+    fresh = HostRules("http://h.test", time.time(), Fetched(FOUND, "User-agent: *\nDisallow: /x/\n"), Fetched(NONE))
+    storage.write_json(host_rules.cache_path(cache, fresh.origin), fresh.to_json())
+    run = host_rules.rules_for(["http://h.test"], cache, "ua", 1.0, 3600)
+    assert (run.cached, run.fetched) == (1, 0) and run.rules["http://h.test"].robots.body == fresh.robots.body
+    local = host_rules.cache_path(host_rules.machine_copy(cache), fresh.origin)
+    assert local.startswith(str(tmp_path)) and storage.exists(local)
+    storage.remove(host_rules.cache_path(cache, fresh.origin))  # gone from the root: the machine's copy answers
+    assert host_rules.rules_for(["http://h.test"], cache, "ua", 1.0, 3600).cached == 1
+    old = HostRules("http://old.invalid", time.time() - 7200, Fetched(FOUND, ""), Fetched(NONE))
+    storage.write_json(host_rules.cache_path(cache, old.origin), old.to_json())
+    again = host_rules.rules_for(["http://old.invalid"], cache, "ua", 1.0, 3600)  # older than its hour
+    assert again.fetched == 1 and again.requests == 2 and again.rules["http://old.invalid"].robots.outcome == UNREACHABLE
+    assert storage.read_json(host_rules.cache_path(cache, old.origin))["fetched_at"] > old.fetched_at

@@ -58,6 +58,42 @@ def test_parsed_pairs_equal_the_truth(tmp_path):
     assert counters["pairs"] > len(uids)  # the crawl repeats some pairs on other pages
 
 
+def test_a_crawl_over_many_hosts_parses_to_its_truth_and_its_hosts_say_what_the_truth_expects(tmp_path,
+                                                                                           image_server):
+    import http.client
+    from urllib.parse import urlsplit
+
+    from datacomp_ops.synthetic import hosts
+
+    summary = generate_crawl(tmp_path, CrawlSpec(n_urls=800, urls_per_file=400, hosts=40,
+                                                 base_url=image_server.base_url))
+    uids = set()
+    for path in summary["wat_files"]:  # relative links resolve against their page's host
+        uids |= set(parse_wat_file(path)[0]["uid"].to_pylist())
+    truth = pq.read_table(summary["truth"]).to_pylist()
+    assert uids == {r["uid"] for r in truth}
+    assert len({urlsplit(r["url"]).hostname for r in truth}) == 40
+    statuses = Counter(r["expected_status"] for r in truth)
+    assert statuses["disallowed_robots"] and statuses["tdm_reserved"] and statuses["robots_unavailable"]
+    # the server answers each name by its Host header
+    port = image_server.server_address[1]
+
+    def ask(host, path):
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        conn.request("GET", path, headers={"Host": f"{host}:{port}"})
+        response = conn.getresponse()
+        return response.status, dict(response.getheaders()), response.read()
+
+    assert ask(hosts.host_name(2), "/robots.txt")[2].decode() == hosts.POLICIES[2].robots
+    assert ask(hosts.host_name(0), "/robots.txt")[0] == 404
+    assert json.loads(ask(hosts.host_name(3), "/.well-known/tdmrep.json")[2])[0]["tdm-reservation"] == 1
+    assert ask(hosts.host_name(4), "/img/shape/red/circle/1.jpg")[1].get("tdm-reservation") == "1"
+    answers = [ask(hosts.host_name(45), f"/img/shape/red/circle/{i}.jpg")[:2] for i in range(hosts.RATE_LIMIT + 1)]
+    assert [a[0] for a in answers] == [200] * hosts.RATE_LIMIT + [429]
+    assert answers[-1][1]["Retry-After"] == str(hosts.RETRY_AFTER_S)
+    assert ask(hosts.host_name(45), "/img/shape/red/circle/0.jpg")[0] == 429  # paused until then
+
+
 def _get(url, timeout=5.0):
     try:
         with urllib.request.urlopen(url, timeout=timeout) as r:

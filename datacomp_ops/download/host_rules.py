@@ -19,7 +19,9 @@ by polite_fetch.py at the host's rate, its Crawl-delay where that is slower).
 
 The answers are cached on the storage root, one small JSON per origin under ``hosts/rules/``, with
 their fetch time: a run fetches a host's files once, later partitions and runs read the cache until
-it is older than ``download.rules_max_age_hours`` (an unreachable host's after an hour).
+it is older than ``download.rules_max_age_hours`` (an unreachable host's after an hour). A machine
+keeps a copy of a remote root's cache on its own disk (`machine_copy`), so that a host met by several
+of its partitions is read from the storage root once.
 """
 
 from __future__ import annotations
@@ -28,7 +30,9 @@ import datetime
 import hashlib
 import json
 import logging
+import os
 import re
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -231,14 +235,47 @@ def cache_path(cache_dir: str, origin: str) -> str:
     return storage.join(cache_dir, digest[:2], f"{safe}-{digest[:12]}.json")
 
 
-def _read_cached(cache_dir: str, origin: str) -> HostRules | None:
+def machine_copy(cache_dir: str) -> str | None:
+    """This machine's copy of a remote storage root's cache (None for a local one): a host this machine's
+    partitions met before is read from its own disk, not from the storage root again. A large host has
+    URLs in every partition; without the copy each partition would read its answers from S3 again."""
+    if "://" not in cache_dir or cache_dir.startswith("file://"):
+        return None
+    key = hashlib.sha1(cache_dir.encode()).hexdigest()[:12]
+    return os.path.join(tempfile.gettempdir(), "datacomp-host-rules", key)
+
+
+def _read(path: str) -> HostRules | None:
     from ..core import storage
 
-    path = cache_path(cache_dir, origin)
     try:
         return HostRules.from_json(storage.read_json(path)) if storage.exists(path) else None
     except (ValueError, KeyError, TypeError, OSError):
         return None  # a torn or foreign file: fetched again
+
+
+def _store(cache_dir: str, rules: HostRules, shared: bool = True) -> None:
+    """Into the storage root's cache (`shared`) and this machine's copy of it."""
+    from ..core import storage
+
+    local = machine_copy(cache_dir)
+    if shared:
+        storage.write_json(cache_path(cache_dir, rules.origin), rules.to_json())
+    if local:
+        storage.write_json(cache_path(local, rules.origin), rules.to_json())
+
+
+def _read_cached(cache_dir: str, origin: str, usable) -> HostRules | None:
+    """The origin's answers: this machine's copy when `usable`, else the storage root's (copied here)."""
+    local = machine_copy(cache_dir)
+    if local:
+        rules = _read(cache_path(local, origin))
+        if usable(rules):
+            return rules
+    rules = _read(cache_path(cache_dir, origin))
+    if local and usable(rules):
+        _store(cache_dir, rules, shared=False)
+    return rules
 
 
 @dataclass
@@ -261,13 +298,14 @@ def rules_for(origins: Iterable[str], cache_dir: str, user_agent: str, timeout: 
               agent: str = "") -> RulesRun:
     """Every origin's rules: from the cache when fresh, fetched (and cached) otherwise, `threads` requests at
     once, an origin's two requests at least `interval` apart (its Crawl-delay for `agent` where longer)."""
-    from ..core import storage
-
     origins = sorted(set(origins))
     now = time.time()
     with ThreadPoolExecutor(max(1, min(threads, len(origins) or 1))) as pool:
-        cached = dict(zip(origins, pool.map(lambda o: _read_cached(cache_dir, o), origins)))
-        stale = [o for o in origins if not _usable(cached[o], now, max_age_s, robots_txt, tdmrep)]
+        def usable(rules: HostRules | None) -> bool:
+            return _usable(rules, now, max_age_s, robots_txt, tdmrep)
+
+        cached = dict(zip(origins, pool.map(lambda o: _read_cached(cache_dir, o, usable), origins)))
+        stale = [o for o in origins if not usable(cached[o])]
 
         def robots(origin: str) -> tuple[Fetched, float]:
             got = _get(origin + ROBOTS_PATH, user_agent, timeout) if robots_txt else Fetched(NONE, why=NOT_ASKED)
@@ -285,7 +323,7 @@ def rules_for(origins: Iterable[str], cache_dir: str, user_agent: str, timeout: 
                 time.sleep(max(0.0, max(interval, delay) - (time.monotonic() - at)))
                 second = _declaration(origin, user_agent, timeout)
             rules = HostRules(origin, time.time(), got, second)
-            storage.write_json(cache_path(cache_dir, origin), rules.to_json())
+            _store(cache_dir, rules)
             return rules
 
         fetched = dict(zip(stale, pool.map(declaration, stale)))
