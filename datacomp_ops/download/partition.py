@@ -72,8 +72,8 @@ def format_rules(counters) -> str:
 
     if not get("hosts"):
         return ""
-    return (f"robots.txt/TDMRep of {get('hosts'):,} hosts (per partition): {get('rules_fetched'):,} fetched now "
-            f"({get('rules_requests'):,} requests), {get('rules_cached'):,} from the cache")
+    return (f"hosts' robots.txt/TDMRep: {get('hosts'):,} looked up (a host per partition), {get('rules_fetched'):,} "
+            f"fetched now ({get('rules_requests'):,} requests), {get('rules_cached'):,} from the cache")
 
 
 # a published pool's URL part (pool/published.py): the boxes img2dataset blurs, the hash the bytes must have
