@@ -78,6 +78,7 @@ def main() -> None:
     with serving(cache_images=True) as server:
         overrides = {"storage_root": root, "download.allowed_private_addresses": ["127.0.0.1/32"],
                      "download.timeout": 5, "download.retries": 0, "download.number_sample_per_shard": 100,
+                     "download.per_host_rps": 0, "download.per_host_connections": 0,  # one loopback host
                      "filtering.baselines": [f"clip_half = clip_score:arch=l14,fraction={args.fraction}"]}
         world = SyntheticWorld.under(root)
         write_published_pool(world, server.base_url, load_config(overrides=overrides), rows=args.urls)

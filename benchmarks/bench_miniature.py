@@ -119,7 +119,9 @@ def main() -> int:
     log = os.path.join(root, "bench.log")
     config = os.path.join(root, "bench-config.yaml")
     with open(config, "w") as f:
+        # one loopback host serves the whole crawl: no per-host pace (the demo's crawl is on 200 hosts)
         f.write(f"download:\n  allowed_private_addresses: ['127.0.0.1:{args.port}']\n  timeout: 5\n"
+                f"  per_host_rps: 0\n  per_host_connections: 0\n"
                 f"  processes_count: 4\n  thread_count: 32\n  number_sample_per_shard: 2000\n"
                 f"extract:\n  urls_per_partition: 2000\n"
                 + (f"publish:\n  tiny_pool_size: {args.pool_size}\n" if args.pool_size else "")

@@ -37,6 +37,7 @@ TRANSIENT_FAILURES = (
     "rate_limited",  # HTTP 429
     "server_error",  # HTTP 5xx
     "truncated",  # body shorter than announced: a dropped connection
+    "robots_unavailable",  # the host's robots.txt or tdmrep.json answered 5xx/429 (RFC 9309: try later); not requested
 )
 # Failures that are the URL's own: final.
 PERMANENT_FAILURES = (
@@ -62,10 +63,9 @@ HASH_MISMATCH = "hash_mismatch"
 # Not downloaded because the run's scale did not need it (a scale-limited
 # build); a build of a larger scale downloads it.
 DEFERRED = "deferred"
-# Not requested this run because of its host, not counted as an attempt nor as a failure: the host's
-# robots.txt or tdmrep.json could not be fetched (a 5xx or a timeout: RFC 9309 says try later), or the
-# host asked for a pause (429/503 with Retry-After). Every later run tries them again, as deferred URLs.
-POSTPONED = ("robots_unavailable", "host_paused")
+# Not requested this run because its host asked for a pause (429/503 with Retry-After), not counted as an
+# attempt nor as a failure. Every later run tries them again, as deferred URLs.
+POSTPONED = ("host_paused",)
 # what a later run downloads whatever its attempts: deferred and postponed URLs
 WAITING = (DEFERRED, *POSTPONED)
 

@@ -9,17 +9,19 @@ polite_fetch.py).
 
 How a fetch is read (RFC 9309 section 2.3.1): a 2xx body is the rules; a 4xx other than 429 means
 there are none (everything allowed); a 5xx, a 429, a timeout or a network error means the host
-cannot be judged now: its URLs are ``robots_unavailable``, postponed to a later run, never requested.
+cannot be judged now: its URLs are not requested, and fail transiently (``robots_unavailable`` when
+the host answered, else ``timeout`` or ``network_error`` as the image's own request would have), so
+later runs ask again up to ``download.max_attempts``.
 A 3xx is followed by urllib (up to 10 hops, each through the address guard). The body is read up to
 500 KiB (the RFC's minimum a crawler must parse).
 
 What a URL's host says decides it before the download: ``disallowed_robots`` and ``tdm_reserved``
-(permanent: never requested), ``robots_unavailable`` (postponed), or nothing (it is downloaded, paced
+(permanent: never requested), a transient failure (above), or nothing (it is downloaded, paced
 by polite_fetch.py at the host's rate, its Crawl-delay where that is slower).
 
 The answers are cached on the storage root, one small JSON per origin under ``hosts/rules/``, with
 their fetch time: a run fetches a host's files once, later partitions and runs read the cache until
-it is older than ``download.rules_max_age_hours`` (an unreachable host's after an hour). A machine
+it is older than ``download.rules_max_age_hours`` (a host that could not be asked is not cached). A machine
 keeps a copy of a remote root's cache on its own disk (`machine_copy`), so that a host met by several
 of its partitions is read from the storage root once.
 """
@@ -52,7 +54,6 @@ UNAVAILABLE = "robots_unavailable"
 ROBOTS_PATH = "/robots.txt"
 TDMREP_PATH = "/.well-known/tdmrep.json"
 MAX_BYTES = 500 * 1024
-UNREACHABLE_TTL_S = 3600.0
 
 # requests to a host leave this much further apart than its pace asks (polite_fetch.py): the way to the
 # host adds jitter and a host counts arrivals, so requests paced exactly at the limit could arrive one too
@@ -101,9 +102,12 @@ class HostRules:
     tdmrep: Fetched
     _parsed: object = field(default=None, repr=False, compare=False)
 
+    @property
+    def unreachable(self) -> bool:
+        return UNREACHABLE in (self.robots.outcome, self.tdmrep.outcome)
+
     def fresh(self, now: float, max_age_s: float) -> bool:
-        unreachable = UNREACHABLE in (self.robots.outcome, self.tdmrep.outcome)
-        return now - self.fetched_at < (min(max_age_s, UNREACHABLE_TTL_S) if unreachable else max_age_s)
+        return not self.unreachable and now - self.fetched_at < max_age_s
 
     def to_json(self) -> dict:
         return {"origin": self.origin, "fetched_at": self.fetched_at,
@@ -161,14 +165,25 @@ def _path(url: str) -> str:
     return (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
 
 
+def _unreachable(origin: str, path: str, fetched: Fetched) -> tuple[str, str]:
+    """The status of a URL whose host could not be asked: ``robots_unavailable`` when the host answered (5xx,
+    429), else the network's own failure (``timeout``, ``network_error``), as the image's request would have
+    met; all transient, tried again by later runs up to download.max_attempts."""
+    if fetched.status is not None:
+        status = UNAVAILABLE
+    else:
+        status = "timeout" if "timed out" in fetched.why.lower() or "timeout" in fetched.why.lower() else "network_error"
+    return status, f"{origin}{path} could not be fetched ({fetched.why}): not requested, the host is asked again " \
+                   f"by a later run"
+
+
 def decide(rules: HostRules, url: str, agent: str, tdm: list | None = None) -> tuple[str | None, str]:
-    """(status, why) of `url` by its origin's rules: DISALLOWED, RESERVED, UNAVAILABLE, or (None, "")."""
+    """(status, why) of `url` by its origin's rules: DISALLOWED, RESERVED, a transient status when the rules
+    could not be fetched (`_unreachable`), or (None, "")."""
     if rules.robots.outcome == UNREACHABLE:
-        return UNAVAILABLE, f"{rules.origin}{ROBOTS_PATH} could not be fetched ({rules.robots.why}): the host is " \
-                            f"tried again by a later run"
+        return _unreachable(rules.origin, ROBOTS_PATH, rules.robots)
     if rules.tdmrep.outcome == UNREACHABLE:
-        return UNAVAILABLE, f"{rules.origin}{TDMREP_PATH} could not be fetched ({rules.tdmrep.why}): the host is " \
-                            f"tried again by a later run"
+        return _unreachable(rules.origin, TDMREP_PATH, rules.tdmrep)
     if rules.robots.outcome == FOUND and not _robots_parser(rules).can_fetch(url, agent):
         return DISALLOWED, f"{rules.origin}{ROBOTS_PATH} disallows it for {agent}"
     path = _path(url)
@@ -255,9 +270,13 @@ def _read(path: str) -> HostRules | None:
 
 
 def _store(cache_dir: str, rules: HostRules, shared: bool = True) -> None:
-    """Into the storage root's cache (`shared`) and this machine's copy of it."""
+    """Into the storage root's cache (`shared`) and this machine's copy of it; a host that could not be asked
+    is not stored: the next partition asks it again (a host that is down costs one failed connection per
+    partition, as its images would), and a task's retry finds it back up."""
     from ..core import storage
 
+    if rules.unreachable:
+        return
     local = machine_copy(cache_dir)
     if shared:
         storage.write_json(cache_path(cache_dir, rules.origin), rules.to_json())

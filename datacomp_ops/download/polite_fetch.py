@@ -6,7 +6,9 @@ puts one gate per host in shared memory and replaces img2dataset's fetch functio
 asks the gate before every request (retries included):
 
 - **pace**: requests to one host leave at least ``1 / download.per_host_rps`` seconds apart (the host's
-  robots.txt Crawl-delay where that is longer), times ``host_rules.PACE_MARGIN``;
+  robots.txt Crawl-delay where that is longer), times ``host_rules.PACE_MARGIN``, counted from the turn
+  a request takes and again from the moment its connection opens (a busy machine can delay a thread
+  between the two);
 - **connections**: at most ``download.per_host_connections`` requests open to one host at once;
 - **Retry-After**: a 429, or a 503 with ``Retry-After`` (seconds or an HTTP date), pauses the host for
   that long (at most ``download.retry_after_max_s``; a 429 without the header: a minute); its URLs
@@ -26,6 +28,7 @@ noai`` one: ``tdm_reserved``.
 from __future__ import annotations
 
 import email.utils
+import http.client
 import io
 import math
 import multiprocessing
@@ -117,6 +120,15 @@ class HostGates:
                 delay = ready - now if self.open[i] < self.connections else 0.01
             time.sleep(min(max(delay, 0.001), 0.25))
 
+    def sent(self, host: str) -> None:
+        """The host's request left now (its connection opened): its next one leaves a whole pace later, however
+        long this one waited between its turn and its connection (a busy machine delays threads)."""
+        i = self.index.get(host)
+        if i is None:
+            return
+        with self.lock:
+            self.next_at[i] = max(self.next_at[i], time.monotonic() + self.interval[i])
+
     def release(self, host: str, outcome: str, pause_s: float | None = None) -> None:
         """`outcome`: "answer" (any HTTP answer), "timeout", or "pause" (with the seconds the host asked for)."""
         i = self.index.get(host)
@@ -159,6 +171,28 @@ def judge(url: str) -> tuple[str | None, str]:
 
 
 _held = threading.local()  # the host whose turn the thread's request holds now (a redirect moves it)
+
+
+class _PacedHTTP(http.client.HTTPConnection):
+    def connect(self):
+        super().connect()
+        _gates.sent(self.host.lower())
+
+
+class _PacedHTTPS(http.client.HTTPSConnection):
+    def connect(self):
+        super().connect()
+        _gates.sent(self.host.lower())
+
+
+class _PacedHTTPHandler(urllib.request.HTTPHandler):
+    def http_open(self, req):
+        return self.do_open(_PacedHTTP, req)
+
+
+class _PacedHTTPSHandler(urllib.request.HTTPSHandler):
+    def https_open(self, req):
+        return self.do_open(_PacedHTTPS, req, context=self._context)
 
 
 class _RedirectCheck(urllib.request.HTTPRedirectHandler):
@@ -235,6 +269,6 @@ def install(screened, settings: dict) -> HostGates:
                        settings["backoff_max_s"], screened.asked_now)
     _user_agent, _check_tdm = settings["user_agent"], settings["tdmrep"]
     _settings, _rules = settings, dict(screened.rules)
-    address_guard.install_opener(_RedirectCheck())
+    address_guard.install_opener(_RedirectCheck(), _PacedHTTPHandler(), _PacedHTTPSHandler())
     downloader.download_image = fetch  # download_image_with_retry looks it up in its module at each call
     return _gates

@@ -16,8 +16,9 @@ Most hosts say nothing (no robots.txt, no tdmrep.json: 404). Host i with i % 40 
 - 5: it serves at most RATE_LIMIT requests a second and answers more with 429 ``Retry-After: 2``,
   serving nothing else until then (the default pace, 5 a second, stays under it);
 - 8: robots.txt asks for ``Crawl-delay: 1``;
+- 9: robots.txt answers 503 (RFC 9309: try later; ``robots_unavailable``);
 
-and host 6 answers its robots.txt only after the server's hang time (a timeout: try later).
+and host 6 answers its robots.txt only after the server's hang time (a ``timeout``: try later).
 
 `expected_status` is what the host's rules make of a path, by the plain reading of the files above
 (not by the platform's parser): the truth the tests check the download's ledger against.
@@ -45,6 +46,7 @@ PLAIN_PREFIX = "p"
 class HostPolicy:
     robots: str | None = None  # robots.txt's body; None: 404
     robots_hangs: bool = False
+    robots_error: bool = False  # robots.txt answers 503
     tdmrep: str | None = None  # tdmrep.json's body; None: 404
     tdm_header: bool = False  # images carry tdm-reservation: 1
     rate_limit: int | None = None  # requests a second it serves; more get 429 Retry-After
@@ -59,6 +61,7 @@ POLICIES = {
     4: HostPolicy(tdm_header=True),
     5: HostPolicy(rate_limit=RATE_LIMIT),
     8: HostPolicy(robots="User-agent: *\nCrawl-delay: 1\n"),
+    9: HostPolicy(robots_error=True),
 }
 
 
@@ -90,6 +93,8 @@ def policy(host: str) -> HostPolicy:
 def rules_say(rules: HostPolicy, path: str, served_status: str = "served") -> str | None:
     """The status a host's rules give one path (the TDM header's only once it is served), or None."""
     if rules.robots_hangs:
+        return "timeout"
+    if rules.robots_error:
         return "robots_unavailable"
     if rules.robots and f"User-agent: {AGENT}\nDisallow: /\n" in rules.robots:
         return "disallowed_robots"

@@ -115,7 +115,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
-        arrival = time.time()
+        # a connection's first request arrived when it was accepted (its handler thread may start later)
+        arrival = self.server.accepted.pop(self.request, None) or time.time()
         self.server.requests_served += 1  # under the GIL; read only as a rate
         self.server.request_log.append((arrival, self.path))  # list.append is atomic under the GIL
         host = (self.headers.get("Host") or "").split(":")[0].lower()
@@ -138,6 +139,9 @@ class _Handler(BaseHTTPRequestHandler):
             if path == "/robots.txt":
                 if rules.robots_hangs:
                     time.sleep(self.server.hang_seconds)
+                if rules.robots_error:
+                    self._send(503, b"service unavailable", "text/plain")
+                    return
                 if rules.robots is None:
                     raise NotFound(path)
                 self._send(200, rules.robots.encode(), "text/plain")
@@ -208,6 +212,7 @@ class SyntheticImageServer(ThreadingHTTPServer):
         self._rate_lock = threading.Lock()
         self._arrivals: dict[str, list[float]] = {}  # a rate-limited host's arrivals in its last second
         self._paused_until: dict[str, float] = {}
+        self.accepted: dict = {}  # socket -> when it was accepted
         # benchmarks keep every image made: timed downloads then measure the client, not the renderer
         self.render = functools.lru_cache(maxsize=None)(render) if cache_images else render
 
@@ -225,6 +230,10 @@ class SyntheticImageServer(ThreadingHTTPServer):
                 return False
             self._arrivals[host] = recent + [now]
             return True
+
+    def process_request(self, request, client_address):
+        self.accepted[request] = time.time()  # in the accepting thread: the request's arrival, as a host counts it
+        super().process_request(request, client_address)
 
     @property
     def base_url(self) -> str:
