@@ -302,6 +302,11 @@ def test_files_are_chosen_by_position_or_name_and_bad_choices_are_named(tmp_path
     assert json.loads(json.dumps(spec.source))["npz"] is False
 
 
+def _images(server, seen: int) -> list[str]:
+    """The paths the server was asked for since `seen`, the host's robots.txt and tdmrep.json left out."""
+    return [p for _, p in server.request_log[seen:] if p not in ("/robots.txt", "/.well-known/tdmrep.json")]
+
+
 def _served_pool(folder, base_url: str, failing: frozenset[int] = frozenset()) -> tuple[str, list[dict]]:
     """A published pool whose URLs are the synthetic server's: real images (sha256 of the bytes served, one with
     a face box), dead links, images changed since publication (another sha256), and the rows `failing` on a
@@ -366,7 +371,7 @@ def test_a_download_limited_to_subsets_fetches_only_them_blurs_the_published_box
     seen = len(image_server.request_log)
     for part in plan_published_download(spec):
         run_download(Partition(**part), spec.pool, spec.platform_config)
-    requested = {p for _, p in image_server.request_log[seen:]}  # a dead link is asked again (download.retries)
+    requested = set(_images(image_server, seen))  # a dead link is asked again (download.retries)
     assert requested == {r["url"][len(image_server.base_url):] for r in rows if r["uid"] in chosen}
     published = run_publish_published(spec)
     assert spec.pool_version == "v0002" and published["shards"] == 1
@@ -407,7 +412,7 @@ def test_a_download_limited_to_subsets_fetches_only_them_blurs_the_published_box
     seen = len(image_server.request_log)
     for part in plan_published_download(rest):
         run_download(Partition(**part), rest.pool, rest.platform_config)
-    assert {p for _, p in image_server.request_log[seen:]} == {  # only what the first download deferred
+    assert set(_images(image_server, seen)) == {  # only what the first download deferred
         r["url"][len(image_server.base_url):] for r in rows if r["uid"] not in chosen}
     run_publish_published(rest)
     status = {r["uid"]: r["status"] for r in ledger.latest(ledger.history(*versions.ledger_dirs(rest.pool.root,
@@ -488,7 +493,7 @@ def test_the_command_imports_the_metadata_then_downloads_only_a_baselines_subset
     out = capsys.readouterr().out
     assert "into its pool version v0001" in out and "download: none this run" in out
     assert "decay: 0 of 30 given URLs held (0.0%), 0 lost, 30 pending" in out
-    assert len(image_server.request_log) == seen  # nothing fetched
+    assert _images(image_server, seen) == []  # nothing fetched
 
     main(base + ["--download-only", "clip_score_l14_30"])
     out = capsys.readouterr().out
@@ -497,7 +502,7 @@ def test_the_command_imports_the_metadata_then_downloads_only_a_baselines_subset
     # those, 20-22 are dead links, 23-25 changed images (kept, flagged), 26-28 download as published, 29's
     # server answers 500.
     top = {r["url"][len(image_server.base_url):] for r in rows[20:]}
-    assert {p for _, p in image_server.request_log[seen:]} == top
+    assert set(_images(image_server, seen)) == top
     assert "download limited to the union of clip_score_l14_30: 10 of 30 URLs; 20 URLs" in out
     assert "downloaded 10 of 30 URLs: deferred 20, downloaded 3, hash_mismatch 3, http_error 3, server_error 1" in out
     assert "decay: 6 of 30 given URLs held (20.0%), 3 lost, 21 pending" in out
@@ -515,7 +520,7 @@ def test_the_command_imports_the_metadata_then_downloads_only_a_baselines_subset
     main(["refresh-published"] + settings)
     out = capsys.readouterr().out
     # (three requests: img2dataset's retries=2, as download_upstream.py sets)
-    assert [p for _, p in image_server.request_log[seen:]] == ["/error" + rows[29]["path"]] * 3
+    assert _images(image_server, seen) == ["/error" + rows[29]["path"]] * 3
     assert "into its pool version v0003" in out and "decay: 6 of 30 given URLs held (20.0%), 3 lost, 21 pending" in out
     decay = storage.read_json(PoolLayout(root, "v0003").decay_report)
     assert [(p["version"], p["held"]) for p in decay["over_time"]] == [("v0001", 0), ("v0002", 6), ("v0003", 6)]
