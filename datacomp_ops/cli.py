@@ -280,12 +280,10 @@ def cmd_publish(args) -> None:
     print(json.dumps(run_publish(PoolLayout(config.storage_root, args.pool_version), config).to_dict(), indent=2))
 
 
-def _run_pool_build(dag_id: str, spec, run_key: str, start: float, serve=None) -> None:
+def _run_pool_build(dag_id: str, spec, run_key: str, start: float) -> None:
     """A pool build's stages as the registry lists them for `dag_id` (stages.PIPELINES), each with the
     arguments its function takes; a mapped stage runs its plan's items one after another, as the DAG's
     mapped tasks do side by side. The version's lease (taken by the spec) is held to the end."""
-    import contextlib
-
     from .core import versions
     from .download.partition import Partition
     from .pool.build import format_summary, summarize
@@ -318,14 +316,13 @@ def _run_pool_build(dag_id: str, spec, run_key: str, start: float, serve=None) -
     summary, report = (summarize_published, format_published_summary) if dag_id == "import_published" else \
         (summarize, format_summary)
     with versions.holding(spec.pool.root, spec.pool_version, run_key):
-        with serve or contextlib.nullcontext():
-            for stage in pipeline(dag_id):
-                run, plan = stage.function(), stage.planner()
-                if plan is None:
-                    calls[stage.name](run)
-                    continue
-                for item in tqdm(plan(spec), desc=stage.name, unit="task"):
-                    calls[stage.name](run, item)
+        for stage in pipeline(dag_id):
+            run, plan = stage.function(), stage.planner()
+            if plan is None:
+                calls[stage.name](run)
+                continue
+            for item in tqdm(plan(spec), desc=stage.name, unit="task"):
+                calls[stage.name](run, item)
         print(report(summary(spec, time.monotonic() - start)))
 
 
@@ -352,12 +349,8 @@ def cmd_build(args) -> None:
     # is refused there, naming this one (or waits, DATACOMP_LEASE_WAIT_S); this build holds it to its end
     spec = make_spec(run_key, args.crawl_id, args.pool_version, args.input,
                      {"scale": args.scale} | _config_overrides(args), logical_date=args.date, config_path=args.config)
-    serve = None
-    if args.serve:
-        from .synthetic.server import serving
-
-        serve = serving(args.serve, hang_seconds=args.hang_seconds)
-    _run_pool_build("commonpool_build", spec, run_key, start, serve)
+    with _serving(args.serve, hang_seconds=args.hang_seconds):
+        _run_pool_build("commonpool_build", spec, run_key, start)
 
 
 def _root(config, args) -> str:
@@ -592,10 +585,6 @@ def _args_import_published(p) -> None:
                              "published; downloaded as download_upstream.py does, or only chosen subsets",
          _args_import_published)
 def cmd_import_published(args) -> None:
-    from .pool.published import make_published_spec
-
-    start = time.monotonic()
-    run_key = f"cli-{time.time_ns()}"
     overrides = _config_overrides(args)
     if args.hash_mismatch:
         if "download.hash_mismatch" in overrides:
@@ -604,15 +593,33 @@ def cmd_import_published(args) -> None:
     download = "subsets" if args.download_only else args.download
     if args.download_only and args.download == "none":
         raise SystemExit("datacomp import-published: --download none and --download-only: keep one")
-    spec = make_published_spec(run_key, args.name, args.metadata, args.scale, args.shards, not args.no_npz,
-                               args.subset, args.pool_version, overrides, config_path=args.config,
-                               download=download, download_only=args.download_only)
-    serve = None
-    if args.serve:
-        from .synthetic.server import serving
+    conf = {"name": args.name, "metadata": args.metadata, "scale": args.scale, "shards": args.shards,
+            "npz": not args.no_npz, "subset": args.subset, "download": download, "download_only": args.download_only}
+    with _serving(args.serve):
+        _import_published(conf, overrides, args.config, args.pool_version)
 
-        serve = serving(args.serve)
-    _run_pool_build("import_published", spec, run_key, start, serve)
+
+def _serving(port: int | None, **kwargs):
+    """The synthetic image server on `port` (--serve) for the block, or nothing."""
+    import contextlib
+
+    if not port:
+        return contextlib.nullcontext()
+    from .synthetic.server import serving
+
+    return serving(port, **kwargs)
+
+
+def _import_published(conf: dict, overrides: dict, config_path: str | None, pool_version: str = "") -> None:
+    """One import_published run in this process; `conf` holds the DAG form's fields (published_refresh.FIELDS)."""
+    from .pool.published import make_published_spec
+
+    start = time.monotonic()
+    run_key = f"cli-{time.time_ns()}"
+    spec = make_published_spec(run_key, conf["name"], conf["metadata"], conf["scale"], conf["shards"], conf["npz"],
+                               conf["subset"], pool_version, overrides, config_path=config_path,
+                               download=conf["download"], download_only=conf["download_only"])
+    _run_pool_build("import_published", spec, run_key, start)
 
 
 def _args_refresh_published(p) -> None:
@@ -625,31 +632,16 @@ def _args_refresh_published(p) -> None:
                               "metadata files, transient download failures retried, one more point of decay",
          _args_refresh_published)
 def cmd_refresh_published(args) -> None:
-    import contextlib
-
     from .core.config import load_config
-    from .pool.published import make_published_spec
     from .pool.published_refresh import refreshes
 
     overrides = _config_overrides(args)
     confs = refreshes(load_config(args.config, overrides).storage_root, args.name)
     if not confs:
         print("no published pool to refresh")
-    serve = contextlib.nullcontext()
-    if args.serve:
-        from .synthetic.server import serving
-
-        serve = serving(args.serve)
-    with serve:  # one server for every pool's run
+    with _serving(args.serve):  # one server for every pool's run
         for conf in confs:
-            start = time.monotonic()
-            run_key = f"cli-refresh-{time.time_ns()}"
-            spec = make_published_spec(run_key, conf["name"], conf["metadata"], conf["scale"], conf["shards"],
-                                       conf["npz"], conf["subset"], "",
-                                       overrides | {"download.hash_mismatch": conf["hash_mismatch"]},
-                                       config_path=args.config, download=conf["download"],
-                                       download_only=conf["download_only"])
-            _run_pool_build("import_published", spec, run_key, start)
+            _import_published(conf, overrides | {"download.hash_mismatch": conf["hash_mismatch"]}, args.config)
 
 
 def _args_import(p) -> None:
@@ -678,12 +670,8 @@ def cmd_import(args) -> None:
     spec = make_import_spec(run_key, args.name, args.source, args.kind, args.url_column,
                             args.caption_column, args.pool_version, {"scale": args.scale} | _config_overrides(args),
                             config_path=args.config)
-    serve = None
-    if args.serve:
-        from .synthetic.server import serving
-
-        serve = serving(args.serve)
-    _run_pool_build("import_dataset", spec, run_key, start, serve)
+    with _serving(args.serve):
+        _run_pool_build("import_dataset", spec, run_key, start)
 
 
 def main(argv: list[str] | None = None) -> None:

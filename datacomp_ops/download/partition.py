@@ -228,7 +228,7 @@ def polite_settings(config: PlatformConfig, pool: PoolLayout, tmp: str) -> dict:
 
 
 def _run_img2dataset(partition: Partition, url_list: str, out_dir: str, config: PlatformConfig,
-                     blur_faces: bool, pool: PoolLayout, tmp: str) -> None:
+                     blur_faces: bool, polite: dict) -> None:
     dl = config.download
     if partition.first_shard > 0:
         # img2dataset's "extend" mode numbers new shards after the highest existing
@@ -239,7 +239,7 @@ def _run_img2dataset(partition: Partition, url_list: str, out_dir: str, config: 
     else:
         storage.makedirs(out_dir)
     kwargs = img2dataset_kwargs(url_list, out_dir, config, blur_faces) | {"incremental_mode": "extend"}
-    job = {"img2dataset": kwargs, "polite": polite_settings(config, pool, tmp)}
+    job = {"img2dataset": kwargs, "polite": polite}
     env = dict(os.environ)
     # OpenCV refuses to decode beyond this many pixels: a bomb costs no memory.
     env.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(2 * dl.max_image_area))
@@ -346,8 +346,9 @@ def run_download(partition: Partition, pool: PoolLayout, config: PlatformConfig,
     url_list, todo, deferred, deferred_why = _split_by_key(partition, tmp)
     published = HASH_COLUMN in todo.column_names and BBOX_COLUMN in todo.column_names
     i2d_dir = storage.join(tmp, "out")
+    polite = polite_settings(config, pool, tmp)
     if url_list:
-        _run_img2dataset(partition, url_list, i2d_dir, config, published, pool, tmp)
+        _run_img2dataset(partition, url_list, i2d_dir, config, published, polite)
 
     stats = StageStats(STAGE)
     attempt_of = dict(zip(todo["uid"].to_pylist(), todo["attempt"].to_pylist()))
@@ -386,7 +387,6 @@ def run_download(partition: Partition, pool: PoolLayout, config: PlatformConfig,
         messages.append(why)
         attempts.append(attempt - 1)  # not tried this time
         stats.add(ledger.DEFERRED)
-    polite = polite_settings(config, pool, tmp)
     decided_rows = []
     if url_list and storage.exists(polite["decisions"]):  # decided by their hosts' rules, never requested
         with storage.open_file(polite["decisions"]) as f:

@@ -531,10 +531,7 @@ def _metadata_rows(parquets: list[str]) -> int:
 
 
 def _url_part_uids(crawl: CrawlLayout) -> np.ndarray:
-    arrays = []
-    for path in storage.ls(crawl.urls, "part-*.parquet"):
-        with storage.open_file(path) as f:
-            arrays.append(uid_strings_to_array(pq.read_table(f, columns=["uid"])["uid"], where=path))
+    arrays = [uid_strings_to_array(_read_uids(path), where=path) for path in storage.ls(crawl.urls, "part-*.parquet")]
     return sorted_uids(np.concatenate(arrays)) if arrays else np.zeros(0, UID_DTYPE)
 
 
