@@ -15,6 +15,13 @@ if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && [ "$installed" = "$here
     exit 0
 fi
 if [ ! -x .venv/bin/python ]; then
+    # the pinned set (requirements/constraints.txt: soupsieve 4.1, for one) needs 3.11.5 or later; Debian 12's
+    # python3.11 is 3.11.2, on which pip would stop with a resolver error naming no Python at all
+    if ! "$PYTHON" -c 'import sys; sys.exit(not ((3, 11, 5) <= sys.version_info[:3] < (3, 12)))' 2>/dev/null; then
+        echo "setup: needs Python 3.11.5 or a later 3.11; $PYTHON is $("$PYTHON" -V 2>&1 || echo missing)." \
+             "Name another with PYTHON=/path/to/python3.11 make setup" >&2
+        exit 1
+    fi
     # a fresh .venv takes about 8 GB (torch's CUDA build alone 5.5 GB): say so now rather than
     # have pip stop half-way with "No space left on device"
     free_mb=$(( $(df -Pk . | awk 'NR==2 {print $4}') / 1024 ))

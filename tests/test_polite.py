@@ -270,3 +270,139 @@ def test_a_remote_roots_answers_are_read_once_per_machine_and_refetched_when_old
     # a host that could not be asked is not cached: the next partition asks it again
     assert storage.read_json(host_rules.cache_path(cache, old.origin))["fetched_at"] == old.fetched_at
     assert host_rules.rules_for(["http://old.invalid"], cache, "ua", 1.0, 3600).fetched == 1
+
+
+class _RulesHost:
+    """A host on a port of its own that answers its rules slowly and counts what it was asked."""
+
+    def __init__(self, robots_status: int = 200):
+        import http.server
+        import threading
+
+        self.asked: Counter = Counter()
+        host = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802 - http.server's name
+                host.asked[self.path] += 1
+                time.sleep(0.3)  # long enough for every partition to meet the host before it answers
+                status = robots_status if self.path == "/robots.txt" else 404
+                body = b"User-agent: *\nDisallow: /private/\n" if status == 200 else b""
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.origin = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+@pytest.mark.parametrize("root", ["file", "memory"])
+def test_partitions_meeting_the_same_hosts_at_once_ask_each_host_once(tmp_path, monkeypatch, root):
+    """Four partitions screening the same hosts at the same moment: each host's robots.txt and tdmrep.json
+    are asked once, the answers (a host that could not be asked included) shared; on an object store
+    (memory:// standing for s3://) by write, settle, read back."""
+    import tempfile
+    from concurrent.futures import ThreadPoolExecutor
+
+    monkeypatch.setattr(tempfile, "gettempdir", lambda: str(tmp_path / "machine"))
+    monkeypatch.setenv("DATACOMP_LEASE_SETTLE_S", "0.2")
+    base = str(tmp_path) if root == "file" else f"memory://claims-{time.time_ns()}"
+    cache, claims = f"{base}/hosts/rules", f"{base}/hosts/claims"
+    up = [_RulesHost() for _ in range(5)]
+    down = _RulesHost(robots_status=503)
+    try:
+        origins = [h.origin for h in up + [down]]
+        with ThreadPoolExecutor(4) as pool:
+            runs = list(pool.map(lambda _: host_rules.rules_for(origins, cache, "ua", 5.0, 3600, claims_dir=claims),
+                                 range(4)))
+        for host in up + [down]:
+            assert host.asked == {"/robots.txt": 1, "/.well-known/tdmrep.json": 1}, host.origin
+        assert sum(r.fetched for r in runs) == len(origins) and sum(r.shared for r in runs) == 3 * len(origins)
+        assert sum(r.requests for r in runs) == 2 * len(origins)
+        for run in runs:
+            assert host_rules.decide(run.rules[up[0].origin], up[0].origin + "/private/a.jpg", "ua")[0] == \
+                host_rules.DISALLOWED
+            assert host_rules.decide(run.rules[down.origin], down.origin + "/a.jpg", "ua")[0] == host_rules.UNAVAILABLE
+        # the answers are cached and their claims gone; the host that could not be asked is not cached, its
+        # answer waits in its claim for the partitions of this run only: a later run asks it again
+        assert not storage.exists(host_rules.cache_path(claims, up[0].origin))
+        assert not storage.exists(host_rules.cache_path(cache, down.origin))
+        monkeypatch.setattr(host_rules, "claim_life", lambda timeout: 0.5)
+        time.sleep(0.6)
+        later = host_rules.rules_for(origins, cache, "ua", 5.0, 3600, claims_dir=claims)
+        assert (later.fetched, later.cached) == (1, len(up)) and down.asked["/robots.txt"] == 2
+    finally:
+        for host in up + [down]:
+            host.server.shutdown()
+
+
+def test_a_claim_whose_claimer_died_is_waited_out_then_asked_here(tmp_path, monkeypatch):
+    """A claim held by a partition that died: the host is asked once its claim's time is up, not before, and
+    never left unasked."""
+    monkeypatch.setattr(host_rules, "claim_life", lambda timeout: 1.0)
+    host = _RulesHost()
+    cache, claims = str(tmp_path / "rules"), str(tmp_path / "claims")
+    try:
+        storage.write_json(host_rules.cache_path(claims, host.origin), {"token": "dead", "until": time.time() + 1.0})
+        started = time.monotonic()
+        run = host_rules.rules_for([host.origin], cache, "ua", 5.0, 3600, claims_dir=claims)
+        assert time.monotonic() - started >= 1.0 and run.fetched == 1 and host.asked["/robots.txt"] == 1
+    finally:
+        host.server.shutdown()
+
+
+@pytest.mark.slow
+def test_two_partitions_downloading_at_once_ask_each_host_for_its_rules_once(tmp_path, quiet_server):
+    """Two partitions of a crawl over 40 hosts downloaded side by side, as a run's mapped tasks are: from the
+    server's log, every host's robots.txt and tdmrep.json were asked once in all (the one whose robots.txt
+    hangs too), and the partitions' counters say which asked and which took the other's answers."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from conftest import HANG_SECONDS
+    from datacomp_ops.core import versions
+    from datacomp_ops.core.config import load_config
+    from datacomp_ops.core.layout import PoolLayout
+    from datacomp_ops.download.partition import Partition, run_download
+    from datacomp_ops.synthetic.crawl import CrawlSpec, generate_crawl
+
+    summary = generate_crawl(tmp_path / "crawl", CrawlSpec(n_urls=240, seed=5, base_url=quiet_server.base_url,
+                                                           urls_per_file=240, hosts=40, faults=False))
+    truth = pq.read_table(summary["truth"])
+    _warm(quiet_server, [urlsplit(u).path for u in truth["url"].to_pylist()])
+    root = str(tmp_path / "root")
+    config = load_config(overrides={
+        "storage_root": root, "download.host_addresses": [hosts.PINNED], "download.timeout": 2,
+        "download.retries": 0, "download.processes_count": 1, "download.thread_count": 8,
+        "download.number_sample_per_shard": 1000})
+    urls = truth.select(["uid", "url", "text"]).append_column("page_url", pa.nulls(truth.num_rows, pa.string())) \
+        .append_column("wat_path", pa.array(["synthetic"] * truth.num_rows))
+    storage.makedirs(str(tmp_path / "urls"))
+    parts, halves = [], [urls.take(list(range(k, urls.num_rows, 2))) for k in range(2)]  # as extraction shuffles
+    for k in range(2):
+        parts.append(str(tmp_path / "urls" / f"part-0000-{k:05d}.parquet"))
+        pq.write_table(halves[k], parts[-1])
+    pool = PoolLayout(root, versions.open_version(root, "run0"))
+    seen = len(quiet_server.host_log)
+    with ThreadPoolExecutor(2) as run:
+        stats = list(run.map(lambda k: run_download(Partition(parts[k], 120, 1000 * k), pool, config), range(2)))
+    both = [{urlsplit(u).netloc for u in halves[k]["url"].to_pylist()} for k in range(2)]
+    assert len(both[0] & both[1]) >= 30  # most hosts are in both partitions
+
+    def asked() -> Counter:
+        return Counter((h, p) for _, h, p, _ in quiet_server.host_log[seen:]
+                       if h.endswith(hosts.DOMAIN) and p in ("/robots.txt", "/.well-known/tdmrep.json"))
+
+    deadline = time.time() + HANG_SECONDS + 2  # the hanging robots.txt is logged when its hang ends
+    while len(asked()) < 2 * 40 and time.time() < deadline:
+        time.sleep(0.2)
+    assert len(asked()) == 2 * 40 and set(asked().values()) == {1}, asked()
+    assert sum(s["rules_fetched"] for s in stats) == 40 and sum(s["rules_requests"] for s in stats) == 80
+    assert sum(s["hosts"] for s in stats) == len(both[0]) + len(both[1])
+    # claims are gone once answered, but for the hosts that could not be asked: their answer is in the claim
+    left = [storage.read_json(p) for p in storage.ls(str(tmp_path / "root" / "hosts" / "claims"), "*/*.json")]
+    assert left and all("answer" in c and c["answer"]["robots"]["outcome"] == UNREACHABLE for c in left)

@@ -71,6 +71,11 @@ def host_rules_dir(root: str) -> str:
     return join(parse_dataset_root(root)[0], HOSTS, "rules")
 
 
+def host_claims_dir(root: str) -> str:
+    """Which download is asking a host for its rules now (download/host_claims.py), beside the cache."""
+    return join(parse_dataset_root(root)[0], HOSTS, "claims")
+
+
 def leaderboard_dir(storage_root: str) -> str:
     return join(storage_root, LEADERBOARD)
 

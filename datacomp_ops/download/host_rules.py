@@ -21,7 +21,9 @@ by polite_fetch.py at the host's rate, its Crawl-delay where that is slower).
 
 The answers are cached on the storage root, one small JSON per origin under ``hosts/rules/``, with
 their fetch time: a run fetches a host's files once, later partitions and runs read the cache until
-it is older than ``download.rules_max_age_hours`` (a host that could not be asked is not cached). A machine
+it is older than ``download.rules_max_age_hours`` (a host that could not be asked is not cached).
+Partitions running side by side claim the hosts they miss before asking (host_claims.py), so that a
+host they share is asked by one of them and the others wait for its answer. A machine
 keeps a copy of a remote root's cache on its own disk (`machine_copy`), so that a host met by several
 of its partitions is read from the storage root once.
 """
@@ -303,8 +305,9 @@ class RulesRun:
 
     rules: dict[str, HostRules]
     fetched: int = 0  # origins fetched now (two requests each with TDMRep)
-    cached: int = 0
+    cached: int = 0  # from the cache, `shared` of them fetched meanwhile by a partition running beside this one
     requests: int = 0
+    shared: int = 0
 
 
 def _usable(rules: HostRules | None, now: float, max_age_s: float, robots_txt: bool, tdmrep: bool) -> bool:
@@ -312,42 +315,79 @@ def _usable(rules: HostRules | None, now: float, max_age_s: float, robots_txt: b
         (robots_txt and rules.robots.why == NOT_ASKED) or (tdmrep and rules.tdmrep.why == NOT_ASKED))
 
 
+def claim_life(timeout: float) -> float:
+    """How long a partition's claim on asking a host holds (host_claims.py): its two requests' timeouts,
+    and a minute for the pause between them and for the partition's other hosts."""
+    return 2 * timeout + 60.0
+
+
+def _ask(origins: list[str], pool: ThreadPoolExecutor, user_agent: str, timeout: float, robots_txt: bool,
+         tdmrep: bool, interval: float, agent: str, done) -> dict[str, HostRules]:
+    """Fetch every origin's files: all robots.txt, then all tdmrep.json, so that a host's second request comes
+    after the others' first, its pace (or Crawl-delay) apart from its first without holding a thread meanwhile;
+    `done(rules)` as each origin's answer is complete."""
+    def robots(origin: str) -> tuple[Fetched, float]:
+        got = _get(origin + ROBOTS_PATH, user_agent, timeout) if robots_txt else Fetched(NONE, why=NOT_ASKED)
+        return got, time.monotonic()
+
+    first = dict(zip(origins, pool.map(robots, origins)))
+
+    def declaration(origin: str) -> HostRules:
+        got, at = first[origin]
+        second = Fetched(NONE, why=NOT_ASKED)
+        if tdmrep:
+            delay = crawl_delay(HostRules(origin, 0.0, got, Fetched(NONE)), agent) or 0.0
+            time.sleep(max(0.0, max(interval, delay) - (time.monotonic() - at)))
+            second = _declaration(origin, user_agent, timeout)
+        rules = HostRules(origin, time.time(), got, second)
+        done(rules)
+        return rules
+
+    return dict(zip(origins, pool.map(declaration, origins)))
+
+
 def rules_for(origins: Iterable[str], cache_dir: str, user_agent: str, timeout: float, max_age_s: float,
               robots_txt: bool = True, tdmrep: bool = True, threads: int = 32, interval: float = 0.0,
-              agent: str = "") -> RulesRun:
+              agent: str = "", claims_dir: str | None = None) -> RulesRun:
     """Every origin's rules: from the cache when fresh, fetched (and cached) otherwise, `threads` requests at
-    once, an origin's two requests at least `interval` apart (its Crawl-delay for `agent` where longer)."""
+    once, an origin's two requests at least `interval` apart (its Crawl-delay for `agent` where longer).
+
+    With `claims_dir`, the origins missing from the cache are claimed first (host_claims.py): those another
+    partition is asking now are not asked again, their answers are waited for."""
+    from . import host_claims
+
     origins = sorted(set(origins))
     now = time.time()
+    life_s = claim_life(timeout)
     with ThreadPoolExecutor(max(1, min(threads, len(origins) or 1))) as pool:
         def usable(rules: HostRules | None) -> bool:
             return _usable(rules, now, max_age_s, robots_txt, tdmrep)
 
         cached = dict(zip(origins, pool.map(lambda o: _read_cached(cache_dir, o, usable), origins)))
         stale = [o for o in origins if not usable(cached[o])]
+        claims = {o: cache_path(claims_dir, o) for o in stale} if claims_dir else {}
+        token, mine, others = host_claims.take(claims, life_s, pool) if claims else ("", stale, [])
 
-        def robots(origin: str) -> tuple[Fetched, float]:
-            got = _get(origin + ROBOTS_PATH, user_agent, timeout) if robots_txt else Fetched(NONE, why=NOT_ASKED)
-            return got, time.monotonic()
-
-        # every host's robots.txt, then every host's tdmrep.json: a host's second request comes after the
-        # others' first, its pace (or Crawl-delay) apart from its first without holding a thread meanwhile
-        first = dict(zip(stale, pool.map(robots, stale)))
-
-        def declaration(origin: str) -> HostRules:
-            got, at = first[origin]
-            second = Fetched(NONE, why=NOT_ASKED)
-            if tdmrep:
-                delay = crawl_delay(HostRules(origin, 0.0, got, Fetched(NONE)), agent) or 0.0
-                time.sleep(max(0.0, max(interval, delay) - (time.monotonic() - at)))
-                second = _declaration(origin, user_agent, timeout)
-            rules = HostRules(origin, time.time(), got, second)
+        def done(rules: HostRules) -> None:
             _store(cache_dir, rules)
-            return rules
+            if claims:
+                host_claims.finish(claims[rules.origin], token, rules.to_json() if rules.unreachable else None)
 
-        fetched = dict(zip(stale, pool.map(declaration, stale)))
-    return RulesRun({o: fetched.get(o) or cached[o] for o in origins}, fetched=len(stale),
-                    cached=len(origins) - len(stale), requests=len(stale) * (int(robots_txt) + int(tdmrep)))
+        ask = (pool, user_agent, timeout, robots_txt, tdmrep, interval, agent)
+        fetched = _ask(mine, *ask, done)
+        def landed(origin: str) -> HostRules | None:  # the claimer's answer, once in the cache
+            rules = _read_cached(cache_dir, origin, usable)
+            return rules if usable(rules) else None
+
+        shared = host_claims.wait({o: claims[o] for o in others}, landed, HostRules.from_json, life_s,
+                                  pool) if others else {}
+        again = [o for o in others if shared[o] is None]  # its claimer's time ran out: asked here after all
+        fetched |= _ask(again, *ask, lambda rules: _store(cache_dir, rules))
+    answers = {o: r for o, r in shared.items() if r is not None} | fetched
+    asked = len(mine) + len(again)
+    return RulesRun({o: answers.get(o) or cached[o] for o in origins}, fetched=asked,
+                    cached=len(origins) - asked, requests=asked * (int(robots_txt) + int(tdmrep)),
+                    shared=len(others) - len(again))
 
 
 # -- a partition's URLs screened by their hosts' rules ---------------------------------------------------------
@@ -396,7 +436,7 @@ def screen(table: pa.Table, settings: dict) -> Screened:
     base = PACE_MARGIN / settings["per_host_rps"] if settings["per_host_rps"] else 0.0
     run = rules_for([o for o in origins if o], settings["cache_dir"], settings["user_agent"], settings["timeout"],
                     settings["max_age_s"], settings["robots_txt"], settings["tdmrep"], settings.get("threads", 32),
-                    base, agent) if asked else RulesRun({})
+                    base, agent, settings.get("claims_dir")) if asked else RulesRun({})
     tdm = {o: tdm_rules(r) for o, r in run.rules.items()} if settings["tdmrep"] else {}
     keep, decided, counts = [], [], {}
     uids = table["uid"].to_pylist()
@@ -418,7 +458,8 @@ def screen(table: pa.Table, settings: dict) -> Screened:
             intervals[host] = max(intervals.get(host, base), delay or 0.0)
     todo = table.take(pa.array([keep[j] for j in _spread([urlsplit(origins[i]).hostname or "" if origins[i]
                                                           else "" for i in keep])], pa.int64()))
-    report = {"origins": len(run.rules), "fetched": run.fetched, "seconds": round(time.time() - started, 3), "cached": run.cached, "requests": run.requests,
+    report = {"origins": len(run.rules), "fetched": run.fetched, "seconds": round(time.time() - started, 3),
+              "cached": run.cached, "shared": run.shared, "requests": run.requests,
               "decided": counts, "crawl_delayed": sum(1 for v in intervals.values() if v > base)}
     asked_now = {urlsplit(o).hostname for o, r in run.rules.items() if r.fetched_at >= started}
     return Screened(todo, intervals, decided, report, asked_now, run.rules)

@@ -47,7 +47,7 @@ import pyarrow.parquet as pq
 from ..core import ledger, storage
 from ..core.address_guard import ALLOWED_ENV, BLOCKED_STATUSES, HOSTS_ENV, PROXY_ENV
 from ..core.config import PlatformConfig
-from ..core.layout import PoolLayout, host_rules_dir, partition_name, pools_dir
+from ..core.layout import PoolLayout, host_claims_dir, host_rules_dir, partition_name, pools_dir
 from ..core.schema import in_subset, read_subset, scale_key, uid_strings_to_array
 from ..core.stats import Counters, StageStats
 from .polite_fetch import user_agent
@@ -217,6 +217,7 @@ def polite_settings(config: PlatformConfig, pool: PoolLayout, tmp: str) -> dict:
     where it writes the URLs to download, those decided without a request, and what the rules cost."""
     dl = config.download
     return {"robots_txt": dl.robots_txt, "tdmrep": dl.tdmrep, "cache_dir": host_rules_dir(pool.root),
+            "claims_dir": host_claims_dir(pool.root),
             "user_agent": user_agent(dl.user_agent_token, dl.contact_url), "agent": dl.user_agent_token,
             "timeout": dl.timeout, "max_age_s": dl.rules_max_age_hours * 3600,
             # the rules' requests wait on the network only: as many at once as the download's threads together

@@ -166,7 +166,8 @@ def judge(url: str) -> tuple[str | None, str]:
     if origin not in _rules:
         s = _settings
         _rules.update(host_rules.rules_for([origin], s["cache_dir"], s["user_agent"], s["timeout"], s["max_age_s"],
-                                           s["robots_txt"], s["tdmrep"], 1, 0.0, s["agent"]).rules)
+                                           s["robots_txt"], s["tdmrep"], 1, 0.0, s["agent"],
+                                           s.get("claims_dir")).rules)
     return host_rules.decide(_rules[origin], url, _settings["agent"])
 
 
