@@ -6,8 +6,9 @@ large hosts: each would find the host's robots.txt and tdmrep.json missing from 
 Before asking, a partition claims the origins it misses: one small JSON per origin under
 ``hosts/claims/`` on the storage root, naming the claim's token and until when it holds. A partition
 that finds an origin claimed asks the others it won first, then waits for that origin's answer: the
-cache entry once the claimer has written it, or, for a host that could not be asked (never cached, so
-that a later run asks again), the answer the claimer leaves in its claim.
+cache entry once the claimer has written it, or, for a host that could not be asked, the answer the
+claimer leaves in its claim. That answer serves only the partitions that were waiting on the claim: one
+that starts later (a task's retry, the next run) asks the host again, as the cache does not keep it.
 
 Claiming: on a local root an exclusive create (a hard link of the written record, which fails when the
 claim exists); on an object store write, settle, read back, as core/lease.py does (fsspec has no
@@ -81,9 +82,9 @@ def _create(path: str, record: dict) -> bool:
         os.remove(tmp)
 
 
-def answered(record: dict | None, life_s: float, now: float) -> bool:
-    """Whether `record` holds an answer left within the last `life_s` (one older is the last run's)."""
-    return bool(record) and "answer" in record and now - record.get("answered_at", 0.0) < life_s
+def answered(record: dict | None, since: float) -> bool:
+    """Whether `record` holds an answer given at `since` or later (while its reader was waiting on it)."""
+    return bool(record) and "answer" in record and record.get("answered_at", 0.0) >= since
 
 
 def _held(record: dict | None, now: float) -> bool:
@@ -92,12 +93,13 @@ def _held(record: dict | None, now: float) -> bool:
 
 def take(paths: dict[str, str], life_s: float, pool: Executor) -> tuple[str, list[str], list[str]]:
     """Claim the origins of `paths` (origin -> claim path) that no one else holds: (this call's token, the
-    origins claimed, the origins held or just answered by others: wait for them)."""
+    origins claimed, the origins others hold: wait for them). A claim holding an answer given before this
+    call is free: the host is asked again."""
     token = uuid.uuid4().hex
     origins = list(paths)
     now = time.time()
     seen = dict(zip(origins, pool.map(lambda o: _read(paths[o]), origins)))
-    others = [o for o in origins if _held(seen[o], now) or answered(seen[o], life_s, now)]
+    others = [o for o in origins if _held(seen[o], now)]
     free = [o for o in origins if o not in set(others)]
     mine: list[str] = []
     if not free:
@@ -132,17 +134,17 @@ def finish(path: str, token: str, answer: dict | None) -> None:
 
 
 def wait(paths: dict[str, str], cached: Callable[[str], T | None], from_answer: Callable[[dict], T],
-         life_s: float, pool: Executor) -> dict[str, T | None]:
-    """Each origin's answer once its claimer gives it: the claim's answer, else the cache's entry (`cached`)
-    once the claim is gone; None where the claim ran out, or went without an answer the cache can give
-    (then the caller asks the host itself)."""
+         since: float, pool: Executor) -> dict[str, T | None]:
+    """Each origin's answer once its claimer gives it: the claim's answer given after `since` (when the
+    caller found the claims held), else the cache's entry (`cached`) once the claim is gone; None where the
+    claim ran out, or went without an answer the cache can give (then the caller asks the host itself)."""
     pending, out = list(paths), {}
     poll = _POLL_S
     while pending:
         now = time.time()
         records = dict(zip(pending, pool.map(lambda o: _read(paths[o]), pending)))
         for origin, record in records.items():
-            if answered(record, life_s, now):
+            if answered(record, since):
                 out[origin] = from_answer(record["answer"])
             elif not _held(record, now):
                 out[origin] = cached(origin)

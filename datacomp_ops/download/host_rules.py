@@ -358,7 +358,6 @@ def rules_for(origins: Iterable[str], cache_dir: str, user_agent: str, timeout: 
 
     origins = sorted(set(origins))
     now = time.time()
-    life_s = claim_life(timeout)
     with ThreadPoolExecutor(max(1, min(threads, len(origins) or 1))) as pool:
         def usable(rules: HostRules | None) -> bool:
             return _usable(rules, now, max_age_s, robots_txt, tdmrep)
@@ -366,7 +365,8 @@ def rules_for(origins: Iterable[str], cache_dir: str, user_agent: str, timeout: 
         cached = dict(zip(origins, pool.map(lambda o: _read_cached(cache_dir, o, usable), origins)))
         stale = [o for o in origins if not usable(cached[o])]
         claims = {o: cache_path(claims_dir, o) for o in stale} if claims_dir else {}
-        token, mine, others = host_claims.take(claims, life_s, pool) if claims else ("", stale, [])
+        since = time.time()
+        token, mine, others = host_claims.take(claims, claim_life(timeout), pool) if claims else ("", stale, [])
 
         def done(rules: HostRules) -> None:
             _store(cache_dir, rules)
@@ -379,7 +379,7 @@ def rules_for(origins: Iterable[str], cache_dir: str, user_agent: str, timeout: 
             rules = _read_cached(cache_dir, origin, usable)
             return rules if usable(rules) else None
 
-        shared = host_claims.wait({o: claims[o] for o in others}, landed, HostRules.from_json, life_s,
+        shared = host_claims.wait({o: claims[o] for o in others}, landed, HostRules.from_json, since,
                                   pool) if others else {}
         again = [o for o in others if shared[o] is None]  # its claimer's time ran out: asked here after all
         fetched |= _ask(again, *ask, lambda rules: _store(cache_dir, rules))
