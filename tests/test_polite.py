@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
 import time
 from collections import Counter, defaultdict
 from urllib.parse import urlsplit
@@ -351,6 +352,17 @@ def test_a_claim_whose_claimer_died_is_waited_out_then_asked_here(tmp_path, monk
         started = time.monotonic()
         run = host_rules.rules_for([host.origin], cache, "ua", 5.0, 3600, claims_dir=claims)
         assert time.monotonic() - started >= 1.0 and run.fetched == 1 and host.asked["/robots.txt"] == 1
+        # a claim created and never written (its claimer died between the two) is free soon after its creation
+        other = _RulesHost()
+        try:
+            empty = host_rules.cache_path(claims, other.origin)
+            storage.write_bytes(empty, b"")
+            os.utime(empty, (time.time() - 60, time.time() - 60))
+            started = time.monotonic()
+            assert host_rules.rules_for([other.origin], cache, "ua", 5.0, 3600, claims_dir=claims).fetched == 1
+            assert time.monotonic() - started < 1.0 and other.asked["/robots.txt"] == 1
+        finally:
+            other.server.shutdown()
     finally:
         host.server.shutdown()
 

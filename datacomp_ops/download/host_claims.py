@@ -10,9 +10,9 @@ cache entry once the claimer has written it, or, for a host that could not be as
 claimer leaves in its claim. That answer serves only the partitions that were waiting on the claim: one
 that starts later (a task's retry, the next run) asks the host again, as the cache does not keep it.
 
-Claiming: on a local root an exclusive create (a hard link of the written record, which fails when the
-claim exists); on an object store write, settle, read back, as core/lease.py does (fsspec has no
-exclusive create that works on every S3-compatible store), one settle per partition for all its origins.
+Claiming: on a local root an exclusive create (O_EXCL, which fails when the claim exists); on an
+object store write, settle, read back, as core/lease.py does (fsspec has no exclusive create that works
+on every S3-compatible store), one settle per partition for all its origins.
 A claim whose time is up (its claimer died, or a host's Crawl-delay kept it longer) is free to take: at
 worst the host is asked twice, never not at all. Taking over a stale claim on a local root removes it
 first: two partitions doing that at the same moment may both win, with the same worst case.
@@ -34,6 +34,8 @@ T = TypeVar("T")
 
 # polling for answers: first after this long, then twice as long each round up to _POLL_MAX_S
 _POLL_S, _POLL_MAX_S = 0.1, 2.0
+# a claim created but not written yet is held this long from its creation
+_UNWRITTEN_S = 10.0
 
 
 def _local(path: str) -> bool:
@@ -46,8 +48,14 @@ def _read(path: str) -> dict | None:
         return json.loads(fs.cat_file(p))
     except FileNotFoundError:
         return None
-    except ValueError:  # written by a claimer this very moment: its record is whole after its write
-        return {"token": "", "until": time.time() + _POLL_MAX_S}
+    except ValueError:
+        # created by a claimer this very moment, its record not written yet; held briefly from its creation,
+        # so that one left empty by a claimer that died is free soon
+        try:
+            made = fs.modified(p).timestamp()
+        except (OSError, NotImplementedError, AttributeError):
+            made = time.time()
+        return {"token": "", "until": made + _UNWRITTEN_S}
 
 
 def _record(token: str, life_s: float, answer: dict | None = None) -> dict:
@@ -67,19 +75,17 @@ def _put(path: str, record: dict) -> None:
 
 
 def _create(path: str, record: dict) -> bool:
-    """Create the claim at local `path` unless one exists: whether this call did."""
+    """Create the claim at local `path` unless one exists: whether this call did. A reader that finds it
+    before its record is written reads it as held (`_read`)."""
     _, p = storage.get_fs(path)
     os.makedirs(os.path.dirname(p), exist_ok=True)
-    tmp = f"{p}.{uuid.uuid4().hex}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(record, f)
     try:
-        os.link(tmp, p)
-        return True
+        fd = os.open(p, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
     except FileExistsError:
         return False
-    finally:
-        os.remove(tmp)
+    with os.fdopen(fd, "w") as f:
+        json.dump(record, f)
+    return True
 
 
 def answered(record: dict | None, since: float) -> bool:
