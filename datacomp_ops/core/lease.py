@@ -84,7 +84,7 @@ def wait_seconds() -> float:
 
 
 def settle_seconds(url: str) -> float:
-    return _seconds(SETTLE_ENV, 0.5 if "://" not in url or url.startswith("file://") else 2.0)
+    return _seconds(SETTLE_ENV, 0.5 if storage.is_local(url) else 2.0)
 
 
 def _now() -> datetime.datetime:
@@ -128,7 +128,8 @@ def read(url: str) -> dict | None:
         return None
 
 
-def _write(url: str, record: dict) -> None:
+def write(url: str, record: dict) -> None:
+    """`record` at `url` whole: by rename on a local path, in one PUT on an object store."""
     fs, path = storage.get_fs(url)
     if isinstance(fs, LocalFileSystem):
         storage.write_json(url, record)
@@ -205,7 +206,7 @@ def acquire(url: str, holder: str, *, bound_to_pid: bool = True, seconds: float 
             slow_reads += 1
             continue  # too long since the read: someone may have taken it meanwhile
         record = _record(holder, bound_to_pid, seconds, current["acquired_at"] if ours else None)
-        _write(url, record)
+        write(url, record)
         if ours:
             return record  # a renewal: nobody takes a live lease
         time.sleep(max(settle, 2 * (time.monotonic() - read_at)))
@@ -229,7 +230,7 @@ def renew(url: str, holder: str, *, bound_to_pid: bool, seconds: float) -> dict:
     if current is not None and current.get("holder") != holder:
         raise LeaseLost(f"lease {url} was taken over: {describe(current)}", current)
     record = _record(holder, bound_to_pid, seconds, current["acquired_at"] if current else None)
-    _write(url, record)
+    write(url, record)
     return record
 
 

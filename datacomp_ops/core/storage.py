@@ -41,6 +41,11 @@ class StorageError(OSError):
     """A storage path cannot be read or written; the message names the path."""
 
 
+def is_local(url: str) -> bool:
+    """Whether `url` is a path on this machine's disk (a plain path or file://), not an object store."""
+    return "://" not in url or url.startswith("file://")
+
+
 def get_fs(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
     """The filesystem of `url` and the path inside it."""
     try:

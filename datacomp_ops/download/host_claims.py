@@ -38,19 +38,13 @@ _POLL_S, _POLL_MAX_S = 0.1, 2.0
 _UNWRITTEN_S = 10.0
 
 
-def _local(path: str) -> bool:
-    return "://" not in path or path.startswith("file://")
-
-
 def _read(path: str) -> dict | None:
-    fs, p = storage.get_fs(path)
     try:
-        return json.loads(fs.cat_file(p))
-    except FileNotFoundError:
-        return None
+        return lease.read(path)
     except ValueError:
         # created by a claimer this very moment, its record not written yet; held briefly from its creation,
         # so that one left empty by a claimer that died is free soon
+        fs, p = storage.get_fs(path)
         try:
             made = fs.modified(p).timestamp()
         except (OSError, NotImplementedError, AttributeError):
@@ -64,14 +58,6 @@ def _record(token: str, life_s: float, answer: dict | None = None) -> dict:
     if answer is not None:
         record |= {"answer": answer, "answered_at": now}
     return record
-
-
-def _put(path: str, record: dict) -> None:
-    fs, p = storage.get_fs(path)
-    if _local(path):
-        storage.write_json(path, record)  # by rename: never read half-written
-    else:
-        fs.pipe_file(p, json.dumps(record).encode())  # one PUT
 
 
 def _create(path: str, record: dict) -> bool:
@@ -111,7 +97,7 @@ def take(paths: dict[str, str], life_s: float, pool: Executor) -> tuple[str, lis
     if not free:
         return token, mine, others
     record = _record(token, life_s)
-    if _local(paths[free[0]]):
+    if storage.is_local(paths[free[0]]):
         def create(origin: str) -> bool:
             if seen[origin] is not None:
                 storage.remove(paths[origin])  # its time is up
@@ -120,7 +106,7 @@ def take(paths: dict[str, str], life_s: float, pool: Executor) -> tuple[str, lis
         won = dict(zip(free, pool.map(create, free)))
     else:
         started = time.monotonic()
-        list(pool.map(lambda o: _put(paths[o], record), free))
+        list(pool.map(lambda o: lease.write(paths[o], record), free))
         time.sleep(max(lease.settle_seconds(paths[free[0]]), 2 * (time.monotonic() - started)))
         won = dict(zip(free, pool.map(lambda o: (_read(paths[o]) or {}).get("token") == token, free)))
     mine = [o for o in free if won[o]]
@@ -136,7 +122,7 @@ def finish(path: str, token: str, answer: dict | None) -> None:
     if answer is None:
         storage.remove(path)
     else:
-        _put(path, _record(token, 0.0, answer))
+        lease.write(path, _record(token, 0.0, answer))
 
 
 def wait(paths: dict[str, str], cached: Callable[[str], T | None], from_answer: Callable[[dict], T],

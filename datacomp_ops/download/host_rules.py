@@ -256,7 +256,9 @@ def machine_copy(cache_dir: str) -> str | None:
     """This machine's copy of a remote storage root's cache (None for a local one): a host this machine's
     partitions met before is read from its own disk, not from the storage root again. A large host has
     URLs in every partition; without the copy each partition would read its answers from S3 again."""
-    if "://" not in cache_dir or cache_dir.startswith("file://"):
+    from ..core import storage
+
+    if storage.is_local(cache_dir):
         return None
     key = hashlib.sha1(cache_dir.encode()).hexdigest()[:12]
     return os.path.join(tempfile.gettempdir(), "datacomp-host-rules", key)
@@ -375,6 +377,7 @@ def rules_for(origins: Iterable[str], cache_dir: str, user_agent: str, timeout: 
 
         ask = (pool, user_agent, timeout, robots_txt, tdmrep, interval, agent)
         fetched = _ask(mine, *ask, done)
+
         def landed(origin: str) -> HostRules | None:  # the claimer's answer, once in the cache
             rules = _read_cached(cache_dir, origin, usable)
             return rules if usable(rules) else None
