@@ -343,7 +343,7 @@ def test_partitions_meeting_the_same_hosts_at_once_ask_each_host_once(tmp_path, 
 
 def test_a_claim_whose_claimer_died_is_waited_out_then_asked_here(tmp_path, monkeypatch):
     """A claim held by a partition that died: the host is asked once its claim's time is up, not before, and
-    never left unasked."""
+    never left unasked; at once where the claimer was a process of this machine that is gone."""
     monkeypatch.setattr(host_rules, "claim_life", lambda timeout: 1.0)
     host = _RulesHost()
     cache, claims = str(tmp_path / "rules"), str(tmp_path / "claims")
@@ -352,6 +352,22 @@ def test_a_claim_whose_claimer_died_is_waited_out_then_asked_here(tmp_path, monk
         started = time.monotonic()
         run = host_rules.rules_for([host.origin], cache, "ua", 5.0, 3600, claims_dir=claims)
         assert time.monotonic() - started >= 1.0 and run.fetched == 1 and host.asked["/robots.txt"] == 1
+        # a claim of a process of this machine that is gone (a download killed, run again at once) is free now
+        import socket
+        import subprocess
+
+        gone = subprocess.Popen(["true"])
+        gone.wait()
+        killed = _RulesHost()
+        try:
+            storage.write_json(host_rules.cache_path(claims, killed.origin),
+                               {"token": "killed", "until": time.time() + 60, "host": socket.gethostname(),
+                                "pid": gone.pid})
+            started = time.monotonic()
+            assert host_rules.rules_for([killed.origin], cache, "ua", 5.0, 3600, claims_dir=claims).fetched == 1
+            assert time.monotonic() - started < 1.0 and killed.asked["/robots.txt"] == 1
+        finally:
+            killed.server.shutdown()
         # a claim created and never written (its claimer died between the two) is free soon after its creation
         other = _RulesHost()
         try:

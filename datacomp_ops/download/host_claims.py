@@ -13,8 +13,9 @@ that starts later (a task's retry, the next run) asks the host again, as the cac
 Claiming: on a local root an exclusive create (O_EXCL, which fails when the claim exists); on an
 object store write, settle, read back, as core/lease.py does (fsspec has no exclusive create that works
 on every S3-compatible store), one settle per partition for all its origins.
-A claim whose time is up (its claimer died, or a host's Crawl-delay kept it longer) is free to take: at
-worst the host is asked twice, never not at all. Taking over a stale claim on a local root removes it
+A claim whose time is up (its claimer died on another machine, or a host's Crawl-delay kept it longer),
+or whose claimer was a process of this machine that is gone, is free to take: at worst the host is asked
+twice, never not at all. Taking over a stale claim on a local root removes it
 first: two partitions doing that at the same moment may both win, with the same worst case.
 """
 
@@ -80,7 +81,11 @@ def answered(record: dict | None, since: float) -> bool:
 
 
 def _held(record: dict | None, now: float) -> bool:
-    return bool(record) and "answer" not in record and record.get("until", 0.0) > now
+    """Whether `record` is a claim still held: unanswered, within its time, and not made by a process of this
+    machine that is gone (a download killed and run again at once does not wait out its own claims)."""
+    if not record or "answer" in record or record.get("until", 0.0) <= now:
+        return False
+    return record.get("host") != socket.gethostname() or "pid" not in record or lease.process_alive(record["pid"])
 
 
 def take(paths: dict[str, str], life_s: float, pool: Executor) -> tuple[str, list[str], list[str]]:
