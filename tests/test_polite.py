@@ -352,7 +352,8 @@ def test_a_claim_whose_claimer_died_is_waited_out_then_asked_here(tmp_path, monk
         started = time.monotonic()
         run = host_rules.rules_for([host.origin], cache, "ua", 5.0, 3600, claims_dir=claims)
         assert time.monotonic() - started >= 1.0 and run.fetched == 1 and host.asked["/robots.txt"] == 1
-        # a claim of a process of this machine that is gone (a download killed, run again at once) is free now
+        # a claim of a process of this machine that is gone (a download killed, run again at once) is free now,
+        # not after its minute (the host's two answers take 0.6 s; the bound leaves room for a busy machine)
         import socket
         import subprocess
 
@@ -365,7 +366,7 @@ def test_a_claim_whose_claimer_died_is_waited_out_then_asked_here(tmp_path, monk
                                 "pid": gone.pid})
             started = time.monotonic()
             assert host_rules.rules_for([killed.origin], cache, "ua", 5.0, 3600, claims_dir=claims).fetched == 1
-            assert time.monotonic() - started < 1.0 and killed.asked["/robots.txt"] == 1
+            assert time.monotonic() - started < 5.0 and killed.asked["/robots.txt"] == 1
         finally:
             killed.server.shutdown()
         # a claim created and never written (its claimer died between the two) is free soon after its creation
@@ -376,7 +377,7 @@ def test_a_claim_whose_claimer_died_is_waited_out_then_asked_here(tmp_path, monk
             os.utime(empty, (time.time() - 60, time.time() - 60))
             started = time.monotonic()
             assert host_rules.rules_for([other.origin], cache, "ua", 5.0, 3600, claims_dir=claims).fetched == 1
-            assert time.monotonic() - started < 1.0 and other.asked["/robots.txt"] == 1
+            assert time.monotonic() - started < 5.0 and other.asked["/robots.txt"] == 1
         finally:
             other.server.shutdown()
     finally:
